@@ -1,0 +1,20 @@
+# Two commands a user needs: `make demo` (the main job end to end) and `make test`. Both run setup first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m sim.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf lakehouse mlruns mlflow.db spark-warehouse metastore_db derby.log

@@ -1,0 +1,130 @@
+"""Shared fixtures: one Spark session with Delta (local[2]), a standalone Spark cluster on 127.0.0.1,
+and helpers to run spark-submit and horovodrun as real subprocesses."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spark_home() -> Path:
+    import pyspark
+    return Path(pyspark.__file__).parent
+
+
+def subprocess_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["SPARK_HOME"] = str(spark_home())
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env.pop("SIM_SPARK_MASTER", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from sim.spark import get_spark
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    s = get_spark("sim-tests", master="local[2]", conf={
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.sql.warehouse.dir": str(warehouse),
+        "spark.driver.memory": "3g",
+    })
+    yield s
+    s.stop()
+
+
+def spark_submit_cmd(*args: str, packages: bool = False, master: str | None = None) -> list[str]:
+    """A spark-submit command line; with ``packages`` Delta comes from --packages (Maven Central)."""
+    cmd = [str(spark_home() / "bin" / "spark-submit")]
+    if master:
+        cmd += ["--master", master]
+    if packages:
+        from sim.spark import DELTA_PACKAGE
+        cmd += ["--packages", DELTA_PACKAGE]
+    else:
+        from sim.spark import delta_jars
+        cmd += ["--jars", ",".join(delta_jars())]
+    cmd += ["--conf", "spark.ui.enabled=false", "--driver-memory", "2g"]
+    return cmd + list(args)
+
+
+def run(cmd: list[str], timeout: int = 900, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+                             f"\n--- stderr\n{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """One Spark master and two workers (separate JVMs) on 127.0.0.1; yields the master URL."""
+    work = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    env = subprocess_env(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(work), SPARK_WORKER_DIR=str(work))
+    procs = []
+    master_log = open(work / "master.log", "w")
+    procs.append(subprocess.Popen(
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+         "--webui-port", str(free_port())], stdout=master_log, stderr=subprocess.STDOUT, env=env))
+    _wait_for(lambda: "I have been elected leader" in (work / "master.log").read_text(), 90, "master")
+    for i in range(2):
+        log = open(work / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
+             "--cores", "1", "--memory", "1536m", "--webui-port", str(free_port()),
+             "--work-dir", str(work / f"w{i}")], stdout=log, stderr=subprocess.STDOUT, env=env))
+    _wait_for(lambda: (work / "master.log").read_text().count("Registering worker") >= 2, 120, "workers")
+    try:
+        yield url
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"standalone Spark {what} did not come up within {timeout}s")
+
+
+def horovodrun_cmd(np: int, *args: str) -> list[str]:
+    return [str(VENV_BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+            *args]
+
+
+@pytest.fixture
+def clean_dir(tmp_path):
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
