@@ -1,0 +1,325 @@
+"""Validation of raw logs before anything is written: every input row is accepted or rejected with a reason.
+
+DESIGN.md "Nothing is silently dropped": rows read = rows accepted + rows in ``rejects``. The paper's
+behavior sequence B = [b1..bT] and the impressions (candidate a, label) are only as good as these rows;
+a negative id, a timestamp from another day or a duplicated event would become a fake behavior in
+someone's 54,000-long history.
+
+Input contract (``raw``): one row per input line with the canonical columns as strings (or already typed
+numbers), plus
+- ``raw``: the original line (kept in ``rejects``; when absent it is rebuilt as JSON of the row), and
+- optional ``pre_reason``: a reason the parser or an importer already found (``malformed_line`` when the
+  line did not split into the expected fields, ``unknown_item`` when the item has no metadata, ...).
+
+Each row gets the first reason that applies, in this order (:data:`REASONS`):
+
+============================  =================================================================
+``malformed_line``            the parser could not split the line into the expected fields
+``null_id``                   an id column is null or blank
+``bad_id``                    an id is not an integer
+``negative_id``               an id is below 0
+``zero_id``                   an id is 0 (0 is the padding id downstream)
+``bad_timestamp``             ``ts`` is neither epoch seconds nor ``yyyy-MM-dd[ HH:mm:ss]``, or < 0
+``ts_in_future``              ``ts`` after the run's ``now``
+``ts_outside_run_date``       ``dt`` of ``ts`` outside the run's date (range)
+``unknown_behavior_type``     behavior type not one of :data:`sim.schema.BEHAVIOR_TYPES` (any case)
+``bad_label``                 impression label other than 0/1
+``bad_p_click``               an impression's ``p_click`` that is not a probability
+(any other ``pre_reason``)    e.g. ``unknown_item``, ``bad_rating`` set by an importer
+``duplicate_event``           an exact duplicate of an accepted row (the first one by ``raw`` stays)
+``duplicate_impression_id``   an impression id already used by an accepted impression with other content
+============================  =================================================================
+
+``classify_*`` return one DataFrame with a ``reason`` column (null = accepted), so a job can cache it,
+count reasons in one pass, check the counts and the reject ratio *before* writing, then write both sides.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sim.canonical import dt_of
+from sim.schema import BEHAVIOR_TYPES
+
+log = logging.getLogger(__name__)
+
+REASONS = (
+    "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "bad_timestamp", "ts_in_future",
+    "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "unknown_item",
+    "duplicate_event", "duplicate_impression_id",
+)
+MALFORMED = "malformed_line"
+_INT_RE = r"^\s*[+-]?\d{1,18}\s*$"
+_NUM_RE = r"^\s*[+-]?\d{1,12}(\.\d*)?\s*$"
+_DATE_RE = r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
+# Latest epoch second we accept at all (year 2100); beyond it a value is a unit mistake (ms, us).
+_MAX_TS = 4102444800
+BEHAVIOR_COLS = ("user_id", "item_id", "category_id", "behavior_type", "ts", "dt")
+IMPRESSION_COLS = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click", "dt")
+
+
+class ValidationError(RuntimeError):
+    """Input that must not be written: counts that do not add up, too many rejects."""
+
+
+@dataclass(frozen=True)
+class ValidationCounts:
+    read: int
+    accepted: int
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    def summary(self) -> str:
+        top = ", ".join(f"{r}={n}" for r, n in top_reasons(self.rejected_by_reason))
+        return f"read={self.read} accepted={self.accepted} rejected={self.rejected}" + (f" ({top})" if top else "")
+
+
+def _is_numeric(df: DataFrame, name: str) -> bool:
+    return isinstance(df.schema[name].dataType, T.NumericType)
+
+
+def _long_value(df: DataFrame, name: str) -> tuple[Column, Column]:
+    """(value as long, problem) of an id column given as string or number; problem is a reason or null."""
+    c = F.col(name)
+    if _is_numeric(df, name):
+        value = c.cast("long")
+        blank = c.isNull()
+        not_int = F.lit(False) if not isinstance(df.schema[name].dataType, (T.FloatType, T.DoubleType,
+                                                                            T.DecimalType)) \
+            else (c != F.floor(c))
+    else:
+        s = F.trim(c)
+        blank = s.isNull() | (s == "")
+        not_int = ~s.rlike(_INT_RE)
+        value = F.when(~not_int, s.cast("long"))
+    problem = (F.when(blank, F.lit("null_id"))
+               .when(not_int, F.lit("bad_id"))
+               .when(value < 0, F.lit("negative_id"))
+               .when(value == 0, F.lit("zero_id")))
+    return value, problem
+
+
+def parse_ts(df: DataFrame, name: str = "ts") -> Column:
+    """Epoch seconds (long) from a number, a numeric string (fractions truncated) or a UTC date/time
+    string; null when it cannot be parsed."""
+    c = F.col(name)
+    if _is_numeric(df, name):
+        return F.floor(c.cast("double")).cast("long")
+    s = F.trim(c)
+    num = F.when(s.rlike(_NUM_RE), F.floor(s.cast("double")).cast("long"))
+    # Date strings are read as UTC regardless of the session time zone (explicit 'Z' suffix).
+    d = F.regexp_replace(s, "T", " ")
+    d = (F.when(F.length(d) == 10, F.concat(d, F.lit(" 00:00:00")))
+         .when(F.length(d) == 16, F.concat(d, F.lit(":00"))).otherwise(d))
+    iso = F.when(s.rlike(_DATE_RE), F.unix_timestamp(F.concat(d, F.lit("Z")).cast("timestamp")))
+    return F.coalesce(num, iso)
+
+
+def _ts_problem(ts: Column, date_range: tuple[str | None, str | None], now_ts: int) -> Column:
+    first, last = date_range
+    dt = dt_of(ts)
+    outside = F.lit(False)
+    if first:
+        outside = outside | (dt < F.lit(first))
+    if last:
+        outside = outside | (dt > F.lit(last))
+    return (F.when(ts.isNull() | (ts < 0) | (ts >= _MAX_TS), F.lit("bad_timestamp"))
+            .when(ts > F.lit(int(now_ts)), F.lit("ts_in_future"))
+            .when(outside, F.lit("ts_outside_run_date")))
+
+
+def _first_reason(*problems: Column) -> Column:
+    return F.coalesce(*problems)
+
+
+def _finish(df: DataFrame, rules: Column, data_cols: Sequence[str], dup_keys: Sequence[str],
+            source: str, has_raw: bool, extra_unique: Sequence[str] = ()) -> DataFrame:
+    in_cols = [c[len("_in_"):] for c in df.columns if c.startswith("_in_")]
+    """Apply pre_reason / rules / duplicates; attach raw for rejected rows only."""
+    pre = F.col("pre_reason") if "pre_reason" in df.columns else F.lit(None).cast("string")
+    reason = (F.when(pre == F.lit(MALFORMED), pre)
+              .otherwise(F.coalesce(rules, pre)))
+    df = df.withColumn("reason", reason)
+    order = F.col("raw") if has_raw else F.lit(0)
+    valid = F.col("reason").isNull()
+    w = Window.partitionBy(valid, *[F.col(k) for k in dup_keys]).orderBy(order)
+    df = df.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1), F.lit("duplicate_event"))
+                       .otherwise(F.col("reason")))
+    for key in extra_unique:
+        valid = F.col("reason").isNull()
+        w = Window.partitionBy(valid, F.col(key)).orderBy(order, *[F.col(k) for k in dup_keys])
+        df = df.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1),
+                                            F.lit(f"duplicate_{key}")).otherwise(F.col("reason")))
+    raw = F.col("raw") if has_raw else F.to_json(F.struct(*[F.col(f"_in_{c}").alias(c)
+                                                            for c in in_cols]))
+    return df.select(*data_cols, "reason",
+                     F.when(F.col("reason").isNotNull(), raw).cast("string").alias("raw"),
+                     F.lit(source).alias("source"))
+
+
+def _prepare(raw: DataFrame, data_cols: Sequence[str]) -> tuple[DataFrame, bool]:
+    has_raw = "raw" in raw.columns
+    if not has_raw:
+        # Keep the input values to rebuild the raw payload of a rejected row.
+        raw = raw.select("*", *[F.col(c).alias(f"_in_{c}") for c in data_cols if c in raw.columns])
+    return raw, has_raw
+
+
+def classify_behaviors(raw: DataFrame, *, source: str,
+                       date_range: tuple[str | None, str | None] = (None, None),
+                       now_ts: int | None = None,
+                       id_columns: Sequence[str] = ("user_id", "item_id", "category_id")) -> DataFrame:
+    """Classify behavior rows. Returns the typed behavior columns (user_id, item_id, category_id,
+    behavior_type, ts, dt) plus ``reason`` (null = accepted), ``raw`` (rejected rows only), ``source``.
+
+    Args:
+        raw: input rows (see the module docstring); ``category_id`` may be given already typed by an
+            importer that joined it from metadata, then leave it out of ``id_columns``.
+        source: the input's name, recorded in ``rejects``.
+        date_range: inclusive (first, last) 'yyyy-MM-dd' dates the run may contain; None = open.
+        now_ts: epoch seconds of "now"; later timestamps are ``ts_in_future``. Default: wall clock.
+        id_columns: id columns the rules check; others are passed through as longs.
+    """
+    now_ts = int(time.time()) if now_ts is None else now_ts
+    data_cols = ["user_id", "item_id", "category_id", "behavior_type", "ts"]
+    df, has_raw = _prepare(raw, [c for c in data_cols if c in raw.columns])
+    problems, typed = [], {}
+    for c in ("user_id", "item_id", "category_id"):
+        if c in id_columns:
+            value, problem = _long_value(df, c)
+            problems.append(problem)
+        else:
+            value = F.col(c).cast("long") if c in df.columns else F.lit(None).cast("long")
+        typed[c] = value
+    ts = parse_ts(df, "ts")
+    btype = F.lower(F.trim(F.col("behavior_type").cast("string")))
+    problems.append(_ts_problem(ts, date_range, now_ts))
+    problems.append(F.when(btype.isNull() | ~btype.isin(*BEHAVIOR_TYPES), F.lit("unknown_behavior_type")))
+    df = df.select("*", *[v.alias(f"_v_{k}") for k, v in typed.items()], ts.alias("_v_ts"),
+                   btype.alias("_v_behavior_type"))
+    df = df.withColumn("_rules", _first_reason(*problems))
+    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in ("user_id", "item_id", "category_id")],
+                   F.col("_v_behavior_type").alias("behavior_type"), F.col("_v_ts").alias("ts"),
+                   dt_of(F.col("_v_ts")).alias("dt"), "_rules",
+                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+    return _finish(df, F.col("_rules"), BEHAVIOR_COLS, ("user_id", "item_id", "category_id",
+                                                          "behavior_type", "ts"), source, has_raw)
+
+
+def classify_impressions(raw: DataFrame, *, source: str,
+                         date_range: tuple[str | None, str | None] = (None, None),
+                         now_ts: int | None = None) -> DataFrame:
+    """Classify impression rows: ids, ts, label (0/1), optional p_click in [0, 1], exact duplicates and
+    reused impression ids. Returns the typed impression columns plus ``reason``, ``raw``, ``source``."""
+    now_ts = int(time.time()) if now_ts is None else now_ts
+    data_cols = ["impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click"]
+    df, has_raw = _prepare(raw, [c for c in data_cols if c in raw.columns])
+    problems, typed = [], {}
+    for c in ("impression_id", "user_id", "item_id", "category_id"):
+        value, problem = _long_value(df, c)
+        problems.append(problem)
+        typed[c] = value
+    ts = parse_ts(df, "ts")
+    problems.append(_ts_problem(ts, date_range, now_ts))
+    lab = F.col("label")
+    if _is_numeric(df, "label"):
+        label = F.when(lab.isin(0, 1), lab.cast("int"))
+    else:
+        s = F.trim(lab)
+        label = F.when(s.isin("0", "1"), s.cast("int"))
+    problems.append(F.when(label.isNull(), F.lit("bad_label")))
+    if "p_click" in df.columns:
+        pc = F.col("p_click")
+        if _is_numeric(df, "p_click"):
+            p = pc.cast("double")
+            bad_p = pc.isNotNull() & (F.isnan(p) | (p < 0) | (p > 1))
+        else:
+            s = F.trim(pc)
+            present = s.isNotNull() & (s != "")
+            p = F.when(present & s.rlike(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"), s.cast("double"))
+            bad_p = present & (p.isNull() | (p < 0) | (p > 1))
+        problems.append(F.when(bad_p, F.lit("bad_p_click")))
+    else:
+        p = F.lit(None).cast("double")
+    df = df.select("*", *[v.alias(f"_v_{k}") for k, v in typed.items()], ts.alias("_v_ts"),
+                   label.alias("_v_label"), p.alias("_v_p_click"), _first_reason(*problems).alias("_rules"))
+    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in ("impression_id", "user_id", "item_id",
+                                                         "category_id", "ts", "label", "p_click")],
+                   dt_of(F.col("_v_ts")).alias("dt"), "_rules",
+                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+    return _finish(df, F.col("_rules"), IMPRESSION_COLS,
+                   ("impression_id", "user_id", "item_id", "category_id", "ts", "label"), source, has_raw,
+                   extra_unique=("impression_id",))
+
+
+def split(classified: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(accepted rows without bookkeeping columns, rejects as (source, reason, raw))."""
+    data = [c for c in classified.columns if c not in ("reason", "raw", "source")]
+    accepted = classified.where(F.col("reason").isNull()).select(*data)
+    rejects = classified.where(F.col("reason").isNotNull()).select("source", "reason", "raw")
+    return accepted, rejects
+
+
+def validate_behaviors(raw: DataFrame, **kwargs) -> tuple[DataFrame, DataFrame]:
+    """(accepted behaviors, rejects); keyword arguments as :func:`classify_behaviors`."""
+    return split(classify_behaviors(raw, **kwargs))
+
+
+def validate_impressions(raw: DataFrame, **kwargs) -> tuple[DataFrame, DataFrame]:
+    """(accepted impressions, rejects); keyword arguments as :func:`classify_impressions`."""
+    return split(classify_impressions(raw, **kwargs))
+
+
+def reason_counts(classified_or_rejects: DataFrame) -> dict[str | None, int]:
+    """{reason: rows} in one pass; the key None counts accepted rows of a classified DataFrame."""
+    rows = classified_or_rejects.groupBy("reason").count().collect()
+    return {r["reason"]: int(r["count"]) for r in rows}
+
+
+def counts_of(read: int, by_reason: Mapping[str | None, int]) -> ValidationCounts:
+    return ValidationCounts(read=int(read), accepted=int(by_reason.get(None, 0)),
+                            rejected_by_reason={k: int(v) for k, v in by_reason.items() if k is not None})
+
+
+def check_counts(read: int, accepted: int, rejected: int, what: str = "rows") -> None:
+    """Raise :class:`ValidationError` unless read = accepted + rejected."""
+    if int(read) != int(accepted) + int(rejected):
+        raise ValidationError(f"{what}: read {read} != accepted {accepted} + rejected {rejected} "
+                              f"(difference {int(read) - int(accepted) - int(rejected)}); rows were lost "
+                              f"or duplicated between input and output")
+
+
+def top_reasons(by_reason: Mapping[str | None, int], n: int = 3) -> list[tuple[str, int]]:
+    items = [(r, int(c)) for r, c in by_reason.items() if r is not None and c]
+    return sorted(items, key=lambda rc: (-rc[1], rc[0]))[:n]
+
+
+def enforce_reject_ratio(by_reason: Mapping[str | None, int] | DataFrame, read: int,
+                         max_ratio: float, what: str = "input") -> float:
+    """Raise :class:`ValidationError` naming the top reasons when rejected / read > ``max_ratio``.
+
+    Args:
+        by_reason: {reason: count} (None = accepted, ignored) or a rejects DataFrame with ``reason``.
+        read: rows read.
+        max_ratio: config ``validation.max_reject_ratio``.
+    Returns:
+        The reject ratio.
+    """
+    if isinstance(by_reason, DataFrame):
+        by_reason = reason_counts(by_reason)
+    rejected = sum(c for r, c in by_reason.items() if r is not None)
+    ratio = rejected / read if read else 0.0
+    if ratio > max_ratio:
+        top = ", ".join(f"{r} ({c} rows)" for r, c in top_reasons(by_reason))
+        raise ValidationError(f"{what}: {rejected} of {read} rows rejected ({ratio:.1%}) exceeds "
+                              f"validation.max_reject_ratio={max_ratio:g}; top reasons: {top}")
+    return ratio
