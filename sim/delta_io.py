@@ -183,3 +183,24 @@ def union_all(dfs: Iterable[DataFrame]) -> DataFrame:
     for d in dfs[1:]:
         out = out.unionByName(d, allowMissingColumns=True)
     return out
+
+
+import contextlib  # noqa: E402  (kept with the helper added below)
+from typing import Iterator  # noqa: E402
+
+
+@contextlib.contextmanager
+def commit_metadata(spark: SparkSession, meta: dict) -> Iterator[None]:
+    """Tag every Delta commit made inside the block with ``meta`` as userMetadata (MERGE, OPTIMIZE,
+    RESTORE have no writer option for it), so :func:`version_for_date` finds them like
+    :func:`write_date` commits. Restores the session's previous setting on exit."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, json.dumps(meta, sort_keys=True))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)

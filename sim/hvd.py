@@ -1,0 +1,74 @@
+"""Horovod behind one small module: init, rank/size, distributed optimizer, broadcast, allreduce and
+allgather of metrics. Nothing else in the code imports horovod.
+
+Without ``horovodrun`` Horovod still initialises as a single process (size 1), so training code has one
+path for one and for N processes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import horovod.torch as _hvd
+
+_initialised = False
+
+
+def init() -> None:
+    global _initialised
+    if not _initialised:
+        _hvd.init()
+        _initialised = True
+
+
+def rank() -> int:
+    return _hvd.rank()
+
+
+def size() -> int:
+    return _hvd.size()
+
+
+def local_rank() -> int:
+    return _hvd.local_rank()
+
+
+def is_chief() -> bool:
+    return _hvd.rank() == 0
+
+
+def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Wrap ``optimizer`` so gradients are averaged across ranks before each step."""
+    return _hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                     op=_hvd.Average)
+
+
+def broadcast_model_and_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                                  root_rank: int = 0) -> None:
+    """Make every rank start from rank 0's parameters and optimizer state."""
+    _hvd.broadcast_parameters(model.state_dict(), root_rank=root_rank)
+    _hvd.broadcast_optimizer_state(optimizer, root_rank=root_rank)
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
+    return _hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+
+
+def allreduce_mean(value: float | torch.Tensor, name: str) -> float:
+    t = value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    return float(_hvd.allreduce(t.to(torch.float64), name=name, op=_hvd.Average))
+
+
+def allreduce_sum(value: float | torch.Tensor, name: str) -> float:
+    t = value.detach().clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    return float(_hvd.allreduce(t.to(torch.float64), name=name, op=_hvd.Sum))
+
+
+def allgather(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Concatenate ``tensor`` of every rank along dim 0 (first dims may differ between ranks)."""
+    return _hvd.allgather(tensor.contiguous(), name=name)
+
+
+def barrier() -> None:
+    _hvd.allreduce(torch.zeros(1), name="barrier")

@@ -1,0 +1,35 @@
+"""Evaluation metrics of the paper: AUC, logloss and gAUC (impression-weighted per-user AUC)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum statistic, ties averaged; NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Per-user AUC weighted by the user's impression count, over users with both classes."""
+    df = pd.DataFrame({"u": users, "y": labels, "s": scores})
+    total, weight = 0.0, 0
+    for _, g in df.groupby("u", sort=False):
+        a = auc(g.y.to_numpy(), g.s.to_numpy())
+        if not np.isnan(a):
+            total += a * len(g)
+            weight += len(g)
+    return total / weight if weight else float("nan")

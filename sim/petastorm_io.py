@@ -1,0 +1,87 @@
+"""Petastorm behind one small module: a reader over an explicit list of Parquet files, sharded by rank,
+turned into dense torch batches. Nothing else in the code imports petastorm.
+
+The file list always comes from a Delta snapshot (:func:`sim.delta_io.snapshot_files`), never from a
+directory listing, so files an overwrite removed are never read. Petastorm shards by row group; a rank
+whose shard is smaller simply wraps around its shard (``num_epochs=None``) while the caller takes the same
+number of steps on every rank, so no rank waits forever in a collective.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+
+def file_urls(paths: Sequence[str]) -> list[str]:
+    return [p if "://" in p else Path(p).resolve().as_uri() for p in paths]
+
+
+def row_group_count(paths: Sequence[str]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_row_groups for p in paths)
+
+
+def open_reader(paths: Sequence[str], columns: Sequence[str], *, rank: int = 0, size: int = 1,
+                num_epochs: int | None = 1, shuffle: bool = False, seed: int = 0):
+    """A Petastorm batch reader over ``paths`` for the shard of ``rank`` out of ``size``.
+
+    When there are fewer row groups than ranks, sharding by row group would leave a rank empty, so every
+    rank then reads all row groups and :func:`iter_batches` keeps every ``size``-th row instead.
+    """
+    from petastorm import make_batch_reader
+
+    if not paths:
+        raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
+    shard = size > 1 and row_group_count(paths) >= size
+    return make_batch_reader(
+        file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
+        cur_shard=rank if shard else None, shard_count=size if shard else None,
+        shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy", workers_count=1)
+
+
+def rows_sharded_by_reader(paths: Sequence[str], size: int) -> bool:
+    return size > 1 and row_group_count(paths) >= size
+
+
+def _dense(column: np.ndarray) -> np.ndarray:
+    """A list column arrives as an object array of equal-length arrays; stack it into B X L."""
+    if column.dtype == object:
+        return np.stack(column) if len(column) else np.zeros((0, 0), dtype=np.int64)
+    return column
+
+
+def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int = 0, size: int = 1,
+                 stride_rows: bool = False, shuffle_seed: int | None = None,
+                 drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Re-batch Petastorm's row-group batches into dicts of dense numpy arrays of ``batch_size`` rows.
+
+    Args:
+        stride_rows: keep rows ``rank::size`` of each row group (see :func:`open_reader`).
+        shuffle_seed: shuffle rows inside each row group with this seed (deterministic order).
+    """
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    buf: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    buffered = 0
+    for group in reader:
+        arrays = {c: _dense(getattr(group, c)) for c in columns}
+        n = len(arrays[columns[0]])
+        idx = np.arange(n)
+        if stride_rows:
+            idx = idx[rank::size]
+        if rng is not None:
+            idx = rng.permutation(idx)
+        for c in columns:
+            buf[c].append(arrays[c][idx])
+        buffered += len(idx)
+        while buffered >= batch_size:
+            merged = {c: np.concatenate(buf[c]) for c in columns}
+            yield {c: merged[c][:batch_size] for c in columns}
+            buf = {c: [merged[c][batch_size:]] for c in columns}
+            buffered -= batch_size
+    if buffered and not drop_last:
+        yield {c: np.concatenate(buf[c]) for c in columns}

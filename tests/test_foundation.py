@@ -1,0 +1,125 @@
+"""Smoke tests of every component of the stack, each against the real thing: Delta on Spark,
+spark-submit, a standalone Spark cluster, Petastorm over a Delta snapshot, horovodrun, MLflow."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, horovodrun_cmd, run, spark_submit_cmd
+from sim import delta_io
+
+
+def test_delta_write_overwrite_read_time_travel(spark, tmp_path):
+    path = str(tmp_path / "t")
+    spark.range(5).write.format("delta").save(path)
+    spark.range(10, 13).write.format("delta").mode("overwrite").save(path)
+    assert sorted(r.id for r in delta_io.read_table(spark, path).collect()) == [10, 11, 12]
+    assert sorted(r.id for r in delta_io.read_table(spark, path, version=0).collect()) == list(range(5))
+    assert delta_io.latest_version(spark, path) == 1
+
+
+def test_write_date_is_idempotent_and_findable(spark, tmp_path):
+    path = str(tmp_path / "t")
+    df = spark.createDataFrame([(1, "2024-01-01"), (2, "2024-01-01")], "id long, dt string")
+    assert delta_io.write_date(df, path, job="j", date="2024-01-01")
+    assert not delta_io.write_date(df, path, job="j", date="2024-01-01")  # same txn: skipped
+    df2 = spark.createDataFrame([(3, "2024-01-02")], "id long, dt string")
+    assert delta_io.write_date(df2, path, job="j", date="2024-01-02")
+    assert delta_io.latest_version(spark, path) == 1
+    assert delta_io.version_for_date(spark, path, "j", "2024-01-01") == 0
+    # A forced re-run replaces exactly its date.
+    df3 = spark.createDataFrame([(9, "2024-01-01")], "id long, dt string")
+    assert delta_io.write_date(df3, path, job="j", date="2024-01-01", force=True)
+    assert sorted(r.id for r in delta_io.read_table(spark, path).collect()) == [3, 9]
+    assert delta_io.version_for_date(spark, path, "j", "2024-01-01") == 2
+
+
+@pytest.mark.slow
+def test_spark_submit_writes_delta(tmp_path):
+    path = tmp_path / "submitted"
+    proc = run(spark_submit_cmd(str(ROOT / "tests/helpers/tiny_delta_job.py"), str(path), "7",
+                                master="local[2]"))
+    assert "TINY_JOB_OK rows=7" in proc.stdout
+    assert (path / "_delta_log").is_dir()
+
+
+@pytest.mark.slow
+def test_standalone_cluster_writes_delta(standalone_cluster, tmp_path):
+    path = tmp_path / "on_cluster"
+    proc = run(spark_submit_cmd(str(ROOT / "tests/helpers/tiny_delta_job.py"), str(path), "11",
+                                master=standalone_cluster))
+    assert f"TINY_JOB_OK rows=11 master={standalone_cluster}" in proc.stdout
+
+
+def test_petastorm_reads_exactly_the_delta_snapshot(spark, tmp_path):
+    from sim import petastorm_io
+    path = str(tmp_path / "snap")
+    spark.range(0, 100).repartition(3).write.format("delta").save(path)
+    spark.range(1000, 1050).repartition(2).write.format("delta").mode("overwrite").save(path)
+    on_disk = [p for p in (tmp_path / "snap").glob("*.parquet")]
+    assert len(on_disk) == 5  # the overwritten files are still there until VACUUM
+    files = delta_io.snapshot_files(spark, path)
+    assert sum(f.num_rows for f in files) == 50
+    expected = sorted(r.id for r in delta_io.read_table(spark, path).collect())
+    with petastorm_io.open_reader([f.path for f in files], ["id"]) as reader:
+        got = sorted(int(i) for b in petastorm_io.iter_batches(reader, ["id"], 16) for i in b["id"])
+    assert got == expected
+
+
+def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
+    from sim import petastorm_io
+    path = str(tmp_path / "shards")
+    spark.range(0, 40).repartition(4).write.format("delta").save(path)
+    files = [f.path for f in delta_io.snapshot_files(spark, path)]
+    seen = []
+    for rank in range(2):
+        stride = not petastorm_io.rows_sharded_by_reader(files, 2)
+        with petastorm_io.open_reader(files, ["id"], rank=rank, size=2) as reader:
+            ids = [int(i) for b in petastorm_io.iter_batches(reader, ["id"], 7, rank=rank, size=2,
+                                                              stride_rows=stride) for i in b["id"]]
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(40))
+
+
+@pytest.mark.slow
+def test_horovodrun_two_ranks_allreduce_and_identical_weights(tmp_path):
+    out = tmp_path / "hvd.json"
+    run(horovodrun_cmd(2, sys.executable, str(ROOT / "tests/helpers/hvd_two_ranks.py"), str(out)),
+        timeout=300)
+    res = json.loads(out.read_text())
+    assert res["size"] == 2
+    assert res["rank_sum"] == 3.0
+    assert res["weights_changed"]
+    assert res["max_weight_diff"] == 0.0
+
+
+def test_mlflow_run_roundtrip(tmp_path):
+    from sim import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    art = tmp_path / "note.txt"
+    art.write_text("hello")
+    with tracking.run("smoke", run_name="r1", uri=uri) as run_id:
+        tracking.log_params({"model": {"name": "din", "emb_dim": 4}})
+        for step, auc in enumerate([0.6, 0.7, 0.75]):
+            tracking.log_metrics({"auc": auc}, step=step)
+        tracking.log_artifact(art)
+    runs = tracking.search_runs(["smoke"], uri=uri)
+    assert list(runs.run_id) == [run_id]
+    row = runs.iloc[0]
+    assert row["params.model.name"] == "din" and row["status"] == "FINISHED"
+    assert np.isclose(row["metrics.auc"], 0.75)
+    assert [v for _, v in tracking.metric_history(run_id, "auc", uri=uri)] == [0.6, 0.7, 0.75]
+    assert open(tracking.download_artifact(run_id, "note.txt", uri=uri)).read() == "hello"
+
+
+def test_mlflow_failed_run_is_marked(tmp_path):
+    from sim import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError):
+        with tracking.run("smoke", uri=uri):
+            raise RuntimeError("boom")
+    assert list(tracking.search_runs(["smoke"], uri=uri).status) == ["FAILED"]
