@@ -1,0 +1,176 @@
+"""Benchmark: SIM's two-stage cost against target attention over the whole long sequence.
+
+The paper's point (Section 4, Figure 5) is that the ESU attends over K selected behaviors, so its cost
+does not grow with the lifelong sequence length L, while DIN-style attention over all L behaviors does.
+This measures forward+backward samples/s and peak memory on CPU (2 threads) for
+
+- ``sim_hard`` with K = 200 (the hard search itself ran in Spark; the model sees K behaviors),
+- ``sim_soft`` with K = 200 kept out of L (the soft search runs in the model, so it pays for L once),
+- ``din_long``: DIN target attention over all L behaviors (the cost reference; not a paper model),
+
+at L = 1,000 and 10,000, batch 256. Each measurement runs in its own subprocess so that the peak
+resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) belongs to that
+configuration alone; the figure reported is the peak minus the RSS after building the model and the
+batch, i.e. activations, gradients and allocator overhead of the measured steps.
+
+Run: ``python bench/bench_models.py`` (a few minutes) or ``--quick`` (seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _batch(b: int, s: int, k: int, length: int, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def seq(n: int) -> tuple[Any, Any, Any]:
+        cats = torch.randint(1, 5_000, (b, n), generator=g)
+        items = torch.randint(1, 10**9, (b, n), generator=g)
+        gaps = torch.randint(1, 64, (b, n), generator=g)
+        return items, cats, gaps
+
+    batch: dict[str, Any] = {"item_id": torch.randint(1, 10**9, (b,), generator=g),
+                             "category_id": torch.randint(1, 5_000, (b,), generator=g),
+                             "label": torch.randint(0, 2, (b,), generator=g)}
+    for name, n in (("short", s), ("hard", k), ("long", length)):
+        batch[f"{name}_items"], batch[f"{name}_cats"], batch[f"{name}_gaps"] = seq(n)
+    return batch
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one configuration in this process; returns the figures."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from sim.models import MODEL_SPECS, CTRModel, ModelSpec
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    name, b = spec["model"], spec["batch"]
+    cfg = {"soft_k": spec["k"]}
+    model_spec = ModelSpec("din_long") if name == "din_long" else MODEL_SPECS[name]
+    model = CTRModel(model_spec, cfg, name=name)
+    batch = _batch(b, spec["short"], spec["k"], spec["length"])
+    base = _rss_mb()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        model.loss(out, batch["label"]).backward()
+
+    for _ in range(spec["warmup"]):
+        step()
+    start = time.perf_counter()
+    for _ in range(spec["steps"]):
+        step()
+    elapsed = time.perf_counter() - start
+    peak = _rss_mb()
+    return {**spec, "samples_per_s": b * spec["steps"] / elapsed,
+            "sec_per_step": elapsed / spec["steps"], "base_rss_mb": base, "peak_rss_mb": peak,
+            "delta_mb": peak - base}
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``worker`` in a fresh interpreter (ru_maxrss never goes down within a process)."""
+    # Passive OpenMP waiting: on a shared CPU, spinning workers of one thread slow the other.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        return {**spec, "error": (proc.stderr.strip().splitlines() or [f"rc {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small run: batch 32, L 1,000 and 2,000")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lengths", type=int, nargs="+", default=[1_000, 10_000])
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--short", type=int, default=50)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mem-budget-gb", type=float, default=6.0,
+                   help="largest extra memory one din_long run may take; its batch shrinks to fit")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.quick:
+        args.batch, args.lengths, args.steps, args.warmup = 32, [1_000, 2_000], 2, 1
+
+    common = {"k": args.k, "short": args.short, "steps": args.steps, "warmup": args.warmup,
+              "threads": args.threads}
+    lengths = sorted(args.lengths)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    # sim_hard never sees L (Spark did the search): one measurement serves every L.
+    rows.append(run({**common, "model": "sim_hard", "length": lengths[0], "batch": args.batch}))
+    mb_per_sample_per_l: float | None = None
+    for length in lengths:
+        rows.append(run({**common, "model": "sim_soft", "length": length, "batch": args.batch}))
+        batch = args.batch
+        if mb_per_sample_per_l is not None:
+            # Attention over L is linear in L: extrapolate from the shorter run.
+            need_gb = mb_per_sample_per_l * length * batch / 1024
+            while batch > 8 and need_gb > args.mem_budget_gb:
+                batch //= 2
+                need_gb = mb_per_sample_per_l * length * batch / 1024
+            if batch != args.batch:
+                notes.append(f"din_long at L={length:,}: batch {args.batch} would need about "
+                             f"{mb_per_sample_per_l * length * args.batch / 1024:.1f} GB over the "
+                             f"{args.mem_budget_gb:g} GB budget, measured at batch {batch}")
+        row = run({**common, "model": "din_long", "length": length, "batch": batch})
+        rows.append(row)
+        if "error" not in row and mb_per_sample_per_l is None:
+            mb_per_sample_per_l = max(row["delta_mb"], 1.0) / batch / length
+
+    print(f"forward+backward on CPU, {args.threads} threads, emb_dim 8, K={args.k}, "
+          f"short S={args.short}, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+    print("memory = peak RSS (ru_maxrss) minus RSS after building model and batch, per subprocess")
+    print(f"{'model':<10} {'L':>7} {'K':>5} {'batch':>6} {'samples/s':>11} {'ms/sample':>10} "
+          f"{'mem MB':>9} {'MB/sample':>10}")
+    for r in rows:
+        shown_l = "any" if r["model"] == "sim_hard" else f"{r['length']:,}"
+        shown_k = "-" if r["model"] == "din_long" else str(r["k"])
+        if "error" in r:
+            print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6}  failed: {r['error']}")
+            continue
+        print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6} "
+              f"{r['samples_per_s']:>11.1f} {1000 / r['samples_per_s']:>10.3f} "
+              f"{r['delta_mb']:>9.1f} {r['delta_mb'] / r['batch']:>10.3f}")
+    hard = rows[0]
+    print("ratios (sim_hard K=200 against din_long over all L; memory per sample):")
+    for r in rows:
+        if r["model"] != "din_long" or "error" in r or "error" in hard:
+            continue
+        speed = hard["samples_per_s"] / r["samples_per_s"]
+        mem = (hard["delta_mb"] / hard["batch"]) / max(r["delta_mb"] / r["batch"], 1e-9)
+        print(f"  L={r['length']:>6,}: sim_hard is {speed:.1f}x the throughput, "
+              f"{mem:.2f}x the memory per sample")
+    for note in notes:
+        print("note:", note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Named parts of SIM (Pi et al., CIKM 2020), composed by ``sim.models.sim``.
+
+Paper map:
+- ``FeatureEmbedding``: the Embedding layer of Figure 1 (item, category and time-interval embeddings;
+  Section 3.3 encodes the time intervals D as E^t).
+- ``TargetAttention``: the DIN short-term branch (the paper's "short-term user interest").
+- ``GeneralSearchUnit``: Section 3.2, Equation (1). Hard-search r_i = Sign(C_i = C_a);
+  soft-search r_i = (W_b e_i) . (W_a e_a) with the auxiliary CTR task of Equation (2).
+- ``MultiHeadTargetAttention`` / ``ExactSearchUnit``: Section 3.3, Equations (3)-(4),
+  U_lt = concat(head_1..head_q).
+- ``MLP``: the Embedding&MLP over-arch (200 x 80 x 1 logit; the paper's 2-way softmax is equivalent).
+- ``masked_mean``: the avg-pooling baselines ("Avg-Pooling Long DIN", "only first stage").
+
+Shape legend used in the docstrings: B batch size, L behavior sequence length (any of S, K, L of the
+samples table), K number of behaviors kept by a search, D embedding dim (``emb_dim``), E behavior
+embedding dim (2 * D: item ⊕ category), Z ESU input dim (E, or E + D with time info), H number of heads,
+P projection dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def hash_ids(x: Tensor, num_buckets: int) -> Tensor:
+    """Map raw ids to embedding rows without a dictionary; row 0 is reserved for padding.
+
+    Catalogs have tens of millions of items and ids up to ~1e9, so a driver-side id -> row map is
+    out (DESIGN.md "Rules"); collisions are the price of a bounded table.
+
+    Args:
+        x: raw ids of any shape, int64; 0 means padding.
+        num_buckets: rows of the embedding table (>= 2).
+
+    Returns:
+        Tensor of the same shape: ``x % (num_buckets - 1) + 1`` where ``x > 0``, else 0.
+    """
+    if num_buckets < 2:
+        raise ValueError(f"num_buckets must be >= 2, got {num_buckets}")
+    return torch.where(x > 0, x % (num_buckets - 1) + 1, torch.zeros_like(x))
+
+
+def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` that gives padded positions a weight of exactly 0.
+
+    A row with no real position gets all-zero weights (not NaN), so a user with no behavior in
+    the candidate's category contributes a zero interest vector.
+
+    Args:
+        scores: attention logits, e.g. B X L or B X H X L.
+        mask: bool, broadcastable to ``scores``; True at real positions.
+
+    Returns:
+        Weights of the shape of ``scores``; each row sums to 1 over real positions (or is all 0).
+    """
+    # finfo.min rather than -inf: a row that is all padding would give NaN with -inf.
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(filled, dim=dim)
+    # exp(min - max) already underflows to 0 when the row has a real position; the multiply makes
+    # the all-padding rows exactly 0 too.
+    return weights * mask.to(weights.dtype)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Average of the real positions of a sequence (the avg-pooling baselines).
+
+    Args:
+        values: B X L X E.
+        mask: B X L bool, True at real positions.
+
+    Returns:
+        B X E; zeros for a row with no real position.
+    """
+    m = mask.to(values.dtype).unsqueeze(-1)
+    total = (values * m).sum(dim=1)
+    count = m.sum(dim=1).clamp_min(1.0)
+    return total / count
+
+
+@dataclass
+class Behaviors:
+    """One behavior sequence of a batch (ids as the samples table stores them).
+
+    Attributes:
+        items: B X L raw item ids, 0 = padding.
+        cats: B X L raw category ids.
+        gaps: B X L time-gap bucket ids in [0, time_gap_buckets).
+    """
+
+    items: Tensor
+    cats: Tensor
+    gaps: Tensor
+
+    @property
+    def mask(self) -> Tensor:
+        """B X L bool, True at real behaviors."""
+        return self.items > 0
+
+    def gather(self, index: Tensor) -> "Behaviors":
+        """Positions ``index`` (B X K) of every field, e.g. the behaviors a search kept."""
+        return Behaviors(self.items.gather(1, index), self.cats.gather(1, index),
+                         self.gaps.gather(1, index))
+
+    def truncate(self, k: int) -> "Behaviors":
+        """The first (newest) ``k`` positions."""
+        return Behaviors(self.items[:, :k], self.cats[:, :k], self.gaps[:, :k])
+
+
+class FeatureEmbedding(nn.Module):
+    """Item, category and time-gap bucket embeddings shared by every branch.
+
+    GSU and ESU share these tables, as the paper trains them "simultaneously" with shared
+    embedding params (Section 3.1). A behavior or a candidate is e = item ⊕ category (E = 2D).
+
+    Args:
+        item_buckets: rows of the item table (raw ids are hashed into them).
+        category_buckets: rows of the category table.
+        time_gap_buckets: rows of the time-gap table; bucket ids index it directly.
+        emb_dim: D.
+    """
+
+    def __init__(self, item_buckets: int, category_buckets: int, time_gap_buckets: int,
+                 emb_dim: int) -> None:
+        super().__init__()
+        self.item_buckets = item_buckets
+        self.category_buckets = category_buckets
+        self.emb_dim = emb_dim
+        self.item = nn.Embedding(item_buckets, emb_dim, padding_idx=0)
+        self.category = nn.Embedding(category_buckets, emb_dim, padding_idx=0)
+        self.time_gap = nn.Embedding(time_gap_buckets, emb_dim, padding_idx=0)
+        for table in (self.item, self.category, self.time_gap):
+            # Small init: the default N(0, 1) makes the first attention logits saturate.
+            nn.init.normal_(table.weight, std=0.05)
+            with torch.no_grad():
+                table.weight[0].zero_()
+
+    @property
+    def behavior_dim(self) -> int:
+        """E = 2D."""
+        return 2 * self.emb_dim
+
+    def items_and_cats(self, items: Tensor, cats: Tensor) -> Tensor:
+        """e = item ⊕ category embedding.
+
+        Args:
+            items: raw item ids, B or B X L.
+            cats: raw category ids, same shape.
+
+        Returns:
+            B X E or B X L X E.
+        """
+        return torch.cat([self.item(hash_ids(items, self.item_buckets)),
+                          self.category(hash_ids(cats, self.category_buckets))], dim=-1)
+
+    def behaviors(self, seq: Behaviors, with_time: bool = False) -> Tensor:
+        """Embed a behavior sequence.
+
+        Args:
+            seq: B X L behaviors.
+            with_time: append the time-gap embedding e^t (z_j = e*_j ⊕ e^t_j, Section 3.3).
+
+        Returns:
+            B X L X E, or B X L X (E + D) with time.
+        """
+        e = self.items_and_cats(seq.items, seq.cats)
+        if with_time:
+            e = torch.cat([e, self.time_gap(seq.gaps)], dim=-1)
+        return e
+
+
+class MLP(nn.Module):
+    """Fully connected tower; the last layer is linear (a logit or a feature vector).
+
+    Args:
+        in_dim: input features.
+        hidden: hidden layer widths, e.g. (200, 80).
+        out_dim: output features (1 for a CTR logit).
+        dropout: dropout after each hidden activation.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in hidden:
+            # One PReLU slope per layer: per-channel PReLU acts on dim 1, which is L for B X L X F input.
+            layers += [nn.Linear(prev, width), nn.PReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        layers.append(nn.Linear(prev, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: ... X in_dim.
+
+        Returns:
+            ... X out_dim.
+        """
+        return self.net(x)
+
+
+class TargetAttention(nn.Module):
+    """DIN target attention (Zhou et al., KDD 2018): an MLP scores each behavior against the target.
+
+    The score MLP sees [k, q, k - q, k * q] as in DIN. Weights are a masked softmax rather than DIN's
+    unnormalised scores: with sequences from 1 to thousands of behaviors the unnormalised sum scales
+    with the length, and the softmax gives padding a weight of exactly 0.
+
+    Args:
+        dim: E, the dim of both the behaviors and the target.
+        hidden: widths of the score MLP.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (80, 40)) -> None:
+        super().__init__()
+        self.score = MLP(4 * dim, hidden, out_dim=1)
+
+    def forward(self, target: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Args:
+            target: B X E candidate embedding e_a.
+            keys: B X L X E behavior embeddings.
+            mask: B X L bool, True at real behaviors.
+
+        Returns:
+            (interest B X E, weights B X L).
+        """
+        q = target.unsqueeze(1).expand_as(keys)
+        scores = self.score(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)
+        weights = masked_softmax(scores, mask)
+        return torch.einsum("bl,ble->be", weights, keys), weights
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """Equations (3)-(4): att_i = softmax_j((W_b^i z_j) . (W_a^i e_a)), head_i = sum_j att_ij z_j.
+
+    Heads sum the raw z_j (not a projection of it), as the paper writes; the dot product is scaled
+    by 1/sqrt(P) to keep the softmax out of saturation at init.
+
+    Args:
+        key_dim: Z, dim of z_j.
+        query_dim: E, dim of e_a.
+        heads: q, number of heads.
+        proj_dim: P, dim of each head's W_b^i / W_a^i projection.
+    """
+
+    def __init__(self, key_dim: int, query_dim: int, heads: int, proj_dim: int) -> None:
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
+        self.heads = heads
+        self.proj_dim = proj_dim
+        self.w_b = nn.Linear(key_dim, heads * proj_dim, bias=False)
+        self.w_a = nn.Linear(query_dim, heads * proj_dim, bias=False)
+
+    def forward(self, target: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Args:
+            target: B X E candidate embedding e_a.
+            keys: B X K X Z behaviors z_j.
+            mask: B X K bool, True at real behaviors.
+
+        Returns:
+            (U_lt B X (H * Z), weights B X H X K).
+        """
+        b, k, _ = keys.shape
+        kb = self.w_b(keys).view(b, k, self.heads, self.proj_dim)
+        qa = self.w_a(target).view(b, self.heads, self.proj_dim)
+        scores = torch.einsum("bkhp,bhp->bhk", kb, qa) / self.proj_dim ** 0.5
+        weights = masked_softmax(scores, mask.unsqueeze(1))
+        heads = torch.einsum("bhk,bkz->bhz", weights, keys)
+        return heads.reshape(b, -1), weights
+
+
+@dataclass
+class SearchResult:
+    """What a General Search Unit hands on.
+
+    Attributes:
+        behaviors: B X K the kept behaviors (ids, as input).
+        embeddings: B X K X E their e_i (sharing the autograd graph of the embedding tables).
+        mask: B X K bool, True at kept real behaviors; a row with fewer than K real behaviors has
+            padded slots here that every consumer must mask.
+        index: B X K positions in the searched sequence.
+        scores: B X L relevance r_i of every searched position (soft: the inner product, hard: 0/1),
+            None when not computed.
+        aux_logit: B logit of the soft-search auxiliary CTR head, None for hard search.
+    """
+
+    behaviors: Behaviors
+    embeddings: Tensor
+    mask: Tensor
+    index: Tensor
+    scores: Tensor | None = None
+    aux_logit: Tensor | None = None
+
+
+class GeneralSearchUnit(nn.Module):
+    """Section 3.2: pick the top-K behaviors relevant to the candidate.
+
+    ``mode="hard"``: r_i = Sign(C_i = C_a), non-parametric. In the pipeline the UBT lookup has
+    already done this search in Spark (the ``hard_*`` columns, newest first, capped at 200), so on
+    those columns the unit only re-checks the category rule and masks anything else; on a raw
+    sequence it performs the search itself. Newest behaviors win when more than K match.
+
+    ``mode="soft"``: r_i = (W_b e_i) . (W_a e_a); keeps the K highest scores (exact search over the
+    sequence it is given: for the L <= a few thousand the samples carry, a sort is cheaper than
+    building an ALSH index). It owns the auxiliary CTR head of Equation (2), which is what trains
+    W_b and W_a: the top-K selection itself passes no gradient.
+    U_r = sum_i softmax(r)_i e_i over all real behaviors. The paper writes the raw sum sum_i r_i e_i;
+    we normalise because the raw sum grows with the sequence length (1 to 54,000 behaviors), which
+    would make the MLP input scale differ by orders of magnitude between users. The top-K order is
+    the same either way. ``aux_pooling="sum"`` gives the paper's raw sum.
+
+    Args:
+        mode: "hard" or "soft".
+        k: behaviors to keep (soft); for hard, None keeps every matching position.
+        behavior_dim: E (soft only).
+        proj_dim: P, dim of W_b e_i and W_a e_a (soft only).
+        aux_hidden: hidden widths of the auxiliary MLP (soft only).
+        aux_pooling: "softmax" or "sum", how r weighs e_i in U_r (soft only).
+        dropout: dropout of the auxiliary MLP.
+    """
+
+    def __init__(self, mode: str, k: int | None = None, behavior_dim: int = 0, proj_dim: int = 16,
+                 aux_hidden: Sequence[int] = (200, 80), aux_pooling: str = "softmax",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if mode not in ("hard", "soft"):
+            raise ValueError(f"GSU mode must be 'hard' or 'soft', got {mode!r}")
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.mode = mode
+        self.k = k
+        if mode == "soft":
+            if k is None or behavior_dim < 1:
+                raise ValueError("soft search needs k and behavior_dim")
+            if aux_pooling not in ("softmax", "sum"):
+                raise ValueError(f"aux_pooling must be 'softmax' or 'sum', got {aux_pooling!r}")
+            self.aux_pooling = aux_pooling
+            self.w_b = nn.Linear(behavior_dim, proj_dim, bias=False)
+            self.w_a = nn.Linear(behavior_dim, proj_dim, bias=False)
+            self.aux_mlp = MLP(2 * behavior_dim, aux_hidden, out_dim=1, dropout=dropout)
+
+    def forward(self, embedding: FeatureEmbedding, seq: Behaviors, target_cat: Tensor,
+                target_emb: Tensor) -> SearchResult:
+        """Args:
+            embedding: the shared tables.
+            seq: B X L behaviors to search (hard: the hard_* or long_* columns; soft: long_*).
+            target_cat: B raw candidate category ids.
+            target_emb: B X E e_a.
+
+        Returns:
+            SearchResult with K = min(k, L) (hard with k None: K = L).
+        """
+        if self.mode == "hard":
+            return self._hard(embedding, seq, target_cat)
+        return self._soft(embedding, seq, target_emb)
+
+    def _hard(self, embedding: FeatureEmbedding, seq: Behaviors, target_cat: Tensor) -> SearchResult:
+        relevant = seq.mask & (seq.cats == target_cat.unsqueeze(1))
+        length = seq.items.shape[1]
+        k = length if self.k is None else min(self.k, length)
+        # Stable sort keeps newest-first order among the matches (sequences arrive newest first).
+        index = torch.sort(relevant.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+        kept = seq.gather(index)
+        mask = relevant.gather(1, index)
+        return SearchResult(kept, embedding.behaviors(kept), mask, index,
+                            scores=relevant.to(torch.float32))
+
+    def relevance(self, behavior_emb: Tensor, target_emb: Tensor) -> Tensor:
+        """Soft-search r_i = (W_b e_i) . (W_a e_a).
+
+        Args:
+            behavior_emb: B X L X E.
+            target_emb: B X E.
+
+        Returns:
+            B X L.
+        """
+        return torch.einsum("blp,bp->bl", self.w_b(behavior_emb), self.w_a(target_emb))
+
+    def _soft(self, embedding: FeatureEmbedding, seq: Behaviors, target_emb: Tensor) -> SearchResult:
+        e = embedding.behaviors(seq)
+        mask = seq.mask
+        scores = self.relevance(e, target_emb)
+        if self.aux_pooling == "softmax":
+            weights = masked_softmax(scores, mask)
+        else:
+            weights = scores * mask.to(scores.dtype)
+        u_r = torch.einsum("bl,ble->be", weights, e)
+        aux_logit = self.aux_mlp(torch.cat([u_r, target_emb], dim=-1)).squeeze(-1)
+
+        k = min(int(self.k), seq.items.shape[1])  # type: ignore[arg-type]
+        ranked = scores.detach().masked_fill(~mask, float("-inf"))
+        # Stable: among equal scores the newer behavior wins, and appended padding (scored -inf,
+        # sorted last) can never displace a real behavior, so the result ignores extra padding.
+        index = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
+        kept = seq.gather(index)
+        kept_emb = e.gather(1, index.unsqueeze(-1).expand(-1, -1, e.shape[-1]))
+        return SearchResult(kept, kept_emb, mask.gather(1, index), index, scores=scores,
+                            aux_logit=aux_logit)
+
+
+class ExactSearchUnit(nn.Module):
+    """Section 3.3: multi-head target attention over the K behaviors the GSU kept.
+
+    z_j = e*_j (item ⊕ category), or e*_j ⊕ e^t_j with ``with_time`` (the "+ time info" models).
+
+    Args:
+        behavior_dim: E.
+        time_dim: D of the time-gap embedding (used only with ``with_time``).
+        heads: q.
+        proj_dim: P.
+        with_time: concatenate the time-gap embedding to each behavior.
+    """
+
+    def __init__(self, behavior_dim: int, time_dim: int, heads: int, proj_dim: int,
+                 with_time: bool) -> None:
+        super().__init__()
+        self.with_time = with_time
+        self.key_dim = behavior_dim + (time_dim if with_time else 0)
+        self.attention = MultiHeadTargetAttention(self.key_dim, behavior_dim, heads, proj_dim)
+
+    @property
+    def out_dim(self) -> int:
+        """Features of U_lt: H * Z."""
+        return self.attention.heads * self.key_dim
+
+    def forward(self, embedding: FeatureEmbedding, found: SearchResult,
+                target_emb: Tensor) -> tuple[Tensor, Tensor]:
+        """Args:
+            embedding: the shared tables (for the time-gap embedding).
+            found: the GSU output, B X K.
+            target_emb: B X E e_a.
+
+        Returns:
+            (U_lt B X (H * Z), attention weights B X H X K).
+        """
+        z = found.embeddings
+        if self.with_time:
+            z = torch.cat([z, embedding.time_gap(found.behaviors.gaps)], dim=-1)
+        return self.attention(target_emb, z, found.mask)
+
+
+class MemoryReader(nn.Module):
+    """A small MIMN-style memory baseline (Pi et al., KDD 2019), simplified; not part of SIM.
+
+    Memory slots M_1..M_m with learned keys; every real behavior writes into the slots by content
+    addressing (softmax of key . e_i), in one parallel pass instead of MIMN's recurrent NTM
+    controller and its Memory Induction Unit; the candidate then reads the slots by attention.
+    Like MIMN it encodes the whole long sequence into a fixed-size memory that the target only
+    reads, which is the property the paper contrasts SIM against.
+
+    Args:
+        dim: E.
+        slots: m, number of memory slots.
+    """
+
+    def __init__(self, dim: int, slots: int = 4) -> None:
+        super().__init__()
+        self.slot_keys = nn.Parameter(torch.randn(slots, dim) * 0.1)
+        self.write_proj = nn.Linear(dim, dim)
+        self.read_query = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, target: Tensor, behaviors: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Args:
+            target: B X E.
+            behaviors: B X L X E.
+            mask: B X L bool.
+
+        Returns:
+            (read vector B X E, read weights B X m).
+        """
+        address = torch.softmax(torch.einsum("ble,me->blm", behaviors, self.slot_keys), dim=-1)
+        address = address * mask.unsqueeze(-1).to(address.dtype)
+        written = torch.einsum("blm,ble->bme", address, self.write_proj(behaviors))
+        # Normalise by the mass each slot received so long and short histories give comparable slots.
+        memory = written / address.sum(dim=1).unsqueeze(-1).clamp_min(1.0)
+        read = torch.softmax(torch.einsum("bme,be->bm", memory, self.read_query(target)), dim=-1)
+        return torch.einsum("bm,bme->be", read, memory), read

@@ -1,0 +1,265 @@
+"""SIM (Pi et al., CIKM 2020, Figure 1) and the paper's baselines as compositions of one model class.
+
+``CTRModel`` = short-term DIN branch + an optional long-term branch + the Embedding&MLP over-arch.
+What the long-term branch is (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
+
+| name              | long-term branch                                          |
+|-------------------|-----------------------------------------------------------|
+| din               | none                                                      |
+| avgpool_long_din  | masked mean of the long sequence                          |
+| mimn              | memory slots written by the long sequence, read by target |
+| gsu_only_hard     | hard GSU, its K behaviors avg-pooled ("only first stage") |
+| gsu_only_soft     | soft GSU (+ aux CTR head), K behaviors avg-pooled         |
+| sim_hard          | hard GSU -> ESU                                           |
+| sim_soft          | soft GSU (+ aux CTR head) -> ESU                          |
+| sim_hard_time     | hard GSU -> ESU with time-gap embeddings                  |
+| sim_soft_time     | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings |
+
+Loss (Equation 5): alpha * L_GSU + beta * L_ESU, alpha = beta = 1 with soft search; hard search is
+non-parametric, so alpha = 0 and no GSU term exists at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sim.models.layers import (Behaviors, ExactSearchUnit, FeatureEmbedding, GeneralSearchUnit,
+                               MemoryReader, MLP, TargetAttention, masked_mean)
+
+LONG_BRANCHES = ("none", "avgpool", "mimn", "gsu_pool", "esu", "din_long")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which parts a model is made of.
+
+    Attributes:
+        long_branch: "none", "avgpool" (mean of long_*), "mimn" (memory over long_*),
+            "gsu_pool" (GSU output avg-pooled), "esu" (GSU -> ESU), "din_long" (DIN target
+            attention over all of long_*; not a paper model, the cost reference of the benchmark).
+        gsu_mode: "hard" or "soft" for the gsu_pool / esu branches, else None.
+        with_time: ESU z_j carries the time-gap embedding.
+    """
+
+    long_branch: str = "none"
+    gsu_mode: str | None = None
+    with_time: bool = False
+
+    def __post_init__(self) -> None:
+        if self.long_branch not in LONG_BRANCHES:
+            raise ValueError(f"long_branch must be one of {LONG_BRANCHES}, got {self.long_branch!r}")
+        needs_gsu = self.long_branch in ("gsu_pool", "esu")
+        if needs_gsu != (self.gsu_mode in ("hard", "soft")):
+            raise ValueError(f"long_branch {self.long_branch!r} and gsu_mode {self.gsu_mode!r} "
+                             "do not fit: gsu_pool/esu need 'hard' or 'soft', others None")
+        if self.with_time and self.long_branch != "esu":
+            raise ValueError("with_time needs the ESU branch")
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "din": ModelSpec(),
+    "avgpool_long_din": ModelSpec("avgpool"),
+    "mimn": ModelSpec("mimn"),
+    "gsu_only_hard": ModelSpec("gsu_pool", "hard"),
+    "gsu_only_soft": ModelSpec("gsu_pool", "soft"),
+    "sim_hard": ModelSpec("esu", "hard"),
+    "sim_soft": ModelSpec("esu", "soft"),
+    "sim_hard_time": ModelSpec("esu", "hard", with_time=True),
+    "sim_soft_time": ModelSpec("esu", "soft", with_time=True),
+}
+
+
+def model_defaults() -> dict[str, Any]:
+    """Every config key a model reads, with its default.
+
+    Keys:
+        item_buckets: rows of the item embedding table (the memory knob: rows * emb_dim floats).
+        category_buckets: rows of the category table.
+        time_gap_buckets: rows of the time-gap table; must match the pipeline's ``time_gap_buckets``.
+        emb_dim: D per id field (the paper's public runs use 4).
+        mlp_dims: hidden widths of the over-arch and of the soft-search aux head; a 1-logit layer follows.
+        attention_dims: hidden widths of the DIN score MLP.
+        esu_heads: q, ESU heads.
+        esu_proj_dim: P, per-head projection dim of W_b^i / W_a^i.
+        soft_k: K behaviors soft search keeps.
+        gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
+        gsu_aux_pooling: "softmax" (default) or "sum" (the paper's raw sum_i r_i e_i) for U_r.
+        hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
+        mimn_slots: memory slots of the mimn baseline.
+        dropout: dropout in the MLPs.
+        gsu_alpha: weight of the GSU aux loss (None = 1 with soft search; must stay 0/None otherwise).
+        esu_beta: weight of the main CTR loss (None = 1).
+    """
+    return {
+        "item_buckets": 1_000_003,
+        "category_buckets": 10_007,
+        "time_gap_buckets": 64,
+        "emb_dim": 8,
+        "mlp_dims": [200, 80],
+        "attention_dims": [80, 40],
+        "esu_heads": 2,
+        "esu_proj_dim": 16,
+        "soft_k": 50,
+        "gsu_proj_dim": 16,
+        "gsu_aux_pooling": "softmax",
+        "hard_k": None,
+        "mimn_slots": 4,
+        "dropout": 0.0,
+        "gsu_alpha": None,
+        "esu_beta": None,
+    }
+
+
+def _sequence(batch: Mapping[str, Tensor], name: str) -> Behaviors:
+    return Behaviors(batch[f"{name}_items"], batch[f"{name}_cats"], batch[f"{name}_gaps"])
+
+
+class CTRModel(nn.Module):
+    """SIM and its baselines: [U_lt, short-term interest, e_a] -> MLP -> CTR logit.
+
+    Args:
+        spec: which long-term branch (see ``ModelSpec``).
+        cfg: config overrides of ``model_defaults()``; unknown keys raise ValueError.
+        name: the model's registry name (for logs and checkpoints).
+
+    Shape legend: B batch, S short length, K hard/soft-search length, L long length, E = 2 * emb_dim,
+    H ESU heads.
+    """
+
+    def __init__(self, spec: ModelSpec, cfg: Mapping[str, Any] | None = None, name: str = "") -> None:
+        super().__init__()
+        unknown = set(cfg or {}) - set(model_defaults())
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; "
+                             f"known: {sorted(model_defaults())}")
+        c = {**model_defaults(), **(cfg or {})}
+        self.cfg = c
+        self.spec = spec
+        self.name = name
+        soft = spec.gsu_mode == "soft"
+        alpha = c["gsu_alpha"]
+        if not soft and alpha not in (None, 0, 0.0):
+            raise ValueError(f"gsu_alpha={alpha} needs a soft-search model; {name or spec} has no "
+                             "GSU loss (hard search is non-parametric, alpha = 0)")
+        self.gsu_alpha = (1.0 if alpha is None else float(alpha)) if soft else 0.0
+        self.esu_beta = 1.0 if c["esu_beta"] is None else float(c["esu_beta"])
+
+        self.embedding = FeatureEmbedding(c["item_buckets"], c["category_buckets"],
+                                          c["time_gap_buckets"], c["emb_dim"])
+        e_dim = self.embedding.behavior_dim
+        self.short_attention = TargetAttention(e_dim, c["attention_dims"])
+
+        self.gsu: GeneralSearchUnit | None = None
+        self.esu: ExactSearchUnit | None = None
+        self.memory: MemoryReader | None = None
+        self.long_attention: TargetAttention | None = None
+        long_dim = 0
+        if spec.long_branch in ("gsu_pool", "esu"):
+            if soft:
+                self.gsu = GeneralSearchUnit("soft", k=c["soft_k"], behavior_dim=e_dim,
+                                             proj_dim=c["gsu_proj_dim"], aux_hidden=c["mlp_dims"],
+                                             aux_pooling=c["gsu_aux_pooling"], dropout=c["dropout"])
+            else:
+                self.gsu = GeneralSearchUnit("hard", k=c["hard_k"])
+            long_dim = e_dim
+        if spec.long_branch == "esu":
+            self.esu = ExactSearchUnit(e_dim, c["emb_dim"], c["esu_heads"], c["esu_proj_dim"],
+                                       spec.with_time)
+            long_dim = self.esu.out_dim
+        elif spec.long_branch == "avgpool":
+            long_dim = e_dim
+        elif spec.long_branch == "mimn":
+            self.memory = MemoryReader(e_dim, c["mimn_slots"])
+            long_dim = e_dim
+        elif spec.long_branch == "din_long":
+            self.long_attention = TargetAttention(e_dim, c["attention_dims"])
+            long_dim = e_dim
+        self.over_arch = MLP(long_dim + 2 * e_dim, c["mlp_dims"], out_dim=1, dropout=c["dropout"])
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Args:
+            batch: the samples-table columns as tensors (``sim.schema``): ``item_id``,
+                ``category_id`` (B), ``short_*`` (B X S), ``hard_*`` (B X K), ``long_*`` (B X L);
+                a model reads only the sequences it uses.
+
+        Returns:
+            dict with
+            ``logit`` B, the main (ESU / over-arch) CTR logit;
+            ``short_attention`` B X S, DIN weights of the short branch;
+            ``gsu_logit`` B, soft-search aux CTR logit (soft models only);
+            ``gsu_scores`` B X L and ``gsu_index`` B X K (GSU models);
+            ``esu_attention`` B X H X K (ESU models); ``long_attention`` B X L (din_long);
+            ``memory_read`` B X slots (mimn).
+        """
+        out: dict[str, Tensor] = {}
+        emb = self.embedding
+        target = emb.items_and_cats(batch["item_id"], batch["category_id"])
+        short = _sequence(batch, "short")
+        u_short, out["short_attention"] = self.short_attention(target, emb.behaviors(short),
+                                                               short.mask)
+        features = [u_short, target]
+        branch = self.spec.long_branch
+        if self.gsu is not None:
+            source = _sequence(batch, "long" if self.gsu.mode == "soft" else "hard")
+            found = self.gsu(emb, source, batch["category_id"], target)
+            out["gsu_index"] = found.index
+            if found.scores is not None:
+                out["gsu_scores"] = found.scores
+            if found.aux_logit is not None:
+                out["gsu_logit"] = found.aux_logit
+            if self.esu is not None:
+                u_long, out["esu_attention"] = self.esu(emb, found, target)
+            else:
+                u_long = masked_mean(found.embeddings, found.mask)
+            features.insert(0, u_long)
+        elif branch != "none":
+            long = _sequence(batch, "long")
+            e_long = emb.behaviors(long)
+            if branch == "avgpool":
+                u_long = masked_mean(e_long, long.mask)
+            elif branch == "mimn":
+                assert self.memory is not None
+                u_long, out["memory_read"] = self.memory(target, e_long, long.mask)
+            else:
+                assert self.long_attention is not None
+                u_long, out["long_attention"] = self.long_attention(target, e_long, long.mask)
+            features.insert(0, u_long)
+        out["logit"] = self.over_arch(torch.cat(features, dim=-1)).squeeze(-1)
+        return out
+
+    def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit).
+
+        Args:
+            outputs: what ``forward`` returned.
+            labels: B clicks, 0/1 (int or float).
+
+        Returns:
+            Scalar loss (mean over the batch).
+        """
+        y = labels.to(outputs["logit"].dtype)
+        total = self.esu_beta * F.binary_cross_entropy_with_logits(outputs["logit"], y)
+        # Hard search and the non-search baselines have no GSU term at all, not a zero-weighted one.
+        if self.gsu_alpha > 0:
+            total = total + self.gsu_alpha * F.binary_cross_entropy_with_logits(
+                outputs["gsu_logit"], y)
+        return total
+
+    def attention_weights(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Attention weights of every attention the model has (for tests and analysis).
+
+        Returns:
+            subset of ``short_attention`` B X S, ``esu_attention`` B X H X K,
+            ``long_attention`` B X L, ``memory_read`` B X slots.
+        """
+        keys = ("short_attention", "esu_attention", "long_attention", "memory_read")
+        out = self.forward(batch)
+        return {k: v for k, v in out.items() if k in keys}
+
+
+# The paper's name for the full model; the baselines are the same class with other specs.
+SIM = CTRModel

@@ -1,0 +1,252 @@
+"""Tests of the SIM models and their parts (sim.models): shapes, padding, search, loss, learning."""
+from __future__ import annotations
+
+import os
+
+# Busy-waiting OpenMP workers make 2-thread torch many times slower on a shared, loaded CPU; libgomp
+# reads this when torch loads, so it only helps if nothing imported torch before this module.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from sim.models import MODEL_NAMES, build_model, hash_ids, model_defaults  # noqa: E402
+from sim.models.layers import (Behaviors, FeatureEmbedding, GeneralSearchUnit,  # noqa: E402
+                               masked_softmax)
+
+torch.set_num_threads(2)
+
+SMALL = {"item_buckets": 5_003, "category_buckets": 101, "time_gap_buckets": 16, "emb_dim": 4,
+         "mlp_dims": [32, 16], "attention_dims": [16], "esu_proj_dim": 8, "gsu_proj_dim": 8,
+         "soft_k": 6}
+SOFT_MODELS = [n for n in MODEL_NAMES if "soft" in n]
+SEQS = ("short", "hard", "long")
+
+
+def make_batch(b: int = 16, s: int = 5, k: int = 8, long: int = 24, n_cats: int = 12,
+               seed: int = 0, gap_buckets: int = 16) -> dict[str, Tensor]:
+    """Random rows laid out like the samples table: newest first, 0-padded, hard_* = the candidate
+    category's behaviors of the long window, short_* = the newest behaviors.
+
+    Item ids are large (~1e9) so hashing is exercised; an item's category is a function of its id.
+    """
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(0, long + 1, (b,), generator=g)
+    lens[0], lens[1] = long, 0  # a full row and a user with no history
+    cats = torch.randint(1, n_cats + 1, (b, long), generator=g)
+    items = 1_000_000_000 + cats * 10_000 + torch.randint(1, 50, (b, long), generator=g)
+    gaps = torch.randint(1, gap_buckets, (b, long), generator=g)
+    real = torch.arange(long).unsqueeze(0) < lens.unsqueeze(1)
+    items, cats, gaps = items * real, cats * real, gaps * real
+    cand_cat = torch.randint(1, n_cats + 1, (b,), generator=g)
+    cand_item = 1_000_000_000 + cand_cat * 10_000 + torch.randint(50, 5_000, (b,), generator=g)
+    batch = {"item_id": cand_item, "category_id": cand_cat,
+             "long_items": items, "long_cats": cats, "long_gaps": gaps,
+             "short_items": items[:, :s].clone(), "short_cats": cats[:, :s].clone(),
+             "short_gaps": gaps[:, :s].clone(), "long_len": lens}
+    hard = torch.zeros(3, b, k, dtype=torch.long)
+    for r in range(b):
+        pos = (cats[r] == cand_cat[r]).nonzero().flatten()[:k]
+        hard[0, r, :len(pos)], hard[1, r, :len(pos)] = items[r, pos], cats[r, pos]
+        hard[2, r, :len(pos)] = gaps[r, pos]
+    batch["hard_items"], batch["hard_cats"], batch["hard_gaps"] = hard
+    batch["label"] = (hard[0] > 0).any(dim=1).long()
+    batch["d_category"] = torch.full((b,), -1)
+    return batch
+
+
+def pad_more(batch: dict[str, Tensor], extra: int = 7) -> dict[str, Tensor]:
+    """Append ``extra`` zero positions to every sequence."""
+    out = dict(batch)
+    for seq in SEQS:
+        for f in ("items", "cats", "gaps"):
+            t = batch[f"{seq}_{f}"]
+            out[f"{seq}_{f}"] = torch.cat([t, torch.zeros(t.shape[0], extra, dtype=t.dtype)], dim=1)
+    return out
+
+
+def test_hash_ids_keeps_row_zero_for_padding() -> None:
+    x = torch.tensor([0, 1, 4, 5, 10**9, 10**9 + 3])
+    rows = hash_ids(x, 5)
+    assert rows[0] == 0
+    assert bool((rows[1:] >= 1).all()) and bool((rows < 5).all())
+    assert torch.equal(rows, torch.where(x > 0, x % 4 + 1, 0))
+
+
+def test_masked_softmax_all_padding_row_is_zero_not_nan() -> None:
+    w = masked_softmax(torch.randn(2, 4), torch.tensor([[True, False, True, False], [False] * 4]))
+    assert torch.equal(w[1], torch.zeros(4))
+    assert w[0, 1] == 0 and w[0, 3] == 0
+    assert torch.allclose(w[0].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shapes(name: str) -> None:
+    b, s, k, long = 16, 5, 8, 24
+    batch = make_batch(b, s, k, long)
+    model = build_model(name, SMALL)
+    out = model(batch)
+    assert out["logit"].shape == (b,)
+    assert out["short_attention"].shape == (b, s)
+    assert torch.isfinite(out["logit"]).all()
+    if name in SOFT_MODELS:
+        assert out["gsu_logit"].shape == (b,)
+        assert out["gsu_scores"].shape == (b, long)
+        assert out["gsu_index"].shape == (b, SMALL["soft_k"])
+    else:
+        assert "gsu_logit" not in out
+    if name.startswith("sim_"):
+        kept = SMALL["soft_k"] if "soft" in name else k
+        assert out["esu_attention"].shape == (b, model_defaults()["esu_heads"], kept)
+    assert model.loss(out, batch["label"]).shape == ()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_extra_padding_changes_nothing(name: str) -> None:
+    batch = make_batch(seed=1)
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).eval()
+    with torch.no_grad():
+        a, b = model(batch), model(pad_more(batch))
+    for key in ("logit", "gsu_logit"):
+        if key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
+
+
+@pytest.mark.parametrize("name", ["din", "sim_hard", "sim_soft", "sim_hard_time", "sim_soft_time"])
+def test_padded_positions_get_exactly_zero_attention(name: str) -> None:
+    batch = make_batch(seed=2)
+    model = build_model(name, SMALL)
+    weights = model.attention_weights(batch)
+    short_pad = batch["short_items"] == 0
+    assert short_pad.any()
+    assert bool((weights["short_attention"][short_pad] == 0).all())
+    if name != "din":
+        out = model(batch)
+        source = batch["long_items"] if "soft" in name else batch["hard_items"]
+        kept = source.gather(1, out["gsu_index"])
+        pad = (kept == 0).unsqueeze(1).expand_as(out["esu_attention"])
+        assert pad.any()
+        assert bool((out["esu_attention"][pad] == 0).all())
+        real_rows = (kept > 0).any(dim=1)
+        sums = out["esu_attention"].sum(dim=-1)[real_rows]
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sim_soft", "gsu_only_soft"])
+def test_soft_search_keeps_the_k_highest_scores(name: str) -> None:
+    batch = make_batch(b=32, seed=3)
+    model = build_model(name, SMALL)
+    out = model(batch)
+    k = SMALL["soft_k"]
+    emb = model.embedding.behaviors(Behaviors(batch["long_items"], batch["long_cats"],
+                                              batch["long_gaps"]))
+    target = model.embedding.items_and_cats(batch["item_id"], batch["category_id"])
+    assert model.gsu is not None
+    for r in range(batch["item_id"].shape[0]):
+        real = (batch["long_items"][r] > 0).nonzero().flatten().tolist()
+        # Brute force: score every real behavior on its own, rank in Python.
+        with torch.no_grad():
+            scores = {i: float(model.gsu.w_b(emb[r, i]) @ model.gsu.w_a(target[r])) for i in real}
+        expected = sorted(real, key=lambda i: -scores[i])[:k]
+        picked = out["gsu_index"][r].tolist()
+        picked_real = [i for i in picked if batch["long_items"][r, i] > 0]
+        assert set(picked_real) == set(expected), r
+        assert len(picked_real) == min(k, len(real))
+
+
+def test_hard_search_unit_applies_the_category_rule_newest_first() -> None:
+    batch = make_batch(seed=4)
+    emb = FeatureEmbedding(101, 101, 16, 4)
+    gsu = GeneralSearchUnit("hard", k=8)
+    long = Behaviors(batch["long_items"], batch["long_cats"], batch["long_gaps"])
+    target = emb.items_and_cats(batch["item_id"], batch["category_id"])
+    found = gsu(emb, long, batch["category_id"], target)
+    # The Spark pipeline's hard_* columns are exactly this search (make_batch builds them so).
+    assert torch.equal(found.behaviors.items * found.mask, batch["hard_items"])
+    assert torch.equal(found.behaviors.gaps * found.mask, batch["hard_gaps"])
+    assert list(gsu.parameters()) == []
+
+
+def test_hard_mode_has_no_gsu_term_in_the_loss() -> None:
+    batch = make_batch(seed=5)
+    for name in ("sim_hard", "sim_hard_time", "gsu_only_hard"):
+        model = build_model(name, SMALL)
+        assert model.gsu_alpha == 0.0
+        assert not [n for n, _ in model.named_parameters() if n.startswith("gsu.")]
+        out = model(batch)
+        assert "gsu_logit" not in out
+        loss = model.loss(out, batch["label"])
+        assert torch.equal(loss, F.binary_cross_entropy_with_logits(out["logit"],
+                                                                    batch["label"].float()))
+    with pytest.raises(ValueError, match="gsu_alpha"):
+        build_model("sim_hard", {"gsu_alpha": 1.0})
+
+
+def test_soft_mode_loss_and_gradients_reach_the_gsu() -> None:
+    batch = make_batch(seed=6)
+    model = build_model("sim_soft", SMALL)
+    out = model(batch)
+    y = batch["label"].float()
+    loss = model.loss(out, batch["label"])
+    expected = (F.binary_cross_entropy_with_logits(out["gsu_logit"], y)
+                + F.binary_cross_entropy_with_logits(out["logit"], y))
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert model.gsu is not None
+    for p in (model.gsu.w_b.weight, model.gsu.w_a.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    weighted = build_model("sim_soft", {**SMALL, "gsu_alpha": 0.5, "esu_beta": 2.0})
+    out = weighted(batch)
+    expected = (0.5 * F.binary_cross_entropy_with_logits(out["gsu_logit"], y)
+                + 2.0 * F.binary_cross_entropy_with_logits(out["logit"], y))
+    assert torch.allclose(weighted.loss(out, batch["label"]), expected)
+
+
+def test_unknown_model_name_lists_known_names() -> None:
+    with pytest.raises(ValueError) as err:
+        build_model("dien_plus_plus", {})
+    for name in MODEL_NAMES:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        build_model("din", {"embedding_dim": 4})
+
+
+def _train(name: str, batch: dict[str, Tensor], steps: int) -> tuple[torch.nn.Module, float, float]:
+    torch.manual_seed(0)
+    model = build_model(name, SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    y = batch["label"].float()
+    first = 0.0
+    for step in range(steps):
+        opt.zero_grad()
+        out = model(batch)
+        if step == 0:
+            first = F.binary_cross_entropy_with_logits(out["logit"], y).item()
+        model.loss(out, batch["label"]).backward()
+        opt.step()
+    with torch.no_grad():
+        final = F.binary_cross_entropy_with_logits(model(batch)["logit"], y).item()
+    return model, first, final
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_learns_a_tiny_task(name: str) -> None:
+    # Label = the candidate's category occurs in the long history. The long branches see it; the
+    # short-only DIN sees part of it (short = newest behaviors) and can memorise the 200 candidates.
+    batch = make_batch(b=200, s=5, k=8, long=24, n_cats=12, seed=7)
+    _, first, final = _train(name, batch, steps=60)
+    assert final < 0.4 * first or final < 0.3, (name, first, final)
+
+
+@pytest.mark.parametrize("name", ["gsu_only_hard", "sim_hard"])
+def test_hard_search_generalises_to_unseen_rows(name: str) -> None:
+    # Memorising candidates cannot help on fresh rows; only reading the hard-search output can.
+    model, _, _ = _train(name, make_batch(b=200, s=5, k=8, long=24, n_cats=12, seed=7), steps=60)
+    fresh = make_batch(b=200, s=5, k=8, long=24, n_cats=12, seed=8)
+    with torch.no_grad():
+        predicted = model(fresh)["logit"] > 0
+    accuracy = (predicted == fresh["label"].bool()).float().mean().item()
+    assert accuracy > 0.9, accuracy
