@@ -8,10 +8,10 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m sim.demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.demo
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

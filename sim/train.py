@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from sim.config import ConfigError, apply_overrides, deep_merge, load_yaml
+from sim.delta_io import MissingTableError
 from sim.schema import SAMPLE_COLUMNS
 
 log = logging.getLogger("sim.train")
@@ -375,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if manifest is None and "HOROVOD_RANK" not in os.environ:
             manifest = resolve_data(cfg)  # one process: fail on missing data before anything starts
         train(cfg, manifest, resume=args.resume, config_path=args.config)
-    except ConfigError as e:
+    except (ConfigError, MissingTableError) as e:
         log.error("%s", e)
         return 2
     return 0

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# torch's OpenMP threads spin while waiting; on a shared two-core machine that starves Spark and the
+# other ranks. Must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
