@@ -1,0 +1,52 @@
+"""Nightly User Behavior Tree job: UBT(D) = UBT(D-1) + behaviors of D - behaviors leaving the window.
+
+    spark-submit --jars <delta jars> jobs/build_ubt.py --date 2024-06-30 [--backfill 2024-06-01] [--force]
+    python jobs/build_ubt.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.long_days=90
+
+See sim/ubt.py for what the index holds and how a night's cost follows the day's data.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+# Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sim.delta_io import MissingTableError  # noqa: E402
+from sim.cli import job_parser, load_job_conf, run_job  # noqa: E402
+from sim.spark import spark_from_conf  # noqa: E402
+from sim.ubt import Caps, UbtStateError, Windows, build_ubt  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = job_parser(__doc__.splitlines()[0])
+    p.add_argument("--date", required=True, help="the date D to build UBT(D) for (yyyy-MM-dd)")
+    p.add_argument("--backfill", metavar="FROM", default=None,
+                   help="on an empty index: full build of FROM, then every day up to --date in order")
+    p.add_argument("--force", action="store_true", help="rebuild dates already committed")
+    args = p.parse_args(argv)
+    cfg = load_job_conf(args)
+    windows, caps = Windows.from_conf(cfg), Caps.from_conf(cfg)
+    spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
+    try:
+        results = build_ubt(spark, cfg["lakehouse"], args.date, windows, caps,
+                            backfill_from=args.backfill, force=args.force)
+    except (UbtStateError, MissingTableError) as e:
+        print(f"build_ubt: {e}", file=sys.stderr)
+        return 1
+    actions = ", ".join(f"{r.date}:{r.action}" for r in results)
+    last = results[-1]
+    print(f"BUILD_UBT_OK date={args.date} version={last.version} days={len(results)} "
+          f"updated={sum(int(r.metrics.get('numTargetRowsUpdated', 0)) for r in results)} "
+          f"inserted={sum(int(r.metrics.get('numTargetRowsInserted', 0)) for r in results)} "
+          f"deleted={sum(int(r.metrics.get('numTargetRowsDeleted', 0)) for r in results)} "
+          f"touched_keys={sum(r.touched_keys for r in results)} "
+          f"rejected={sum(r.rejected for r in results)} [{actions}]")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

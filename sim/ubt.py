@@ -1,0 +1,505 @@
+"""The User Behavior Tree (UBT): the paper's offline two-level index user_id -> category_id -> behaviors
+(SIM section 5.2, "Online Serving"), kept as a Delta table that a nightly job updates.
+
+One row per (user_id, category_id) holds the key's behaviors of the long window, newest first, as an
+array of ``struct<ts, item_id, behavior_type>``, plus ``count`` (uncapped number of behaviors of the
+key in the window), ``last_ts`` and ``oldest_ts``. The index holds the lifelong data: the paper's
+truncation to K = 200 applies to what hard search returns (sim.samples), not to the index; an optional
+safety cap per key (``caps.ubt_category_cap``) exists and is off by default.
+
+Retention. In time mode UBT(D) serves the impressions of day D+1, whose long window
+(t - long_days, t) starts no earlier than midnight of D+1-long_days, so UBT(D) keeps the behaviors of
+the dates D+1-long_days .. D (``long_days`` whole days). In count mode (public datasets: the last N
+behaviors regardless of time) nothing expires; each key keeps its newest max(long, short) count
+behaviors, which is all that the count-based sequences of sim.samples can ever read.
+
+Nightly update, cost following the day's data: UBT(D) = UBT(D-1) + behaviors(dt = D) - behaviors
+(dt = D - long_days). Only the keys touched by day D or expiring on day D are MERGEd; the table has
+deletion vectors on, so a merge writes the touched rows only and marks their old copies deleted
+instead of rewriting every file that holds one (only Spark reads the UBT, so any Delta feature is
+fine). Each date is one commit with userMetadata {"job": "build_ubt", "date": D, ...} so the samples
+job finds UBT(D-1) by time travel (sim.delta_io.version_for_date). A full build ("backfill") of date
+FROM aggregates all behaviors of FROM's window in one pass.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sim.config import ConfigError
+from sim.delta_io import (Commit, commit_metadata, is_delta_table, job_commits, latest_version,
+                          read_table, require_table, table_path, write_date)
+from sim.schema import REJECTS
+
+log = logging.getLogger(__name__)
+
+JOB = "build_ubt"
+SECONDS_PER_DAY = 86400
+
+BEHAVIOR_STRUCT = T.StructType([
+    T.StructField("ts", T.LongType(), False),
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("behavior_type", T.StringType(), True),
+])
+UBT = T.StructType([
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("category_id", T.LongType(), False),
+    # Newest first; ties by item_id then behavior_type descending (a total order: re-runs are identical).
+    T.StructField("behaviors", T.ArrayType(BEHAVIOR_STRUCT, False), False),
+    T.StructField("count", T.LongType(), False),  # uncapped number of the key's behaviors in the window
+    T.StructField("last_ts", T.LongType(), False),  # newest behavior of the key
+    T.StructField("oldest_ts", T.LongType(), False),  # oldest behavior held in `behaviors`
+])
+UBT_COLUMNS = tuple(f.name for f in UBT.fields)
+# Table properties of the UBT: deletion vectors make a nightly MERGE write only the touched rows.
+UBT_PROPERTIES = {"delta.enableDeletionVectors": "true"}
+# Every this many nightly merges the run compacts the table (OPTIMIZE also purges the rows deletion
+# vectors hide), in a separate commit tagged with the same date.
+COMPACT_EVERY = 30
+
+
+class UbtStateError(RuntimeError):
+    """The UBT is not at the state a run needs (e.g. D-1 was never built); the message says what to run."""
+
+
+# --------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Windows:
+    """The ``windows:`` block of conf/pipeline.yaml (DESIGN.md "Data model": long/short windows)."""
+    mode: str = "time"  # time | count
+    long_days: int = 180
+    short_days: int = 14
+    long_count: int = 400
+    short_count: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("time", "count"):
+            raise ConfigError(f"windows.mode must be 'time' or 'count', not {self.mode!r}")
+        for name in ("long_days", "short_days", "long_count", "short_count"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"windows.{name} must be a positive integer")
+        if self.short_days > self.long_days:
+            raise ConfigError("windows.short_days must not exceed windows.long_days")
+
+    @classmethod
+    def from_conf(cls, cfg: Mapping) -> "Windows":
+        block = dict(cfg.get("windows") or {})
+        known = {k: block[k] for k in ("mode", "long_days", "short_days", "long_count", "short_count")
+                 if k in block}
+        return cls(**{k: (v if k == "mode" else int(v)) for k, v in known.items()})
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The ``caps:`` block: fixed lengths of the samples' sequences and the optional UBT safety cap."""
+    short_cap: int = 50
+    hard_k: int = 200
+    long_cap: int = 1000
+    ubt_category_cap: int = 0  # 0 = off: the index keeps the whole long window
+
+    def __post_init__(self) -> None:
+        for name in ("short_cap", "hard_k", "long_cap"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"caps.{name} must be a positive integer")
+        if self.ubt_category_cap < 0:
+            raise ConfigError("caps.ubt_category_cap must be >= 0 (0 = off)")
+
+    @classmethod
+    def from_conf(cls, cfg: Mapping) -> "Caps":
+        block = dict(cfg.get("caps") or {})
+        return cls(**{k: int(block[k]) for k in ("short_cap", "hard_k", "long_cap", "ubt_category_cap")
+                      if k in block})
+
+
+def long_seq_len(windows: Windows, caps: Caps) -> int:
+    """How many behaviors the long sequence holds at most (its padded length is ``caps.long_cap``)."""
+    return caps.long_cap if windows.mode == "time" else min(caps.long_cap, windows.long_count)
+
+
+def short_seq_len(windows: Windows, caps: Caps) -> int:
+    return caps.short_cap if windows.mode == "time" else min(caps.short_cap, windows.short_count)
+
+
+def ubt_category_cap(windows: Windows, caps: Caps) -> int:
+    """Behaviors kept per (user, category) array; 0 = all of the long window.
+
+    In count mode a key never needs more than the longest count-based sequence: the newest N behaviors
+    of a user hold at most N of any one category.
+    """
+    if windows.mode == "time":
+        return caps.ubt_category_cap
+    need = max(long_seq_len(windows, caps), short_seq_len(windows, caps))
+    return min(need, caps.ubt_category_cap) if caps.ubt_category_cap else need
+
+
+def ubt_metadata(windows: Windows, caps: Caps) -> dict:
+    """What a UBT commit records beside job and date, so sim.samples can check it fits its windows."""
+    return {"mode": windows.mode, "long_days": windows.long_days if windows.mode == "time" else None,
+            "category_cap": ubt_category_cap(windows, caps)}
+
+
+# ------------------------------------------------------------------------------------------ dates
+def parse_date(date: str) -> _dt.date:
+    try:
+        return _dt.date.fromisoformat(date)
+    except ValueError as e:
+        raise ConfigError(f"date {date!r} must look like yyyy-MM-dd") from e
+
+
+def shift_date(date: str, days: int) -> str:
+    return (parse_date(date) + _dt.timedelta(days=days)).isoformat()
+
+
+def day_start(date: str) -> int:
+    """Epoch seconds of midnight UTC starting ``date``."""
+    return (parse_date(date) - _dt.date(1970, 1, 1)).days * SECONDS_PER_DAY
+
+
+def date_range(first: str, last: str) -> list[str]:
+    a, b = parse_date(first), parse_date(last)
+    if b < a:
+        raise ConfigError(f"--backfill {first} is after --date {last}")
+    return [(a + _dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def retention_first_date(windows: Windows, date: str) -> str | None:
+    """The oldest behaviors date UBT(date) keeps (None in count mode: nothing expires)."""
+    return shift_date(date, 1 - windows.long_days) if windows.mode == "time" else None
+
+
+# ------------------------------------------------------------------------------ pure transforms
+def behavior_struct() -> Column:
+    return F.struct(F.col("ts").cast("long").alias("ts"), F.col("item_id").cast("long").alias("item_id"),
+                    F.col("behavior_type").cast("string").alias("behavior_type"))
+
+
+def _capped(arr: Column, cap: int) -> Column:
+    return F.slice(arr, 1, cap) if cap else arr
+
+
+def aggregate_ubt(behaviors: DataFrame, category_cap: int = 0) -> DataFrame:
+    """UBT rows from behaviors (the full build): one row per (user_id, category_id), newest first.
+
+    The per-key array is bounded by the window the caller filtered ``behaviors`` to; ``category_cap``
+    (0 = off) keeps only the newest behaviors of each key, ``count`` stays uncapped.
+    """
+    agg = (behaviors
+           .groupBy(F.col("user_id").cast("long").alias("user_id"),
+                    F.col("category_id").cast("long").alias("category_id"))
+           .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("behaviors"),
+                F.count(F.lit(1)).alias("count"),
+                F.max("ts").cast("long").alias("last_ts")))
+    return (agg.withColumn("behaviors", _capped(F.col("behaviors"), category_cap))
+            .withColumn("oldest_ts", F.element_at("behaviors", -1).getField("ts"))
+            .select(*UBT_COLUMNS))
+
+
+def day_changes(new_behaviors: DataFrame, expired_behaviors: DataFrame | None) -> DataFrame:
+    """The MERGE source of a nightly run: one row per key touched by the day's new behaviors or by the
+    behaviors that leave the window that day.
+
+    Columns: user_id, category_id, new (the day's behaviors, newest first; empty if none), n_new,
+    new_last_ts (null if none), n_expired.
+    """
+    new = (new_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
+                                 F.col("category_id").cast("long").alias("category_id"))
+           .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("new"),
+                F.count(F.lit(1)).alias("n_new"), F.max("ts").cast("long").alias("new_last_ts")))
+    if expired_behaviors is None:
+        return new.withColumn("n_expired", F.lit(0).cast("long"))
+    expired = (expired_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
+                                         F.col("category_id").cast("long").alias("category_id"))
+               .agg(F.count(F.lit(1)).alias("n_expired")))
+    empty = F.array().cast(T.ArrayType(BEHAVIOR_STRUCT, False))
+    return (new.join(expired, ["user_id", "category_id"], "full_outer")
+            .select("user_id", "category_id",
+                    F.coalesce("new", empty).alias("new"),
+                    F.coalesce("n_new", F.lit(0)).cast("long").alias("n_new"),
+                    "new_last_ts",
+                    F.coalesce("n_expired", F.lit(0)).cast("long").alias("n_expired")))
+
+
+def _merge_exprs(cutoff_ts: int | None, cap: int) -> dict[str, str]:
+    """SQL expressions over target ``t`` and source ``s`` (a :func:`day_changes` row) giving the key's
+    row after the day; shared by the Delta MERGE and :func:`apply_changes`, so tests check the merge
+    against a full rebuild."""
+    kept = "t.behaviors" if cutoff_ts is None else f"filter(t.behaviors, b -> b.ts >= {int(cutoff_ts)})"
+    # The day's behaviors are newer than the kept ones when dt matches ts; sort_array keeps the order
+    # total even if not (TimSort merges two presorted runs in linear time).
+    merged = f"sort_array(concat(s.new, {kept}), false)"
+    if cap:
+        merged = f"slice({merged}, 1, {int(cap)})"
+    return {
+        "kept_size": f"size({kept})",
+        "behaviors": merged,
+        "count": f"greatest(t.count + s.n_new - s.n_expired, size({merged}))",
+        "last_ts": "greatest(t.last_ts, coalesce(s.new_last_ts, t.last_ts))",
+        "oldest_ts": f"element_at({merged}, -1).ts",
+        "insert_behaviors": f"slice(s.new, 1, {int(cap)})" if cap else "s.new",
+        "insert_oldest_ts": (f"element_at(slice(s.new, 1, {int(cap)}), -1).ts" if cap
+                             else "element_at(s.new, -1).ts"),
+    }
+
+
+def _delete_condition(e: dict[str, str]) -> str:
+    return f"s.n_new = 0 AND {e['kept_size']} = 0"
+
+
+def apply_changes(ubt: DataFrame, changes: DataFrame, cutoff_ts: int | None, category_cap: int = 0
+                  ) -> DataFrame:
+    """UBT(D) from UBT(D-1) and :func:`day_changes` as a plain DataFrame: the reference semantics of
+    the nightly MERGE (same expressions), for tests and for rewriting a whole table."""
+    e = _merge_exprs(cutoff_ts, category_cap)
+    j = ubt.alias("t").join(changes.alias("s"), ["user_id", "category_id"], "full_outer")
+    matched = F.col("t.count").isNotNull() & F.col("s.n_new").isNotNull()
+    untouched = F.col("s.n_new").isNull()
+    out = j.select(
+        "user_id", "category_id",
+        F.when(untouched, F.col("t.behaviors")).when(matched, F.expr(e["behaviors"]))
+        .otherwise(F.expr(e["insert_behaviors"])).alias("behaviors"),
+        F.when(untouched, F.col("t.count")).when(matched, F.expr(e["count"]))
+        .otherwise(F.col("s.n_new")).alias("count"),
+        F.when(untouched, F.col("t.last_ts")).when(matched, F.expr(e["last_ts"]))
+        .otherwise(F.col("s.new_last_ts")).alias("last_ts"),
+        F.when(untouched, F.col("t.oldest_ts")).when(matched, F.expr(e["oldest_ts"]))
+        .otherwise(F.expr(e["insert_oldest_ts"])).alias("oldest_ts"),
+        F.when(matched, F.expr(_delete_condition(e))).otherwise(F.lit(False)).alias("_delete"),
+        F.when(F.col("t.count").isNull() & (F.col("s.n_new") == 0), True).otherwise(False).alias("_skip"))
+    return out.where(~F.col("_delete") & ~F.col("_skip")).select(*UBT_COLUMNS)
+
+
+def null_key(df: DataFrame) -> Column:
+    """A behaviors row without user, category, item or time cannot be indexed."""
+    return (F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull()
+            | F.col("ts").isNull())
+
+
+def reject_null_keys(behaviors: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
+    """Split behaviors into (accepted, rejects) by :func:`null_key`; rejects follow sim.schema.REJECTS
+    with source = this job."""
+    bad = null_key(behaviors)
+    rejects = behaviors.where(bad).select(
+        F.lit(JOB).alias("source"),
+        F.lit("behaviors row with a null user_id, category_id, item_id or ts").alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in behaviors.columns])).alias("raw"),
+        F.lit(run_date).alias("dt"))
+    return behaviors.where(~bad), rejects
+
+
+# ---------------------------------------------------------------------------------------- the job
+@dataclass
+class DayResult:
+    date: str
+    action: str  # skipped | full | nightly
+    version: int | None
+    touched_keys: int = 0
+    rejected: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+def _behaviors_table(spark: SparkSession, lakehouse: str) -> DataFrame:
+    path = table_path(lakehouse, "behaviors")
+    require_table(spark, path, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+    return read_table(spark, path)
+
+
+def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_date: str, source: str,
+                  n: int) -> None:
+    """Record ``n`` rejected rows for ``run_date`` under ``source``, replacing that (date, source) slice
+    of the rejects table, so a re-run neither duplicates nor keeps stale rejects."""
+    path = table_path(lakehouse, "rejects")
+    if n == 0:
+        if not is_delta_table(spark, path) or read_table(spark, path).where(
+                (F.col("dt") == run_date) & (F.col("source") == source)).limit(1).count() == 0:
+            return
+        rejects = spark.createDataFrame([], REJECTS)
+    write_date(rejects.select(*[F.col(f.name).cast(f.dataType) for f in REJECTS.fields]), path,
+               job=f"{source}.rejects", date=run_date, force=True,
+               replace_where=f"dt = '{run_date}' AND source = '{source}'")
+
+
+def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> int:
+    """Fail unless the table's current content is UBT(date): the newest build_ubt commit is for
+    ``date`` and nothing changed the data after it (compaction only rewrites files)."""
+    if not commits:
+        raise UbtStateError(f"the UBT at {path} has no build_ubt commit; build it with "
+                            f"`jobs/build_ubt.py --date {shift_date(date, 1)} --backfill FROM`")
+    last = commits[-1]
+    if last.date != date:
+        have = sorted({c.date for c in commits})
+        raise UbtStateError(
+            f"UBT({date}) is missing or is not the latest state of {path} (its newest build_ubt date is "
+            f"{last.date}; dates built: {have[0]}..{have[-1]}). Run jobs/build_ubt.py for {date} first, "
+            f"or use --backfill FROM to build a range in order")
+    latest = latest_version(spark, path)
+    if latest != last.version:
+        from delta.tables import DeltaTable
+        later = (DeltaTable.forPath(spark, path).history().where(F.col("version") > last.version)
+                 .select("version", "operation").collect())
+        changed = [r for r in later
+                   if r.operation not in ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")]
+        if changed:
+            raise UbtStateError(f"the UBT at {path} was changed after build_ubt {date} (version "
+                                f"{changed[0].version}: {changed[0].operation}); rebuild it with "
+                                f"--backfill FROM --force")
+    return last.version
+
+
+def _nullable_keys(df: DataFrame) -> bool:
+    """Whether any key column may hold nulls (a Delta table whose schema says NOT NULL enforces it, so
+    a clean table needs no extra pass to look for rejects)."""
+    return any(df.schema[c].nullable for c in ("user_id", "category_id", "item_id", "ts"))
+
+
+def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps) -> DayResult:
+    """UBT(date) from all behaviors of its window in one pass; replaces the whole table (one commit)."""
+    path = table_path(lakehouse, "ubt")
+    first = retention_first_date(windows, date)
+    b = _behaviors_table(spark, lakehouse).where(F.col("dt") <= date)
+    if first:
+        b = b.where(F.col("dt") >= first)
+    accepted, rejects = reject_null_keys(b, date)
+    # Parquet null counts let this skip every row group of a clean table.
+    n_rejects = rejects.count() if _nullable_keys(b) else 0
+    ubt = aggregate_ubt(accepted, ubt_category_cap(windows, caps)).sortWithinPartitions(
+        "user_id", "category_id")
+    meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
+    writer = ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    for k, v in UBT_PROPERTIES.items():
+        writer = writer.option(k, v)
+    existed = is_delta_table(spark, path)
+    with commit_metadata(spark, meta):
+        writer.save(path)
+        if existed:  # a new table gets UBT_PROPERTIES from the writer options
+            _ensure_properties(spark, path)
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: full build from %s..%s committed version %s", date, first or "start",
+             date, version)
+    return DayResult(date, "full", version, rejected=n_rejects)
+
+
+def _ensure_properties(spark: SparkSession, path: str) -> None:
+    from delta.tables import DeltaTable
+    props = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
+    missing = {k: v for k, v in UBT_PROPERTIES.items() if props.get(k) != v}
+    if missing:
+        sets = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({sets})")
+
+
+def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
+                   commits: list[Commit] | None = None) -> DayResult:
+    """UBT(date) = UBT(date-1) + behaviors(date) - behaviors leaving the window: a MERGE of the touched
+    keys only, one commit tagged with the date."""
+    from delta.tables import DeltaTable
+    path = table_path(lakehouse, "ubt")
+    require_table(spark, path, f"build the index first: jobs/build_ubt.py --date {date} --backfill FROM")
+    if commits is None:
+        commits = job_commits(spark, path, JOB)
+    _require_state_at(spark, path, shift_date(date, -1), commits)
+    behaviors = _behaviors_table(spark, lakehouse)
+    day = behaviors.where(F.col("dt") == date)
+    new, rejects = reject_null_keys(day, date)
+    n_rejects = rejects.count() if _nullable_keys(day) else 0
+    cutoff = expired = None
+    if windows.mode == "time":
+        cutoff = day_start(retention_first_date(windows, date))
+        expired = reject_null_keys(
+            behaviors.where(F.col("dt") == shift_date(date, -windows.long_days)), date)[0]
+    changes = day_changes(new, expired)
+    cap = ubt_category_cap(windows, caps)
+    e = _merge_exprs(cutoff, cap)
+    meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
+    target = DeltaTable.forPath(spark, path).alias("t")
+    with commit_metadata(spark, meta):
+        (target.merge(changes.alias("s"), "t.user_id = s.user_id AND t.category_id = s.category_id")
+         .whenMatchedDelete(condition=_delete_condition(e))
+         .whenMatchedUpdate(set={"behaviors": F.expr(e["behaviors"]), "count": F.expr(e["count"]),
+                                 "last_ts": F.expr(e["last_ts"]), "oldest_ts": F.expr(e["oldest_ts"])})
+         .whenNotMatchedInsert(condition="s.n_new > 0", values={
+             "user_id": F.col("s.user_id"), "category_id": F.col("s.category_id"),
+             "behaviors": F.expr(e["insert_behaviors"]), "count": F.col("s.n_new"),
+             "last_ts": F.col("s.new_last_ts"), "oldest_ts": F.expr(e["insert_oldest_ts"])})
+         .execute())
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    metrics = dict(hist.operationMetrics or {})
+    result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numSourceRows", 0)),
+                       rejected=n_rejects, metrics=metrics)
+    log.info("build_ubt %s: merged %s touched keys (updated %s, inserted %s, deleted %s, copied %s) -> "
+             "version %s", date, metrics.get("numSourceRows"), metrics.get("numTargetRowsUpdated"),
+             metrics.get("numTargetRowsInserted"), metrics.get("numTargetRowsDeleted"),
+             metrics.get("numTargetRowsCopied"), hist.version)
+    if _merges_since_compaction(commits) + 1 >= COMPACT_EVERY:
+        compact(spark, path, meta)
+        result.metrics["compacted"] = True
+    return result
+
+
+def _merges_since_compaction(commits: list[Commit]) -> int:
+    n = 0
+    for c in reversed(commits):
+        if c.metadata.get("op") in ("full", "compact"):
+            break
+        n += c.metadata.get("op") == "nightly"
+    return n
+
+
+def compact(spark: SparkSession, path: str, meta: dict) -> None:
+    """OPTIMIZE the UBT: merges the small files nightly merges add and drops the rows their deletion
+    vectors hide. Tagged with the date's metadata: same content, so the date's version stays right."""
+    log.info("build_ubt %s: compacting %s", meta.get("date"), path)
+    with commit_metadata(spark, {**meta, "op": "compact"}):
+        spark.sql(f"OPTIMIZE delta.`{path}`")
+
+
+def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
+              backfill_from: str | None = None, force: bool = False) -> list[DayResult]:
+    """Bring the UBT to ``date``: the nightly job.
+
+    Without ``backfill_from``: UBT(date) from UBT(date-1) by a MERGE; fails if UBT(date-1) is missing.
+    With it: on an empty index, a full build of ``backfill_from`` then one nightly update per following
+    day up to ``date``, in order, one commit each; dates already committed are skipped, so an
+    interrupted backfill resumes. A date already committed is a no-op ("re-running D changes nothing")
+    unless ``force``: then the table is restored to UBT(date-1) and the date applied again (with
+    ``backfill_from`` and force, the whole range is rebuilt from a full build).
+    """
+    path = table_path(lakehouse, "ubt")
+    dates = date_range(backfill_from, date) if backfill_from else [parse_date(date).isoformat()]
+    results = []
+    for i, d in enumerate(dates):
+        commits = job_commits(spark, path, JOB)
+        done = max((c.version for c in commits if c.date == d), default=None)
+        if done is not None and not force:
+            log.info("build_ubt %s: already committed (version %s); nothing to do", d, done)
+            results.append(DayResult(d, "skipped", done))
+            continue
+        if backfill_from and i == 0 and (not commits or force):
+            results.append(full_build(spark, lakehouse, d, windows, caps))
+            continue
+        if done is not None:  # forced re-run of a committed date: back to UBT(d-1) first
+            if _restore_to(spark, path, shift_date(d, -1), commits):
+                commits = job_commits(spark, path, JOB)
+        results.append(nightly_update(spark, lakehouse, d, windows, caps, commits))
+    return results
+
+
+def _restore_to(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> bool:
+    version = max((c.version for c in commits if c.date == date), default=None)
+    if version is None:
+        raise UbtStateError(f"cannot re-run {shift_date(date, 1)}: UBT({date}) was never built; "
+                            f"use --backfill FROM --force")
+    if latest_version(spark, path) == version:
+        return False
+    from delta.tables import DeltaTable
+    with commit_metadata(spark, {"job": JOB, "date": date, "op": "restore"}):
+        DeltaTable.forPath(spark, path).restoreToVersion(version)
+    log.info("build_ubt: restored %s to UBT(%s) (version %s) before the forced re-run", path, date, version)
+    return True

@@ -1,0 +1,186 @@
+"""The User Behavior Tree: full build, nightly MERGE (= full rebuild of the same date), retention,
+one commit per date found by time travel, idempotent re-runs, missing D-1, forced re-runs."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+from pyspark.sql import functions as F
+
+from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
+from sim.schema import BEHAVIORS, IMPRESSIONS
+from sim.ubt import (UBT_COLUMNS, Caps, UbtStateError, Windows, aggregate_ubt, apply_changes,
+                     build_ubt, day_changes, day_start, retention_first_date, shift_date)
+
+DAY = 86400
+
+
+# ------------------------------------------------------------------------------ shared helpers
+def dt_of(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).date().isoformat()
+
+
+def beh(user: int, item: int, cat: int, ts: int, btype: str = "pv") -> tuple:
+    return (user, item, cat, btype, ts, dt_of(ts))
+
+
+def imp(iid: int, user: int, item: int, cat: int, ts: int, label: int = 0, p: float | None = None):
+    return (iid, user, item, cat, ts, label, p, dt_of(ts))
+
+
+def write_logs(spark, lakehouse, behaviors, impressions=(), schema=BEHAVIORS) -> None:
+    """Behaviors and impressions Delta tables (partitioned by dt) from Python rows."""
+    (spark.createDataFrame(list(behaviors), schema).write.format("delta").mode("overwrite")
+     .partitionBy("dt").save(table_path(str(lakehouse), "behaviors")))
+    if impressions:
+        (spark.createDataFrame(list(impressions), IMPRESSIONS).write.format("delta").mode("overwrite")
+         .partitionBy("dt").save(table_path(str(lakehouse), "impressions")))
+
+
+def rows_of(df) -> list[tuple]:
+    """Comparable rows: arrays of structs become tuples of tuples."""
+    def conv(v):
+        if isinstance(v, list):
+            return tuple(conv(x) for x in v)
+        if hasattr(v, "asDict"):
+            return tuple(conv(x) for x in v)
+        return v
+    return sorted(tuple(conv(v) for v in r) for r in df.collect())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_delta_snapshots(spark):
+    """Delta's snapshot state uses 50 partitions by default; 2 is enough for test-sized logs."""
+    key = "spark.databricks.delta.snapshotPartitions"
+    old = spark.conf.get(key, None)
+    spark.conf.set(key, "2")
+    yield
+    spark.conf.unset(key) if old is None else spark.conf.set(key, old)
+
+
+# ---------------------------------------------------------------------------------- transforms
+def test_aggregate_ubt_newest_first_with_counts_and_cap(spark):
+    b = spark.createDataFrame([beh(1, 11, 5, 100), beh(1, 12, 5, 300), beh(1, 13, 5, 200),
+                               beh(1, 14, 6, 50, "buy"), beh(2, 15, 5, 10)], BEHAVIORS)
+    rows = {(r.user_id, r.category_id): r for r in aggregate_ubt(b).collect()}
+    assert set(rows) == {(1, 5), (1, 6), (2, 5)}
+    r = rows[(1, 5)]
+    assert [(x.ts, x.item_id) for x in r.behaviors] == [(300, 12), (200, 13), (100, 11)]
+    assert (r["count"], r.last_ts, r.oldest_ts) == (3, 300, 100)
+    assert rows[(1, 6)].behaviors[0].behavior_type == "buy"
+    capped = {(r.user_id, r.category_id): r for r in aggregate_ubt(b, category_cap=2).collect()}
+    r = capped[(1, 5)]
+    # The safety cap keeps the newest; count stays the uncapped number of behaviors.
+    assert [x.item_id for x in r.behaviors] == [12, 13] and r["count"] == 3 and r.oldest_ts == 200
+
+
+def test_apply_changes_adds_expires_and_deletes(spark):
+    old = aggregate_ubt(spark.createDataFrame(
+        [beh(1, 11, 5, 1000), beh(1, 12, 5, 5000), beh(1, 13, 6, 1500), beh(2, 14, 7, 6000)], BEHAVIORS))
+    new = spark.createDataFrame([beh(1, 21, 5, 9000), beh(3, 22, 8, 9100)], BEHAVIORS)
+    expired = spark.createDataFrame([beh(1, 11, 5, 1000), beh(1, 13, 6, 1500)], BEHAVIORS)
+    out = {(r.user_id, r.category_id): r
+           for r in apply_changes(old, day_changes(new, expired), cutoff_ts=2000).collect()}
+    assert set(out) == {(1, 5), (2, 7), (3, 8)}  # (1, 6) lost its only behavior
+    assert [x.item_id for x in out[(1, 5)].behaviors] == [21, 12]
+    assert (out[(1, 5)]["count"], out[(1, 5)].last_ts, out[(1, 5)].oldest_ts) == (2, 9000, 5000)
+    assert out[(2, 7)]["count"] == 1 and out[(3, 8)].behaviors[0].item_id == 22
+
+
+def test_retention_window():
+    w = Windows(long_days=180)
+    assert retention_first_date(w, "2024-06-30") == "2024-01-03"  # 180 days: 01-03 .. 06-30
+    assert retention_first_date(Windows(mode="count"), "2024-06-30") is None
+
+
+# ------------------------------------------------------------------------------- the nightly job
+FIRST = "2024-03-01"  # behaviors on 2024-03-01 .. 2024-03-08
+
+
+def _random_behaviors(seed: int = 3, n: int = 90) -> list[tuple]:
+    rnd = random.Random(seed)
+    rows = [beh(rnd.randrange(1, 5), rnd.randrange(1, 40), rnd.randrange(1, 6),
+                day_start(FIRST) + rnd.randrange(0, 8 * DAY)) for _ in range(n)]
+    # A key whose only behaviors leave the window (deleted by the merge) and one new on the last day.
+    rows += [beh(9, 1, 9, day_start("2024-03-04") + 100), beh(9, 2, 10, day_start("2024-03-08") + 50)]
+    return rows
+
+
+def _expected(spark, rows, w: Windows, date: str):
+    b = spark.createDataFrame(rows, BEHAVIORS).where(
+        (F.col("dt") >= retention_first_date(w, date)) & (F.col("dt") <= date))
+    return rows_of(aggregate_ubt(b))
+
+
+def test_nightly_merge_equals_full_rebuild(spark, tmp_path):
+    """UBT(D) built by a full build then nightly MERGEs equals a full rebuild of D, for every date; one
+    commit per date, found by time travel; a merge rewrites only the touched rows."""
+    lh = str(tmp_path)
+    rows = _random_behaviors()
+    write_logs(spark, lh, rows)
+    w, c = Windows(long_days=3, short_days=1), Caps()
+    results = build_ubt(spark, lh, "2024-03-08", w, c, backfill_from="2024-03-06")
+    assert [(r.date, r.action) for r in results] == [
+        ("2024-03-06", "full"), ("2024-03-07", "nightly"), ("2024-03-08", "nightly")]
+    path = table_path(lh, "ubt")
+    commits = job_commits(spark, path, "build_ubt")
+    assert [cm.date for cm in commits] == ["2024-03-06", "2024-03-07", "2024-03-08"]
+    for d in ("2024-03-06", "2024-03-07", "2024-03-08"):
+        got = read_table(spark, path, version_for_date(spark, path, "build_ubt", d)).select(*UBT_COLUMNS)
+        assert rows_of(got) == _expected(spark, rows, w, d), d
+    for r in results[1:]:
+        m = r.metrics
+        # Deletion vectors: untouched rows are never copied; only the touched keys are written.
+        assert int(m["numTargetRowsCopied"]) == 0
+        assert int(m["numSourceRows"]) == r.touched_keys > 0
+        assert int(m["numTargetRowsUpdated"]) + int(m["numTargetRowsInserted"]) \
+            + int(m["numTargetRowsDeleted"]) <= r.touched_keys
+
+    # Re-running a committed date changes nothing: no new version.
+    before = latest_version(spark, path)
+    again = build_ubt(spark, lh, "2024-03-08", w, c)
+    assert again[0].action == "skipped" and latest_version(spark, path) == before
+
+    # A forced re-run rebuilds D from UBT(D-1): same rows, latest state is D again.
+    forced = build_ubt(spark, lh, "2024-03-08", w, c, force=True)
+    assert forced[0].action == "nightly"
+    assert rows_of(read_table(spark, path).select(*UBT_COLUMNS)) == _expected(spark, rows, w, "2024-03-08")
+    assert version_for_date(spark, path, "build_ubt", "2024-03-08") == latest_version(spark, path)
+
+    # The next day without D-1 fails with a message naming what to run.
+    with pytest.raises(UbtStateError, match="2024-03-09"):
+        build_ubt(spark, lh, "2024-03-10", w, c)
+
+
+def test_missing_index_or_previous_day_fails_with_a_message(spark, tmp_path):
+    lh = str(tmp_path)
+    write_logs(spark, lh, _random_behaviors(n=10))
+    with pytest.raises(Exception, match="backfill"):
+        build_ubt(spark, lh, "2024-03-06", Windows(long_days=3, short_days=1), Caps())
+
+
+def test_count_mode_keeps_everything_capped_per_category(spark, tmp_path):
+    lh = str(tmp_path)
+    rows = [beh(1, i, 1 + i % 2, day_start("2024-03-01") + i * 3600) for i in range(1, 9)]
+    rows += [beh(1, 50, 1, day_start("2024-03-03") + 10), beh(1, 51, 2, day_start("2024-03-03") + 20)]
+    write_logs(spark, lh, rows)
+    w, c = Windows(mode="count", long_count=3, short_count=2), Caps(long_cap=3, short_cap=2)
+    build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-02")
+    got = {r.category_id: r for r in read_table(spark, table_path(lh, "ubt")).collect()}
+    # Nothing expires in count mode; each key keeps its newest max(long, short) = 3 behaviors.
+    assert [x.item_id for x in got[1].behaviors] == [50, 8, 6] and got[1]["count"] == 5
+    assert [x.item_id for x in got[2].behaviors] == [51, 7, 5] and got[2]["count"] == 5
+
+
+def test_null_keys_are_rejected_not_dropped(spark, tmp_path):
+    lh = str(tmp_path)
+    nullable = BEHAVIORS.__class__([f.__class__(f.name, f.dataType, True) for f in BEHAVIORS.fields])
+    d = "2024-03-02"
+    rows = [beh(1, 1, 1, day_start("2024-03-01") + 5), beh(1, 2, 1, day_start(d) + 5),
+            (None, 3, 1, "pv", day_start(d) + 9, d)]
+    write_logs(spark, lh, rows, schema=nullable)
+    res = build_ubt(spark, lh, d, Windows(long_days=3, short_days=1), Caps(), backfill_from=shift_date(d, -1))
+    assert res[-1].rejected == 1
+    rej = read_table(spark, table_path(lh, "rejects")).collect()
+    assert [(r.source, r.dt) for r in rej] == [("build_ubt", d)] and '"item_id":3' in rej[0].raw
