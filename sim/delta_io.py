@@ -174,7 +174,13 @@ def snapshot_files(spark: SparkSession, path: str, where: str | None = None,
 def _local_path(uri: str) -> str:
     from urllib.parse import unquote, urlparse
     u = urlparse(uri)
-    return unquote(u.path) if u.scheme in ("", "file") else uri
+    if u.scheme not in ("", "file"):
+        return uri
+    # Spark reports file paths URL-encoded, and partition directories (dt=...) may be encoded twice.
+    path = unquote(u.path)
+    while not os.path.exists(path) and unquote(path) != path:
+        path = unquote(path)
+    return path
 
 
 def union_all(dfs: Iterable[DataFrame]) -> DataFrame:

@@ -30,6 +30,9 @@ DEFAULT_CONFS = {
     "spark.sql.shuffle.partitions": "4",
     "spark.ui.enabled": "false",
     "spark.sql.ansi.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    # Delta's log replay uses 50 partitions by default: far too many tasks for our small logs on 2 cores.
+    "spark.databricks.delta.snapshotPartitions": "4",
     # Delta tables that Petastorm reads must never carry deletion vectors (DESIGN.md "Data model").
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
 }
