@@ -30,6 +30,11 @@ Each row gets the first reason that applies, in this order (:data:`REASONS`):
 ``duplicate_impression_id``   an impression id already used by an accepted impression with other content
 ============================  =================================================================
 
+Item metadata rows (:func:`classify_items`, an importer's category source) are checked for
+``malformed_line``, the id reasons, ``missing_category`` (no category string) and ``duplicate_item`` (an
+item id seen before; the first line by ``raw`` stays). Importers add ``bad_rating`` (a rating that is not
+a number) and ``unknown_item`` (a behavior whose item has no accepted metadata row) as ``pre_reason``.
+
 ``classify_*`` return one DataFrame with a ``reason`` column (null = accepted), so a job can cache it,
 count reasons in one pass, check the counts and the reject ratio *before* writing, then write both sides.
 """
@@ -51,8 +56,8 @@ log = logging.getLogger(__name__)
 
 REASONS = (
     "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "bad_timestamp", "ts_in_future",
-    "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "unknown_item",
-    "duplicate_event", "duplicate_impression_id",
+    "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "bad_rating",
+    "unknown_item", "duplicate_event", "duplicate_impression_id", "missing_category", "duplicate_item",
 )
 MALFORMED = "malformed_line"
 _INT_RE = r"^\s*[+-]?\d{1,18}\s*$"
@@ -323,3 +328,24 @@ def enforce_reject_ratio(by_reason: Mapping[str | None, int] | DataFrame, read: 
         raise ValidationError(f"{what}: {rejected} of {read} rows rejected ({ratio:.1%}) exceeds "
                               f"validation.max_reject_ratio={max_ratio:g}; top reasons: {top}")
     return ratio
+
+
+def classify_items(raw: DataFrame, *, source: str) -> DataFrame:
+    """Classify item metadata rows: ``item_id`` (string or long), ``category`` (the category name).
+
+    Returns item_id (long), category (trimmed string), ``reason``, ``raw``, ``source``; one accepted row
+    per item id.
+    """
+    df, has_raw = _prepare(raw, [c for c in ("item_id", "category") if c in raw.columns])
+    item, problem = _long_value(df, "item_id")
+    category = F.trim(F.col("category").cast("string"))
+    missing = F.when(category.isNull() | (category == ""), F.lit("missing_category"))
+    df = df.select(item.alias("item_id"), category.alias("category"),
+                   F.coalesce(problem, missing).alias("_rules"),
+                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+    out = _finish(df, F.col("_rules"), ("item_id", "category"), ("item_id", "category"), source, has_raw,
+                  extra_unique=("item_id",))
+    # Two lines of one item with the same category are an item duplicate too, not an event duplicate.
+    return out.withColumn("reason", F.when(F.col("reason") == "duplicate_event", F.lit("duplicate_item"))
+                          .when(F.col("reason") == "duplicate_item_id", F.lit("duplicate_item"))
+                          .otherwise(F.col("reason")))

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from pyspark.sql import functions as F
 
 from sim.canonical import day_start_ts
 from sim.validation import (REASONS, ValidationError, check_counts, classify_behaviors,
-                            classify_impressions, counts_of, enforce_reject_ratio, reason_counts, split,
+                            classify_impressions, classify_items, counts_of, enforce_reject_ratio, reason_counts, split,
                             validate_behaviors)
 
 RUN = "2024-07-01"
@@ -40,6 +39,8 @@ BEHAVIOR_ROWS = [
     (_b("3", "10", "100", "click", str(T0)), "unknown_behavior_type"),
     ((None, None, None, None, None, "1,2", "malformed_line"), "malformed_line"),
     (_b("4", "13", "100", "fav", str(T0 + 5), pre="unknown_item"), "unknown_item"),
+    (_b("4", "14", "100", "pv", str(T0 + 5), pre="bad_rating"), "bad_rating"),
+    (_b("-4", "14", "100", "pv", str(T0 + 5), pre="bad_rating"), "negative_id"),  # field rules come first
 ]
 
 
@@ -78,6 +79,7 @@ def test_behavior_reasons_and_counts(spark):
             assert (row[5], reason) in _by_raw(classified)
     counts = counts_of(raw.count(), reason_counts(classified))
     assert counts.accepted == 3 and counts.rejected == len(BEHAVIOR_ROWS) - 3
+    assert counts.summary().startswith(f"read={len(BEHAVIOR_ROWS)} accepted=3 rejected={len(BEHAVIOR_ROWS) - 3}")
     check_counts(counts.read, counts.accepted, counts.rejected)
     accepted, rejects = split(classified)
     assert accepted.columns == ["user_id", "item_id", "category_id", "behavior_type", "ts", "dt"]
@@ -99,8 +101,30 @@ def test_impression_reasons(spark):
     assert acc[1].p_click == pytest.approx(0.3) and acc[1].label == 1 and acc[2].p_click is None
 
 
+ITEM_ROWS = [
+    (("7", "Drama", "7|Drama", None), "duplicate_item"),
+    (("7", "Comedy", "7|Comedy", None), None),  # "7|Comedy" < "7|Drama": this line wins
+    (("8", "", "8|", None), "missing_category"),
+    (("9", "Action", "9|Action", None), None),
+    (("9", "Action", "9|Action", None), "duplicate_item"),
+    (("x", "Action", "x|Action", None), "bad_id"),
+    ((None, None, "garbage", "malformed_line"), "malformed_line"),
+]
+
+
+def test_item_reasons(spark):
+    raw = spark.createDataFrame([r for r, _ in ITEM_ROWS], "item_id string, category string, raw string, "
+                                                           "pre_reason string")
+    classified = classify_items(raw, source="items")
+    got = sorted(r.reason for r in classified.where("reason IS NOT NULL").collect())
+    assert got == sorted(reason for _, reason in ITEM_ROWS if reason)
+    # One accepted row per item: the first line by raw ("7|Comedy" < "7|Drama").
+    assert {(r.item_id, r.category) for r in classified.where("reason IS NULL").collect()} == {
+        (7, "Comedy"), (9, "Action")}
+
+
 def test_every_reason_is_exercised():
-    exercised = {r for _, r in BEHAVIOR_ROWS + IMPRESSION_ROWS if r}
+    exercised = {r for _, r in BEHAVIOR_ROWS + IMPRESSION_ROWS + ITEM_ROWS if r}
     assert exercised == set(REASONS)
 
 

@@ -1,0 +1,119 @@
+"""Data-layer benchmark: generator and importer throughput (behaviors per second) and peak memory.
+
+    python bench/bench_data.py [--behaviors 10000000] [--phases generate,import] [--workdir DIR]
+
+1. generate: ``sim.ingest.run_generator`` with ``users = behaviors / mean_behaviors_per_user`` (validation,
+   impressions with the click truth, Delta writes of behaviors / impressions / rejects included).
+2. import: the generated behaviors written as a Taobao UserBehavior CSV (not timed), then
+   ``sim.ingest.run_import(format=taobao)`` on it (parse, validate, protocol impressions, writes).
+Peak memory is the largest resident set of this process plus its children (the Spark JVM), sampled
+every 0.2 s. Spark runs with conf/pipeline.yaml (local[2], driver memory from the config).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import psutil  # noqa: E402
+
+from sim.config import load_pipeline_conf  # noqa: E402
+from sim.generator import GeneratorConfig  # noqa: E402
+from sim.ingest import run_generator, run_import  # noqa: E402
+from sim.spark import spark_from_conf  # noqa: E402
+
+
+class PeakRss:
+    """Peak RSS (bytes) of this process and all its descendants while the block runs."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--behaviors", type=int, default=10_000_000)
+    ap.add_argument("--phases", default="generate,import")
+    ap.add_argument("--workdir", default=None, help="default: a temporary directory, removed afterwards")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    cfg = load_pipeline_conf(overrides=args.overrides)
+    gblock = dict(cfg.get("generator") or {})
+    mean = float(gblock.get("mean_behaviors_per_user", 400))
+    gblock["users"] = max(1, round(args.behaviors / mean))
+    gc = GeneratorConfig.from_conf(gblock)
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
+    phases = set(args.phases.split(","))
+    spark = spark_from_conf(cfg, app_name="bench_data")
+    print(f"bench_data: target {args.behaviors:,} behaviors = {gc.users:,} users x mean {mean:g}; "
+          f"Spark {spark.sparkContext.master}, driver memory {spark.conf.get('spark.driver.memory', '?')}, "
+          f"{os.cpu_count()} cpus; workdir {work}", flush=True)
+    lake = os.path.join(work, "lake_generated")
+    try:
+        if "generate" in phases or "import" in phases:
+            with PeakRss() as mem:
+                t = time.time()
+                rep = run_generator(spark, gc, lake, max_reject_ratio=0.05)
+                secs = time.time() - t
+            n = rep.inputs[0].counts.read
+            print(f"generate: {n:,} behaviors + {rep.written['impressions']:,} impressions in {secs:.1f}s "
+                  f"= {n / secs:,.0f} behaviors/s; peak RSS {mem.peak / 2**30:.2f} GiB", flush=True)
+            print(f"  {rep.summary()}", flush=True)
+        if "import" in phases:
+            csv_dir = os.path.join(work, "UserBehavior")
+            t = time.time()
+            beh = spark.read.format("delta").load(os.path.join(lake, "behaviors"))
+            from pyspark.sql import functions as F
+            beh.select(F.concat_ws(",", "user_id", "item_id", "category_id", "behavior_type", "ts")
+                       .alias("value")).write.mode("overwrite").text(csv_dir)
+            size = sum(os.path.getsize(os.path.join(csv_dir, f)) for f in os.listdir(csv_dir))
+            print(f"  (taobao CSV written in {time.time() - t:.1f}s, {size / 2**20:,.0f} MiB)", flush=True)
+            with PeakRss() as mem:
+                t = time.time()
+                rep = run_import(spark, "taobao", csv_dir, os.path.join(work, "lake_imported"),
+                                 max_reject_ratio=0.05, date_range=(None, None))
+                secs = time.time() - t
+            n = rep.inputs[0].counts.read
+            print(f"import taobao: {n:,} lines in {secs:.1f}s = {n / secs:,.0f} behaviors/s "
+                  f"({rep.written['impressions']:,} impressions); peak RSS {mem.peak / 2**30:.2f} GiB", flush=True)
+            print(f"  {rep.summary()}", flush=True)
+    finally:
+        spark.stop()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Validate, count, then write: the load step shared by ``jobs/generate_logs.py`` and
+``jobs/import_dataset.py`` (DESIGN.md "Nothing is silently dropped").
+
+For each input the classified rows (:mod:`sim.validation`) are cached and counted by reason in one pass;
+rows read (counted independently, from the input lines or the generator's own row count) must equal
+accepted + rejected, and the reject ratio must stay under ``validation.max_reject_ratio`` -- both checked
+*before* anything is written. Then behaviors, impressions and rejects are written with
+:func:`sim.canonical.write_log_table` (idempotent, a fingerprint of inputs and options in the commit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sim import canonical
+from sim.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, date_range_predicate,
+                           rejects_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
+from sim.generator import GeneratorConfig, generate_behaviors, generate_impressions, user_profiles
+from sim.importers import import_inputs, next_behavior_impressions
+from sim.validation import (ValidationCounts, check_counts, classify_behaviors, classify_impressions, counts_of,
+                            enforce_reject_ratio, reason_counts, split)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckedInput:
+    name: str
+    classified: DataFrame  # persisted
+    counts: ValidationCounts
+
+    @property
+    def accepted(self) -> DataFrame:
+        return split(self.classified)[0]
+
+    @property
+    def rejects(self) -> DataFrame:
+        return split(self.classified)[1]
+
+
+def check_input(name: str, classified: DataFrame, read: int | None) -> CheckedInput:
+    """Cache ``classified``, count it by reason and check read = accepted + rejected.
+
+    ``read`` is the independent row count of the input (None: the classified rows themselves).
+    """
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    by_reason = reason_counts(classified)
+    counts = counts_of(sum(by_reason.values()) if read is None else read, by_reason)
+    check_counts(counts.read, counts.accepted, counts.rejected, what=name)
+    log.info("%s: %s", name, counts.summary())
+    return CheckedInput(name, classified, counts)
+
+
+def enforce_ratios(inputs: Sequence[CheckedInput], max_ratio: float) -> None:
+    for i in inputs:
+        enforce_reject_ratio(i.counts.rejected_by_reason, i.counts.read, max_ratio, what=i.name)
+
+
+@dataclass
+class IngestReport:
+    job: str
+    inputs: list[CheckedInput]
+    written: dict[str, int] = field(default_factory=dict)  # rows per table
+    dates: dict[str, tuple[str, str]] = field(default_factory=dict)  # table -> (first, last dt)
+    committed: dict[str, bool] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.job}:"]
+        for t in (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE):
+            if t in self.written:
+                rng = self.dates.get(t)
+                skipped = "" if self.committed.get(t, True) else " (unchanged, skipped)"
+                parts.append(f"{t}={self.written[t]}" + (f" [{rng[0]}..{rng[1]}]" if rng else "") + skipped)
+        reads = "; ".join(f"{i.name} {i.counts.summary()}" for i in self.inputs)
+        notes = " ".join(f"{k}={v}" for k, v in self.notes.items())
+        return " ".join(parts) + f" | {reads}" + (f" | {notes}" if notes else "") + f" | {self.seconds:.1f}s"
+
+    def release(self) -> None:
+        for i in self.inputs:
+            i.classified.unpersist()
+
+
+def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None,
+               behavior_dates: tuple[str, str] | None, impressions: DataFrame | None,
+               impression_dates: tuple[str, str] | None, rejects: DataFrame, run_date: str,
+               sources: Sequence[str], report: IngestReport) -> None:
+    if behaviors is not None and behavior_dates:
+        label = f"{behavior_dates[0]}..{behavior_dates[1]}"
+        report.committed[BEHAVIORS_TABLE] = write_log_table(
+            to_behaviors(behaviors), lakehouse, BEHAVIORS_TABLE, job=job, label=label,
+            replace_where=date_range_predicate(*behavior_dates), fp=fp)
+        report.dates[BEHAVIORS_TABLE] = behavior_dates
+    if impressions is not None and impression_dates:
+        label = f"{impression_dates[0]}..{impression_dates[1]}"
+        report.committed[IMPRESSIONS_TABLE] = write_log_table(
+            to_impressions(impressions), lakehouse, IMPRESSIONS_TABLE, job=job, label=label,
+            replace_where=date_range_predicate(*impression_dates), fp=fp)
+        report.dates[IMPRESSIONS_TABLE] = impression_dates
+    report.committed[REJECTS_TABLE] = write_log_table(
+        to_rejects(rejects, run_date), lakehouse, REJECTS_TABLE, job=job, label=run_date,
+        replace_where=rejects_predicate(run_date, sources), fp=fp)
+    report.dates[REJECTS_TABLE] = (run_date, run_date)
+
+
+def _union(dfs: Sequence[DataFrame]) -> DataFrame:
+    out = dfs[0]
+    for d in dfs[1:]:
+        out = out.unionByName(d)
+    return out
+
+
+# Generator -----------------------------------------------------------------------------------------
+def run_generator(spark: SparkSession, gc: GeneratorConfig, lakehouse: str, *, max_reject_ratio: float,
+                  now_ts: int | None = None) -> IngestReport:
+    """Generate, validate and write the synthetic logs of :mod:`sim.generator`."""
+    start = time.time()
+    now_ts = int(time.time()) if now_ts is None else now_ts
+    fp = canonical.fingerprint({"generator": dataclasses.asdict(gc)})
+    job = "generate_logs"
+    first, last = gc.first_date, gc.end_date
+    users = user_profiles(spark, gc).persist(StorageLevel.MEMORY_AND_DISK)
+    stats = users.agg(F.sum("n_behaviors").alias("n"), F.max("n_behaviors").alias("max"),
+                      F.count(F.lit(1)).alias("users")).first()
+    beh = check_input("generator:behaviors",
+                      classify_behaviors(generate_behaviors(users, gc), source="generator:behaviors",
+                                         date_range=(first, last), now_ts=now_ts), int(stats["n"]))
+    n_imp = gc.users * gc.impression_days * gc.impressions_per_user_day
+    imp = check_input("generator:impressions",
+                      classify_impressions(generate_impressions(users, beh.accepted, gc),
+                                           source="generator:impressions",
+                                           date_range=(gc.first_impression_date, last), now_ts=now_ts), n_imp)
+    report = IngestReport(job, [beh, imp])
+    enforce_ratios(report.inputs, max_reject_ratio)
+    rejects = _union([beh.rejects, imp.rejects])
+    _write_all(lakehouse, job, fp, behaviors=beh.accepted, behavior_dates=(first, last),
+               impressions=imp.accepted, impression_dates=(gc.first_impression_date, last),
+               rejects=rejects, run_date=last, sources=[beh.name, imp.name], report=report)
+    report.written = {BEHAVIORS_TABLE: beh.counts.accepted, IMPRESSIONS_TABLE: imp.counts.accepted,
+                      REJECTS_TABLE: beh.counts.rejected + imp.counts.rejected}
+    report.notes = {"users": int(stats["users"]), "max_behaviors_per_user": int(stats["max"])}
+    users.unpersist()
+    report.release()
+    report.seconds = time.time() - start
+    return report
+
+
+# Importers -----------------------------------------------------------------------------------------
+def input_fingerprint(paths: Sequence[str], options: Mapping) -> str:
+    files = []
+    for p in sorted(paths):
+        st = os.stat(p)
+        files.append((os.path.abspath(p), st.st_size, int(st.st_mtime)))
+    return canonical.fingerprint({"files": files, "options": dict(options)})
+
+
+def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakehouse: str, *,
+               max_reject_ratio: float, date_range: tuple[str | None, str | None] = (None, None),
+               seed: int = 7, targets_per_user: int = 1, max_negative_attempts: int = 20,
+               run_date: str | None = None, now_ts: int | None = None) -> IngestReport:
+    """Import a public dataset (:mod:`sim.importers`), validate it and write the canonical tables."""
+    start = time.time()
+    now_ts = int(time.time()) if now_ts is None else now_ts
+    job = f"import_dataset.{fmt}"
+    ins = import_inputs(spark, fmt, inputs, date_range=date_range, now_ts=now_ts)
+    checked = []
+    if ins.items is not None:
+        checked.append(check_input(ins.item_source, ins.items, sum(l.lines.count() for l in ins.item_lines)))
+    beh = check_input(ins.behavior_source, ins.behaviors, sum(l.lines.count() for l in ins.behavior_lines))
+    checked.append(beh)
+    report = IngestReport(job, checked)
+    enforce_ratios(checked, max_reject_ratio)
+    accepted = beh.accepted
+    rng = accepted.agg(F.min("dt").alias("a"), F.max("dt").alias("b")).first()
+    behavior_dates = (rng["a"], rng["b"]) if rng["a"] else None
+    impressions = next_behavior_impressions(accepted, seed=seed, targets_per_user=targets_per_user,
+                                            max_negative_attempts=max_negative_attempts)
+    impressions = impressions.persist(StorageLevel.MEMORY_AND_DISK)
+    imp_stats = impressions.agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos"),
+                                F.min("dt").alias("a"), F.max("dt").alias("b")).first()
+    n_imp, n_pos = int(imp_stats["n"]), int(imp_stats["pos"] or 0)
+    impression_dates = (imp_stats["a"], imp_stats["b"]) if n_imp else None
+    run_date = run_date or (behavior_dates[1] if behavior_dates else time.strftime("%Y-%m-%d", time.gmtime()))
+    paths = [l.path for l in ins.behavior_lines + ins.item_lines]
+    fp = input_fingerprint(paths, {"fmt": fmt, "date_range": list(date_range), "seed": seed,
+                                   "targets_per_user": targets_per_user, "attempts": max_negative_attempts,
+                                   "run_date": run_date})
+    rejects = _union([c.rejects for c in checked])
+    _write_all(lakehouse, job, fp, behaviors=accepted, behavior_dates=behavior_dates,
+               impressions=impressions.drop("target_rank"), impression_dates=impression_dates,
+               rejects=rejects, run_date=run_date, sources=[c.name for c in checked], report=report)
+    report.written = {BEHAVIORS_TABLE: beh.counts.accepted, IMPRESSIONS_TABLE: n_imp,
+                      REJECTS_TABLE: sum(c.counts.rejected for c in checked)}
+    report.notes = {"positives": n_pos, "negatives": n_imp - n_pos,
+                    "targets_without_negative": n_pos - (n_imp - n_pos)}
+    impressions.unpersist()
+    report.release()
+    report.seconds = time.time() - start
+    return report
+

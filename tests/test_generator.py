@@ -1,0 +1,175 @@
+"""Synthetic lifelong logs: the structure SIM needs (heavy-tailed histories, long-term interests revisited
+beyond 14 days, a click truth where long-term interest matters) and the pipeline rules (point-in-time,
+determinism, validation counts)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from sim.config import ConfigError
+from sim.delta_io import read_table, table_path
+from sim.generator import (DAY, GeneratorConfig, click_truth, generate_behaviors, impression_candidates,
+                           user_profiles)
+from sim.ingest import run_generator
+from tests.conftest import ROOT, run
+
+SMALL = dict(users=150, impression_days=2, impressions_per_user_day=10, max_behaviors_per_user=3000,
+             heavy_users=1)
+
+
+def auc(labels, scores) -> float:
+    y = np.asarray(labels)
+    ranks = pd.Series(np.asarray(scores, dtype=float)).rank().to_numpy()
+    n1, n0 = y.sum(), len(y) - y.sum()
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+@pytest.fixture(scope="module")
+def generated(spark, tmp_path_factory):
+    lake = tmp_path_factory.mktemp("gen_lake")
+    gc = GeneratorConfig.from_conf(SMALL)
+    report = run_generator(spark, gc, str(lake), max_reject_ratio=0.05)
+    beh = read_table(spark, table_path(str(lake), "behaviors"))
+    imp = read_table(spark, table_path(str(lake), "impressions"))
+    rej = read_table(spark, table_path(str(lake), "rejects"))
+    return gc, report, beh, imp, rej, lake
+
+
+@pytest.fixture(scope="module")
+def features(generated):
+    """Per impression: d_category and same-category behavior counts over 180 and 14 days (ts < t)."""
+    _, _, beh, imp, _, _ = generated
+    b = beh.select(F.col("user_id").alias("bu"), F.col("category_id").alias("bc"), F.col("ts").alias("bts"))
+    j = imp.join(b, (imp.user_id == b.bu) & (imp.category_id == b.bc) & (b.bts < imp.ts), "left")
+    f = j.groupBy("impression_id", "label", "p_click", "dt", "ts").agg(
+        F.max("bts").alias("last"),
+        F.count(F.when(b.bts >= F.col("ts") - 180 * DAY, 1)).alias("n180"),
+        F.count(F.when(b.bts >= F.col("ts") - 14 * DAY, 1)).alias("n14")).toPandas()
+    f["d_category"] = np.where(f["last"].isna(), -1, (f["ts"] - f["last"].fillna(0)) // DAY)
+    return f
+
+
+def test_counts_dates_and_rejects(generated):
+    gc, report, beh, imp, rej, _ = generated
+    b_in, i_in = report.inputs
+    assert b_in.counts.read == b_in.counts.accepted + b_in.counts.rejected
+    assert i_in.counts.read == gc.users * gc.impression_days * gc.impressions_per_user_day == i_in.counts.accepted
+    assert beh.count() == b_in.counts.accepted and imp.count() == i_in.counts.accepted
+    assert rej.count() == b_in.counts.rejected
+    assert set(b_in.counts.rejected_by_reason) <= {"duplicate_event"}
+    dates = sorted(r.dt for r in beh.select("dt").distinct().collect())
+    assert (dates[0], dates[-1]) == (gc.first_date, gc.end_date) and len(dates) == gc.history_days
+    assert sorted(r.dt for r in imp.select("dt").distinct().collect()) == ["2024-06-30", "2024-07-01"]
+    assert beh.where("user_id <= 0 OR item_id <= 0 OR category_id <= 0").count() == 0
+    # The category of an item is a function of the item.
+    assert beh.groupBy("item_id").agg(F.countDistinct("category_id").alias("n")).where("n > 1").count() == 0
+
+
+def test_heavy_tailed_history(generated):
+    gc, _, beh, _, rej, _ = generated
+    per_user = beh.groupBy("user_id").agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("a"),
+                                          F.max("ts").alias("b")).toPandas().set_index("user_id")
+    dup_user1 = sum(1 for r in rej.collect() if json.loads(r.raw)["user_id"] == 1)
+    assert per_user.loc[1, "n"] + dup_user1 == gc.max_behaviors_per_user
+    assert (per_user.loc[1, "b"] - per_user.loc[1, "a"]) / DAY >= 180
+    n = per_user["n"]
+    assert n.max() / n.median() > 5  # heavy tail
+    assert abs(n.mean() - gc.mean_behaviors_per_user) / gc.mean_behaviors_per_user < 0.5
+
+
+def test_long_term_interests_revisited_beyond_short_window(generated):
+    _, _, beh, _, _, _ = generated
+    # Per (user, category): distinct visit days; long-term interests come back after more than 14 days.
+    days = (beh.where("user_id <= 20").select("user_id", "category_id", F.floor(F.col("ts") / DAY).alias("d"))
+            .distinct().toPandas().sort_values(["user_id", "category_id", "d"]))
+    gaps = days.groupby(["user_id", "category_id"])["d"].diff().dropna()
+    assert (gaps > 14).mean() > 0.1
+    # Item-level repeats: some (user, item) pairs recur many times.
+    repeats = beh.groupBy("user_id", "item_id").count().where("count >= 5").count()
+    assert repeats > 50
+
+
+def test_oracle_auc_of_one_day(features):
+    day = features[features.dt == "2024-07-01"]
+    assert len(day) == 1500
+    assert auc(day.label, day.p_click) >= 0.75
+
+
+def test_long_term_affinity_beats_short_window_beyond_14_days(features):
+    old = features[features.d_category > 14]
+    assert old.label.sum() >= 30  # there are clicks whose category was last seen more than 14 days ago
+    long_auc, short_auc = auc(old.label, old.n180), auc(old.label, old.n14)
+    assert long_auc > short_auc + 0.1, (long_auc, short_auc)
+    # Both signals matter over all impressions.
+    assert auc(features.label, features.n180) > 0.6 and auc(features.label, features.n14) > 0.6
+
+
+def test_point_in_time_truth(spark):
+    """Behaviors at or after an impression's ts never change its click probability; earlier ones do."""
+    from pyspark.sql import Window
+    gc = GeneratorConfig.from_conf(dict(users=12, mean_behaviors_per_user=200, max_behaviors_per_user=1000,
+                                        heavy_users=0, impression_days=1, impressions_per_user_day=5))
+    users = user_profiles(spark, gc)
+    beh = generate_behaviors(users, gc)
+    cands = impression_candidates(users, gc)
+    # Impressions alone in their (user, category): a behavior added for one of them touches no other.
+    alone = (cands.withColumn("n", F.count(F.lit(1)).over(Window.partitionBy("user_id", "category_id")))
+             .where("n = 1").drop("n"))
+
+    def shifted(offsets):
+        return (alone.select("user_id", "item_id", "category_id", F.lit("pv").alias("behavior_type"), "ts", "dt",
+                             F.explode(F.array(*[F.lit(k) for k in offsets])).alias("off"))
+                .withColumn("ts", F.col("ts") + F.col("off")).drop("off"))
+
+    def p_click(behaviors):
+        return {r.impression_id: r.p_click for r in click_truth(cands, users, behaviors, gc).collect()}
+
+    base = p_click(beh)
+    alone_ids = {r.impression_id for r in alone.collect()}
+    assert len(base) == 60 and len(alone_ids) >= 20
+    assert p_click(beh.unionByName(shifted((0, 1, 3600)))) == base
+    earlier = p_click(beh.unionByName(shifted((-1, -3600))))
+    assert {k for k in base if earlier[k] != base[k]} == alone_ids
+
+
+def test_deterministic_and_partition_independent(spark):
+    def digest(**over):
+        gc = GeneratorConfig.from_conf(dict(users=30, mean_behaviors_per_user=100, max_behaviors_per_user=500,
+                                            heavy_users=1, **over))
+        b = generate_behaviors(user_profiles(spark, gc), gc)
+        return b.agg(F.count(F.lit(1)), F.sum(F.xxhash64(*b.columns) % 1000003)).first()
+    assert digest(partitions=2) == digest(partitions=5)
+    assert digest(partitions=2) != digest(partitions=2, seed=8)
+
+
+def test_a_54000_behavior_user(spark):
+    gc = GeneratorConfig.from_conf(dict(users=3, heavy_users=1, max_behaviors_per_user=54000))
+    b = generate_behaviors(user_profiles(spark, gc), gc).where("user_id = 1")
+    row = b.agg(F.count(F.lit(1)).alias("n"), ((F.max("ts") - F.min("ts")) / DAY).alias("days"),
+                F.countDistinct("category_id").alias("cats")).first()
+    assert row.n == 54000 and row.days >= 180 and row.cats >= 10
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown generator keys"):
+        GeneratorConfig.from_conf({"userz": 3})
+    with pytest.raises(ConfigError, match="revisit"):
+        GeneratorConfig.from_conf({"revisit_min_days": 7})
+
+
+def test_generate_logs_cli(tmp_path):
+    lake = tmp_path / "lake"
+    cmd = [sys.executable, str(ROOT / "jobs" / "generate_logs.py"), "--lakehouse", str(lake),
+           "--set", "generator.users=40", "--set", "generator.max_behaviors_per_user=2000",
+           "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--master", "local[2]"]
+    first = run(cmd).stdout.strip().splitlines()[-1]
+    assert first.startswith("generate_logs: behaviors=") and "impressions=1200 [2024-06-29..2024-07-01]" in first
+    assert "generator:behaviors read=" in first and "max_behaviors_per_user=2000" in first
+    again = run(cmd).stdout.strip().splitlines()[-1]
+    assert "(unchanged, skipped)" in again
+    assert again.split("|")[1] == first.split("|")[1]  # same counts
