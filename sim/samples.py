@@ -1,0 +1,382 @@
+"""Point-in-time training samples: what SIM's two search units and the short-term branch see for one
+impression (SIM sections 4 and 5.2).
+
+For an impression of day D at time t the history is UBT(D-1) (read by Delta time travel) plus the
+user's day-D behaviors with ts < t, the offline twin of the paper's real-time behavior events. From it:
+
+- short sequence (DIN branch): behaviors in (t - short_days, t), newest first, cap ``caps.short_cap``;
+- hard sequence (hard-search GSU, r_i = 1 iff category(b_i) == category(a)): the candidate category's
+  behaviors in (t - long_days, t), newest first, truncated to K = ``caps.hard_k`` as the paper does;
+- long sequence (soft-search GSU input and average pooling): the newest ``caps.long_cap`` behaviors of
+  (t - long_days, t) across categories;
+- for each: item ids, category ids and time-gap buckets of t minus the behavior time (the e^t_j of
+  the ESU), padded with 0 to the fixed cap; plus the real lengths, ``long_len`` (uncapped count in the
+  long window) and ``d_category`` (days since the user's last behavior in the candidate's category,
+  -1 if none; the paper's Table 6 analysis).
+
+Count mode (``windows.mode: count``, the paper's public-data setting): long = the last
+``long_count`` behaviors before t, short = the last ``short_count``, hard = the candidate category's
+behaviors within the long sequence; ``long_len`` is then the number of behaviors before t.
+
+Cost. Work per impression is bounded by the caps, not by the user's history: the hard sequence reads
+only the candidate category's UBT row, sliced to K before the join; the long and short sequences read
+a per-user list of the newest behaviors, computed once per user from per-category slices with a
+window limit (sorted and spilled by Spark, never one unbounded in-memory collection per user).
+``long_len`` is the user's UBT count minus the behaviors of the window's first day that are older than
+t - long_days (read from that one behaviors partition) plus the day-D behaviors before t.
+
+Leak guard: every sequence element must be older than its impression. The check runs inside the
+write over the raw behavior times (before they become gap buckets); a violation fails the job with
+:class:`LeakError` naming the first offending impression, and nothing is committed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sim.config import ConfigError
+from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
+                          write_date)
+from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, Caps, Windows, day_start, long_seq_len,
+                     parse_date, short_seq_len, shift_date, ubt_category_cap, write_rejects)
+
+log = logging.getLogger(__name__)
+
+JOB = "build_samples"
+SECONDS_PER_HOUR = 3600
+
+SEQ_STRUCT = T.StructType([
+    T.StructField("ts", T.LongType(), True),
+    T.StructField("item_id", T.LongType(), True),
+    T.StructField("category_id", T.LongType(), True),
+])
+_SEQ_ARRAY = T.ArrayType(SEQ_STRUCT, True)
+
+SAMPLES_SCALARS_IN = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click", "dt")
+SAMPLES = T.StructType(
+    [T.StructField("impression_id", T.LongType()), T.StructField("user_id", T.LongType()),
+     T.StructField("item_id", T.LongType()), T.StructField("category_id", T.LongType()),
+     T.StructField("ts", T.LongType()), T.StructField("label", T.IntegerType()),
+     T.StructField("p_click", T.DoubleType()), T.StructField("dt", T.StringType())]
+    + [T.StructField(f"{s}_{f}", T.ArrayType(T.IntegerType() if f == "gaps" else T.LongType(), True))
+       for s in ("short", "hard", "long") for f in ("items", "cats", "gaps")]
+    + [T.StructField(c, T.IntegerType()) for c in ("short_len", "hard_len", "long_len", "d_category")])
+SAMPLES_COLUMNS = tuple(f.name for f in SAMPLES.fields)
+
+
+class LeakError(RuntimeError):
+    """A sequence holds a behavior at or after its impression's time."""
+
+
+class SamplesInputError(RuntimeError):
+    """An input the samples job needs is missing or does not fit; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    windows: Windows
+    caps: Caps
+    time_gap_buckets: int = 64
+
+    def __post_init__(self) -> None:
+        if self.time_gap_buckets < 2:
+            raise ConfigError("time_gap_buckets must be >= 2 (bucket 0 is padding)")
+
+    @classmethod
+    def from_conf(cls, cfg) -> "SampleSpec":
+        return cls(Windows.from_conf(cfg), Caps.from_conf(cfg), int(cfg.get("time_gap_buckets", 64)))
+
+    @property
+    def long_n(self) -> int:
+        return long_seq_len(self.windows, self.caps)
+
+    @property
+    def short_n(self) -> int:
+        return short_seq_len(self.windows, self.caps)
+
+    @property
+    def recent_n(self) -> int:
+        """Newest UBT behaviors per user the long and short sequences can ever need."""
+        return max(self.long_n, self.short_n)
+
+
+# ------------------------------------------------------------------------------ column functions
+def time_gap_bucket(gap_seconds: Column, num_buckets: int = 64) -> Column:
+    """Time-gap bucket of an impression-to-behavior gap (the ESU's e^t_j input).
+
+    Bucket 0 is padding. A gap of g > 0 seconds falls in ``1 + min(num_buckets - 2,
+    floor(log2(1 + g / 3600)))``: bucket 1 is the first hour, then each bucket doubles the hours
+    (1-3 h, 3-7 h, ...); gaps beyond the last boundary share bucket ``num_buckets - 1``. Log-scale
+    because the recency that matters for interest decays roughly geometrically.
+    """
+    raw = F.floor(F.log2(F.lit(1.0) + gap_seconds.cast("double") / F.lit(float(SECONDS_PER_HOUR))))
+    return (F.lit(1) + F.least(F.lit(num_buckets - 2), raw.cast("int"))).cast("int")
+
+
+def _seq_struct(ts: Column, item: Column, cat: Column) -> Column:
+    return F.struct(ts.cast("long").alias("ts"), item.cast("long").alias("item_id"),
+                    cat.cast("long").alias("category_id"))
+
+
+def _empty_seq() -> Column:
+    return F.array().cast(_SEQ_ARRAY)
+
+
+def _pad(arr: Column, cap: int, dtype: str) -> Column:
+    """``arr`` followed by zeros up to ``cap`` elements (0 = padding id / bucket)."""
+    return F.concat(arr, F.array_repeat(F.lit(0).cast(dtype), F.lit(cap) - F.size(arr)))
+
+
+# ------------------------------------------------------------------------------ pure transforms
+def user_recent(ubt: DataFrame, n: int) -> DataFrame:
+    """Per user: the newest ``n`` behaviors across categories of the UBT rows given, newest first,
+    as ``recent`` array<struct<ts, item_id, category_id>>, plus ``ubt_count`` (the sum of the keys'
+    uncapped counts).
+
+    Each category contributes a slice of at most ``n`` elements; a row_number limit (which Spark sorts
+    and spills per user) keeps the newest ``n`` before anything is collected, so no per-user collection
+    grows with the history.
+    """
+    exploded = ubt.select("user_id", "category_id",
+                          F.explode(F.slice("behaviors", 1, n)).alias("b"))
+    w = Window.partitionBy("user_id").orderBy(F.col("b.ts").desc(), F.col("b.item_id").desc(),
+                                              F.col("category_id").desc())
+    top = (exploded.withColumn("_rn", F.row_number().over(w)).where(F.col("_rn") <= n)
+           .groupBy("user_id")
+           .agg(F.sort_array(F.collect_list(_seq_struct(F.col("b.ts"), F.col("b.item_id"),
+                                                        F.col("category_id"))), asc=False)
+                .alias("recent")))
+    counts = ubt.groupBy("user_id").agg(F.sum("count").cast("long").alias("ubt_count"))
+    return counts.join(top, "user_id", "left")
+
+
+def user_day_behaviors(behaviors: DataFrame) -> DataFrame:
+    """Per user: the given day's behaviors, newest first, as ``day`` array<struct<ts, item_id,
+    category_id>> (bounded by one day of activity)."""
+    return (behaviors.groupBy("user_id")
+            .agg(F.sort_array(F.collect_list(_seq_struct(F.col("ts"), F.col("item_id"),
+                                                         F.col("category_id"))), asc=False)
+                 .alias("day")))
+
+
+def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataFrame,
+                    first_day_behaviors: DataFrame | None, spec: SampleSpec) -> DataFrame:
+    """Impressions of one day with their sequences as arrays of raw (ts, item_id, category_id) structs
+    (``short_seq``, ``hard_seq``, ``long_seq``) plus ``long_len`` and ``d_category``; before padding and
+    bucketing, so :func:`leak_condition` can check raw times.
+
+    Args:
+        impressions: impressions of day D (valid rows only).
+        ubt: UBT(D-1) rows (user_id, category_id, behaviors, count, last_ts, ...).
+        day_behaviors: behaviors of day D (any time; only those before each impression are used).
+        first_day_behaviors: time mode only, behaviors of the first day UBT(D-1) holds
+            (D - long_days), for the exact ``long_len`` at t.
+        spec: windows, caps and buckets.
+    """
+    w, c = spec.windows, spec.caps
+    users = impressions.select("user_id").distinct()
+    ubt_u = ubt.join(users, "user_id", "left_semi")
+    recent = user_recent(ubt_u, spec.recent_n)
+    cat_rows = ubt_u.select(
+        "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"),
+        *([F.transform(F.slice("behaviors", 1, c.hard_k),
+                       lambda b: _seq_struct(b["ts"], b["item_id"], F.col("category_id"))).alias("hard_top")]
+          if w.mode == "time" else []))
+    day = user_day_behaviors(day_behaviors.join(users, "user_id", "left_semi"))
+
+    df = (impressions.join(recent, "user_id", "left").join(day, "user_id", "left")
+          .join(cat_rows, ["user_id", "category_id"], "left"))
+    if w.mode == "time" and first_day_behaviors is not None:
+        first = (first_day_behaviors.join(users, "user_id", "left_semi").groupBy("user_id")
+                 .agg(F.collect_list(F.col("ts").cast("long")).alias("first_day_ts")))
+        df = df.join(first, "user_id", "left")
+    else:
+        df = df.withColumn("first_day_ts", F.array().cast("array<long>"))
+
+    t = F.col("ts")
+    cand = F.col("category_id")
+    before = F.filter(F.coalesce("day", _empty_seq()), lambda b: b["ts"] < t)
+    recent_all = F.coalesce("recent", _empty_seq())
+    if w.mode == "time":
+        long_start = t - F.lit(w.long_days * SECONDS_PER_DAY)
+        short_start = t - F.lit(w.short_days * SECONDS_PER_DAY)
+        # UBT(D-1) holds only behaviors before day D (its retention starts at D - long_days), so the
+        # window start is the only bound to apply; the newest-first order makes slice-then-filter exact.
+        long_all = F.concat(before, F.filter(recent_all, lambda b: b["ts"] > long_start))
+        long_seq = F.slice(long_all, 1, spec.long_n)
+        short_seq = F.filter(F.slice(long_all, 1, spec.short_n), lambda b: b["ts"] > short_start)
+        hard_ubt = F.filter(F.coalesce("hard_top", _empty_seq()), lambda b: b["ts"] > long_start)
+        hard_seq = F.slice(F.concat(F.filter(before, lambda b: b["category_id"] == cand), hard_ubt),
+                           1, c.hard_k)
+        expired_at_t = F.size(F.filter(F.coalesce("first_day_ts", F.array().cast("array<long>")),
+                                       lambda x: x <= long_start))
+        long_len = F.coalesce("ubt_count", F.lit(0)) - expired_at_t + F.size(before)
+    else:
+        long_all = F.concat(before, recent_all)
+        long_seq = F.slice(long_all, 1, spec.long_n)
+        short_seq = F.slice(long_all, 1, spec.short_n)
+        hard_seq = F.slice(F.filter(long_seq, lambda b: b["category_id"] == cand), 1, c.hard_k)
+        long_len = F.coalesce("ubt_count", F.lit(0)) + F.size(before)
+    last_in_cat = F.coalesce(
+        F.array_max(F.transform(F.filter(before, lambda b: b["category_id"] == cand), lambda b: b["ts"])),
+        F.col("cat_last_ts"))
+    d_category = F.when(last_in_cat.isNull(), F.lit(-1)).otherwise(
+        F.floor((t - last_in_cat) / F.lit(SECONDS_PER_DAY))).cast("int")
+    return df.select(*SAMPLES_SCALARS_IN, short_seq.alias("short_seq"), hard_seq.alias("hard_seq"),
+                     long_seq.alias("long_seq"), long_len.cast("int").alias("long_len"),
+                     d_category.alias("d_category"))
+
+
+def leak_condition() -> Column:
+    """True for a row of :func:`build_sequences` whose sequences hold a behavior at or after its time."""
+    t = F.col("ts")
+    return (F.exists("short_seq", lambda b: b["ts"] >= t) | F.exists("hard_seq", lambda b: b["ts"] >= t)
+            | F.exists("long_seq", lambda b: b["ts"] >= t))
+
+
+LEAK_MARK = "SIM_LEAK_GUARD"
+
+
+def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFrame:
+    """The samples table's rows from :func:`build_sequences`: ids, categories and gap buckets of each
+    sequence padded with 0 to its cap, real lengths. With ``guard`` a row failing
+    :func:`leak_condition` raises an error while it is computed (so nothing gets written)."""
+    t = F.col("ts")
+    cols = []
+    lens = {}
+    caps = {"short": spec.caps.short_cap, "hard": spec.caps.hard_k, "long": spec.caps.long_cap}
+    for name, cap in caps.items():
+        seq = F.col(f"{name}_seq")
+        cols += [_pad(F.transform(seq, lambda b: b["item_id"]), cap, "long").alias(f"{name}_items"),
+                 _pad(F.transform(seq, lambda b: b["category_id"]), cap, "long").alias(f"{name}_cats"),
+                 _pad(F.transform(seq, lambda b: time_gap_bucket(t - b["ts"], spec.time_gap_buckets)),
+                      cap, "int").alias(f"{name}_gaps")]
+        lens[name] = F.size(seq).cast("int")
+    d_category = F.col("d_category")
+    if guard:
+        d_category = F.when(leak_condition(), F.raise_error(F.concat(
+            F.lit(f"{LEAK_MARK}: impression_id="), F.col("impression_id").cast("string"),
+            F.lit(" at ts="), t.cast("string"),
+            F.lit(" has a behavior at or after its time in a sequence")))).otherwise(d_category)
+    return seqs.select(*[F.col(c) for c in SAMPLES_SCALARS_IN], *cols,
+                       lens["short"].alias("short_len"), lens["hard"].alias("hard_len"),
+                       F.col("long_len").cast("int").alias("long_len"),
+                       d_category.cast("int").alias("d_category"))
+
+
+def first_leak(seqs: DataFrame) -> tuple[int, int] | None:
+    """(impression_id, ts) of the first impression, by time then id, whose sequences leak; None if none."""
+    r = (seqs.where(leak_condition()).select("ts", "impression_id")
+         .orderBy("ts", "impression_id").limit(1).collect())
+    return (int(r[0].impression_id), int(r[0].ts)) if r else None
+
+
+def split_impressions(impressions: DataFrame, date: str) -> tuple[DataFrame, DataFrame]:
+    """(valid impressions of ``date``, rejects): a row needs its ids, label and a time inside the date
+    (a time outside it would read a UBT version that may hold its future)."""
+    start, end = day_start(date), day_start(shift_date(date, 1))
+    reason = (F.when(F.col("impression_id").isNull(), "impression with a null impression_id")
+              .when(F.col("user_id").isNull(), "impression with a null user_id")
+              .when(F.col("item_id").isNull(), "impression with a null item_id")
+              .when(F.col("category_id").isNull(), "impression with a null category_id")
+              .when(F.col("ts").isNull(), "impression with a null ts")
+              .when(F.col("label").isNull(), "impression with a null label")
+              .when((F.col("ts") < start) | (F.col("ts") >= end), "impression ts outside its dt date"))
+    tagged = impressions.withColumn("_reason", reason)
+    rejects = tagged.where(F.col("_reason").isNotNull()).select(
+        F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in impressions.columns])).alias("raw"),
+        F.lit(date).alias("dt"))
+    valid = tagged.where(F.col("_reason").isNull()).select(
+        F.col("impression_id").cast("long"), F.col("user_id").cast("long"), F.col("item_id").cast("long"),
+        F.col("category_id").cast("long"), F.col("ts").cast("long"), F.col("label").cast("int"),
+        (F.col("p_click") if "p_click" in impressions.columns else F.lit(None)).cast("double")
+        .alias("p_click"), F.lit(date).alias("dt"))
+    return valid, rejects
+
+
+# ---------------------------------------------------------------------------------------- the job
+@dataclass
+class SamplesResult:
+    date: str
+    action: str  # skipped | written
+    version: int | None
+    ubt_version: int | None = None
+    impressions: int = 0
+    rejected: int = 0
+
+
+def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> int:
+    version = version_for_date(spark, ubt_path, UBT_JOB, prev)
+    if version is None:
+        raise SamplesInputError(f"UBT({prev}) was never built at {ubt_path}: run "
+                                f"`jobs/build_ubt.py --date {prev}` (or with --backfill FROM) first")
+    meta = next(c.metadata for c in reversed(job_commits(spark, ubt_path, UBT_JOB)) if c.version <= version
+                and c.date == prev)
+    w = spec.windows
+    if meta.get("mode", w.mode) != w.mode:
+        raise SamplesInputError(f"UBT({prev}) was built in {meta.get('mode')} mode, samples need "
+                                f"{w.mode}; rebuild the UBT with the same windows")
+    if w.mode == "time" and meta.get("long_days") not in (None, w.long_days):
+        raise SamplesInputError(f"UBT({prev}) keeps {meta['long_days']} days, samples use "
+                                f"windows.long_days={w.long_days}; rebuild the UBT with the same windows")
+    cap = meta.get("category_cap") or 0
+    need = ubt_category_cap(w, spec.caps)
+    if cap and (need == 0 or cap < need):
+        log.warning("UBT(%s) keeps at most %s behaviors per category; samples would use up to %s",
+                    prev, cap, need or "all")
+    return version
+
+
+def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec,
+                  force: bool = False) -> SamplesResult:
+    """Write samples(date) = impressions(date) x UBT(date-1) x behaviors(date, ts < t): one commit
+    replacing the date's partition; a committed date is skipped unless ``force``."""
+    date = parse_date(date).isoformat()
+    out = table_path(lakehouse, "samples")
+    done = version_for_date(spark, out, JOB, date)
+    if done is not None and not force:
+        log.info("build_samples %s: already committed (version %s); nothing to do", date, done)
+        return SamplesResult(date, "skipped", done)
+    ubt_path = table_path(lakehouse, "ubt")
+    prev = shift_date(date, -1)
+    require_table(spark, ubt_path, f"run `jobs/build_ubt.py --date {prev}` first")
+    ubt_version = _check_ubt_fits(spark, ubt_path, prev, spec)
+    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
+    for p in (imp_path, beh_path):
+        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+
+    impressions = read_table(spark, imp_path).where(F.col("dt") == date)
+    valid, rejects = split_impressions(impressions, date)
+    n_rejects = rejects.count()
+    behaviors = read_table(spark, beh_path)
+    ok_b = (F.col("user_id").isNotNull() & F.col("category_id").isNotNull() & F.col("item_id").isNotNull()
+            & F.col("ts").isNotNull())
+    day_b = behaviors.where((F.col("dt") == date) & ok_b)
+    first_b = (behaviors.where((F.col("dt") == shift_date(date, -spec.windows.long_days)) & ok_b)
+               if spec.windows.mode == "time" else None)
+    ubt = read_table(spark, ubt_path, ubt_version)
+    seqs = build_sequences(valid, ubt, day_b, first_b, spec)
+    try:
+        committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=date, force=force,
+                               extra_metadata={"ubt_version": ubt_version})
+    except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
+        if LEAK_MARK not in str(e):
+            raise
+        hit = first_leak(seqs)
+        where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
+        raise LeakError(f"leak guard: samples for {date} not written: {where} has a behavior at or "
+                        f"after its time in a sequence (UBT version {ubt_version}, behaviors dt={date})"
+                        ) from None
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    from delta.tables import DeltaTable
+    last = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
+    version = version_for_date(spark, out, JOB, date)
+    n = int((last.operationMetrics or {}).get("numOutputRows", -1)) if last.version == version else -1
+    log.info("build_samples %s: %d samples from UBT version %s (%d rejected) -> version %s%s", date, n,
+             ubt_version, n_rejects, version, "" if committed else " (already committed)")
+    return SamplesResult(date, "written", version, ubt_version, n, n_rejects)

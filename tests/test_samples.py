@@ -1,0 +1,173 @@
+"""Point-in-time samples: hand-computed sequences for a few users and impressions, caps, count mode,
+the time-gap buckets, rejects, the leak guard, and the job on Delta (time travel, idempotent re-run)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from sim.delta_io import MissingTableError, latest_version, read_table, table_path, version_for_date
+from sim.samples import (LEAK_MARK, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError,
+                         build_samples, build_sequences, first_leak, split_impressions, time_gap_bucket,
+                         to_samples)
+from sim.schema import BEHAVIORS, IMPRESSIONS, SAMPLE_COLUMNS
+from sim.ubt import Caps, Windows, aggregate_ubt, build_ubt, day_start, shift_date
+from test_ubt import beh, imp, small_delta_snapshots, write_logs  # noqa: F401  (fixture re-used)
+
+H, DAY = 3600, 86400
+D = "2024-07-01"
+T0 = day_start(D) + 12 * H  # impressions at noon of D
+
+# user 1: every case of the issue's list; user 2: no history; user 3: more behaviors than the caps.
+BEHAVIOR_ROWS = [
+    beh(1, 101, 10, T0 - 600),  # a: same day, before t
+    beh(1, 102, 10, T0 + 600),  # b: same day, after t (in for impression 3 at T0 + 1200)
+    beh(1, 103, 10, T0 - 181 * DAY),  # c: 181 days old: out
+    beh(1, 104, 20, T0 - 15 * DAY),  # d: 15 days old: long, not short
+    beh(1, 105, 20, T0 - 2 * DAY),  # e
+    beh(1, 106, 30, T0 - 180 * DAY + H),  # f: first day of UBT(D-1), inside (t - 180d, t)
+    beh(1, 107, 30, T0 - 180 * DAY - 4 * H),  # g: first day of UBT(D-1), before t - 180d: out
+    beh(1, 108, 10, T0 - 100 * DAY),  # h
+] + [beh(3, 300 + k, 50, T0 - 7 * k * H) for k in range(1, 11)]  # 301 newest .. 310 oldest
+IMPRESSION_ROWS = [
+    imp(1, 1, 900, 10, T0, 1, 0.7), imp(2, 1, 901, 20, T0), imp(3, 1, 902, 10, T0 + 1200),
+    imp(4, 2, 903, 10, T0), imp(5, 1, 904, 40, T0), imp(6, 3, 905, 50, T0),
+]
+SPEC = SampleSpec(Windows(long_days=180, short_days=14), Caps(short_cap=4, hard_k=3, long_cap=5))
+
+# Hand-computed: (short items, gaps), (hard items, gaps), (long items, cats, gaps), long_len, d_category.
+# Gap buckets 1 + floor(log2(1 + hours)): 10 min -> 1, 30 min -> 1, 7 h -> 4, 14 h -> 4, 21 h -> 5,
+# 28 h -> 5, 35 h -> 6, 2 d -> 6, 15 d -> 9, 100 d -> 12, 180 d - 1 h -> 13.
+EXPECTED = {
+    1: dict(short=([101, 105, 0, 0], [1, 6, 0, 0]), hard=([101, 108, 0], [1, 12, 0]),
+            long=([101, 105, 104, 108, 106], [10, 20, 20, 10, 30], [1, 6, 9, 12, 13]),
+            lens=(2, 2, 5), d_category=0),
+    2: dict(short=([101, 105, 0, 0], [1, 6, 0, 0]), hard=([105, 104, 0], [6, 9, 0]),
+            long=([101, 105, 104, 108, 106], [10, 20, 20, 10, 30], [1, 6, 9, 12, 13]),
+            lens=(2, 2, 5), d_category=2),
+    3: dict(short=([102, 101, 105, 0], [1, 1, 6, 0]), hard=([102, 101, 108], [1, 1, 12]),
+            long=([102, 101, 105, 104, 108], [10, 10, 20, 20, 10], [1, 1, 6, 9, 12]),
+            lens=(3, 3, 6), d_category=0),
+    4: dict(short=([0] * 4, [0] * 4), hard=([0] * 3, [0] * 3), long=([0] * 5, [0] * 5, [0] * 5),
+            lens=(0, 0, 0), d_category=-1),
+    5: dict(short=([101, 105, 0, 0], [1, 6, 0, 0]), hard=([0] * 3, [0] * 3),
+            long=([101, 105, 104, 108, 106], [10, 20, 20, 10, 30], [1, 6, 9, 12, 13]),
+            lens=(2, 0, 5), d_category=-1),
+    6: dict(short=([301, 302, 303, 304], [4, 4, 5, 5]), hard=([301, 302, 303], [4, 4, 5]),
+            long=([301, 302, 303, 304, 305], [50] * 5, [4, 4, 5, 5, 6]), lens=(4, 3, 10), d_category=0),
+}
+
+
+def _inputs(spark, rows=BEHAVIOR_ROWS, impressions=IMPRESSION_ROWS, spec=SPEC):
+    """(impressions of D, UBT(D-1), behaviors of D, behaviors of D - long_days) as DataFrames."""
+    b = spark.createDataFrame(rows, BEHAVIORS)
+    prev = shift_date(D, -1)
+    hist = b.where(F.col("dt") <= prev)
+    if spec.windows.mode == "time":
+        hist = hist.where(F.col("dt") >= shift_date(D, -spec.windows.long_days))
+    ubt = aggregate_ubt(hist)
+    i = spark.createDataFrame(impressions, IMPRESSIONS)
+    first = b.where(F.col("dt") == shift_date(D, -spec.windows.long_days))
+    return i, ubt, b.where(F.col("dt") == D), first
+
+
+def _check(rows, expected):
+    got = {r.impression_id: r for r in rows}
+    assert set(got) == set(expected)
+    for iid, e in expected.items():
+        r = got[iid]
+        assert (r.short_items, r.short_gaps) == e["short"], iid
+        assert (r.hard_items, r.hard_gaps) == e["hard"], iid
+        assert (r.long_items, r.long_cats, r.long_gaps) == e["long"], iid
+        assert (r.short_len, r.hard_len, r.long_len) == e["lens"], iid
+        assert r.d_category == e["d_category"], iid
+        # Categories align with items; the hard sequence holds only the candidate's category.
+        assert all(c == (r.category_id if it else 0) for it, c in zip(r.hard_items, r.hard_cats)), iid
+        assert all((c == 0) == (it == 0) for it, c in zip(r.short_items, r.short_cats)), iid
+
+
+def test_time_gap_bucket(spark):
+    gaps = [1, 3599, 3600, 3 * H, 7 * H, 15 * DAY, 1000 * H]
+    row = spark.range(1).select(*[time_gap_bucket(F.lit(g)).alias(f"g{i}") for i, g in enumerate(gaps)],
+                                time_gap_bucket(F.lit(1000 * H), 8).alias("capped")).first()
+    assert list(row)[:-1] == [1, 1, 2, 3, 4, 9, 10]
+    assert row.capped == 7  # 1 + min(8 - 2, 9)
+    assert all(list(row)[i] == 1 + min(62, math.floor(math.log2(1 + g / 3600))) for i, g in enumerate(gaps))
+
+
+def test_hand_computed_sequences(spark):
+    seqs = build_sequences(*_inputs(spark), SPEC)
+    out = to_samples(seqs, SPEC)
+    assert tuple(out.columns) == SAMPLES_COLUMNS and set(SAMPLE_COLUMNS) <= set(out.columns)
+    assert [f.dataType.simpleString() for f in out.schema] == [f.dataType.simpleString() for f in SAMPLES]
+    rows = out.collect()
+    _check(rows, EXPECTED)
+    one = next(r for r in rows if r.impression_id == 1)
+    assert (one.label, one.p_click, one.dt, one.item_id) == (1, 0.7, D, 900)
+    # Padded to the fixed caps: every row has the same lengths.
+    assert {(len(r.short_items), len(r.hard_gaps), len(r.long_cats)) for r in rows} == {(4, 3, 5)}
+
+
+def test_count_mode_last_n(spark):
+    spec = SampleSpec(Windows(mode="count", long_count=3, short_count=2),
+                      Caps(short_cap=2, hard_k=2, long_cap=4))
+    imps = [IMPRESSION_ROWS[0]]
+    rows = to_samples(build_sequences(*_inputs(spark, impressions=imps, spec=spec), spec), spec).collect()
+    r = rows[0]
+    # Last 3 before t regardless of time (a, e, d), padded to long_cap 4; the 181-day-old one counts.
+    assert r.long_items == [101, 105, 104, 0] and r.short_items == [101, 105]
+    assert r.hard_items == [101, 0] and (r.long_len, r.d_category) == (7, 0)
+
+
+def test_leak_guard_names_first_offending_impression(spark):
+    planted = BEHAVIOR_ROWS + [(1, 666, 20, "pv", T0 + 5, shift_date(D, -1))]  # future ts in UBT(D-1)
+    seqs = build_sequences(*_inputs(spark, rows=planted), SPEC)
+    assert first_leak(seqs) == (1, T0)
+    with pytest.raises(Exception, match=LEAK_MARK):
+        to_samples(seqs, SPEC).collect()
+    assert first_leak(build_sequences(*_inputs(spark), SPEC)) is None
+
+
+def test_split_impressions_rejects_with_reasons(spark):
+    rows = IMPRESSION_ROWS[:1] + [imp(7, 1, 1, 10, T0 + DAY)[:7] + (D,)]
+    valid, rejects = split_impressions(spark.createDataFrame(rows, IMPRESSIONS), D)
+    assert [r.impression_id for r in valid.collect()] == [1]
+    rej = rejects.collect()
+    assert [(r.source, r.reason, r.dt) for r in rej] == [
+        ("build_samples", "impression ts outside its dt date", D)]
+
+
+def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
+    """The job on Delta: UBT(D-1) by time travel even after UBT(D) exists, hand-computed rows, a
+    re-run changes nothing, a planted future behavior fails the job naming the impression."""
+    lh = str(tmp_path)
+    bad_imp = imp(99, 1, 1, 10, T0 + DAY)[:7] + (D,)  # ts on D+1 under dt = D: rejected
+    write_logs(spark, lh, BEHAVIOR_ROWS, IMPRESSION_ROWS + [bad_imp])
+    with pytest.raises((SamplesInputError, MissingTableError), match="build_ubt.py --date 2024-06-30"):
+        build_samples(spark, lh, D, SPEC)
+    build_ubt(spark, lh, D, SPEC.windows, SPEC.caps, backfill_from=shift_date(D, -1))  # UBT(D-1), UBT(D)
+    res = build_samples(spark, lh, D, SPEC)
+    ubt_path, out = table_path(lh, "ubt"), table_path(lh, "samples")
+    assert res.ubt_version == version_for_date(spark, ubt_path, "build_ubt", shift_date(D, -1))
+    assert res.ubt_version < latest_version(spark, ubt_path)
+    assert (res.impressions, res.rejected) == (6, 1)
+    samples = read_table(spark, out)
+    _check(samples.collect(), EXPECTED)
+    rej = read_table(spark, table_path(lh, "rejects")).where("source = 'build_samples'").collect()
+    assert len(rej) == 1 and '"impression_id":99' in rej[0].raw
+    props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{out}`").collect()}
+    assert props.get("delta.enableDeletionVectors", "false") == "false"  # Petastorm reads the files
+
+    version = latest_version(spark, out)
+    again = build_samples(spark, lh, D, SPEC)
+    assert again.action == "skipped" and latest_version(spark, out) == version
+
+    # Plant a behavior stamped on D-1 but happening after the impressions (a dt/ts mismatch upstream).
+    spark.createDataFrame([(1, 666, 20, "pv", T0 + 5, shift_date(D, -1))], BEHAVIORS) \
+        .write.format("delta").mode("append").save(table_path(lh, "behaviors"))
+    build_ubt(spark, lh, shift_date(D, -1), SPEC.windows, SPEC.caps, backfill_from=shift_date(D, -1),
+              force=True)
+    with pytest.raises(LeakError, match=r"impression_id=1 \(ts="):
+        build_samples(spark, lh, D, SPEC, force=True)
+    assert latest_version(spark, out) == version  # nothing committed
