@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def file_urls(paths: Sequence[str]) -> list[str]:
-    return [p if "://" in p else Path(p).resolve().as_uri() for p in paths]
+    # Not Path.as_uri(): Petastorm does not decode URLs, and as_uri() would encode `dt=` as `dt%3D`.
+    return [p if "://" in p else "file://" + str(Path(p).resolve()) for p in paths]
 
 
 def row_group_count(paths: Sequence[str]) -> int:
