@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Sequence
 
 # Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
@@ -33,16 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SampleSpec.from_conf(cfg)
     spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
-    results = []
+    results, seconds = [], []
     try:
         for d in dates:
+            t = time.perf_counter()
             results.append(build_samples(spark, cfg["lakehouse"], d, spec, force=args.force))
+            seconds.append(time.perf_counter() - t)
     except (LeakError, SamplesInputError, MissingTableError) as e:
         print(f"build_samples: {e}", file=sys.stderr)
         return 1
-    for r in results:
+    for r, sec in zip(results, seconds):
         print(f"BUILD_SAMPLES_OK date={r.date} action={r.action} version={r.version} "
-              f"ubt_version={r.ubt_version} samples={r.impressions} rejected={r.rejected}")
+              f"ubt_version={r.ubt_version} samples={r.impressions} rejected={r.rejected} seconds={sec:.1f}")
     spark.stop()
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Sequence
 
 # Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_job_conf(args)
     windows, caps = Windows.from_conf(cfg), Caps.from_conf(cfg)
     spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
+    started = time.perf_counter()
     try:
         results = build_ubt(spark, cfg["lakehouse"], args.date, windows, caps,
                             backfill_from=args.backfill, force=args.force)
@@ -43,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"inserted={sum(int(r.metrics.get('numTargetRowsInserted', 0)) for r in results)} "
           f"deleted={sum(int(r.metrics.get('numTargetRowsDeleted', 0)) for r in results)} "
           f"touched_keys={sum(r.touched_keys for r in results)} "
-          f"rejected={sum(r.rejected for r in results)} [{actions}]")
+          f"rejected={sum(r.rejected for r in results)} seconds={time.perf_counter() - started:.1f} "
+          f"[{actions}]")
     spark.stop()
     return 0
 

@@ -1,0 +1,144 @@
+"""The nightly jobs as real ``spark-submit`` subprocesses on the generator's demo data: a kill in the
+middle of the UBT write leaves the previous version readable and a re-run succeeds, re-runs of
+committed dates change nothing, and the same jobs on the standalone cluster give the same samples."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import ROOT, run, spark_submit_cmd, subprocess_env
+from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
+from sim.samples import SAMPLES_COLUMNS
+from sim.ubt import UBT_COLUMNS, Windows, aggregate_ubt, retention_first_date
+from test_ubt import rows_of, small_delta_snapshots  # noqa: F401  (fixture re-used)
+
+pytestmark = pytest.mark.slow
+
+# Demo data small enough for two cores: 20 days of history, impressions on 06-30 and 07-01.
+SETS = ["generator.users=16", "generator.history_days=20", "generator.impression_days=2",
+        "generator.mean_behaviors_per_user=40", "generator.max_behaviors_per_user=400",
+        "generator.heavy_users=1", "generator.impressions_per_user_day=3", "generator.items=2000",
+        "generator.categories=20", "validation.max_reject_ratio=0.5",
+        "windows.long_days=10", "windows.short_days=3",
+        "caps.long_cap=40", "caps.hard_k=20", "caps.short_cap=10",
+        "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
+WINDOWS = Windows(long_days=10, short_days=3)
+LOCAL_SAMPLES: dict = {}  # samples of the local spark-submit run, compared with the cluster's
+
+
+def job_args(lakehouse: Path, *args: str) -> list[str]:
+    out = ["--lakehouse", str(lakehouse)]
+    for s in SETS:
+        out += ["--set", s]
+    return out + list(args)
+
+
+def submit(script: str, lakehouse: Path, *args: str, master: str | None = None,
+           packages: bool = False) -> subprocess.CompletedProcess:
+    cmd = spark_submit_cmd(str(ROOT / "jobs" / script), *job_args(lakehouse, *args), master=master,
+                           packages=packages)
+    return run(cmd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo_logs(tmp_path_factory) -> Path:
+    """behaviors + impressions written by the data layer's generator CLI."""
+    lake = tmp_path_factory.mktemp("demo") / "lakehouse"
+    run([sys.executable, str(ROOT / "jobs" / "generate_logs.py"), *job_args(lake), "--master", "local[2]"],
+        timeout=900)
+    assert (lake / "behaviors" / "_delta_log").is_dir() and (lake / "impressions" / "_delta_log").is_dir()
+    return lake
+
+
+def _copy_logs(src: Path, dst: Path) -> Path:
+    for t in ("behaviors", "impressions"):
+        shutil.copytree(src / t, dst / t)
+    return dst
+
+
+def _uncommitted_files(table: Path) -> list[str]:
+    """Data files on disk that no commit of the Delta log references (left by a killed writer)."""
+    referenced = set()
+    for log in (table / "_delta_log").glob("*.json"):
+        referenced |= {part for part in log.read_text().split('"') if part.endswith(".parquet")}
+    return [p.name for p in table.glob("*.parquet") if p.name not in referenced]
+
+
+def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
+    lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
+    ubt = lake / "ubt"
+    out = submit("build_ubt.py", lake, "--date", "2024-06-29", "--backfill", "2024-06-29").stdout
+    assert "BUILD_UBT_OK date=2024-06-29" in out and "2024-06-29:full" in out
+    v_prev = latest_version(spark, str(ubt))
+    rows_prev = rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS))
+
+    # Kill the nightly run for 06-30 (SIGKILL to its process group) once it writes new data files.
+    existing = {p.name for p in ubt.glob("*.parquet")}
+    cmd = spark_submit_cmd(str(ROOT / "jobs" / "build_ubt.py"), *job_args(lake, "--date", "2024-06-30"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if {p.name for p in ubt.glob("*.parquet")} - existing:
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it was killed"
+    assert _uncommitted_files(ubt), "killed before any data file of the merge was written"
+    assert version_for_date(spark, str(ubt), "build_ubt", "2024-06-30") is None
+    assert latest_version(spark, str(ubt)) == v_prev
+    assert rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS)) == rows_prev
+
+    # The re-run succeeds; the committed 06-29 is skipped (unchanged), 06-30 equals a full rebuild.
+    out = submit("build_ubt.py", lake, "--date", "2024-06-30", "--backfill", "2024-06-29").stdout
+    assert "2024-06-29:skipped, 2024-06-30:nightly" in out
+    assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == ["2024-06-29", "2024-06-30"]
+    beh = read_table(spark, str(lake / "behaviors")).where(
+        (F.col("dt") >= retention_first_date(WINDOWS, "2024-06-30")) & (F.col("dt") <= "2024-06-30"))
+    assert rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS)) == rows_of(aggregate_ubt(beh))
+
+    # Samples, Delta resolved by --packages; then a backfill whose first date is already committed.
+    out = submit("build_samples.py", lake, "--date", "2024-06-30", packages=True).stdout
+    assert "BUILD_SAMPLES_OK date=2024-06-30 action=written" in out
+    samples = str(lake / "samples")
+    v_first = latest_version(spark, samples)
+    out = submit("build_samples.py", lake, "--date", "2024-07-01", "--backfill", "2024-06-30").stdout
+    assert "date=2024-06-30 action=skipped" in out and "date=2024-07-01 action=written" in out
+    assert latest_version(spark, samples) == v_first + 1
+    assert version_for_date(spark, samples, "build_samples", "2024-06-30") == v_first
+
+    s = read_table(spark, samples)
+    imps = read_table(spark, str(lake / "impressions"))
+    assert s.count() == imps.count() > 0
+    assert tuple(s.columns) == SAMPLES_COLUMNS
+    lens = s.select(F.size("short_items").alias("s"), F.size("hard_gaps").alias("h"),
+                    F.size("long_cats").alias("l")).distinct().collect()
+    assert [tuple(r) for r in lens] == [(10, 20, 40)]
+    assert s.where("hard_len > 0").count() > 0 and s.where("long_len > 0").count() > 0
+    LOCAL_SAMPLES["rows"] = rows_of(s)
+
+
+def test_nightly_jobs_on_standalone_cluster(spark, demo_logs, standalone_cluster, tmp_path):
+    """Same jobs with --master spark://...: two executors on other JVMs, same samples as local[2]."""
+    lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
+    out = submit("build_ubt.py", lake, "--date", "2024-06-30", "--backfill", "2024-06-29",
+                 master=standalone_cluster).stdout
+    assert "2024-06-29:full, 2024-06-30:nightly" in out
+    out = submit("build_samples.py", lake, "--date", "2024-07-01", "--backfill", "2024-06-30",
+                 master=standalone_cluster).stdout
+    assert out.count("action=written") == 2
+    cluster_rows = rows_of(read_table(spark, str(lake / "samples")))
+    assert len(cluster_rows) == read_table(spark, str(lake / "impressions")).count()
+    if "rows" in LOCAL_SAMPLES:  # the local[2] run of the other test: identical rows
+        assert cluster_rows == LOCAL_SAMPLES["rows"]
