@@ -46,9 +46,18 @@ def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modu
 
 def broadcast_model_and_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                                   root_rank: int = 0) -> None:
-    """Make every rank start from rank 0's parameters and optimizer state."""
+    """Make every rank start from rank 0's parameters and optimizer state.
+
+    The optimizer state travels as one pickled object rather than through
+    ``hvd.broadcast_optimizer_state``: that one takes a zero-gradient step to create empty state (Adam's
+    step count then starts at 1) and round-trips hyper-parameters through float32 tensors, so a run
+    resumed from a checkpoint would not continue exactly like an uninterrupted one.
+    """
     _hvd.broadcast_parameters(model.state_dict(), root_rank=root_rank)
-    _hvd.broadcast_optimizer_state(optimizer, root_rank=root_rank)
+    if _hvd.size() > 1:
+        state = _hvd.broadcast_object(optimizer.state_dict(), root_rank=root_rank, name="optimizer_state")
+        if _hvd.rank() != root_rank:
+            optimizer.load_state_dict(state)
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:

@@ -39,10 +39,16 @@ def open_reader(paths: Sequence[str], columns: Sequence[str], *, rank: int = 0, 
     if not paths:
         raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
     shard = size > 1 and row_group_count(paths) >= size
+    if shuffle:
+        # Our own seeded file order, not Petastorm's shuffle_row_groups: Petastorm's order of row groups
+        # after the first pass depends on the process's hash seed, so runs would not be reproducible
+        # (and a resumed run would not continue like an uninterrupted one). Same seed on every rank:
+        # the row-group shards stay disjoint.
+        paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
     return make_batch_reader(
         file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
         cur_shard=rank if shard else None, shard_count=size if shard else None,
-        shuffle_row_groups=shuffle, seed=seed, reader_pool_type="dummy", workers_count=1)
+        shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1)
 
 
 def rows_sharded_by_reader(paths: Sequence[str], size: int) -> bool:

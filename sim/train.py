@@ -154,6 +154,7 @@ def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / "last.pt.tmp"
     torch.save(state, tmp)
+    shutil.copyfile(tmp, ckpt_dir / f"epoch_{state['epoch']}.pt")
     os.replace(tmp, ckpt_dir / "last.pt")  # atomic: a crash never leaves a half-written checkpoint
 
 
