@@ -124,5 +124,6 @@ def write_log_table(df: DataFrame, lakehouse: str, table: str, *, job: str, labe
         log.info("%s: %s %s already written with the same inputs; skipped", table, job, label)
         return False
     meta = {"fingerprint": fp, **(extra_metadata or {})}
-    return delta_io.write_date(df, path, job=job, date=label, force=True, extra_metadata=meta,
-                               replace_where=replace_where)
+    # One writer task per date: a few large files per dt instead of one per (task, dt).
+    return delta_io.write_date(df.repartition("dt"), path, job=job, date=label, force=True,
+                               extra_metadata=meta, replace_where=replace_where)

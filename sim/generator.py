@@ -386,14 +386,17 @@ def click_truth(candidates: DataFrame, users: DataFrame, behaviors: DataFrame, g
     tc = gc.truth
     b = behaviors.select(F.col("user_id").alias("b_user"), F.col("category_id").alias("b_cat"),
                          F.col("ts").alias("b_ts"))
-    cand = candidates.join(users.select("user_id", "n_interests"), "user_id")
-    joined = cand.join(b, (F.col("user_id") == F.col("b_user")) & (F.col("category_id") == F.col("b_cat"))
-                       & (F.col("b_ts") < F.col("ts")) & (F.col("b_ts") >= F.col("ts") - LONG_WINDOW_DAYS * DAY),
-                       "left")
-    short_from = F.col("ts") - tc.short_term_days * DAY
-    agg = joined.groupBy("impression_id", "user_id", "item_id", "category_id", "ts", "dt", "n_interests").agg(
-        F.max("b_ts").alias("last_ts"),
-        F.count(F.when(F.col("b_ts") >= short_from, 1)).alias("n_short"))
+    keys = candidates.select(F.col("impression_id").alias("k_id"), F.col("user_id").alias("k_user"),
+                             F.col("category_id").alias("k_cat"), F.col("ts").alias("k_ts"))
+    # Impressions are few next to behaviors: broadcast them and stream the behaviors once, unshuffled.
+    hits = b.join(F.broadcast(keys), (F.col("b_user") == F.col("k_user")) & (F.col("b_cat") == F.col("k_cat"))
+                  & (F.col("b_ts") < F.col("k_ts")) & (F.col("b_ts") >= F.col("k_ts") - LONG_WINDOW_DAYS * DAY))
+    short_from = F.col("k_ts") - tc.short_term_days * DAY
+    feats = hits.groupBy("k_id").agg(F.max("b_ts").alias("last_ts"),
+                                     F.count(F.when(F.col("b_ts") >= short_from, 1)).alias("n_short"))
+    agg = (candidates.join(users.select("user_id", "n_interests"), "user_id")
+           .join(feats, F.col("impression_id") == F.col("k_id"), "left")
+           .withColumn("n_short", F.coalesce(F.col("n_short"), F.lit(0))))
     u, c = F.col("user_id"), F.col("category_id")
     a = long_term_affinity(gc, u, c, F.col("n_interests"))
     delta_days = (F.col("ts") - F.col("last_ts")) / float(DAY)

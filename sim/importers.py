@@ -363,21 +363,30 @@ def _positive_hash(*cols: Column) -> Column:
 
 
 def next_behavior_impressions(behaviors: DataFrame, *, seed: int, targets_per_user: int = 1,
-                              max_negative_attempts: int = 20) -> DataFrame:
+                              max_negative_attempts: int = 20, broadcast_limit: int = 2_000_000) -> DataFrame:
     """Impressions of the public-data protocol (module docstring) from accepted behaviors.
 
+    Args:
+        behaviors: accepted canonical behaviors.
+        seed: negative sampling seed.
+        targets_per_user: last behaviors per user that become positives.
+        max_negative_attempts: hashed draws per target to find an untouched item.
+        broadcast_limit: candidate (user, item) pairs up to which they are broadcast to find the touched
+            ones in one unshuffled pass over the behaviors.
     Returns:
         impressions (impression_id, user_id, item_id, category_id, ts, label, p_click=null, dt) plus
         ``target_rank`` (1 = the user's last behavior).
     """
     order = [F.col("ts").desc(), F.col("item_id").desc(), F.col("category_id").desc(),
              F.col("behavior_type").desc()]
-    w = Window.partitionBy("user_id").orderBy(*order)
-    ranked = behaviors.select("user_id", "item_id", "category_id", "behavior_type", "ts",
-                              F.row_number().over(w).alias("target_rank"),
-                              F.count(F.lit(1)).over(Window.partitionBy("user_id")).alias("n_user"))
-    targets = ranked.where((F.col("target_rank") <= targets_per_user) & (F.col("target_rank") < F.col("n_user")))
-    targets = targets.select("user_id", "item_id", "category_id", "ts", "target_rank")
+    # row_number <= k + 1 lets Spark keep a per-partition top-(k+1) before the shuffle (WindowGroupLimit);
+    # rank r is a target when the user has a behavior before it, i.e. more than r rows survive.
+    top = behaviors.select("user_id", "item_id", "category_id", "ts",
+                           F.row_number().over(Window.partitionBy("user_id").orderBy(*order)).alias("target_rank"))
+    top = top.where(F.col("target_rank") <= targets_per_user + 1)
+    top = top.withColumn("n_top", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+    targets = (top.where((F.col("target_rank") <= targets_per_user) & (F.col("target_rank") < F.col("n_top")))
+               .select("user_id", "item_id", "category_id", "ts", "target_rank"))
 
     catalog = behaviors.groupBy("item_id").agg(F.min("category_id").alias("category_id"))
     # A dense index over the catalog, in item-id order, so a uniform draw is one equi-join.
@@ -391,7 +400,10 @@ def next_behavior_impressions(behaviors: DataFrame, *, seed: int, targets_per_us
     attempts = attempts.withColumn("idx", F.least(F.floor(v.cast("double") / float(1 << 53) * n_items),
                                                   F.lit(max(n_items - 1, 0))).cast("long"))
     cand = attempts.join(catalog, "idx")
-    touched = behaviors.select("user_id", "item_id").distinct()
+    pairs = cand.select("user_id", "item_id").distinct()
+    if targets.count() * max_negative_attempts <= broadcast_limit:
+        pairs = F.broadcast(pairs)
+    touched = behaviors.select("user_id", "item_id").join(pairs, ["user_id", "item_id"], "left_semi").distinct()
     cand = cand.join(touched, ["user_id", "item_id"], "left_anti")
     first = Window.partitionBy("user_id", "ts", "target_rank").orderBy("attempt")
     negatives = (cand.withColumn("_k", F.row_number().over(first)).where(F.col("_k") == 1)

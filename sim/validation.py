@@ -92,25 +92,31 @@ def _is_numeric(df: DataFrame, name: str) -> bool:
     return isinstance(df.schema[name].dataType, T.NumericType)
 
 
-def _long_value(df: DataFrame, name: str) -> tuple[Column, Column]:
-    """(value as long, problem) of an id column given as string or number; problem is a reason or null."""
+def _id_stage(df: DataFrame, name: str) -> dict[str, Column]:
+    """Stage-1 columns of an id given as string or number: ``_v_`` (long or null), ``_blank_``, ``_bad_``
+    (not an integer). Parsed once here; :func:`_id_problem` only reads these columns."""
     c = F.col(name)
     if _is_numeric(df, name):
-        value = c.cast("long")
-        blank = c.isNull()
-        not_int = F.lit(False) if not isinstance(df.schema[name].dataType, (T.FloatType, T.DoubleType,
-                                                                            T.DecimalType)) \
-            else (c != F.floor(c))
-    else:
-        s = F.trim(c)
-        blank = s.isNull() | (s == "")
-        not_int = ~s.rlike(_INT_RE)
-        value = F.when(~not_int, s.cast("long"))
-    problem = (F.when(blank, F.lit("null_id"))
-               .when(not_int, F.lit("bad_id"))
-               .when(value < 0, F.lit("negative_id"))
-               .when(value == 0, F.lit("zero_id")))
-    return value, problem
+        fractional = isinstance(df.schema[name].dataType, (T.FloatType, T.DoubleType, T.DecimalType))
+        return {f"_v_{name}": c.cast("long"), f"_blank_{name}": c.isNull(),
+                f"_bad_{name}": (c != F.floor(c)) if fractional else F.lit(False)}
+    s = F.trim(c)
+    ok = s.rlike(_INT_RE)
+    return {f"_v_{name}": F.when(ok, s.cast("long")), f"_blank_{name}": s.isNull() | (s == ""),
+            f"_bad_{name}": F.coalesce(~ok, F.lit(True))}
+
+
+def _id_problem(name: str) -> Column:
+    v = F.col(f"_v_{name}")
+    return (F.when(F.col(f"_blank_{name}"), F.lit("null_id"))
+            .when(F.col(f"_bad_{name}"), F.lit("bad_id"))
+            .when(v < 0, F.lit("negative_id"))
+            .when(v == 0, F.lit("zero_id")))
+
+
+def _keep(df: DataFrame) -> list[str]:
+    """Bookkeeping columns carried to :func:`_finish`."""
+    return [c for c in df.columns if c in ("raw", "pre_reason") or c.startswith("_in_")]
 
 
 def parse_ts(df: DataFrame, name: str = "ts") -> Column:
@@ -129,9 +135,10 @@ def parse_ts(df: DataFrame, name: str = "ts") -> Column:
     return F.coalesce(num, iso)
 
 
-def _ts_problem(ts: Column, date_range: tuple[str | None, str | None], now_ts: int) -> Column:
+def _ts_problem(date_range: tuple[str | None, str | None], now_ts: int) -> Column:
+    """Timestamp problem from the staged ``_v_ts`` and ``_v_dt`` columns."""
+    ts, dt = F.col("_v_ts"), F.col("_v_dt")
     first, last = date_range
-    dt = dt_of(ts)
     outside = F.lit(False)
     if first:
         outside = outside | (dt < F.lit(first))
@@ -148,27 +155,42 @@ def _first_reason(*problems: Column) -> Column:
 
 def _finish(df: DataFrame, rules: Column, data_cols: Sequence[str], dup_keys: Sequence[str],
             source: str, has_raw: bool, extra_unique: Sequence[str] = ()) -> DataFrame:
-    in_cols = [c[len("_in_"):] for c in df.columns if c.startswith("_in_")]
-    """Apply pre_reason / rules / duplicates; attach raw for rejected rows only."""
+    """Apply pre_reason / rules / duplicates; attach raw for rejected rows only.
+
+    One hash aggregate over all rows does the duplicate check in a single pass over the input (a window
+    would sort every row, a join-back would read the input twice): valid rows group by their content,
+    rejected rows by content, reason and raw line; each group is expanded back to its row count. Of n
+    exact duplicates the first is accepted and n - 1 are ``duplicate_event``; their raw is the smallest
+    and the largest raw line of the group respectively (exact unless three or more differently written
+    lines hold the same event).
+    """
+    in_cols = [c for c in df.columns if c.startswith("_in_")]
     pre = F.col("pre_reason") if "pre_reason" in df.columns else F.lit(None).cast("string")
-    reason = (F.when(pre == F.lit(MALFORMED), pre)
-              .otherwise(F.coalesce(rules, pre)))
-    df = df.withColumn("reason", reason)
-    order = F.col("raw") if has_raw else F.lit(0)
-    valid = F.col("reason").isNull()
-    w = Window.partitionBy(valid, *[F.col(k) for k in dup_keys]).orderBy(order)
-    df = df.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1), F.lit("duplicate_event"))
-                       .otherwise(F.col("reason")))
+    reason = F.when(pre == F.lit(MALFORMED), pre).otherwise(F.coalesce(rules, pre))
+    # Without a raw line the input columns are part of the content (they are the raw payload).
+    keys = list(data_cols) + ([] if has_raw else in_cols)
+    df = df.select(*keys, reason.alias("reason"), *(["raw"] if has_raw else []))
+    if has_raw:
+        grouped = df.groupBy(*keys, "reason", F.when(F.col("reason").isNotNull(), F.col("raw")).alias("_rk")).agg(
+            F.count(F.lit(1)).alias("_n"), F.min("raw").alias("_raw_first"), F.max("raw").alias("_raw_last"))
+    else:
+        grouped = df.groupBy(*keys, "reason").agg(F.count(F.lit(1)).alias("_n"))
+    rows = grouped.select("*", F.explode(F.sequence(F.lit(1).cast("long"), F.col("_n"))).alias("_i"))
+    is_dup = F.col("reason").isNull() & (F.col("_i") > 1)
+    rows = rows.withColumn("reason", F.when(is_dup, F.lit("duplicate_event")).otherwise(F.col("reason")))
+    if has_raw:
+        raw = F.when(is_dup, F.col("_raw_last")).otherwise(F.col("_raw_first"))
+        rows = rows.withColumn("raw", raw)
+    else:
+        rows = rows.withColumn("raw", F.to_json(F.struct(*[F.col(c).alias(c[len("_in_"):]) for c in in_cols])))
+    rows = rows.select(*keys, "reason", "raw")
     for key in extra_unique:
         valid = F.col("reason").isNull()
-        w = Window.partitionBy(valid, F.col(key)).orderBy(order, *[F.col(k) for k in dup_keys])
-        df = df.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1),
-                                            F.lit(f"duplicate_{key}")).otherwise(F.col("reason")))
-    raw = F.col("raw") if has_raw else F.to_json(F.struct(*[F.col(f"_in_{c}").alias(c)
-                                                            for c in in_cols]))
-    return df.select(*data_cols, "reason",
-                     F.when(F.col("reason").isNotNull(), raw).cast("string").alias("raw"),
-                     F.lit(source).alias("source"))
+        w = Window.partitionBy(valid, F.col(key)).orderBy("raw", *[F.col(k) for k in dup_keys])
+        rows = rows.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1),
+                                                F.lit(f"duplicate_{key}")).otherwise(F.col("reason")))
+    return rows.select(*data_cols, "reason", F.when(F.col("reason").isNotNull(), F.col("raw")).alias("raw"),
+                       F.lit(source).alias("source"))
 
 
 def _prepare(raw: DataFrame, data_cols: Sequence[str]) -> tuple[DataFrame, bool]:
@@ -197,25 +219,24 @@ def classify_behaviors(raw: DataFrame, *, source: str,
     now_ts = int(time.time()) if now_ts is None else now_ts
     data_cols = ["user_id", "item_id", "category_id", "behavior_type", "ts"]
     df, has_raw = _prepare(raw, [c for c in data_cols if c in raw.columns])
-    problems, typed = [], {}
+    # Stage 1 parses each field once; stage 2 derives dt; stage 3 applies the rules to parsed columns.
+    # (One nested expression would re-parse a field in every rule that reads it.)
+    stage = {}
     for c in ("user_id", "item_id", "category_id"):
         if c in id_columns:
-            value, problem = _long_value(df, c)
-            problems.append(problem)
+            stage.update(_id_stage(df, c))
         else:
-            value = F.col(c).cast("long") if c in df.columns else F.lit(None).cast("long")
-        typed[c] = value
-    ts = parse_ts(df, "ts")
-    btype = F.lower(F.trim(F.col("behavior_type").cast("string")))
-    problems.append(_ts_problem(ts, date_range, now_ts))
+            stage[f"_v_{c}"] = F.col(c).cast("long") if c in df.columns else F.lit(None).cast("long")
+    stage["_v_ts"] = parse_ts(df, "ts")
+    stage["_v_behavior_type"] = F.lower(F.trim(F.col("behavior_type").cast("string")))
+    df = df.select(*_keep(df), *[v.alias(k) for k, v in stage.items()])
+    df = df.withColumn("_v_dt", dt_of(F.col("_v_ts")))
+    btype = F.col("_v_behavior_type")
+    problems = [_id_problem(c) for c in ("user_id", "item_id", "category_id") if c in id_columns]
+    problems.append(_ts_problem(date_range, now_ts))
     problems.append(F.when(btype.isNull() | ~btype.isin(*BEHAVIOR_TYPES), F.lit("unknown_behavior_type")))
-    df = df.select("*", *[v.alias(f"_v_{k}") for k, v in typed.items()], ts.alias("_v_ts"),
-                   btype.alias("_v_behavior_type"))
-    df = df.withColumn("_rules", _first_reason(*problems))
-    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in ("user_id", "item_id", "category_id")],
-                   F.col("_v_behavior_type").alias("behavior_type"), F.col("_v_ts").alias("ts"),
-                   dt_of(F.col("_v_ts")).alias("dt"), "_rules",
-                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in BEHAVIOR_COLS],
+                   _first_reason(*problems).alias("_rules"), *_keep(df))
     return _finish(df, F.col("_rules"), BEHAVIOR_COLS, ("user_id", "item_id", "category_id",
                                                           "behavior_type", "ts"), source, has_raw)
 
@@ -228,39 +249,38 @@ def classify_impressions(raw: DataFrame, *, source: str,
     now_ts = int(time.time()) if now_ts is None else now_ts
     data_cols = ["impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click"]
     df, has_raw = _prepare(raw, [c for c in data_cols if c in raw.columns])
-    problems, typed = [], {}
-    for c in ("impression_id", "user_id", "item_id", "category_id"):
-        value, problem = _long_value(df, c)
-        problems.append(problem)
-        typed[c] = value
-    ts = parse_ts(df, "ts")
-    problems.append(_ts_problem(ts, date_range, now_ts))
+    ids = ("impression_id", "user_id", "item_id", "category_id")
+    stage = {}
+    for c in ids:
+        stage.update(_id_stage(df, c))
+    stage["_v_ts"] = parse_ts(df, "ts")
     lab = F.col("label")
     if _is_numeric(df, "label"):
-        label = F.when(lab.isin(0, 1), lab.cast("int"))
+        stage["_v_label"] = F.when(lab.isin(0, 1), lab.cast("int"))
     else:
-        s = F.trim(lab)
-        label = F.when(s.isin("0", "1"), s.cast("int"))
-    problems.append(F.when(label.isNull(), F.lit("bad_label")))
+        stage["_v_label"] = F.when(F.trim(lab).isin("0", "1"), F.trim(lab).cast("int"))
     if "p_click" in df.columns:
         pc = F.col("p_click")
         if _is_numeric(df, "p_click"):
-            p = pc.cast("double")
-            bad_p = pc.isNotNull() & (F.isnan(p) | (p < 0) | (p > 1))
+            stage["_v_p_click"] = pc.cast("double")
+            stage["_present_p"] = pc.isNotNull()
         else:
             s = F.trim(pc)
-            present = s.isNotNull() & (s != "")
-            p = F.when(present & s.rlike(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"), s.cast("double"))
-            bad_p = present & (p.isNull() | (p < 0) | (p > 1))
-        problems.append(F.when(bad_p, F.lit("bad_p_click")))
+            stage["_present_p"] = s.isNotNull() & (s != "")
+            stage["_v_p_click"] = F.when(s.rlike(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"), s.cast("double"))
     else:
-        p = F.lit(None).cast("double")
-    df = df.select("*", *[v.alias(f"_v_{k}") for k, v in typed.items()], ts.alias("_v_ts"),
-                   label.alias("_v_label"), p.alias("_v_p_click"), _first_reason(*problems).alias("_rules"))
-    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in ("impression_id", "user_id", "item_id",
-                                                         "category_id", "ts", "label", "p_click")],
-                   dt_of(F.col("_v_ts")).alias("dt"), "_rules",
-                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+        stage["_v_p_click"] = F.lit(None).cast("double")
+        stage["_present_p"] = F.lit(False)
+    df = df.select(*_keep(df), *[v.alias(k) for k, v in stage.items()])
+    df = df.withColumn("_v_dt", dt_of(F.col("_v_ts")))
+    p = F.col("_v_p_click")
+    problems = [_id_problem(c) for c in ids]
+    problems.append(_ts_problem(date_range, now_ts))
+    problems.append(F.when(F.col("_v_label").isNull(), F.lit("bad_label")))
+    problems.append(F.when(F.col("_present_p") & (p.isNull() | F.isnan(p) | (p < 0) | (p > 1)),
+                           F.lit("bad_p_click")))
+    df = df.select(*[F.col(f"_v_{c}").alias(c) for c in IMPRESSION_COLS],
+                   _first_reason(*problems).alias("_rules"), *_keep(df))
     return _finish(df, F.col("_rules"), IMPRESSION_COLS,
                    ("impression_id", "user_id", "item_id", "category_id", "ts", "label"), source, has_raw,
                    extra_unique=("impression_id",))
@@ -337,12 +357,12 @@ def classify_items(raw: DataFrame, *, source: str) -> DataFrame:
     per item id.
     """
     df, has_raw = _prepare(raw, [c for c in ("item_id", "category") if c in raw.columns])
-    item, problem = _long_value(df, "item_id")
-    category = F.trim(F.col("category").cast("string"))
+    df = df.select(*_keep(df), *[v.alias(k) for k, v in _id_stage(df, "item_id").items()],
+                   F.trim(F.col("category").cast("string")).alias("_v_category"))
+    category = F.col("_v_category")
     missing = F.when(category.isNull() | (category == ""), F.lit("missing_category"))
-    df = df.select(item.alias("item_id"), category.alias("category"),
-                   F.coalesce(problem, missing).alias("_rules"),
-                   *[c for c in df.columns if c == "raw" or c == "pre_reason" or c.startswith("_in_")])
+    df = df.select(F.col("_v_item_id").alias("item_id"), category.alias("category"),
+                   F.coalesce(_id_problem("item_id"), missing).alias("_rules"), *_keep(df))
     out = _finish(df, F.col("_rules"), ("item_id", "category"), ("item_id", "category"), source, has_raw,
                   extra_unique=("item_id",))
     # Two lines of one item with the same category are an item duplicate too, not an event duplicate.
