@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -113,7 +113,9 @@ def time_gap_bucket(gap_seconds: Column, num_buckets: int = 64) -> Column:
     (1-3 h, 3-7 h, ...); gaps beyond the last boundary share bucket ``num_buckets - 1``. Log-scale
     because the recency that matters for interest decays roughly geometrically.
     """
-    raw = F.floor(F.log2(F.lit(1.0) + gap_seconds.cast("double") / F.lit(float(SECONDS_PER_HOUR))))
+    # floor(log2(x)) = floor(log2(floor(x))) for x >= 1, so whole hours keep it exact at the edges.
+    hours = F.floor(gap_seconds.cast("long") / F.lit(SECONDS_PER_HOUR))
+    raw = F.floor(F.log2(F.lit(1) + hours))
     return (F.lit(1) + F.least(F.lit(num_buckets - 2), raw.cast("int"))).cast("int")
 
 
@@ -132,26 +134,32 @@ def _pad(arr: Column, cap: int, dtype: str) -> Column:
 
 
 # ------------------------------------------------------------------------------ pure transforms
-def user_recent(ubt: DataFrame, n: int) -> DataFrame:
-    """Per user: the newest ``n`` behaviors across categories of the UBT rows given, newest first,
-    as ``recent`` array<struct<ts, item_id, category_id>>, plus ``ubt_count`` (the sum of the keys'
-    uncapped counts).
+def _ids(arr: Column, field: str) -> Column:
+    return F.transform(arr, lambda b: b[field])
 
-    Each category contributes a slice of at most ``n`` elements; a row_number limit (which Spark sorts
-    and spills per user) keeps the newest ``n`` before anything is collected, so no per-user collection
-    grows with the history.
+
+def user_recent(ubt: DataFrame, n: int, safe_from_ts: int | None = None) -> DataFrame:
+    """Per user: the newest ``n`` behaviors of the given UBT rows across categories, newest first, as
+    aligned arrays ``r_ts``, ``r_items``, ``r_cats``; ``ubt_count`` (sum of the keys' uncapped counts);
+    ``r_safe``, how many of them are at or after ``safe_from_ts`` (all when None), i.e. inside the long
+    window of any impression of the day, so only the rest needs a per-impression check.
+
+    Each category contributes a slice of at most ``n`` elements, so the work per user is bounded by
+    categories x n, whatever the history length (the sort then keeps the newest ``n``).
     """
-    exploded = ubt.select("user_id", "category_id",
-                          F.explode(F.slice("behaviors", 1, n)).alias("b"))
-    w = Window.partitionBy("user_id").orderBy(F.col("b.ts").desc(), F.col("b.item_id").desc(),
-                                              F.col("category_id").desc())
-    top = (exploded.withColumn("_rn", F.row_number().over(w)).where(F.col("_rn") <= n)
-           .groupBy("user_id")
-           .agg(F.sort_array(F.collect_list(_seq_struct(F.col("b.ts"), F.col("b.item_id"),
-                                                        F.col("category_id"))), asc=False)
-                .alias("recent")))
-    counts = ubt.groupBy("user_id").agg(F.sum("count").cast("long").alias("ubt_count"))
-    return counts.join(top, "user_id", "left")
+    tops = ubt.select("user_id", "count", F.transform(
+        F.slice("behaviors", 1, n), lambda b: _seq_struct(b["ts"], b["item_id"], F.col("category_id")))
+        .alias("top"))
+    users = tops.groupBy("user_id").agg(F.sum("count").cast("long").alias("ubt_count"),
+                                        F.flatten(F.collect_list("top")).alias("_all"))
+    recent = F.slice(F.sort_array("_all", asc=False), 1, n)
+    users = users.select("user_id", "ubt_count", recent.alias("_recent"))
+    users = users.select("user_id", "ubt_count", _ids(F.col("_recent"), "ts").alias("r_ts"),
+                         _ids(F.col("_recent"), "item_id").alias("r_items"),
+                         _ids(F.col("_recent"), "category_id").alias("r_cats"))
+    safe = (F.size("r_ts") if safe_from_ts is None
+            else F.size(F.filter("r_ts", lambda x: x >= F.lit(int(safe_from_ts)))))
+    return users.withColumn("r_safe", safe.cast("int"))
 
 
 def user_day_behaviors(behaviors: DataFrame) -> DataFrame:
@@ -163,11 +171,21 @@ def user_day_behaviors(behaviors: DataFrame) -> DataFrame:
                  .alias("day")))
 
 
+def _window_prefix(ts: Column, safe: Column, start: Column) -> Column:
+    """How many leading elements of the newest-first ``ts`` are after ``start``, when the first
+    ``safe`` are known to be: only the tail is looked at."""
+    return safe + F.size(F.filter(F.slice(ts, safe + 1, F.size(ts) - safe), lambda x: x > start))
+
+
 def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataFrame,
-                    first_day_behaviors: DataFrame | None, spec: SampleSpec) -> DataFrame:
-    """Impressions of one day with their sequences as arrays of raw (ts, item_id, category_id) structs
-    (``short_seq``, ``hard_seq``, ``long_seq``) plus ``long_len`` and ``d_category``; before padding and
+                    first_day_behaviors: DataFrame | None, spec: SampleSpec,
+                    date: str | None = None) -> DataFrame:
+    """Impressions of one day with their sequences as raw aligned arrays, before padding and
     bucketing, so :func:`leak_condition` can check raw times.
+
+    Output columns: the impression's, ``all_ts/all_items/all_cats`` (newest behaviors before t; the
+    long sequence is its first ``n_long``, the short one its first ``n_short``), ``hard_ts/hard_items``
+    (the candidate category's), ``long_len`` and ``d_category``.
 
     Args:
         impressions: impressions of day D (valid rows only).
@@ -176,66 +194,103 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
         first_day_behaviors: time mode only, behaviors of the first day UBT(D-1) holds
             (D - long_days), for the exact ``long_len`` at t.
         spec: windows, caps and buckets.
+        date: D (time mode: which UBT behaviors are inside every impression's window); read from the
+            impressions when omitted.
     """
     w, c = spec.windows, spec.caps
+    timed = w.mode == "time"
+    if timed and date is None:
+        date = impressions.select(F.min("dt")).first()[0]
+    # Behaviors at or after midnight of D + 1 - long_days are inside (t - long_days, t) for every t of D.
+    safe_from = day_start(shift_date(date, 1 - w.long_days)) if timed else None
     users = impressions.select("user_id").distinct()
     ubt_u = ubt.join(users, "user_id", "left_semi")
-    recent = user_recent(ubt_u, spec.recent_n)
-    cat_rows = ubt_u.select(
-        "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"),
-        *([F.transform(F.slice("behaviors", 1, c.hard_k),
-                       lambda b: _seq_struct(b["ts"], b["item_id"], F.col("category_id"))).alias("hard_top")]
-          if w.mode == "time" else []))
+    recent = user_recent(ubt_u, spec.recent_n, safe_from)
     day = user_day_behaviors(day_behaviors.join(users, "user_id", "left_semi"))
+    keys = impressions.select("user_id", "category_id").distinct()
+    cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi").select(
+        "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"))
+    if timed:
+        top = F.slice("behaviors", 1, c.hard_k)
+        cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi").select(
+            "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"),
+            _ids(top, "ts").alias("h_ts"), _ids(top, "item_id").alias("h_items"))
+        cat_rows = cat_rows.withColumn(
+            "h_safe", F.size(F.filter("h_ts", lambda x: x >= F.lit(safe_from))).cast("int"))
 
     df = (impressions.join(recent, "user_id", "left").join(day, "user_id", "left")
           .join(cat_rows, ["user_id", "category_id"], "left"))
-    if w.mode == "time" and first_day_behaviors is not None:
+    if timed and first_day_behaviors is not None:
         first = (first_day_behaviors.join(users, "user_id", "left_semi").groupBy("user_id")
                  .agg(F.collect_list(F.col("ts").cast("long")).alias("first_day_ts")))
         df = df.join(first, "user_id", "left")
     else:
         df = df.withColumn("first_day_ts", F.array().cast("array<long>"))
 
-    t = F.col("ts")
-    cand = F.col("category_id")
-    before = F.filter(F.coalesce("day", _empty_seq()), lambda b: b["ts"] < t)
-    recent_all = F.coalesce("recent", _empty_seq())
-    if w.mode == "time":
+    t, cand = F.col("ts"), F.col("category_id")
+    empty_long = F.array().cast("array<long>")
+    day_all = F.coalesce("day", _empty_seq())
+    # Day-D behaviors are newest first: those before t are the last nb of them.
+    nb = F.size(F.filter(day_all, lambda b: b["ts"] < t))
+    before = F.slice(day_all, F.size(day_all) - nb + 1, nb)
+    r_ts, r_items, r_cats = (F.coalesce(x, empty_long) for x in ("r_ts", "r_items", "r_cats"))
+    r_safe = F.coalesce("r_safe", F.lit(0))
+    before_c = F.filter(before, lambda b: b["category_id"] == cand)
+    df = df.select(*SAMPLES_SCALARS_IN, "first_day_ts", "ubt_count", "cat_last_ts",
+                   *(["h_ts", "h_items", "h_safe"] if timed else []),
+                   r_ts.alias("r_ts"), r_items.alias("r_items"), r_cats.alias("r_cats"), r_safe.alias("r_safe"),
+                   before.alias("before"), before_c.alias("before_c"), nb.alias("nb"))
+
+    nb, before, before_c = F.col("nb"), F.col("before"), F.col("before_c")
+    rn = spec.recent_n
+    if timed:
         long_start = t - F.lit(w.long_days * SECONDS_PER_DAY)
         short_start = t - F.lit(w.short_days * SECONDS_PER_DAY)
-        # UBT(D-1) holds only behaviors before day D (its retention starts at D - long_days), so the
-        # window start is the only bound to apply; the newest-first order makes slice-then-filter exact.
-        long_all = F.concat(before, F.filter(recent_all, lambda b: b["ts"] > long_start))
-        long_seq = F.slice(long_all, 1, spec.long_n)
-        short_seq = F.filter(F.slice(long_all, 1, spec.short_n), lambda b: b["ts"] > short_start)
-        hard_ubt = F.filter(F.coalesce("hard_top", _empty_seq()), lambda b: b["ts"] > long_start)
-        hard_seq = F.slice(F.concat(F.filter(before, lambda b: b["category_id"] == cand), hard_ubt),
-                           1, c.hard_k)
-        expired_at_t = F.size(F.filter(F.coalesce("first_day_ts", F.array().cast("array<long>")),
-                                       lambda x: x <= long_start))
-        long_len = F.coalesce("ubt_count", F.lit(0)) - expired_at_t + F.size(before)
+        n_all = F.least(F.lit(rn), nb + _window_prefix(F.col("r_ts"), F.col("r_safe"), long_start))
     else:
-        long_all = F.concat(before, recent_all)
-        long_seq = F.slice(long_all, 1, spec.long_n)
-        short_seq = F.slice(long_all, 1, spec.short_n)
-        hard_seq = F.slice(F.filter(long_seq, lambda b: b["category_id"] == cand), 1, c.hard_k)
-        long_len = F.coalesce("ubt_count", F.lit(0)) + F.size(before)
-    last_in_cat = F.coalesce(
-        F.array_max(F.transform(F.filter(before, lambda b: b["category_id"] == cand), lambda b: b["ts"])),
-        F.col("cat_last_ts"))
+        n_all = F.least(F.lit(rn), nb + F.size("r_ts"))
+    all_ts = F.slice(F.concat(_ids(before, "ts"), F.col("r_ts")), 1, n_all)
+    all_items = F.slice(F.concat(_ids(before, "item_id"), F.col("r_items")), 1, n_all)
+    all_cats = F.slice(F.concat(_ids(before, "category_id"), F.col("r_cats")), 1, n_all)
+    df = df.select("*", all_ts.alias("all_ts"), all_items.alias("all_items"), all_cats.alias("all_cats"))
+    a_ts = F.col("all_ts")
+    if timed:
+        n_long = F.least(F.lit(spec.long_n), F.size(a_ts))
+        # Newest first, so the short window is a prefix: count it on the first short_n only.
+        n_short = F.size(F.filter(F.slice(a_ts, 1, spec.short_n), lambda x: x > short_start))
+        h_ts, h_items, h_safe = (F.coalesce("h_ts", empty_long), F.coalesce("h_items", empty_long),
+                                 F.coalesce("h_safe", F.lit(0)))
+        n_hard = F.least(F.lit(c.hard_k),
+                         F.size(before_c) + _window_prefix(h_ts, h_safe, long_start))
+        hard_ts = F.slice(F.concat(_ids(before_c, "ts"), h_ts), 1, n_hard)
+        hard_items = F.slice(F.concat(_ids(before_c, "item_id"), h_items), 1, n_hard)
+        expired_at_t = F.size(F.filter(F.coalesce("first_day_ts", empty_long), lambda x: x <= long_start))
+        long_len = F.coalesce("ubt_count", F.lit(0)) - expired_at_t + nb
+    else:
+        n_long = F.least(F.lit(spec.long_n), F.size(a_ts))
+        n_short = F.least(F.lit(spec.short_n), F.size(a_ts))
+        in_long = F.filter(F.arrays_zip(F.slice(a_ts, 1, n_long).alias("ts"),
+                                        F.slice("all_items", 1, n_long).alias("item_id"),
+                                        F.slice("all_cats", 1, n_long).alias("category_id")),
+                           lambda b: b["category_id"] == cand)
+        in_long = F.slice(in_long, 1, c.hard_k)
+        hard_ts, hard_items = _ids(in_long, "ts"), _ids(in_long, "item_id")
+        long_len = F.coalesce("ubt_count", F.lit(0)) + nb
+    last_in_cat = F.coalesce(F.array_max(_ids(before_c, "ts")), F.col("cat_last_ts"))
     d_category = F.when(last_in_cat.isNull(), F.lit(-1)).otherwise(
         F.floor((t - last_in_cat) / F.lit(SECONDS_PER_DAY))).cast("int")
-    return df.select(*SAMPLES_SCALARS_IN, short_seq.alias("short_seq"), hard_seq.alias("hard_seq"),
-                     long_seq.alias("long_seq"), long_len.cast("int").alias("long_len"),
-                     d_category.alias("d_category"))
+    return df.select(*SAMPLES_SCALARS_IN, "all_ts", "all_items", "all_cats",
+                     n_long.cast("int").alias("n_long"), n_short.cast("int").alias("n_short"),
+                     hard_ts.alias("hard_ts"), hard_items.alias("hard_items"),
+                     long_len.cast("int").alias("long_len"), d_category.alias("d_category"))
 
 
 def leak_condition() -> Column:
-    """True for a row of :func:`build_sequences` whose sequences hold a behavior at or after its time."""
+    """True for a row of :func:`build_sequences` whose sequences hold a behavior at or after its time
+    (the short and long sequences are prefixes of ``all_ts``)."""
     t = F.col("ts")
-    return (F.exists("short_seq", lambda b: b["ts"] >= t) | F.exists("hard_seq", lambda b: b["ts"] >= t)
-            | F.exists("long_seq", lambda b: b["ts"] >= t))
+    return (F.coalesce(F.array_max("all_ts") >= t, F.lit(False))
+            | F.coalesce(F.array_max("hard_ts") >= t, F.lit(False)))
 
 
 LEAK_MARK = "SIM_LEAK_GUARD"
@@ -246,24 +301,29 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
     sequence padded with 0 to its cap, real lengths. With ``guard`` a row failing
     :func:`leak_condition` raises an error while it is computed (so nothing gets written)."""
     t = F.col("ts")
-    cols = []
-    lens = {}
-    caps = {"short": spec.caps.short_cap, "hard": spec.caps.hard_k, "long": spec.caps.long_cap}
-    for name, cap in caps.items():
-        seq = F.col(f"{name}_seq")
-        cols += [_pad(F.transform(seq, lambda b: b["item_id"]), cap, "long").alias(f"{name}_items"),
-                 _pad(F.transform(seq, lambda b: b["category_id"]), cap, "long").alias(f"{name}_cats"),
-                 _pad(F.transform(seq, lambda b: time_gap_bucket(t - b["ts"], spec.time_gap_buckets)),
-                      cap, "int").alias(f"{name}_gaps")]
-        lens[name] = F.size(seq).cast("int")
+    caps = spec.caps
+    gaps_all = F.transform("all_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
+    hard_gaps = F.transform("hard_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
+    n_hard = F.size("hard_ts")
     d_category = F.col("d_category")
     if guard:
         d_category = F.when(leak_condition(), F.raise_error(F.concat(
             F.lit(f"{LEAK_MARK}: impression_id="), F.col("impression_id").cast("string"),
             F.lit(" at ts="), t.cast("string"),
             F.lit(" has a behavior at or after its time in a sequence")))).otherwise(d_category)
-    return seqs.select(*[F.col(c) for c in SAMPLES_SCALARS_IN], *cols,
-                       lens["short"].alias("short_len"), lens["hard"].alias("hard_len"),
+    seqs = seqs.select("*", gaps_all.alias("_gaps"))
+    out = {}
+    for name, cap, n in (("short", caps.short_cap, F.col("n_short")), ("long", caps.long_cap, F.col("n_long"))):
+        out[f"{name}_items"] = _pad(F.slice("all_items", 1, n), cap, "long")
+        out[f"{name}_cats"] = _pad(F.slice("all_cats", 1, n), cap, "long")
+        out[f"{name}_gaps"] = _pad(F.slice("_gaps", 1, n), cap, "int")
+    out["hard_items"] = _pad(F.col("hard_items"), caps.hard_k, "long")
+    out["hard_cats"] = _pad(F.array_repeat(F.col("category_id"), n_hard), caps.hard_k, "long")
+    out["hard_gaps"] = _pad(hard_gaps, caps.hard_k, "int")
+    seq_cols = [out[f"{s}_{f}"].alias(f"{s}_{f}") for s in ("short", "hard", "long")
+                for f in ("items", "cats", "gaps")]
+    return seqs.select(*[F.col(c) for c in SAMPLES_SCALARS_IN], *seq_cols,
+                       F.col("n_short").cast("int").alias("short_len"), n_hard.cast("int").alias("hard_len"),
                        F.col("long_len").cast("int").alias("long_len"),
                        d_category.cast("int").alias("d_category"))
 
@@ -360,7 +420,7 @@ def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSp
     first_b = (behaviors.where((F.col("dt") == shift_date(date, -spec.windows.long_days)) & ok_b)
                if spec.windows.mode == "time" else None)
     ubt = read_table(spark, ubt_path, ubt_version)
-    seqs = build_sequences(valid, ubt, day_b, first_b, spec)
+    seqs = build_sequences(valid, ubt, day_b, first_b, spec, date)
     try:
         committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=date, force=force,
                                extra_metadata={"ubt_version": ubt_version})

@@ -23,10 +23,11 @@ FROM aggregates all behaviors of FROM's window in one pass.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -418,7 +419,10 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
     e = _merge_exprs(cutoff, cap)
     meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
     target = DeltaTable.forPath(spark, path).alias("t")
-    with commit_metadata(spark, meta):
+    # The source is a pure function of two behaviors partitions pinned to a snapshot (arrays sorted to
+    # a total order), so Delta need not persist it between its two passes.
+    with commit_metadata(spark, meta), _session_conf(spark, "spark.databricks.delta.merge.materializeSource",
+                                                     "none"):
         (target.merge(changes.alias("s"), "t.user_id = s.user_id AND t.category_id = s.category_id")
          .whenMatchedDelete(condition=_delete_condition(e))
          .whenMatchedUpdate(set={"behaviors": F.expr(e["behaviors"]), "count": F.expr(e["count"]),
@@ -441,6 +445,16 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
         compact(spark, path, meta)
         result.metrics["compacted"] = True
     return result
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key) if previous is None else spark.conf.set(key, previous)
 
 
 def _merges_since_compaction(commits: list[Commit]) -> int:

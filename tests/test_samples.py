@@ -94,10 +94,14 @@ def test_time_gap_bucket(spark):
     assert list(row)[:-1] == [1, 1, 2, 3, 4, 9, 10]
     assert row.capped == 7  # 1 + min(8 - 2, 9)
     assert all(list(row)[i] == 1 + min(62, math.floor(math.log2(1 + g / 3600))) for i, g in enumerate(gaps))
+    # Exact at every bucket boundary: 1 + g/3600 = 2^k starts bucket k + 1.
+    edges = [((2 ** k - 1) * H, k + 1) for k in range(1, 40)] + [((2 ** k - 1) * H - 1, k) for k in range(1, 40)]
+    got = spark.range(1).select(*[time_gap_bucket(F.lit(g)) for g, _ in edges]).first()
+    assert list(got) == [b for _, b in edges]
 
 
 def test_hand_computed_sequences(spark):
-    seqs = build_sequences(*_inputs(spark), SPEC)
+    seqs = build_sequences(*_inputs(spark), SPEC, D)
     out = to_samples(seqs, SPEC)
     assert tuple(out.columns) == SAMPLES_COLUMNS and set(SAMPLE_COLUMNS) <= set(out.columns)
     assert [f.dataType.simpleString() for f in out.schema] == [f.dataType.simpleString() for f in SAMPLES]
@@ -122,11 +126,11 @@ def test_count_mode_last_n(spark):
 
 def test_leak_guard_names_first_offending_impression(spark):
     planted = BEHAVIOR_ROWS + [(1, 666, 20, "pv", T0 + 5, shift_date(D, -1))]  # future ts in UBT(D-1)
-    seqs = build_sequences(*_inputs(spark, rows=planted), SPEC)
+    seqs = build_sequences(*_inputs(spark, rows=planted), SPEC, D)
     assert first_leak(seqs) == (1, T0)
     with pytest.raises(Exception, match=LEAK_MARK):
         to_samples(seqs, SPEC).collect()
-    assert first_leak(build_sequences(*_inputs(spark), SPEC)) is None
+    assert first_leak(build_sequences(*_inputs(spark), SPEC, D)) is None
 
 
 def test_split_impressions_rejects_with_reasons(spark):

@@ -1,0 +1,264 @@
+"""Benchmark of the nightly jobs (sim.ubt, sim.samples), all figures measured in one run.
+
+1. UBT: the nightly update of one day against a full rebuild from 180 days of history, same data
+   (target: nightly at least 5x faster).
+2. Samples: job time per impression for users with ~50,000 behaviors against users with ~1,000, same
+   UBT and same number of impressions per user (target: ratio at most 2; hard search reads only the
+   candidate category's row, so it must not cost more as history grows).
+3. End to end: the nightly run (build_ubt D, then build_samples D) at ``--behaviors`` behaviors on this
+   machine, as spark-submit processes: wall time and peak memory (RSS of the process tree).
+
+    .venv/bin/python bench/bench_nightly.py [--behaviors 20000000] [--users 50000] [--work DIR]
+
+The data is synthetic and generated here with Spark (deterministic hashes, no driver-side loops), so
+the benchmark does not depend on the generator's model: per-user history lengths are log-normal with
+a few users at 54,000, spread over the 181 days ending on the impression date, each user's categories
+skewed toward a handful of interests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+D = "2024-07-01"
+LONG_DAYS = 180
+
+
+def spark_home() -> Path:
+    import pyspark
+    return Path(pyspark.__file__).parent
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e["PYSPARK_PYTHON"] = e["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    e["SPARK_HOME"] = str(spark_home())
+    return e
+
+
+class PeakRss:
+    """Peak resident memory of a process and its children, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = [root] + root.children(recursive=True)
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join(5)
+        return self.peak
+
+
+def submit(script: str, lakehouse: Path, *args: str, driver_memory: str) -> tuple[float, int, str]:
+    """Run a job with spark-submit; returns (wall seconds, peak RSS bytes, stdout)."""
+    from sim.spark import delta_jars
+    jars = delta_jars()
+    cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", "local[2]",
+           *(["--jars", ",".join(jars)] if jars else ["--packages", "io.delta:delta-spark_2.13:4.0.1"]),
+           "--driver-memory", driver_memory, "--conf", "spark.ui.enabled=false",
+           str(ROOT / "jobs" / script), "--lakehouse", str(lakehouse), *args]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    mem = PeakRss(proc.pid)
+    out, err = proc.communicate()
+    peak = mem.stop()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-6000:]}")
+    return wall, peak, out
+
+
+def job_seconds(out: str, date: str | None = None) -> float:
+    """In-job seconds (after the SparkSession exists) from the job's summary line."""
+    lines = [ln for ln in out.splitlines() if "_OK " in ln and (date is None or f"date={date}" in ln)]
+    return sum(float(m) for ln in lines for m in re.findall(r"seconds=([0-9.]+)", ln))
+
+
+# ------------------------------------------------------------------------------------ synthetic data
+def generate(spark, lakehouse: Path, n_behaviors: int, users: int, impressions_per_user: int,
+             fixed_counts: list[tuple[int, int]] | None = None, categories: int = 1000) -> dict:
+    """behaviors (181 days ending on D) and impressions (on D) Delta tables under ``lakehouse``.
+
+    ``fixed_counts`` [(users, behaviors each)] replaces the log-normal history lengths.
+    """
+    from pyspark.sql import functions as F
+    from sim.schema import BEHAVIORS, IMPRESSIONS
+    from sim.ubt import day_start, shift_date
+
+    start = day_start(shift_date(D, -LONG_DAYS))
+    span = (LONG_DAYS + 1) * 86400
+
+    def u01(*cols):  # a deterministic uniform in [0, 1) from a hash of the columns
+        return (F.xxhash64(*cols).bitwiseAND(F.lit((1 << 53) - 1)).cast("double") / float(1 << 53))
+
+    if fixed_counts:
+        rows, first = [], 1
+        for n_users, n in fixed_counts:
+            rows += [(u, n) for u in range(first, first + n_users)]
+            first += n_users
+        profiles = spark.createDataFrame(rows, "user_id long, n long")
+    else:
+        mean, sigma = n_behaviors / users, 1.5
+        mu = float(__import__("math").log(mean) - sigma * sigma / 2)
+        z = F.sqrt(-2 * F.log(u01(F.lit(1), F.col("id")) + F.lit(1e-12))) * F.cos(
+            2 * 3.141592653589793 * u01(F.lit(2), F.col("id")))
+        profiles = spark.range(1, users + 1).select(
+            F.col("id").alias("user_id"),
+            F.when(F.col("id") <= 2, F.lit(54000.0)).otherwise(F.exp(F.lit(mu) + F.lit(sigma) * z))
+            .alias("raw"))
+        total = profiles.agg(F.sum("raw")).first()[0]
+        scale = n_behaviors / total
+        profiles = profiles.select("user_id", F.least(F.lit(54000), F.greatest(
+            F.lit(10), F.round(F.col("raw") * (F.when(F.col("user_id") <= 2, 1.0).otherwise(scale)))
+        )).cast("long").alias("n"))
+    profiles = profiles.repartition(max(2, min(64, n_behaviors // 500_000 + 2)), "user_id")
+    b = profiles.select("user_id", F.explode(F.sequence(F.lit(1), F.col("n"))).alias("k"))
+    slot = F.floor(F.pow(u01(F.lit(3), "user_id", "k"), F.lit(2.0)) * 20)
+    cat = (F.abs(F.xxhash64(F.lit(4), "user_id", slot)) % categories + 1)
+    ts = F.lit(start) + F.floor(u01(F.lit(5), "user_id", "k") * span).cast("long")
+    b = b.select("user_id", (cat * 100000 + F.floor(F.pow(u01(F.lit(6), "user_id", "k"), F.lit(3.0)) * 5000)
+                             .cast("long") + 1).alias("item_id"),
+                 cat.cast("long").alias("category_id"),
+                 F.when(u01(F.lit(7), "user_id", "k") < 0.9, "pv").otherwise("buy").alias("behavior_type"),
+                 ts.alias("ts"))
+    b = b.withColumn("dt", F.date_format(F.date_from_unix_date(F.floor(F.col("ts") / 86400).cast("int")),
+                                         "yyyy-MM-dd"))
+    b = b.select(*[F.col(f.name).cast(f.dataType) for f in BEHAVIORS.fields])
+    (b.repartition("dt").write.format("delta").mode("overwrite").partitionBy("dt")
+     .save(str(lakehouse / "behaviors")))
+    d0 = day_start(D)
+    i = profiles.select("user_id", F.explode(F.sequence(F.lit(1), F.lit(impressions_per_user))).alias("j"))
+    islot = F.floor(F.pow(u01(F.lit(8), "user_id", "j"), F.lit(2.0)) * 20)
+    icat = F.abs(F.xxhash64(F.lit(4), "user_id", islot)) % categories + 1
+    i = i.select((F.col("user_id") * 1000 + F.col("j")).alias("impression_id"), "user_id",
+                 (icat * 100000 + 1).alias("item_id"), icat.alias("category_id"),
+                 (F.lit(d0) + F.floor(u01(F.lit(9), "user_id", "j") * 86400).cast("long")).alias("ts"),
+                 (u01(F.lit(10), "user_id", "j") < 0.1).cast("int").alias("label"),
+                 F.lit(None).cast("double").alias("p_click"), F.lit(D).alias("dt"))
+    i = i.select(*[F.col(f.name).cast(f.dataType) for f in IMPRESSIONS.fields])
+    i.write.format("delta").mode("overwrite").partitionBy("dt").save(str(lakehouse / "impressions"))
+    from sim.delta_io import read_table
+    n = read_table(spark, str(lakehouse / "behaviors")).count()
+    return {"behaviors": n, "users": profiles.count(),
+            "impressions": read_table(spark, str(lakehouse / "impressions")).count(),
+            "day_behaviors": read_table(spark, str(lakehouse / "behaviors")).where(f"dt = '{D}'").count()}
+
+
+def link_lakehouse(src: Path, dst: Path, tables: tuple[str, ...]) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        (dst / t).symlink_to(src / t, target_is_directory=True)
+    return dst
+
+
+def gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--behaviors", type=int, default=20_000_000)
+    p.add_argument("--users", type=int, default=50_000)
+    p.add_argument("--impressions-per-user", type=int, default=4)
+    p.add_argument("--work", default="/tmp/sim-bench-nightly")
+    p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--heavy", type=int, default=50_000, help="behaviors of a heavy user (samples bench)")
+    p.add_argument("--light", type=int, default=1_000, help="behaviors of a light user (samples bench)")
+    p.add_argument("--group-users", type=int, default=10, help="users per group (samples bench)")
+    p.add_argument("--group-impressions", type=int, default=100, help="impressions per user (samples)")
+    args = p.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    from sim.spark import get_spark
+    from sim.ubt import shift_date
+    prev = shift_date(D, -1)
+    sets = ["--set", "spark.conf.spark.sql.shuffle.partitions=8"]
+
+    # -- data ------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    spark = get_spark("bench-data", master="local[2]", conf={"spark.driver.memory": args.driver_memory,
+                                                             "spark.sql.shuffle.partitions": "8"})
+    big = work / "big"
+    info = generate(spark, big, args.behaviors, args.users, args.impressions_per_user)
+    mixed = work / "mixed"
+    n_group = args.group_users
+    info2 = generate(spark, mixed, 0, 0, args.group_impressions,
+                     fixed_counts=[(n_group, args.heavy), (n_group, args.light)])
+    # Two impression sets over the same behaviors and UBT: heavy users' and light users'.
+    from sim.delta_io import read_table
+    imps = read_table(spark, str(mixed / "impressions"))
+    for name, cond in (("heavy", f"user_id <= {n_group}"), ("light", f"user_id > {n_group}")):
+        lh = link_lakehouse(mixed, work / name, ("behaviors", "ubt"))
+        imps.where(cond).write.format("delta").partitionBy("dt").save(str(lh / "impressions"))
+    spark.stop()
+    print(f"data: {info['behaviors']:,} behaviors of {info['users']:,} users over {LONG_DAYS + 1} days "
+          f"({info['day_behaviors']:,} on {D}), {info['impressions']:,} impressions on {D}; samples bench: "
+          f"{n_group} users x {args.heavy:,} and {n_group} users x {args.light:,} behaviors, "
+          f"{args.group_impressions} impressions each ({time.perf_counter() - t:.0f}s)", flush=True)
+
+    # -- 1. UBT: full rebuild of 180 days vs the nightly update of one day -------------------------
+    mem = args.driver_memory
+    w_full, m_full, out_full = submit("build_ubt.py", big, "--date", prev, "--backfill", prev, *sets,
+                                      driver_memory=mem)
+    w_night, m_night, out_night = submit("build_ubt.py", big, "--date", D, *sets, driver_memory=mem)
+    s_full, s_night = job_seconds(out_full), job_seconds(out_night)
+    print(f"UBT full rebuild (180 days, {prev}): {s_full:.1f}s in job, {w_full:.1f}s wall")
+    print(f"UBT nightly update ({D}): {s_night:.1f}s in job, {w_night:.1f}s wall  "
+          f"[{out_night.strip().splitlines()[-1]}]")
+    print(f"UBT nightly speed-up: {s_full / s_night:.1f}x in job, {w_full / w_night:.1f}x wall "
+          f"(target >= 5x)", flush=True)
+
+    # -- 3. end to end: the nightly samples job after the nightly UBT -------------------------------
+    w_samp, m_samp, out_samp = submit("build_samples.py", big, "--date", D, *sets, driver_memory=mem)
+    s_samp = job_seconds(out_samp)
+    print(f"samples {D}: {s_samp:.1f}s in job, {w_samp:.1f}s wall, {info['impressions']:,} impressions "
+          f"[{out_samp.strip().splitlines()[-1]}]")
+    print(f"end-to-end nightly at {info['behaviors']:,} behaviors (build_ubt {D} + build_samples {D}): "
+          f"{w_night + w_samp:.1f}s wall, peak memory {gb(max(m_night, m_samp))} "
+          f"(build_ubt {gb(m_night)}, build_samples {gb(m_samp)}; driver heap {mem})", flush=True)
+
+    # -- 2. samples per impression: ~50,000 vs ~1,000 behaviors per user ----------------------------
+    submit("build_ubt.py", mixed, "--date", prev, "--backfill", prev, *sets, driver_memory=mem)
+    per = {}
+    for name in ("heavy", "light"):
+        wall, _, out = submit("build_samples.py", work / name, "--date", D, *sets, driver_memory=mem)
+        n = int(re.search(r"samples=(\d+)", out).group(1))
+        per[name] = (job_seconds(out) / n, wall / n, n)
+        print(f"samples, {name} users: {n:,} impressions, {1000 * per[name][0]:.2f} ms/impression in job "
+              f"({1000 * per[name][1]:.2f} ms wall)", flush=True)
+    print(f"samples per-impression ratio heavy/light: {per['heavy'][0] / per['light'][0]:.2f} in job, "
+          f"{per['heavy'][1] / per['light'][1]:.2f} wall (target <= 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
