@@ -9,6 +9,7 @@ number of steps on every rank, so no rank waits forever in a collective.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -16,6 +17,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
+
+# Petastorm 0.12 calls pyarrow APIs that pyarrow 14 marks deprecated (the pin is deliberate, see
+# constraints.txt); the warnings say nothing a user can act on.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
 
 
 def file_urls(paths: Sequence[str]) -> list[str]:

@@ -280,7 +280,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     bar.update(1)
                 bar.close()
             elapsed = time.perf_counter() - started
