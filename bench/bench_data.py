@@ -7,7 +7,9 @@
 2. import: the generated behaviors written as a Taobao UserBehavior CSV (not timed), then
    ``sim.ingest.run_import(format=taobao)`` on it (parse, validate, protocol impressions, writes).
 Peak memory is the largest resident set of this process plus its children (the Spark JVM), sampled
-every 0.2 s. Spark runs with conf/pipeline.yaml (local[2], driver memory from the config).
+every 0.2 s; CPU is the user+system seconds they consumed. Behaviors per CPU-second does not depend on
+what else runs on the machine (wall-clock throughput does: the load average is printed). Spark runs with
+conf/pipeline.yaml (local[2], driver memory from the config).
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ from sim.ingest import run_generator, run_import  # noqa: E402
 from sim.spark import spark_from_conf  # noqa: E402
 
 
-class PeakRss:
-    """Peak RSS (bytes) of this process and all its descendants while the block runs."""
+class Resources:
+    """Peak RSS (bytes) and CPU seconds of this process and its descendants while the block runs."""
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self.cpu, self._stop = interval, 0, 0.0, threading.Event()
+        self._cpu = {}
 
     def _sample(self) -> int:
         me = psutil.Process()
@@ -41,6 +44,8 @@ class PeakRss:
         for p in [me] + me.children(recursive=True):
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self._cpu[p.pid] = t.user + t.system
             except psutil.Error:
                 pass
         return total
@@ -51,6 +56,8 @@ class PeakRss:
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        self._sample()
+        self._cpu0 = dict(self._cpu)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -59,6 +66,12 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._sample())
+        self.cpu = sum(v - self._cpu0.get(pid, 0.0) for pid, v in self._cpu.items())
+
+    def line(self, n: int, secs: float) -> str:
+        return (f"{n / secs:,.0f} behaviors/s wall; {self.cpu:,.0f} CPU-s = {n / max(self.cpu, 1e-9):,.0f} "
+                f"behaviors per CPU-second; peak RSS {self.peak / 2**30:.2f} GiB; "
+                f"load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> int:
@@ -82,13 +95,13 @@ def main() -> int:
     lake = os.path.join(work, "lake_generated")
     try:
         if "generate" in phases or "import" in phases:
-            with PeakRss() as mem:
+            with Resources() as res:
                 t = time.time()
                 rep = run_generator(spark, gc, lake, max_reject_ratio=0.05)
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
-            print(f"generate: {n:,} behaviors + {rep.written['impressions']:,} impressions in {secs:.1f}s "
-                  f"= {n / secs:,.0f} behaviors/s; peak RSS {mem.peak / 2**30:.2f} GiB", flush=True)
+            print(f"generate: {n:,} behaviors + {rep.written['impressions']:,} impressions in {secs:.1f}s: "
+                  f"{res.line(n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
         if "import" in phases:
             csv_dir = os.path.join(work, "UserBehavior")
@@ -99,14 +112,14 @@ def main() -> int:
                        .alias("value")).write.mode("overwrite").text(csv_dir)
             size = sum(os.path.getsize(os.path.join(csv_dir, f)) for f in os.listdir(csv_dir))
             print(f"  (taobao CSV written in {time.time() - t:.1f}s, {size / 2**20:,.0f} MiB)", flush=True)
-            with PeakRss() as mem:
+            with Resources() as res:
                 t = time.time()
                 rep = run_import(spark, "taobao", csv_dir, os.path.join(work, "lake_imported"),
                                  max_reject_ratio=0.05, date_range=(None, None))
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
-            print(f"import taobao: {n:,} lines in {secs:.1f}s = {n / secs:,.0f} behaviors/s "
-                  f"({rep.written['impressions']:,} impressions); peak RSS {mem.peak / 2**30:.2f} GiB", flush=True)
+            print(f"import taobao: {n:,} lines ({rep.written['impressions']:,} impressions) in {secs:.1f}s: "
+                  f"{res.line(n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
     finally:
         spark.stop()

@@ -131,7 +131,8 @@ class GeneratorConfig:
         unknown = set(block) - names
         unknown_truth = set(truth) - {f.name for f in dataclasses.fields(TruthConfig)}
         if unknown or unknown_truth:
-            raise ConfigError(f"unknown generator keys: {sorted(unknown) + ['truth.' + k for k in sorted(unknown_truth)]}")
+            names = sorted(unknown) + ["truth." + k for k in sorted(unknown_truth)]
+            raise ConfigError(f"unknown generator keys: {names}")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {k: _coerce(v, types[k]) for k, v in block.items()}
         ttypes = {f.name: f.type for f in dataclasses.fields(TruthConfig)}
@@ -148,7 +149,8 @@ class GeneratorConfig:
         if self.impression_days < 1 or self.impression_days > self.history_days:
             problems.append("impression_days must be in [1, history_days]")
         if not 1 <= self.min_behaviors_per_user <= self.mean_behaviors_per_user <= self.max_behaviors_per_user:
-            problems.append("need 1 <= min_behaviors_per_user <= mean_behaviors_per_user <= max_behaviors_per_user")
+            problems.append("need 1 <= min_behaviors_per_user <= mean_behaviors_per_user "
+                            "<= max_behaviors_per_user")
         if self.heavy_users > self.users:
             problems.append("heavy_users must be <= users")
         if self.tail_index <= 1.0:

@@ -171,7 +171,7 @@ class ImportInputs:
     item_lines: list[Lines] = field(default_factory=list)
 
 
-def _union_lines(spark: SparkSession, parts: list[Lines]) -> DataFrame:
+def _union_lines(parts: list[Lines]) -> DataFrame:
     out = parts[0].lines
     for p in parts[1:]:
         out = out.unionByName(p.lines)
@@ -185,7 +185,7 @@ def taobao_raw(lines: DataFrame) -> DataFrame:
 
 def import_taobao(spark: SparkSession, files: list[str], *, date_range, now_ts) -> ImportInputs:
     parts = [read_lines(spark, f, "taobao:behaviors") for f in files]
-    raw = taobao_raw(_union_lines(spark, parts))
+    raw = taobao_raw(_union_lines(parts))
     classified = classify_behaviors(raw, source="taobao:behaviors", date_range=date_range, now_ts=now_ts)
     return ImportInputs("taobao", "taobao:behaviors", classified, parts)
 
@@ -299,7 +299,8 @@ _JSON_OPTS = {"columnNameOfCorruptRecord": "_corrupt", "allowSingleQuotes": "tru
 def _json(lines: DataFrame, schema: str) -> DataFrame:
     parsed = F.from_json(F.col("value"), schema, _JSON_OPTS)
     bad = (F.trim(F.col("value")) == "") | parsed.isNull() | parsed["_corrupt"].isNotNull()
-    return lines.select(parsed.alias("j"), F.col("value").alias("raw"), F.when(bad, F.lit(MALFORMED)).alias("pre_reason"))
+    return lines.select(parsed.alias("j"), F.col("value").alias("raw"),
+                        F.when(bad, F.lit(MALFORMED)).alias("pre_reason"))
 
 
 def amazon_reviews_json_raw(lines: DataFrame) -> DataFrame:
@@ -327,7 +328,7 @@ def import_amazon(spark: SparkSession, files: list[str], *, date_range, now_ts) 
                           f"got {[os.path.basename(f) for f in files]}")
     m_lines = [read_lines(spark, f, "amazon:meta") for f in meta]
     r_lines = [read_lines(spark, f, "amazon:reviews") for f in reviews]
-    items_classified = classify_items(amazon_meta_raw(_union_lines(spark, m_lines)), source="amazon:meta")
+    items_classified = classify_items(amazon_meta_raw(_union_lines(m_lines)), source="amazon:meta")
     parts = []
     for rl in r_lines:
         is_csv = rl.path.lower().endswith((".csv", ".csv.gz"))

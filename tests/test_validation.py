@@ -7,8 +7,8 @@ import pytest
 
 from sim.canonical import day_start_ts
 from sim.validation import (REASONS, ValidationError, check_counts, classify_behaviors,
-                            classify_impressions, classify_items, counts_of, enforce_reject_ratio, reason_counts, split,
-                            validate_behaviors)
+                            classify_impressions, classify_items, counts_of, enforce_reject_ratio,
+                            reason_counts, split, validate_behaviors)
 
 RUN = "2024-07-01"
 T0 = day_start_ts(RUN)
