@@ -20,10 +20,13 @@ behaviors within the long sequence; ``long_len`` is then the number of behaviors
 
 Cost. Work per impression is bounded by the caps, not by the user's history: the hard sequence reads
 only the candidate category's UBT row, sliced to K before the join; the long and short sequences read
-a per-user list of the newest behaviors, computed once per user from per-category slices with a
-window limit (sorted and spilled by Spark, never one unbounded in-memory collection per user).
-``long_len`` is the user's UBT count minus the behaviors of the window's first day that are older than
-t - long_days (read from that one behaviors partition) plus the day-D behaviors before t.
+a per-user list of the newest behaviors (aligned primitive arrays), computed once per user from
+per-category slices of at most ``long_cap`` each, so per-user work is bounded by categories x cap.
+Arrays are kept newest first, so a window is a prefix: per impression only the day-D behaviors and
+the few UBT behaviors of the window's first day (the only ones whose membership depends on t) are
+looked at one by one; the rest is slicing. ``long_len`` is the user's UBT count minus the behaviors of
+the window's first day older than t - long_days (read from that one behaviors partition) plus the
+day-D behaviors before t.
 
 Leak guard: every sequence element must be older than its impression. The check runs inside the
 write over the raw behavior times (before they become gap buckets); a violation fails the job with
@@ -207,16 +210,18 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
     ubt_u = ubt.join(users, "user_id", "left_semi")
     recent = user_recent(ubt_u, spec.recent_n, safe_from)
     day = user_day_behaviors(day_behaviors.join(users, "user_id", "left_semi"))
+    # Hard search: only the candidate category's row, its newest K, whatever the rest of the history.
     keys = impressions.select("user_id", "category_id").distinct()
-    cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi").select(
-        "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"))
+    cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi")
     if timed:
         top = F.slice("behaviors", 1, c.hard_k)
-        cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi").select(
+        cat_rows = cat_rows.select(
             "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"),
             _ids(top, "ts").alias("h_ts"), _ids(top, "item_id").alias("h_items"))
         cat_rows = cat_rows.withColumn(
             "h_safe", F.size(F.filter("h_ts", lambda x: x >= F.lit(safe_from))).cast("int"))
+    else:
+        cat_rows = cat_rows.select("user_id", "category_id", F.col("last_ts").alias("cat_last_ts"))
 
     df = (impressions.join(recent, "user_id", "left").join(day, "user_id", "left")
           .join(cat_rows, ["user_id", "category_id"], "left"))
@@ -238,7 +243,8 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
     before_c = F.filter(before, lambda b: b["category_id"] == cand)
     df = df.select(*SAMPLES_SCALARS_IN, "first_day_ts", "ubt_count", "cat_last_ts",
                    *(["h_ts", "h_items", "h_safe"] if timed else []),
-                   r_ts.alias("r_ts"), r_items.alias("r_items"), r_cats.alias("r_cats"), r_safe.alias("r_safe"),
+                   r_ts.alias("r_ts"), r_items.alias("r_items"), r_cats.alias("r_cats"),
+                   r_safe.alias("r_safe"),
                    before.alias("before"), before_c.alias("before_c"), nb.alias("nb"))
 
     nb, before, before_c = F.col("nb"), F.col("before"), F.col("before_c")
@@ -313,7 +319,8 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
             F.lit(" has a behavior at or after its time in a sequence")))).otherwise(d_category)
     seqs = seqs.select("*", gaps_all.alias("_gaps"))
     out = {}
-    for name, cap, n in (("short", caps.short_cap, F.col("n_short")), ("long", caps.long_cap, F.col("n_long"))):
+    for name, cap, n in (("short", caps.short_cap, F.col("n_short")),
+                         ("long", caps.long_cap, F.col("n_long"))):
         out[f"{name}_items"] = _pad(F.slice("all_items", 1, n), cap, "long")
         out[f"{name}_cats"] = _pad(F.slice("all_cats", 1, n), cap, "long")
         out[f"{name}_gaps"] = _pad(F.slice("_gaps", 1, n), cap, "int")

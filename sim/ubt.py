@@ -229,19 +229,35 @@ def day_changes(new_behaviors: DataFrame, expired_behaviors: DataFrame | None) -
 def _merge_exprs(cutoff_ts: int | None, cap: int) -> dict[str, str]:
     """SQL expressions over target ``t`` and source ``s`` (a :func:`day_changes` row) giving the key's
     row after the day; shared by the Delta MERGE and :func:`apply_changes`, so tests check the merge
-    against a full rebuild."""
-    kept = "t.behaviors" if cutoff_ts is None else f"filter(t.behaviors, b -> b.ts >= {int(cutoff_ts)})"
-    # The day's behaviors are newer than the kept ones when dt matches ts; sort_array keeps the order
-    # total even if not (TimSort merges two presorted runs in linear time).
-    merged = f"sort_array(concat(s.new, {kept}), false)"
+    against a full rebuild.
+
+    Arrays stay newest first without sorting: every behavior of UBT(D-1) is older than midnight of D
+    and every new one is of day D (rows whose ts is outside their dt are rejects), so the new ones go
+    in front. The ones leaving the window are at the tail and are at most ``s.n_expired`` (the key's
+    behaviors on the expiring date), so only that many elements are looked at, and nothing at all for
+    a key without expiring behaviors: the cost of a key is one array copy, not a sort.
+    """
+    if cutoff_ts is None:
+        kept = "t.behaviors"
+    else:
+        tail = ("slice(t.behaviors, greatest(size(t.behaviors) - s.n_expired + 1, 1), "
+                "least(s.n_expired, size(t.behaviors)))")
+        n_drop = f"size(filter({tail}, b -> b.ts < {int(cutoff_ts)}))"
+        kept = (f"CASE WHEN s.n_expired = 0 THEN t.behaviors "
+                f"ELSE slice(t.behaviors, 1, size(t.behaviors) - {n_drop}) END")
+    merged = f"concat(s.new, {kept})"
     if cap:
         merged = f"slice({merged}, 1, {int(cap)})"
+        oldest = f"element_at({merged}, -1).ts"
+    else:
+        oldest = (f"CASE WHEN s.n_expired = 0 THEN t.oldest_ts "
+                  f"ELSE coalesce(element_at({kept}, -1).ts, element_at(s.new, -1).ts) END")
     return {
         "kept_size": f"size({kept})",
         "behaviors": merged,
-        "count": f"greatest(t.count + s.n_new - s.n_expired, size({merged}))",
+        "count": "t.count + s.n_new - s.n_expired",
         "last_ts": "greatest(t.last_ts, coalesce(s.new_last_ts, t.last_ts))",
-        "oldest_ts": f"element_at({merged}, -1).ts",
+        "oldest_ts": oldest,
         "insert_behaviors": f"slice(s.new, 1, {int(cap)})" if cap else "s.new",
         "insert_oldest_ts": (f"element_at(slice(s.new, 1, {int(cap)}), -1).ts" if cap
                              else "element_at(s.new, -1).ts"),
@@ -249,7 +265,7 @@ def _merge_exprs(cutoff_ts: int | None, cap: int) -> dict[str, str]:
 
 
 def _delete_condition(e: dict[str, str]) -> str:
-    return f"s.n_new = 0 AND {e['kept_size']} = 0"
+    return f"s.n_new = 0 AND s.n_expired > 0 AND {e['kept_size']} = 0"
 
 
 def apply_changes(ubt: DataFrame, changes: DataFrame, cutoff_ts: int | None, category_cap: int = 0
@@ -275,22 +291,26 @@ def apply_changes(ubt: DataFrame, changes: DataFrame, cutoff_ts: int | None, cat
     return out.where(~F.col("_delete") & ~F.col("_skip")).select(*UBT_COLUMNS)
 
 
-def null_key(df: DataFrame) -> Column:
-    """A behaviors row without user, category, item or time cannot be indexed."""
-    return (F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull()
-            | F.col("ts").isNull())
+def reject_reason(behaviors: DataFrame) -> Column:
+    """Why a behaviors row cannot be indexed (null if it can): a missing key or time, or a time outside
+    its ``dt`` date (the nightly update relies on each date's behaviors being that date's)."""
+    day = F.datediff(F.to_date(F.col("dt")), F.lit("1970-01-01").cast("date"))
+    missing = (F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull()
+               | F.col("ts").isNull())
+    return (F.when(missing, F.lit("behaviors row with a null user_id, category_id, item_id or ts"))
+            .when(F.floor(F.col("ts") / F.lit(SECONDS_PER_DAY)) != day,
+                  F.lit("behaviors row whose ts is outside its dt date")))
 
 
-def reject_null_keys(behaviors: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
-    """Split behaviors into (accepted, rejects) by :func:`null_key`; rejects follow sim.schema.REJECTS
-    with source = this job."""
-    bad = null_key(behaviors)
-    rejects = behaviors.where(bad).select(
-        F.lit(JOB).alias("source"),
-        F.lit("behaviors row with a null user_id, category_id, item_id or ts").alias("reason"),
+def reject_bad_rows(behaviors: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
+    """Split behaviors into (accepted, rejects) by :func:`reject_reason`; rejects follow
+    sim.schema.REJECTS with source = this job."""
+    tagged = behaviors.withColumn("_reason", reject_reason(behaviors))
+    rejects = tagged.where(F.col("_reason").isNotNull()).select(
+        F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
         F.to_json(F.struct(*[F.col(c) for c in behaviors.columns])).alias("raw"),
         F.lit(run_date).alias("dt"))
-    return behaviors.where(~bad), rejects
+    return tagged.where(F.col("_reason").isNull()).drop("_reason"), rejects
 
 
 # ---------------------------------------------------------------------------------------- the job
@@ -352,12 +372,6 @@ def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[C
     return last.version
 
 
-def _nullable_keys(df: DataFrame) -> bool:
-    """Whether any key column may hold nulls (a Delta table whose schema says NOT NULL enforces it, so
-    a clean table needs no extra pass to look for rejects)."""
-    return any(df.schema[c].nullable for c in ("user_id", "category_id", "item_id", "ts"))
-
-
 def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps) -> DayResult:
     """UBT(date) from all behaviors of its window in one pass; replaces the whole table (one commit)."""
     path = table_path(lakehouse, "ubt")
@@ -365,9 +379,8 @@ def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows,
     b = _behaviors_table(spark, lakehouse).where(F.col("dt") <= date)
     if first:
         b = b.where(F.col("dt") >= first)
-    accepted, rejects = reject_null_keys(b, date)
-    # Parquet null counts let this skip every row group of a clean table.
-    n_rejects = rejects.count() if _nullable_keys(b) else 0
+    accepted, rejects = reject_bad_rows(b, date)
+    n_rejects = rejects.count()  # a scan of four columns; clean tables are the norm
     ubt = aggregate_ubt(accepted, ubt_category_cap(windows, caps)).sortWithinPartitions(
         "user_id", "category_id")
     meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
@@ -407,12 +420,12 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
     _require_state_at(spark, path, shift_date(date, -1), commits)
     behaviors = _behaviors_table(spark, lakehouse)
     day = behaviors.where(F.col("dt") == date)
-    new, rejects = reject_null_keys(day, date)
-    n_rejects = rejects.count() if _nullable_keys(day) else 0
+    new, rejects = reject_bad_rows(day, date)
+    n_rejects = rejects.count()
     cutoff = expired = None
     if windows.mode == "time":
         cutoff = day_start(retention_first_date(windows, date))
-        expired = reject_null_keys(
+        expired = reject_bad_rows(
             behaviors.where(F.col("dt") == shift_date(date, -windows.long_days)), date)[0]
     changes = day_changes(new, expired)
     cap = ubt_category_cap(windows, caps)

@@ -7,7 +7,8 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from sim.delta_io import MissingTableError, latest_version, read_table, table_path, version_for_date
+from sim.delta_io import (MissingTableError, commit_metadata, latest_version, read_table, table_path,
+                          version_for_date)
 from sim.samples import (LEAK_MARK, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError,
                          build_samples, build_sequences, first_leak, split_impressions, time_gap_bucket,
                          to_samples)
@@ -95,7 +96,8 @@ def test_time_gap_bucket(spark):
     assert row.capped == 7  # 1 + min(8 - 2, 9)
     assert all(list(row)[i] == 1 + min(62, math.floor(math.log2(1 + g / 3600))) for i, g in enumerate(gaps))
     # Exact at every bucket boundary: 1 + g/3600 = 2^k starts bucket k + 1.
-    edges = [((2 ** k - 1) * H, k + 1) for k in range(1, 40)] + [((2 ** k - 1) * H - 1, k) for k in range(1, 40)]
+    edges = ([((2 ** k - 1) * H, k + 1) for k in range(1, 40)]
+             + [((2 ** k - 1) * H - 1, k) for k in range(1, 40)])
     got = spark.range(1).select(*[time_gap_bucket(F.lit(g)) for g, _ in edges]).first()
     assert list(got) == [b for _, b in edges]
 
@@ -167,11 +169,16 @@ def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
     again = build_samples(spark, lh, D, SPEC)
     assert again.action == "skipped" and latest_version(spark, out) == version
 
-    # Plant a behavior stamped on D-1 but happening after the impressions (a dt/ts mismatch upstream).
-    spark.createDataFrame([(1, 666, 20, "pv", T0 + 5, shift_date(D, -1))], BEHAVIORS) \
-        .write.format("delta").mode("append").save(table_path(lh, "behaviors"))
-    build_ubt(spark, lh, shift_date(D, -1), SPEC.windows, SPEC.caps, backfill_from=shift_date(D, -1),
-              force=True)
+    # Plant a behavior after the impressions into UBT(D-1) (an index bug), as a commit tagged D-1.
+    prev = shift_date(D, -1)
+    ubt_prev = read_table(spark, ubt_path, res.ubt_version)
+    future = F.array(F.struct(F.lit(T0 + 5).alias("ts"), F.lit(666).cast("long").alias("item_id"),
+                              F.lit("pv").alias("behavior_type")))
+    row = (F.col("user_id") == 1) & (F.col("category_id") == 20)
+    planted = ubt_prev.withColumn("behaviors", F.when(row, F.concat(future, "behaviors"))
+                                  .otherwise(F.col("behaviors")))
+    with commit_metadata(spark, {"job": "build_ubt", "date": prev, "op": "planted"}):
+        planted.write.format("delta").mode("overwrite").save(ubt_path)
     with pytest.raises(LeakError, match=r"impression_id=1 \(ts="):
         build_samples(spark, lh, D, SPEC, force=True)
     assert latest_version(spark, out) == version  # nothing committed

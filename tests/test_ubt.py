@@ -173,14 +173,19 @@ def test_count_mode_keeps_everything_capped_per_category(spark, tmp_path):
     assert [x.item_id for x in got[2].behaviors] == [51, 7, 5] and got[2]["count"] == 5
 
 
-def test_null_keys_are_rejected_not_dropped(spark, tmp_path):
+def test_bad_rows_are_rejected_not_dropped(spark, tmp_path):
     lh = str(tmp_path)
     nullable = BEHAVIORS.__class__([f.__class__(f.name, f.dataType, True) for f in BEHAVIORS.fields])
     d = "2024-03-02"
     rows = [beh(1, 1, 1, day_start("2024-03-01") + 5), beh(1, 2, 1, day_start(d) + 5),
-            (None, 3, 1, "pv", day_start(d) + 9, d)]
+            (None, 3, 1, "pv", day_start(d) + 9, d),  # no user
+            (1, 4, 1, "pv", day_start(d) - 9, d)]  # ts of the day before its dt
     write_logs(spark, lh, rows, schema=nullable)
     res = build_ubt(spark, lh, d, Windows(long_days=3, short_days=1), Caps(), backfill_from=shift_date(d, -1))
-    assert res[-1].rejected == 1
-    rej = read_table(spark, table_path(lh, "rejects")).collect()
-    assert [(r.source, r.dt) for r in rej] == [("build_ubt", d)] and '"item_id":3' in rej[0].raw
+    assert res[-1].rejected == 2
+    rej = sorted(read_table(spark, table_path(lh, "rejects")).collect(), key=lambda r: r.raw)
+    assert [(r.source, r.dt) for r in rej] == [("build_ubt", d)] * 2
+    assert '"item_id":3' in rej[0].raw and "null" in rej[0].reason
+    assert '"item_id":4' in rej[1].raw and "outside its dt" in rej[1].reason
+    got = read_table(spark, table_path(lh, "ubt")).first()
+    assert [x.item_id for x in got.behaviors] == [2, 1] and got["count"] == 2
