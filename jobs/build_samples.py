@@ -3,6 +3,7 @@ behaviors before each impression.
 
     spark-submit --jars <delta jars> jobs/build_samples.py --date 2024-06-30 [--force]
     python jobs/build_samples.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.mode=count
+    python jobs/build_samples.py --date 1998-04-22 --backfill 1997-09-20 --replay --set windows.mode=count
 
 See sim/samples.py for the sequences, their caps and the leak guard.
 """
@@ -17,18 +18,20 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sim.delta_io import MissingTableError  # noqa: E402
-from sim.cli import job_parser, load_job_conf, run_job  # noqa: E402
-from sim.samples import LeakError, SampleSpec, SamplesInputError, build_samples  # noqa: E402
+from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
+from sim.samples import (LeakError, SampleSpec, SamplesInputError, build_samples,  # noqa: E402
+                         build_samples_replay)
 from sim.spark import spark_from_conf  # noqa: E402
 from sim.ubt import date_range  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = job_parser(__doc__.splitlines()[0])
-    p.add_argument("--date", required=True, help="impression date D (yyyy-MM-dd)")
-    p.add_argument("--backfill", metavar="FROM", default=None,
-                   help="write samples for every date FROM..D in order")
-    p.add_argument("--force", action="store_true", help="rewrite dates already committed")
+    p = dated_job_parser(__doc__.splitlines()[0], date_help="impression date D (yyyy-MM-dd)",
+                         backfill_help="write samples for every date FROM..D in order",
+                         force_help="rewrite dates already committed")
+    p.add_argument("--replay", action="store_true",
+                   help="count mode: every date FROM..D in one pass over the behaviors, one commit, no UBT "
+                        "(the public-data protocol)")
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
     spec = SampleSpec.from_conf(cfg)
@@ -36,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
     results, seconds = [], []
     try:
-        for d in dates:
+        if args.replay:
+            t = time.perf_counter()
+            results.append(build_samples_replay(spark, cfg["lakehouse"], dates[0], dates[-1], spec,
+                                                force=args.force))
+            seconds.append(time.perf_counter() - t)
+        for d in ([] if args.replay else dates):
             t = time.perf_counter()
             results.append(build_samples(spark, cfg["lakehouse"], d, spec, force=args.force))
             seconds.append(time.perf_counter() - t)

@@ -16,17 +16,15 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sim.delta_io import MissingTableError  # noqa: E402
-from sim.cli import job_parser, load_job_conf, run_job  # noqa: E402
+from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
 from sim.spark import spark_from_conf  # noqa: E402
 from sim.ubt import Caps, UbtStateError, Windows, build_ubt  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = job_parser(__doc__.splitlines()[0])
-    p.add_argument("--date", required=True, help="the date D to build UBT(D) for (yyyy-MM-dd)")
-    p.add_argument("--backfill", metavar="FROM", default=None,
-                   help="on an empty index: full build of FROM, then every day up to --date in order")
-    p.add_argument("--force", action="store_true", help="rebuild dates already committed")
+    p = dated_job_parser(__doc__.splitlines()[0], date_help="the date D to build UBT(D) for (yyyy-MM-dd)",
+                         backfill_help="on an empty index: full build of FROM, then every day up to --date",
+                         force_help="rebuild dates already committed")
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
     windows, caps = Windows.from_conf(cfg), Caps.from_conf(cfg)

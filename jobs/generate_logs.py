@@ -9,18 +9,16 @@ line. Re-running with the same config is a no-op; another config replaces the sa
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sim.cli import job_parser, load_job_conf, run_job  # noqa: E402
+from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
 from sim.generator import GeneratorConfig  # noqa: E402
 from sim.ingest import run_generator  # noqa: E402
 from sim.spark import spark_from_conf  # noqa: E402
-from sim.validation import ValidationError  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,16 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_job_conf(args)
     gc = GeneratorConfig.from_conf(cfg.get("generator"))
     spark = spark_from_conf(cfg, app_name="generate_logs", master=args.master)
-    try:
-        report = run_generator(spark, gc, cfg["lakehouse"],
-                               max_reject_ratio=float(cfg.get("validation", {}).get("max_reject_ratio", 0.05)),
-                               now_ts=args.now_ts)
-    except ValidationError as e:
-        logging.getLogger("sim").error("%s", e)
-        print(f"generate_logs: FAILED: {e}", flush=True)
-        return 1
-    print(report.summary(), flush=True)
-    return 0
+    return report_or_fail("generate_logs", lambda: run_generator(
+        spark, gc, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg), now_ts=args.now_ts))
 
 
 if __name__ == "__main__":

@@ -10,18 +10,16 @@ user never touched the negative). Prints one summary line.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sim.cli import job_parser, load_job_conf, run_job  # noqa: E402
+from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
 from sim.importers import FORMATS, TAOBAO_DATE_RANGE  # noqa: E402
 from sim.ingest import run_import  # noqa: E402
 from sim.spark import spark_from_conf  # noqa: E402
-from sim.validation import ValidationError  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,17 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     date_range = (default_range[0] if args.start_date is None else (args.start_date or None),
                   default_range[1] if args.end_date is None else (args.end_date or None))
     spark = spark_from_conf(cfg, app_name=f"import_dataset.{args.format}", master=args.master)
-    try:
-        report = run_import(spark, args.format, args.input, cfg["lakehouse"],
-                            max_reject_ratio=float(cfg.get("validation", {}).get("max_reject_ratio", 0.05)),
-                            date_range=date_range, seed=args.seed, targets_per_user=args.targets_per_user,
-                            run_date=args.run_date, now_ts=args.now_ts)
-    except ValidationError as e:
-        logging.getLogger("sim").error("%s", e)
-        print(f"import_dataset.{args.format}: FAILED: {e}", flush=True)
-        return 1
-    print(report.summary(), flush=True)
-    return 0
+    return report_or_fail(f"import_dataset.{args.format}", lambda: run_import(
+        spark, args.format, args.input, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg),
+        date_range=date_range, seed=args.seed, targets_per_user=args.targets_per_user,
+        run_date=args.run_date, now_ts=args.now_ts))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,34 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def dated_job_parser(description: str, date_help: str, backfill_help: str,
+                     force_help: str) -> argparse.ArgumentParser:
+    """A nightly job's parser: ``--date D``, ``--backfill FROM`` and ``--force`` on top of :func:`job_parser`."""
+    p = job_parser(description)
+    p.add_argument("--date", required=True, help=date_help)
+    p.add_argument("--backfill", metavar="FROM", default=None, help=backfill_help)
+    p.add_argument("--force", action="store_true", help=force_help)
+    return p
+
+
+def max_reject_ratio(cfg: dict) -> float:
+    return float(cfg.get("validation", {}).get("max_reject_ratio", 0.05))
+
+
+def report_or_fail(job: str, ingest: Callable[[], object]) -> int:
+    """Run an ingest (generator or importer) and print its summary; a validation failure (too many
+    rejects) prints its reasons and returns 1."""
+    from sim.validation import ValidationError
+    try:
+        report = ingest()
+    except ValidationError as e:
+        logging.getLogger("sim").error("%s", e)
+        print(f"{job}: FAILED: {e}", flush=True)
+        return 1
+    print(report.summary(), flush=True)
+    return 0
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -1,6 +1,7 @@
 """The main job end to end on the embedded synthetic data (``make demo``):
 
-1. generate the synthetic lifelong logs (behaviors, impressions) as Delta tables;
+1. generate the synthetic lifelong logs (behaviors, impressions) as Delta tables (``--dataset ml-100k``:
+   import MovieLens-100k from the recbole wheel and replay its count-mode samples instead of 1-3);
 2. backfill the User Behavior Tree up to the day before the last impression day;
 3. build the point-in-time samples of every impression day;
 4. train DIN, Avg-Pooling Long DIN, SIM hard, SIM soft and SIM soft + time with ``horovodrun -np 2``;
@@ -43,6 +44,20 @@ def plan(cfg: dict) -> dict[str, str]:
             "samples_to": end, "train_from": first_imp, "train_to": _day(end, -1), "eval": end}
 
 
+# MovieLens-100k (from the recbole wheel): the public-data protocol of the SIM/MIMN papers. The last
+# ML_TARGETS ratings of each user become impressions (positive: the rated movie; negative: a seeded movie
+# the user never rated); count-mode sequences are replayed from the log in one pass; impressions from
+# ML_EVAL_FROM on (the last ~5 weeks, about a quarter of them) are the eval set.
+ML_TARGETS = 10
+ML_FIRST, ML_LAST, ML_EVAL_FROM = "1997-09-01", "1998-04-30", "1998-03-15"
+ML_WINDOWS = ["windows.mode=count", "windows.long_count=400", "windows.short_count=50"]
+
+
+def plan_ml100k() -> dict[str, str]:
+    return {"samples_from": ML_FIRST, "samples_to": ML_LAST, "train_from": ML_FIRST,
+            "train_to": _day(ML_EVAL_FROM, -1), "eval_from": ML_EVAL_FROM, "eval": ML_LAST}
+
+
 def _stage(i: int, total: int, title: str, cmd: list[str], env: dict) -> float:
     print(f"\n=== [{i}/{total}] {title}\n$ {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
@@ -56,8 +71,11 @@ def _stage(i: int, total: int, title: str, cmd: list[str], env: dict) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--lakehouse", default=str(PROJECT_ROOT / "lakehouse"))
+    p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
+                   help="synthetic lifelong logs (default) or MovieLens-100k from the recbole wheel")
+    p.add_argument("--lakehouse", default=None, help="default: ./lakehouse (synthetic), ./lakehouse_ml-100k")
     p.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated model names")
+    p.add_argument("--seeds", default="1", help="comma-separated training seeds, one run per model and seed")
     p.add_argument("--np", type=int, default=2, help="horovodrun processes per training run")
     p.add_argument("--experiment", default="sim-demo", help="MLflow experiment of the demo runs")
     p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}")
@@ -65,40 +83,59 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pipeline config override for the Spark jobs (e.g. generator.users=100)")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="experiment config override for training (e.g. train.epochs=1)")
+    p.add_argument("--skip-data", action="store_true",
+                   help="reuse the lakehouse's samples: only train and compare")
     args = p.parse_args(argv)
 
-    lakehouse = str(Path(args.lakehouse).resolve())
-    cfg = load_pipeline_conf(overrides=args.overrides, lakehouse=lakehouse)
-    d = plan(cfg)
+    ml = args.dataset == "ml-100k"
+    lakehouse = str(Path(args.lakehouse or PROJECT_ROOT / ("lakehouse_ml-100k" if ml else "lakehouse"))
+                    .resolve())
+    overrides = (ML_WINDOWS if ml else []) + args.overrides
+    cfg = load_pipeline_conf(overrides=overrides, lakehouse=lakehouse)
+    d = plan_ml100k() if ml else plan(cfg)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    spark_args = ["--lakehouse", lakehouse] + [a for o in args.overrides for a in ("--set", o)]
+    spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
     models = [m for m in args.models.split(",") if m]
-    total = 4 + len(models)
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    stages: list[tuple[str, str, list[str]]] = []
+    if args.skip_data:
+        pass
+    elif ml:
+        from sim.datasets import ml100k
+        stages += [("import", "import MovieLens-100k (recbole wheel)",
+                    [py, "jobs/import_dataset.py", "--format", "movielens", "--input", str(ml100k()),
+                     "--targets-per-user", str(ML_TARGETS), *spark_args]),
+                   ("samples", f"samples {d['samples_from']}..{d['samples_to']} (count mode, one replay pass)",
+                    [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
+                     "--replay", *spark_args])]
+    else:
+        stages += [("generate", "generate synthetic logs", [py, "jobs/generate_logs.py", *spark_args]),
+                   ("ubt", f"User Behavior Tree {d['ubt_from']}..{d['ubt_to']}",
+                    [py, "jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"], *spark_args]),
+                   ("samples", f"samples {d['samples_from']}..{d['samples_to']}",
+                    [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
+                     *spark_args])]
+    train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", f"dataset={args.dataset}",
+                  f"tracking_uri={args.tracking_uri}", f"train_dates=[{d['train_from']},{d['train_to']}]",
+                  f"eval_dates=[{d.get('eval_from', d['eval'])},{d['eval']}]", *args.train_set]
+    for seed in seeds:
+        for model in models:
+            cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,
+                   "--np", str(args.np)]
+            for s in train_sets + [f"train.seed={seed}",
+                                   f"train.checkpoint_dir={PROJECT_ROOT / 'checkpoints' / args.dataset / str(seed)}"]:
+                cmd += ["--set", s]
+            name = f"train {model}" + (f" seed {seed}" if len(seeds) > 1 else "")
+            stages.append((name, f"{name} (horovodrun -np {args.np})", cmd))
+    stages.append(("compare", "compare runs", [py, "-m", "sim.compare", "--experiment", args.experiment,
+                                               "--tracking-uri", args.tracking_uri,
+                                               "--out", str(PROJECT_ROOT / "compare_out")]))
     times = {}
     started = time.perf_counter()
-    times["generate"] = _stage(1, total, "generate synthetic logs",
-                               [py, "jobs/generate_logs.py", *spark_args], env)
-    times["ubt"] = _stage(2, total, f"User Behavior Tree {d['ubt_from']}..{d['ubt_to']}",
-                          [py, "jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"],
-                           *spark_args], env)
-    times["samples"] = _stage(3, total, f"samples {d['samples_from']}..{d['samples_to']}",
-                              [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill",
-                               d["samples_from"], *spark_args], env)
-    train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}",
-                  f"tracking_uri={args.tracking_uri}", f"train_dates=[{d['train_from']},{d['train_to']}]",
-                  f"eval_dates=[{d['eval']},{d['eval']}]", *args.train_set]
-    for i, model in enumerate(models, start=4):
-        cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,
-               "--np", str(args.np)]
-        for s in train_sets:
-            cmd += ["--set", s]
-        times[f"train {model}"] = _stage(i, total, f"train {model} (horovodrun -np {args.np})", cmd, env)
-    times["compare"] = _stage(total, total, "compare runs",
-                              [py, "-m", "sim.compare", "--experiment", args.experiment,
-                               "--tracking-uri", args.tracking_uri,
-                               "--out", str(PROJECT_ROOT / "compare_out")], env)
+    for i, (key, title, cmd) in enumerate(stages, start=1):
+        times[key] = _stage(i, len(stages), title, cmd, env)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f}s: "
           + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
     print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {args.tracking_uri}")

@@ -44,7 +44,7 @@ from pyspark.sql import types as T
 from sim.config import ConfigError
 from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
                           write_date)
-from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, Caps, Windows, day_start, long_seq_len,
+from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, day_start, long_seq_len,
                      parse_date, short_seq_len, shift_date, ubt_category_cap, write_rejects)
 
 log = logging.getLogger(__name__)
@@ -342,10 +342,16 @@ def first_leak(seqs: DataFrame) -> tuple[int, int] | None:
     return (int(r[0].impression_id), int(r[0].ts)) if r else None
 
 
-def split_impressions(impressions: DataFrame, date: str) -> tuple[DataFrame, DataFrame]:
-    """(valid impressions of ``date``, rejects): a row needs its ids, label and a time inside the date
-    (a time outside it would read a UBT version that may hold its future)."""
-    start, end = day_start(date), day_start(shift_date(date, 1))
+def split_impressions(impressions: DataFrame, date: str, last: str | None = None
+                      ) -> tuple[DataFrame, DataFrame]:
+    """(valid impressions of ``date``, or of every date ``date..last``, rejects): a row needs its ids,
+    label and a time inside its dt date (a time outside it would read a UBT version that may hold its
+    future). Rejects are dated ``last`` (the run's date) when a range is given."""
+    if last is None:
+        start, end = F.lit(day_start(date)), F.lit(day_start(shift_date(date, 1)))
+    else:
+        start = F.datediff(F.to_date("dt"), F.lit("1970-01-01")).cast("long") * SECONDS_PER_DAY
+        end = start + SECONDS_PER_DAY
     reason = (F.when(F.col("impression_id").isNull(), "impression with a null impression_id")
               .when(F.col("user_id").isNull(), "impression with a null user_id")
               .when(F.col("item_id").isNull(), "impression with a null item_id")
@@ -357,12 +363,12 @@ def split_impressions(impressions: DataFrame, date: str) -> tuple[DataFrame, Dat
     rejects = tagged.where(F.col("_reason").isNotNull()).select(
         F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
         F.to_json(F.struct(*[F.col(c) for c in impressions.columns])).alias("raw"),
-        F.lit(date).alias("dt"))
+        F.lit(last or date).alias("dt"))
     valid = tagged.where(F.col("_reason").isNull()).select(
         F.col("impression_id").cast("long"), F.col("user_id").cast("long"), F.col("item_id").cast("long"),
         F.col("category_id").cast("long"), F.col("ts").cast("long"), F.col("label").cast("int"),
         (F.col("p_click") if "p_click" in impressions.columns else F.lit(None)).cast("double")
-        .alias("p_click"), F.lit(date).alias("dt"))
+        .alias("p_click"), (F.lit(date) if last is None else F.col("dt")).alias("dt"))
     return valid, rejects
 
 
@@ -428,22 +434,79 @@ def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSp
                if spec.windows.mode == "time" else None)
     ubt = read_table(spark, ubt_path, ubt_version)
     seqs = build_sequences(valid, ubt, day_b, first_b, spec, date)
+    committed = _guarded_write(seqs, spec, out, date, force, {"ubt_version": ubt_version},
+                               f"UBT version {ubt_version}, behaviors dt={date}")
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    version, n = _committed(spark, out, date)
+    log.info("build_samples %s: %d samples from UBT version %s (%d rejected) -> version %s%s", date, n,
+             ubt_version, n_rejects, version, "" if committed else " (already committed)")
+    return SamplesResult(date, "written", version, ubt_version, n, n_rejects)
+
+
+def _guarded_write(seqs: DataFrame, spec: SampleSpec, out: str, label: str, force: bool, meta: dict,
+                   inputs: str, replace_where: str | None = None) -> bool:
+    """Write the samples of ``seqs`` under the leak guard; a leak raises :class:`LeakError` naming the
+    first offending impression, and nothing is committed."""
     try:
-        committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=date, force=force,
-                               extra_metadata={"ubt_version": ubt_version})
+        return write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
+                          extra_metadata=meta, replace_where=replace_where)
     except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
         if LEAK_MARK not in str(e):
             raise
         hit = first_leak(seqs)
         where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
-        raise LeakError(f"leak guard: samples for {date} not written: {where} has a behavior at or "
-                        f"after its time in a sequence (UBT version {ubt_version}, behaviors dt={date})"
-                        ) from None
-    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+        raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
+                        f"after its time in a sequence ({inputs})") from None
+
+
+def _committed(spark: SparkSession, out: str, label: str) -> tuple[int | None, int]:
+    """(version the last run for ``label`` committed, rows it wrote or -1 if that is not the head)."""
     from delta.tables import DeltaTable
-    last = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
-    version = version_for_date(spark, out, JOB, date)
-    n = int((last.operationMetrics or {}).get("numOutputRows", -1)) if last.version == version else -1
-    log.info("build_samples %s: %d samples from UBT version %s (%d rejected) -> version %s%s", date, n,
-             ubt_version, n_rejects, version, "" if committed else " (already committed)")
-    return SamplesResult(date, "written", version, ubt_version, n, n_rejects)
+    head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
+    version = version_for_date(spark, out, JOB, label)
+    n = int((head.operationMetrics or {}).get("numOutputRows", -1)) if head.version == version else -1
+    return version, n
+
+
+def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: str, spec: SampleSpec,
+                         force: bool = False) -> SamplesResult:
+    """Count mode: the samples of every impression date ``first..last`` in one pass over the behaviors
+    table, without the UBT, in one commit replacing those dates (labelled ``first..last``).
+
+    The public-data protocol of the SIM/MIMN papers replays a finished log: each impression's
+    sequences are the user's last N behaviors before its time. With an empty UBT and every behavior up
+    to ``last`` as the "day" behaviors, :func:`build_sequences` computes exactly what the nightly path
+    (UBT(D-1) + day-D behaviors before t) gives for each date, the per-user array being the user's
+    whole history: meant for datasets whose users have thousands of behaviors, not for the lifelong
+    logs of the nightly path. The leak guard runs as in the nightly job.
+    """
+    if spec.windows.mode != "count":
+        raise ConfigError("replay builds count-mode samples only: add --set windows.mode=count, or run "
+                          "the nightly path (jobs/build_ubt.py, then jobs/build_samples.py per date)")
+    first, last = parse_date(first).isoformat(), parse_date(last).isoformat()
+    if last < first:
+        raise ConfigError(f"--backfill {first} is after --date {last}")
+    label = f"{first}..{last}"
+    out = table_path(lakehouse, "samples")
+    done = version_for_date(spark, out, JOB, label)
+    if done is not None and not force:
+        log.info("build_samples %s: already committed (version %s); nothing to do", label, done)
+        return SamplesResult(label, "skipped", done)
+    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
+    for p in (imp_path, beh_path):
+        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+    in_range = (F.col("dt") >= first) & (F.col("dt") <= last)
+    valid, rejects = split_impressions(read_table(spark, imp_path).where(in_range), first, last)
+    n_rejects = rejects.count()
+    ok_b = (F.col("user_id").isNotNull() & F.col("category_id").isNotNull() & F.col("item_id").isNotNull()
+            & F.col("ts").isNotNull())
+    history = read_table(spark, beh_path).where((F.col("dt") <= last) & ok_b)
+    seqs = build_sequences(valid, spark.createDataFrame([], UBT), history, None, spec)
+    committed = _guarded_write(seqs, spec, out, label, force, {"replay": True, "from": first, "to": last},
+                               f"behaviors dt<={last}",
+                               replace_where=f"dt >= '{first}' AND dt <= '{last}'")
+    write_rejects(spark, lakehouse, rejects, last, JOB, n_rejects)
+    version, n = _committed(spark, out, label)
+    log.info("build_samples replay %s: %d samples (%d rejected) -> version %s%s", label, n, n_rejects,
+             version, "" if committed else " (already committed)")
+    return SamplesResult(label, "written", version, None, n, n_rejects)

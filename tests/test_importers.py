@@ -281,3 +281,29 @@ def test_import_cli_recbole(tmp_path):
                check=False)
     assert proc.returncode == 1
     assert "exceeds validation.max_reject_ratio=0.05" in proc.stdout
+
+
+def test_movielens_100k_from_the_recbole_wheel_to_replayed_samples(spark, tmp_path):
+    """The real MovieLens-100k (fetched from PyPI by sim.datasets) imports without a reject, and its
+    count-mode samples, replayed in one pass, hold only behaviors before each impression."""
+    from sim.datasets import ml100k
+    from sim.samples import SampleSpec, build_samples_replay
+    from sim.ubt import Caps, Windows
+
+    lake = str(tmp_path / "lake")
+    report = run_import(spark, "movielens", str(ml100k()), lake, max_reject_ratio=0.0, now_ts=NOW)
+    counts = {c.name: (c.counts.read, c.counts.accepted, c.counts.rejected) for c in report.inputs}
+    assert counts == {"movielens:items": (1682, 1682, 0), "movielens:ratings": (100000, 100000, 0)}
+    beh, imp, _ = _tables(spark, lake)
+    assert beh.select("user_id").distinct().count() == 943
+    assert (imp.count(), imp.where("label = 1").count()) == (2 * 943, 943)
+    spec = SampleSpec(Windows(mode="count", long_count=400, short_count=50),
+                      Caps(short_cap=50, hard_k=200, long_cap=400))
+    res = build_samples_replay(spark, lake, "1997-09-01", "1998-04-30", spec)
+    assert res.impressions == 2 * 943
+    s = read_table(spark, table_path(lake, "samples")).alias("s")
+    # long_len is the number of the user's behaviors before t (count mode), checked independently.
+    on = (F.col("b.user_id") == F.col("s.user_id")) & (F.col("b.ts") < F.col("s.ts"))
+    before = (s.join(beh.alias("b"), on, "left").groupBy("s.impression_id", "s.long_len").agg(F.count("b.ts").alias("n")))
+    assert before.where("n != long_len").count() == 0
+    assert s.where(F.col("long_len") < 1).count() == 0  # a target is never the user's first behavior

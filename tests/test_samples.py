@@ -7,11 +7,12 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
+from sim.config import ConfigError
 from sim.delta_io import (MissingTableError, commit_metadata, latest_version, read_table, table_path,
                           version_for_date)
 from sim.samples import (LEAK_MARK, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError,
-                         build_samples, build_sequences, first_leak, split_impressions, time_gap_bucket,
-                         to_samples)
+                         build_samples, build_samples_replay, build_sequences, first_leak,
+                         split_impressions, time_gap_bucket, to_samples)
 from sim.schema import BEHAVIORS, IMPRESSIONS, SAMPLE_COLUMNS
 from sim.ubt import Caps, Windows, aggregate_ubt, build_ubt, day_start, shift_date
 from test_ubt import beh, imp, small_delta_snapshots, write_logs  # noqa: F401  (fixture re-used)
@@ -182,3 +183,36 @@ def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
     with pytest.raises(LeakError, match=r"impression_id=1 \(ts="):
         build_samples(spark, lh, D, SPEC, force=True)
     assert latest_version(spark, out) == version  # nothing committed
+
+
+def test_replay_equals_nightly_path_in_count_mode(spark, tmp_path):
+    """Count mode: one replay pass over the behaviors gives, for every date of a range, the same rows
+    as the nightly path (UBT(D-1) by time travel + day-D behaviors before t), in one commit; a re-run
+    is skipped; time mode is refused."""
+    spec = SampleSpec(Windows(mode="count", long_count=4, short_count=2),
+                      Caps(short_cap=2, hard_k=2, long_cap=4))
+    first, last = shift_date(D, -1), D
+    # Impressions on D-1 and D (user 1 sees its same-day behaviors before and after t on both days).
+    imps = IMPRESSION_ROWS + [imp(20 + k, u, 910 + k, c, T0 - DAY + k * H)
+                              for k, (u, c) in enumerate([(1, 10), (1, 20), (3, 50), (2, 10)])]
+    rows = BEHAVIOR_ROWS + [beh(1, 120 + k, 10 + 10 * (k % 2), T0 - DAY + k * H - 60) for k in range(4)]
+    nightly, replay = tmp_path / "nightly", tmp_path / "replay"
+    for lh in (nightly, replay):
+        write_logs(spark, lh, rows, imps)
+    build_ubt(spark, str(nightly), last, spec.windows, spec.caps, backfill_from=shift_date(first, -1))
+    for d in (first, last):
+        build_samples(spark, str(nightly), d, spec)
+    res = build_samples_replay(spark, str(replay), first, last, spec)
+    assert (res.action, res.impressions, res.ubt_version) == ("written", len(imps), None)
+    assert not (replay / "ubt").exists()
+    key = ["dt", "impression_id"]
+    want = read_table(spark, table_path(str(nightly), "samples")).select(*SAMPLES_COLUMNS).orderBy(key)
+    got = read_table(spark, table_path(str(replay), "samples")).select(*SAMPLES_COLUMNS).orderBy(key)
+    want_rows, got_rows = want.collect(), got.collect()
+    assert {r.dt for r in got_rows} == {first, last} and len(got_rows) == len(imps)
+    assert got_rows == want_rows
+    version = latest_version(spark, table_path(str(replay), "samples"))
+    assert build_samples_replay(spark, str(replay), first, last, spec).action == "skipped"
+    assert latest_version(spark, table_path(str(replay), "samples")) == version
+    with pytest.raises(ConfigError, match="windows.mode=count"):
+        build_samples_replay(spark, str(replay), first, last, SPEC)
