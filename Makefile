@@ -10,8 +10,10 @@ setup:
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.demo
 
+# Test files run on TEST_WORKERS pytest-xdist processes (a file stays on one worker: module fixtures).
+TEST_WORKERS ?= 2
 test: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
