@@ -15,16 +15,26 @@ JAR_CACHE=$CACHE/delta-$DELTA_VER
 start=$(date +%s)
 say() { echo "[setup] $*"; }
 
-# 1. venv + package with the constraints. The stamp is the hash of everything that decides the install.
+# 1. venv + package with the constraints, installed by uv (itself cached): its cache of unpacked wheels
+#    makes a new venv on a machine that has the caches take seconds instead of minutes. The stamp is
+#    the hash of everything that decides the install.
+UV_VER=0.9.9
+UV=$CACHE/uv-$UV_VER/bin/uv
+export UV_CACHE_DIR=${UV_CACHE_DIR:-$CACHE/uv-cache} UV_PYTHON_DOWNLOADS=never
+if [ ! -x "$UV" ]; then
+  say "installing uv $UV_VER into $CACHE/uv-$UV_VER"
+  "$PY" -m venv "$CACHE/uv-$UV_VER"
+  "$CACHE/uv-$UV_VER/bin/pip" install -q "uv==$UV_VER"
+fi
 STAMP_KEY=$(cat constraints.txt setup.cfg pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
-  "$PY" -m venv "$VENV"
+  "$UV" venv -q --python "$(command -v "$PY")" "$VENV"
 fi
 if [ "$(cat "$VENV/.sim-stamp" 2>/dev/null)" != "$STAMP_KEY" ]; then
   say "installing the package and the pinned stack (first time: torch is several GB)"
-  "$VENV/bin/pip" install -q --upgrade "pip<25" "setuptools<80" wheel
-  "$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]"
+  "$UV" pip install -q --python "$VENV/bin/python" -c constraints.txt "pip<25" "setuptools<80" wheel \
+    -e ".[dev]"
   echo "$STAMP_KEY" > "$VENV/.sim-stamp"
 else
   say "skipped: package install (constraints unchanged)"
@@ -58,7 +68,7 @@ else
   else
     say "using cached horovod wheel $WHEEL"
   fi
-  "$VENV/bin/pip" install -q --no-deps "$WHEEL"
+  "$UV" pip install -q --python "$VENV/bin/python" --no-deps "$WHEEL"
   # horovod's own runtime deps (cloudpickle, psutil, pyyaml, packaging) come from the package extras.
 fi
 

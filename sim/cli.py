@@ -50,7 +50,7 @@ def report_or_fail(job: str, ingest: Callable[[], object]) -> int:
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
     for noisy in ("py4j", "urllib3", "matplotlib", "alembic", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -307,7 +307,9 @@ def generate_behaviors(users: DataFrame, gc: GeneratorConfig) -> DataFrame:
     # 1. long-term interest k, revisited every `period` days from `phase`, in 2-hour sessions
     df = df.withColumn("period", F.lit(gc.revisit_min_days) + _floor_mul(
         _u(seed, "period", u, c_("k")), gc.revisit_max_days - gc.revisit_min_days + 1))
-    df = df.withColumn("phase", _floor_mul(_u(seed, "phase", u, c_("k")), c_("period")))
+    # The first visit falls inside the history even when a period is longer than the history.
+    df = df.withColumn("phase", _floor_mul(_u(seed, "phase", u, c_("k")),
+                                           F.least(c_("period"), F.lit(gc.history_days))))
     df = df.withColumn("s", _floor_mul(r("session"), F.floor((F.lit(gc.history_days - 1) - c_("phase"))
                                                                 / c_("period")) + 1))
     long_sec = ((c_("phase") + c_("s") * c_("period")) * DAY + F.lit(8 * 3600)

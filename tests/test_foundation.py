@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, horovodrun_cmd, run, spark_submit_cmd
+from conftest import ROOT, horovodrun_cmd, run
 from sim import delta_io
 
 
@@ -37,21 +37,8 @@ def test_write_date_is_idempotent_and_findable(spark, tmp_path):
     assert delta_io.version_for_date(spark, path, "j", "2024-01-01") == 2
 
 
-@pytest.mark.slow
-def test_spark_submit_writes_delta(tmp_path):
-    path = tmp_path / "submitted"
-    proc = run(spark_submit_cmd(str(ROOT / "tests/helpers/tiny_delta_job.py"), str(path), "7",
-                                master="local[2]"))
-    assert "TINY_JOB_OK rows=7" in proc.stdout
-    assert (path / "_delta_log").is_dir()
-
-
-@pytest.mark.slow
-def test_standalone_cluster_writes_delta(standalone_cluster, tmp_path):
-    path = tmp_path / "on_cluster"
-    proc = run(spark_submit_cmd(str(ROOT / "tests/helpers/tiny_delta_job.py"), str(path), "11",
-                                master=standalone_cluster))
-    assert f"TINY_JOB_OK rows=11 master={standalone_cluster}" in proc.stdout
+# spark-submit (--jars and --packages) and the standalone cluster are exercised by the real nightly
+# jobs in test_nightly_jobs.py.
 
 
 def test_petastorm_reads_exactly_the_delta_snapshot(spark, tmp_path):
