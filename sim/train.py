@@ -291,8 +291,10 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
                            "samples_per_sec": steps_per_epoch * batch_size * size / elapsed,
                            "lr": scheduler.get_last_lr()[0]}
                 tracking.log_metrics(metrics, step=epoch + 1)
-                log.info("%s epoch %d/%d: %s", cfg["expid"], epoch + 1, epochs,
-                         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                # stdout, not logging: MLflow's database migrations (alembic fileConfig) disable the
+                # loggers that exist when a store is first created.
+                print(f"{cfg['expid']} epoch {epoch + 1}/{epochs}: "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
                 _save_checkpoint(ckpt_dir, {"epoch": epoch + 1, "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(),
