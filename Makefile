@@ -19,4 +19,4 @@ bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf lakehouse mlruns mlflow.db spark-warehouse metastore_db derby.log
+	rm -rf lakehouse lakehouse_ml-100k mlruns mlflow.db results_*.db spark-warehouse metastore_db derby.log
