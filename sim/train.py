@@ -350,14 +350,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+GLOO_TIMEOUT_SECONDS = 600
+
+
 def launch(args: argparse.Namespace, cfg: dict) -> int:
     """Validate data before any worker starts, then run this module under horovodrun."""
     manifest = resolve_data(cfg)
     with tempfile.TemporaryDirectory() as d:
         mpath = Path(d) / "manifest.json"
         mpath.write_text(manifest.to_json())
+        # Gloo's default 30 s lets a rank starved of CPU on a busy machine fail the whole job; a rank that
+        # dies still ends it at once (horovodrun watches the processes).
         cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(args.np), "-H",
-               f"localhost:{args.np}", "--gloo", sys.executable, "-m", "sim.train",
+               f"localhost:{args.np}", "--gloo", "--gloo-timeout-seconds", str(GLOO_TIMEOUT_SECONDS),
+               sys.executable, "-m", "sim.train",
                "--config", args.config, "--expid", args.expid, "--manifest", str(mpath)]
         for o in args.overrides:
             cmd += ["--set", o]
