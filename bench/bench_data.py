@@ -18,60 +18,21 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import psutil  # noqa: E402
-
+from measure import Resources  # noqa: E402
 from sim.config import load_pipeline_conf  # noqa: E402
 from sim.generator import GeneratorConfig  # noqa: E402
 from sim.ingest import run_generator, run_import  # noqa: E402
 from sim.spark import spark_from_conf  # noqa: E402
 
 
-class Resources:
-    """Peak RSS (bytes) and CPU seconds of this process and its descendants while the block runs."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self.cpu, self._stop = interval, 0, 0.0, threading.Event()
-        self._cpu = {}
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me] + me.children(recursive=True):
-            try:
-                total += p.memory_info().rss
-                t = p.cpu_times()
-                self._cpu[p.pid] = t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._sample()
-        self._cpu0 = dict(self._cpu)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())
-        self.cpu = sum(v - self._cpu0.get(pid, 0.0) for pid, v in self._cpu.items())
-
-    def line(self, n: int, secs: float) -> str:
-        return (f"{n / secs:,.0f} behaviors/s wall; {self.cpu:,.0f} CPU-s = {n / max(self.cpu, 1e-9):,.0f} "
-                f"behaviors per CPU-second; peak RSS {self.peak / 2**30:.2f} GiB; "
-                f"load average {os.getloadavg()[0]:.1f}")
+def rate_line(res: Resources, n: int, secs: float) -> str:
+    return (f"{n / secs:,.0f} behaviors/s wall; {res.cpu:,.0f} CPU-s = {n / max(res.cpu, 1e-9):,.0f} "
+            f"behaviors per CPU-second; peak RSS {res.peak / 2**30:.2f} GiB; "
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> int:
@@ -101,7 +62,7 @@ def main() -> int:
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
             print(f"generate: {n:,} behaviors + {rep.written['impressions']:,} impressions in {secs:.1f}s: "
-                  f"{res.line(n, secs)}", flush=True)
+                  f"{rate_line(res, n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
         if "import" in phases:
             csv_dir = os.path.join(work, "UserBehavior")
@@ -119,7 +80,7 @@ def main() -> int:
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
             print(f"import taobao: {n:,} lines ({rep.written['impressions']:,} impressions) in {secs:.1f}s: "
-                  f"{res.line(n, secs)}", flush=True)
+                  f"{rate_line(res, n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
     finally:
         spark.stop()

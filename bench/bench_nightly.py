@@ -24,7 +24,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psutil  # noqa: E402
+from measure import Resources  # noqa: E402
 
 D = "2024-07-01"
 LONG_DAYS = 180
@@ -49,33 +48,6 @@ def env() -> dict:
     e["PYSPARK_PYTHON"] = e["PYSPARK_DRIVER_PYTHON"] = sys.executable
     e["SPARK_HOME"] = str(spark_home())
     return e
-
-
-class PeakRss:
-    """Peak resident memory of a process and its children, sampled every 0.2 s."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not self._stop.is_set():
-            try:
-                procs = [root] + root.children(recursive=True)
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._t.join(5)
-        return self.peak
 
 
 @dataclass
@@ -103,9 +75,9 @@ def submit(script: str, lakehouse: Path, *args: str, driver_memory: str) -> Run:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    mem = PeakRss(proc.pid)
-    out, err = proc.communicate()
-    peak = mem.stop()
+    with Resources(proc.pid) as res:
+        out, err = proc.communicate()
+    peak = res.peak
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -223,8 +195,8 @@ def main() -> int:
     info = generate(spark, big, args.behaviors, args.users, args.impressions_per_user)
     mixed = work / "mixed"
     n_group = args.group_users
-    info2 = generate(spark, mixed, 0, 0, args.group_impressions,
-                     fixed_counts=[(n_group, args.heavy), (n_group, args.light)])
+    generate(spark, mixed, 0, 0, args.group_impressions,
+             fixed_counts=[(n_group, args.heavy), (n_group, args.light)])
     # Two impression sets over the same behaviors and UBT: heavy users' and light users'.
     from sim.delta_io import read_table
     imps = read_table(spark, str(mixed / "impressions"))

@@ -37,16 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SampleSpec.from_conf(cfg)
     spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
+    lakehouse = cfg["lakehouse"]
+    runs = ([lambda: build_samples_replay(spark, lakehouse, dates[0], dates[-1], spec, force=args.force)]
+            if args.replay else
+            [lambda d=d: build_samples(spark, lakehouse, d, spec, force=args.force) for d in dates])
     results, seconds = [], []
     try:
-        if args.replay:
+        for run in runs:
             t = time.perf_counter()
-            results.append(build_samples_replay(spark, cfg["lakehouse"], dates[0], dates[-1], spec,
-                                                force=args.force))
-            seconds.append(time.perf_counter() - t)
-        for d in ([] if args.replay else dates):
-            t = time.perf_counter()
-            results.append(build_samples(spark, cfg["lakehouse"], d, spec, force=args.force))
+            results.append(run())
             seconds.append(time.perf_counter() - t)
     except (LeakError, SamplesInputError, MissingTableError) as e:
         print(f"build_samples: {e}", file=sys.stderr)

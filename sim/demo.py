@@ -41,7 +41,8 @@ def plan(cfg: dict) -> dict[str, str]:
         raise SystemExit("the demo needs generator.impression_days >= 2 (train days + one eval day)")
     first_imp = _day(end, -(n - 1))
     return {"ubt_from": _day(first_imp, -1), "ubt_to": _day(end, -1), "samples_from": first_imp,
-            "samples_to": end, "train_from": first_imp, "train_to": _day(end, -1), "eval": end}
+            "samples_to": end, "train_from": first_imp, "train_to": _day(end, -1), "eval_from": end,
+            "eval": end}
 
 
 # MovieLens-100k (from the recbole wheel): the public-data protocol of the SIM/MIMN papers. The last
@@ -100,9 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     seeds = [int(x) for x in args.seeds.split(",") if x]
     stages: list[tuple[str, str, list[str]]] = []
-    if args.skip_data:
-        pass
-    elif ml:
+    if ml and not args.skip_data:
         from sim.datasets import ml100k
         stages += [("import", "import MovieLens-100k (recbole wheel)",
                     [py, "jobs/import_dataset.py", "--format", "movielens", "--input", str(ml100k()),
@@ -110,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("samples", f"samples {d['samples_from']}..{d['samples_to']} (count mode, one replay pass)",
                     [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
                      "--replay", *spark_args])]
-    else:
+    elif not args.skip_data:
         stages += [("generate", "generate synthetic logs", [py, "jobs/generate_logs.py", *spark_args]),
                    ("ubt", f"User Behavior Tree {d['ubt_from']}..{d['ubt_to']}",
                     [py, "jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"], *spark_args]),
@@ -119,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      *spark_args])]
     train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", f"dataset={args.dataset}",
                   f"tracking_uri={args.tracking_uri}", f"train_dates=[{d['train_from']},{d['train_to']}]",
-                  f"eval_dates=[{d.get('eval_from', d['eval'])},{d['eval']}]", *args.train_set]
+                  f"eval_dates=[{d['eval_from']},{d['eval']}]", *args.train_set]
     for seed in seeds:
         for model in models:
             cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,

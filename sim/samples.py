@@ -45,7 +45,8 @@ from sim.config import ConfigError
 from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
                           write_date)
 from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, day_start, long_seq_len,
-                     parse_date, short_seq_len, shift_date, ubt_category_cap, write_rejects)
+                     missing_key, parse_date, short_seq_len, shift_date, ts_outside_dt, ubt_category_cap,
+                     write_rejects)
 
 log = logging.getLogger(__name__)
 
@@ -342,33 +343,26 @@ def first_leak(seqs: DataFrame) -> tuple[int, int] | None:
     return (int(r[0].impression_id), int(r[0].ts)) if r else None
 
 
-def split_impressions(impressions: DataFrame, date: str, last: str | None = None
-                      ) -> tuple[DataFrame, DataFrame]:
-    """(valid impressions of ``date``, or of every date ``date..last``, rejects): a row needs its ids,
-    label and a time inside its dt date (a time outside it would read a UBT version that may hold its
-    future). Rejects are dated ``last`` (the run's date) when a range is given."""
-    if last is None:
-        start, end = F.lit(day_start(date)), F.lit(day_start(shift_date(date, 1)))
-    else:
-        start = F.datediff(F.to_date("dt"), F.lit("1970-01-01")).cast("long") * SECONDS_PER_DAY
-        end = start + SECONDS_PER_DAY
+def split_impressions(impressions: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
+    """(valid impressions, rejects dated ``run_date``): a row needs its ids, label and a time inside
+    its dt date (a time outside it would read a UBT version that may hold its future)."""
     reason = (F.when(F.col("impression_id").isNull(), "impression with a null impression_id")
               .when(F.col("user_id").isNull(), "impression with a null user_id")
               .when(F.col("item_id").isNull(), "impression with a null item_id")
               .when(F.col("category_id").isNull(), "impression with a null category_id")
               .when(F.col("ts").isNull(), "impression with a null ts")
               .when(F.col("label").isNull(), "impression with a null label")
-              .when((F.col("ts") < start) | (F.col("ts") >= end), "impression ts outside its dt date"))
+              .when(ts_outside_dt(), "impression ts outside its dt date"))
     tagged = impressions.withColumn("_reason", reason)
     rejects = tagged.where(F.col("_reason").isNotNull()).select(
         F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
         F.to_json(F.struct(*[F.col(c) for c in impressions.columns])).alias("raw"),
-        F.lit(last or date).alias("dt"))
+        F.lit(run_date).alias("dt"))
     valid = tagged.where(F.col("_reason").isNull()).select(
         F.col("impression_id").cast("long"), F.col("user_id").cast("long"), F.col("item_id").cast("long"),
         F.col("category_id").cast("long"), F.col("ts").cast("long"), F.col("label").cast("int"),
         (F.col("p_click") if "p_click" in impressions.columns else F.lit(None)).cast("double")
-        .alias("p_click"), (F.lit(date) if last is None else F.col("dt")).alias("dt"))
+        .alias("p_click"), F.col("dt"))
     return valid, rejects
 
 
@@ -405,67 +399,45 @@ def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleS
     return version
 
 
+def _skipped(spark: SparkSession, out: str, label: str, force: bool) -> SamplesResult | None:
+    """The result of a run whose ``label`` is already committed (None when it must run)."""
+    done = version_for_date(spark, out, JOB, label)
+    if done is None or force:
+        return None
+    log.info("build_samples %s: already committed (version %s); nothing to do", label, done)
+    return SamplesResult(label, "skipped", done)
+
+
+def _log_tables(spark: SparkSession, lakehouse: str) -> tuple[DataFrame, DataFrame]:
+    """(impressions, behaviors whose key and time are present), failing if a table is missing."""
+    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
+    for p in (imp_path, beh_path):
+        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+    return read_table(spark, imp_path), read_table(spark, beh_path).where(~missing_key())
+
+
 def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec,
                   force: bool = False) -> SamplesResult:
     """Write samples(date) = impressions(date) x UBT(date-1) x behaviors(date, ts < t): one commit
     replacing the date's partition; a committed date is skipped unless ``force``."""
     date = parse_date(date).isoformat()
     out = table_path(lakehouse, "samples")
-    done = version_for_date(spark, out, JOB, date)
-    if done is not None and not force:
-        log.info("build_samples %s: already committed (version %s); nothing to do", date, done)
-        return SamplesResult(date, "skipped", done)
+    skipped = _skipped(spark, out, date, force)
+    if skipped:
+        return skipped
     ubt_path = table_path(lakehouse, "ubt")
     prev = shift_date(date, -1)
     require_table(spark, ubt_path, f"run `jobs/build_ubt.py --date {prev}` first")
     ubt_version = _check_ubt_fits(spark, ubt_path, prev, spec)
-    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
-    for p in (imp_path, beh_path):
-        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
-
-    impressions = read_table(spark, imp_path).where(F.col("dt") == date)
-    valid, rejects = split_impressions(impressions, date)
-    n_rejects = rejects.count()
-    behaviors = read_table(spark, beh_path)
-    ok_b = (F.col("user_id").isNotNull() & F.col("category_id").isNotNull() & F.col("item_id").isNotNull()
-            & F.col("ts").isNotNull())
-    day_b = behaviors.where((F.col("dt") == date) & ok_b)
-    first_b = (behaviors.where((F.col("dt") == shift_date(date, -spec.windows.long_days)) & ok_b)
+    impressions, behaviors = _log_tables(spark, lakehouse)
+    valid, rejects = split_impressions(impressions.where(F.col("dt") == date), date)
+    day_b = behaviors.where(F.col("dt") == date)
+    first_b = (behaviors.where(F.col("dt") == shift_date(date, -spec.windows.long_days))
                if spec.windows.mode == "time" else None)
-    ubt = read_table(spark, ubt_path, ubt_version)
-    seqs = build_sequences(valid, ubt, day_b, first_b, spec, date)
-    committed = _guarded_write(seqs, spec, out, date, force, {"ubt_version": ubt_version},
-                               f"UBT version {ubt_version}, behaviors dt={date}")
-    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
-    version, n = _committed(spark, out, date)
-    log.info("build_samples %s: %d samples from UBT version %s (%d rejected) -> version %s%s", date, n,
-             ubt_version, n_rejects, version, "" if committed else " (already committed)")
-    return SamplesResult(date, "written", version, ubt_version, n, n_rejects)
-
-
-def _guarded_write(seqs: DataFrame, spec: SampleSpec, out: str, label: str, force: bool, meta: dict,
-                   inputs: str, replace_where: str | None = None) -> bool:
-    """Write the samples of ``seqs`` under the leak guard; a leak raises :class:`LeakError` naming the
-    first offending impression, and nothing is committed."""
-    try:
-        return write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
-                          extra_metadata=meta, replace_where=replace_where)
-    except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
-        if LEAK_MARK not in str(e):
-            raise
-        hit = first_leak(seqs)
-        where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
-        raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
-                        f"after its time in a sequence ({inputs})") from None
-
-
-def _committed(spark: SparkSession, out: str, label: str) -> tuple[int | None, int]:
-    """(version the last run for ``label`` committed, rows it wrote or -1 if that is not the head)."""
-    from delta.tables import DeltaTable
-    head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
-    version = version_for_date(spark, out, JOB, label)
-    n = int((head.operationMetrics or {}).get("numOutputRows", -1)) if head.version == version else -1
-    return version, n
+    seqs = build_sequences(valid, read_table(spark, ubt_path, ubt_version), day_b, first_b, spec, date)
+    return _write_samples(spark, lakehouse, seqs, spec, rejects, date, force, ubt_version=ubt_version,
+                          meta={"ubt_version": ubt_version},
+                          inputs=f"UBT version {ubt_version}, behaviors dt={date}")
 
 
 def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: str, spec: SampleSpec,
@@ -488,25 +460,42 @@ def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: 
         raise ConfigError(f"--backfill {first} is after --date {last}")
     label = f"{first}..{last}"
     out = table_path(lakehouse, "samples")
-    done = version_for_date(spark, out, JOB, label)
-    if done is not None and not force:
-        log.info("build_samples %s: already committed (version %s); nothing to do", label, done)
-        return SamplesResult(label, "skipped", done)
-    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
-    for p in (imp_path, beh_path):
-        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
-    in_range = (F.col("dt") >= first) & (F.col("dt") <= last)
-    valid, rejects = split_impressions(read_table(spark, imp_path).where(in_range), first, last)
+    skipped = _skipped(spark, out, label, force)
+    if skipped:
+        return skipped
+    impressions, behaviors = _log_tables(spark, lakehouse)
+    in_range = f"dt >= '{first}' AND dt <= '{last}'"
+    valid, rejects = split_impressions(impressions.where(in_range), last)
+    seqs = build_sequences(valid, spark.createDataFrame([], UBT), behaviors.where(F.col("dt") <= last),
+                           None, spec)
+    return _write_samples(spark, lakehouse, seqs, spec, rejects, label, force, run_date=last,
+                          meta={"replay": True, "from": first, "to": last}, inputs=f"behaviors dt<={last}",
+                          replace_where=in_range)
+
+
+def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: SampleSpec,
+                   rejects: DataFrame, label: str, force: bool, *, meta: dict, inputs: str,
+                   ubt_version: int | None = None, run_date: str | None = None,
+                   replace_where: str | None = None) -> SamplesResult:
+    """Commit the samples of ``seqs`` under the leak guard (a leak raises :class:`LeakError` naming the
+    first offending impression, and nothing is committed), then the run's rejects."""
     n_rejects = rejects.count()
-    ok_b = (F.col("user_id").isNotNull() & F.col("category_id").isNotNull() & F.col("item_id").isNotNull()
-            & F.col("ts").isNotNull())
-    history = read_table(spark, beh_path).where((F.col("dt") <= last) & ok_b)
-    seqs = build_sequences(valid, spark.createDataFrame([], UBT), history, None, spec)
-    committed = _guarded_write(seqs, spec, out, label, force, {"replay": True, "from": first, "to": last},
-                               f"behaviors dt<={last}",
-                               replace_where=f"dt >= '{first}' AND dt <= '{last}'")
-    write_rejects(spark, lakehouse, rejects, last, JOB, n_rejects)
-    version, n = _committed(spark, out, label)
-    log.info("build_samples replay %s: %d samples (%d rejected) -> version %s%s", label, n, n_rejects,
-             version, "" if committed else " (already committed)")
-    return SamplesResult(label, "written", version, None, n, n_rejects)
+    out = table_path(lakehouse, "samples")
+    try:
+        committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
+                               extra_metadata=meta, replace_where=replace_where)
+    except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
+        if LEAK_MARK not in str(e):
+            raise
+        hit = first_leak(seqs)
+        where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
+        raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
+                        f"after its time in a sequence ({inputs})") from None
+    write_rejects(spark, lakehouse, rejects, run_date or label, JOB, n_rejects)
+    from delta.tables import DeltaTable
+    head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
+    version = version_for_date(spark, out, JOB, label)
+    n = int((head.operationMetrics or {}).get("numOutputRows", -1)) if head.version == version else -1
+    log.info("build_samples %s: %d samples from %s (%d rejected) -> version %s%s", label, n, inputs,
+             n_rejects, version, "" if committed else " (already committed)")
+    return SamplesResult(label, "written", version, ubt_version, n, n_rejects)

@@ -291,15 +291,23 @@ def apply_changes(ubt: DataFrame, changes: DataFrame, cutoff_ts: int | None, cat
     return out.where(~F.col("_delete") & ~F.col("_skip")).select(*UBT_COLUMNS)
 
 
+def missing_key() -> Column:
+    """True for a behaviors row without user, category, item or time: it cannot be indexed."""
+    return (F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull()
+            | F.col("ts").isNull())
+
+
+def ts_outside_dt() -> Column:
+    """True for a row whose ``ts`` (epoch seconds) is not inside its own ``dt`` date (UTC)."""
+    day = F.datediff(F.to_date(F.col("dt")), F.lit("1970-01-01").cast("date"))
+    return F.floor(F.col("ts") / F.lit(SECONDS_PER_DAY)) != day
+
+
 def reject_reason(behaviors: DataFrame) -> Column:
     """Why a behaviors row cannot be indexed (null if it can): a missing key or time, or a time outside
     its ``dt`` date (the nightly update relies on each date's behaviors being that date's)."""
-    day = F.datediff(F.to_date(F.col("dt")), F.lit("1970-01-01").cast("date"))
-    missing = (F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull()
-               | F.col("ts").isNull())
-    return (F.when(missing, F.lit("behaviors row with a null user_id, category_id, item_id or ts"))
-            .when(F.floor(F.col("ts") / F.lit(SECONDS_PER_DAY)) != day,
-                  F.lit("behaviors row whose ts is outside its dt date")))
+    return (F.when(missing_key(), F.lit("behaviors row with a null user_id, category_id, item_id or ts"))
+            .when(ts_outside_dt(), F.lit("behaviors row whose ts is outside its dt date")))
 
 
 def reject_bad_rows(behaviors: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
