@@ -171,6 +171,49 @@ def snapshot_files(spark: SparkSession, path: str, where: str | None = None,
     return [SnapshotFile(_local_path(r.f), int(r["count"])) for r in rows]
 
 
+def log_snapshot_files(path: str, first: str | None = None, last: str | None = None,
+                       version: int | None = None) -> tuple[int, list[SnapshotFile], list[str]]:
+    """(version, files with their row counts whose ``dt`` is in ``first..last``, every ``dt`` of the
+    snapshot) read from the Delta log by delta-rs (the ``deltalake`` package), without a JVM: what a
+    training process needs before Petastorm reads the Parquet files directly.
+
+    A table whose files may carry deletion vectors is refused (Petastorm would return deleted rows).
+    Row counts come from the log's file statistics, or from the Parquet footer when a writer left
+    them out.
+    """
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+    if not os.path.isdir(os.path.join(path, "_delta_log")):
+        raise MissingTableError(f"no Delta table at {path}")
+    try:
+        table = DeltaTable(path, version=version)
+    except TableNotFoundError as e:
+        raise MissingTableError(f"no Delta table at {path}: {e}") from None
+    except DeltaError as e:
+        raise MissingTableError(f"cannot list the files of the Delta table at {path} for a direct "
+                                f"Parquet reader ({e}); tables read by Petastorm must not use "
+                                f"deletion vectors") from None
+    if "deletionVectors" in (table.protocol().reader_features or []):
+        raise MissingTableError(f"the Delta table at {path} has deletion vectors enabled; Petastorm "
+                                f"would return deleted rows: rewrite it without them")
+    actions = table.get_add_actions(flatten=True)
+    names = actions.schema.names
+    files = actions.column("path").to_pylist()
+    dts = actions.column("partition.dt").to_pylist() if "partition.dt" in names else [None] * len(files)
+    counts = (actions.column("num_records").to_pylist() if "num_records" in names
+              else [None] * len(files))
+    out = []
+    for f, dt, n in zip(files, dts, counts):
+        if (first is not None and (dt is None or dt < first)) or (last is not None and (dt is None or dt > last)):
+            continue
+        local = _local_path(os.path.join(path, f))
+        if n is None:
+            import pyarrow.parquet as pq
+            n = pq.ParquetFile(local).metadata.num_rows
+        out.append(SnapshotFile(local, int(n)))
+    return int(table.version()), sorted(out, key=lambda x: x.path), sorted({d for d in dts if d})
+
+
 def _local_path(uri: str) -> str:
     from urllib.parse import unquote, urlparse
     u = urlparse(uri)

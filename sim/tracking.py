@@ -117,10 +117,18 @@ def log_table(df, name: str) -> None:
 
 
 def log_torch_model(model, input_example: Mapping[str, Any], name: str = "model") -> None:
-    """Log a torch model with a signature inferred from ``input_example`` (dict of numpy arrays)."""
+    """Log a torch model with a signature inferred from ``input_example`` (dict of numpy arrays).
+
+    The requirements are given (torch, numpy) and the model's code travels with it (``code_paths``:
+    the ``sim`` package its pickled classes live in), so MLflow neither infers requirements by loading
+    the model in a subprocess (seconds per run) nor needs ``sim`` installed where the model is loaded.
+    The example itself is not stored: MLflow's pyfunc serving takes one tensor or DataFrame, not the
+    dict of sequences the model reads, and would only warn that it cannot validate it.
+    """
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
+    import numpy as np
     import torch
 
     model.eval()
@@ -128,7 +136,10 @@ def log_torch_model(model, input_example: Mapping[str, Any], name: str = "model"
         out = model({k: torch.as_tensor(v) for k, v in input_example.items()})
     logits = out["logit"] if isinstance(out, Mapping) else out
     signature = infer_signature(dict(input_example), logits.numpy())
-    mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=dict(input_example))
+    torch_version = torch.__version__.split("+")[0]
+    mlflow.pytorch.log_model(model, name=name, signature=signature,
+                             pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],
+                             code_paths=[str(Path(__file__).resolve().parent)])
 
 
 def search_runs(experiments: list[str], uri: str | None = None, filter_string: str = ""):

@@ -7,7 +7,8 @@ the predictions of all ranks together, and rank 0 tracks everything in MLflow.
     python -m sim.train --config conf/experiments.yaml --expid din          # one process
 
 The data (files of the samples snapshot for the train and eval dates, with row counts and the table
-version) is resolved once, with Spark, before training: by the ``--np`` launcher before any worker starts,
+version) is resolved once, from the Delta log (no JVM), before training: by the ``--np`` launcher before
+any worker starts,
 otherwise by rank 0, which broadcasts it. Every rank takes the same number of steps per epoch
 (ceil(rows / (ranks * batch))), wrapping around its shard if it is the smaller one, so no rank waits in
 a collective for a batch that never comes.
@@ -114,29 +115,24 @@ class DataManifest:
 
 
 def resolve_data(cfg: dict) -> DataManifest:
-    """List the samples snapshot's files for the train and eval dates (Spark, local, one core)."""
+    """List the samples snapshot's files for the train and eval dates, from the Delta log (no JVM)."""
     from sim import delta_io
-    from sim.spark import get_spark
 
     path = delta_io.table_path(cfg["lakehouse"], cfg.get("samples_table", "samples"))
-    spark = get_spark("sim-train-data", master="local[1]")
+    hint = "build it with `python jobs/build_samples.py --date D` (or check `lakehouse` in the config)"
     try:
-        delta_io.require_table(spark, path, "build it with `python jobs/build_samples.py --date D` "
-                                            "(or check `lakehouse` in the config)")
-        version = delta_io.latest_version(spark, path)
-        parts = {}
-        for key in ("train_dates", "eval_dates"):
-            first, last = _date_range(cfg, key)
-            files = delta_io.snapshot_files(spark, path, f"dt >= '{first}' AND dt <= '{last}'", version)
-            if not files:
-                present = sorted(r.dt for r in delta_io.read_table(spark, path, version)
-                                 .select("dt").distinct().collect())
-                raise ConfigError(f"no samples for {key} {first}..{last} in {path} (version {version}); "
-                                  f"dates present: {', '.join(present) or 'none'}")
-            parts[key] = [(f.path, f.num_rows) for f in files]
-        return DataManifest(path, int(version), parts["train_dates"], parts["eval_dates"])
-    finally:
-        spark.stop()
+        version, _, present = delta_io.log_snapshot_files(path)
+    except MissingTableError as e:
+        raise MissingTableError(f"{e}; {hint}") from None
+    parts = {}
+    for key in ("train_dates", "eval_dates"):
+        first, last = _date_range(cfg, key)
+        files = delta_io.log_snapshot_files(path, first, last, version)[1]
+        if not files:
+            raise ConfigError(f"no samples for {key} {first}..{last} in {path} (version {version}); "
+                              f"dates present: {', '.join(present) or 'none'}")
+        parts[key] = [(f.path, f.num_rows) for f in files]
+    return DataManifest(path, int(version), parts["train_dates"], parts["eval_dates"])
 
 
 def _to_tensors(batch: dict[str, np.ndarray]):

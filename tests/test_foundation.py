@@ -56,6 +56,27 @@ def test_petastorm_reads_exactly_the_delta_snapshot(spark, tmp_path):
     assert got == expected
 
 
+def test_log_snapshot_listing_matches_spark_and_refuses_deletion_vectors(spark, tmp_path):
+    path = str(tmp_path / "parts")
+    df = spark.range(0, 90).selectExpr("id", "concat('2024-01-0', cast(id % 3 + 1 as string)) as dt")
+    df.repartition(2).write.format("delta").partitionBy("dt").save(path)
+    # Overwrite one date: its old files stay on disk but leave the snapshot.
+    df.where("dt = '2024-01-02'").limit(7).write.format("delta").mode("overwrite") \
+        .option("replaceWhere", "dt = '2024-01-02'").save(path)
+    version, files, dates = delta_io.log_snapshot_files(path, "2024-01-02", "2024-01-03")
+    assert version == delta_io.latest_version(spark, path) == 1
+    assert dates == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    spark_files = delta_io.snapshot_files(spark, path, "dt >= '2024-01-02' AND dt <= '2024-01-03'")
+    assert files == spark_files and sum(f.num_rows for f in files) == 7 + 30
+    assert sum(f.num_rows for f in delta_io.log_snapshot_files(path, version=0)[1]) == 90  # time travel
+    with pytest.raises(delta_io.MissingTableError, match="no Delta table"):
+        delta_io.log_snapshot_files(str(tmp_path / "nothing"))
+    dv = str(tmp_path / "dv")
+    spark.range(0, 10).write.format("delta").option("delta.enableDeletionVectors", "true").save(dv)
+    with pytest.raises(delta_io.MissingTableError, match="deletion vectors"):
+        delta_io.log_snapshot_files(dv)
+
+
 def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
     from sim import petastorm_io
     path = str(tmp_path / "shards")

@@ -68,6 +68,18 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
     history = tracking.metric_history(r.run_id, "auc", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [s for s, _ in history] == [1, 2]
+    # The logged model loads back and scores the eval rows as the run did.
+    import mlflow.pytorch
+    from sim import petastorm_io
+    from sim.schema import SAMPLE_COLUMNS
+    from sim.train import _to_tensors
+    model = mlflow.pytorch.load_model(f"runs:/{r.run_id}/model")
+    files = [f.path for f in delta_io.log_snapshot_files(str(lakehouse / "samples"), EVAL_DATE, EVAL_DATE)[1]]
+    with torch.no_grad(), petastorm_io.open_reader(files, list(SAMPLE_COLUMNS)) as reader:
+        batch = next(petastorm_io.iter_batches(reader, list(SAMPLE_COLUMNS), 32))
+        scores = torch.sigmoid(model.eval()(_to_tensors(batch))["logit"]).double().numpy()
+    logged = pred.set_index("impression_id").score
+    assert scores == pytest.approx(logged.loc[batch["impression_id"]].to_numpy(), abs=1e-6)
 
 
 @pytest.mark.slow
