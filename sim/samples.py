@@ -19,7 +19,7 @@ Count mode (``windows.mode: count``, the paper's public-data setting): long = th
 behaviors within the long sequence; ``long_len`` is then the number of behaviors before t.
 
 Cost. Work per impression is bounded by the caps, not by the user's history: the hard sequence reads
-only the candidate category's UBT row, sliced to K before the join; the long and short sequences read
+only the candidate category's UBT rows (one per segment), each sliced to K before they are combined; the long and short sequences read
 a per-user list of the newest behaviors (aligned primitive arrays), computed once per user from
 per-category slices of at most ``long_cap`` each, so per-user work is bounded by categories x cap.
 Arrays are kept newest first, so a window is a prefix: per impression only the day-D behaviors and
@@ -44,9 +44,9 @@ from pyspark.sql import types as T
 from sim.config import ConfigError
 from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
                           write_date)
-from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, day_start, long_seq_len,
-                     missing_key, parse_date, short_seq_len, shift_date, ts_outside_dt, ubt_category_cap,
-                     write_rejects)
+from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, day_start, in_window_rows,
+                     long_seq_len, missing_key, parse_date, short_seq_len, shift_date, ts_outside_dt,
+                     ubt_category_cap, window_start_ts, write_rejects)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
 
     Args:
         impressions: impressions of day D (valid rows only).
-        ubt: UBT(D-1) rows (user_id, category_id, behaviors, count, last_ts, ...).
+        ubt: UBT(D-1) rows (user_id, category_id, behaviors, count, last_ts, oldest_ts): the table's
+            segment rows, or one row per key (sim.ubt.aggregate_ubt, ubt_view).
         day_behaviors: behaviors of day D (any time; only those before each impression are used).
         first_day_behaviors: time mode only, behaviors of the first day UBT(D-1) holds
             (D - long_days), for the exact ``long_len`` at t.
@@ -207,22 +208,27 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
         date = impressions.select(F.min("dt")).first()[0]
     # Behaviors at or after midnight of D + 1 - long_days are inside (t - long_days, t) for every t of D.
     safe_from = day_start(shift_date(date, 1 - w.long_days)) if timed else None
+    if timed:  # UBT(D-1) holds D - long_days .. D-1; its oldest segment may hold older behaviors
+        ubt = in_window_rows(ubt, window_start_ts(w, shift_date(date, -1)))
     users = impressions.select("user_id").distinct()
     ubt_u = ubt.join(users, "user_id", "left_semi")
     recent = user_recent(ubt_u, spec.recent_n, safe_from)
     day = user_day_behaviors(day_behaviors.join(users, "user_id", "left_semi"))
     # Hard search: only the candidate category's row, its newest K, whatever the rest of the history.
     keys = impressions.select("user_id", "category_id").distinct()
-    cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi")
+    # A key's rows (one per UBT segment) each give their newest K; the key's newest K are among them.
+    cat_rows = ubt.join(keys, ["user_id", "category_id"], "left_semi").groupBy("user_id", "category_id")
     if timed:
-        top = F.slice("behaviors", 1, c.hard_k)
+        tops = F.flatten(F.collect_list(F.slice("behaviors", 1, c.hard_k)))
+        cat_rows = cat_rows.agg(F.max("last_ts").alias("cat_last_ts"),
+                                F.slice(F.sort_array(tops, asc=False), 1, c.hard_k).alias("_top"))
         cat_rows = cat_rows.select(
-            "user_id", "category_id", F.col("last_ts").alias("cat_last_ts"),
-            _ids(top, "ts").alias("h_ts"), _ids(top, "item_id").alias("h_items"))
+            "user_id", "category_id", "cat_last_ts",
+            _ids(F.col("_top"), "ts").alias("h_ts"), _ids(F.col("_top"), "item_id").alias("h_items"))
         cat_rows = cat_rows.withColumn(
             "h_safe", F.size(F.filter("h_ts", lambda x: x >= F.lit(safe_from))).cast("int"))
     else:
-        cat_rows = cat_rows.select("user_id", "category_id", F.col("last_ts").alias("cat_last_ts"))
+        cat_rows = cat_rows.agg(F.max("last_ts").alias("cat_last_ts"))
 
     df = (impressions.join(recent, "user_id", "left").join(day, "user_id", "left")
           .join(cat_rows, ["user_id", "category_id"], "left"))

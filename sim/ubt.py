@@ -7,19 +7,30 @@ key in the window), ``last_ts`` and ``oldest_ts``. The index holds the lifelong 
 truncation to K = 200 applies to what hard search returns (sim.samples), not to the index; an optional
 safety cap per key (``caps.ubt_category_cap``) exists and is off by default.
 
-Retention. In time mode UBT(D) serves the impressions of day D+1, whose long window
-(t - long_days, t) starts no earlier than midnight of D+1-long_days, so UBT(D) keeps the behaviors of
-the dates D+1-long_days .. D (``long_days`` whole days). In count mode (public datasets: the last N
-behaviors regardless of time) nothing expires; each key keeps its newest max(long, short) count
-behaviors, which is all that the count-based sequences of sim.samples can ever read.
+Segments. The table is partitioned by ``segment``, the first date of a block of
+``windows.segment_days`` days (aligned on 1970-01-01): a key's behaviors are stored as one row per
+segment they fall in, and the index row of a key is the concatenation of its segment rows, newest
+segment first (:func:`ubt_view`). This is what keeps the nightly cost following the day's data: a
+day's behaviors go to the current segment only, so the nightly MERGE reads and rewrites at most
+``segment_days`` days of the touched keys, never their 180-day arrays.
 
-Nightly update, cost following the day's data: UBT(D) = UBT(D-1) + behaviors(dt = D) - behaviors
-(dt = D - long_days). Only the keys touched by day D or expiring on day D are MERGEd; the table has
-deletion vectors on, so a merge writes the touched rows only and marks their old copies deleted
-instead of rewriting every file that holds one (only Spark reads the UBT, so any Delta feature is
-fine). Each date is one commit with userMetadata {"job": "build_ubt", "date": D, ...} so the samples
-job finds UBT(D-1) by time travel (sim.delta_io.version_for_date). A full build ("backfill") of date
-FROM aggregates all behaviors of FROM's window in one pass.
+Retention. In time mode UBT(D) serves the impressions of day D+1, whose long window
+(t - long_days, t) starts no earlier than midnight of D+1-long_days, so UBT(D) holds the behaviors of
+the dates D+1-long_days .. D (``long_days`` whole days): segments that end before that first date are
+dropped (whole partitions, a metadata-only delete); the oldest segment may still hold behaviors of
+older dates, which every reader filters out by time (:func:`in_window_rows`). In count mode (public
+datasets: the last N behaviors regardless of time) nothing expires; each segment row keeps its newest
+max(long, short) count behaviors, which is all that the count-based sequences of sim.samples can
+ever read.
+
+Nightly update: UBT(D) = UBT(D-1) + behaviors(dt = D) - segments leaving the window. The MERGE is
+restricted to the partition of D's segment (file pruning on the partition column), and the table has
+deletion vectors on, so it writes the touched rows only and marks their old copies deleted instead of
+rewriting every file that holds one (only Spark reads the UBT, so any Delta feature is fine). Each date
+is one MERGE commit with userMetadata {"job": "build_ubt", "date": D, ...} (plus, on the days a segment
+leaves the window, a delete commit tagged with the same date), so the samples job finds UBT(D-1) by time
+travel (sim.delta_io.version_for_date). A full build ("backfill") of date FROM aggregates all behaviors
+of FROM's window in one pass.
 """
 from __future__ import annotations
 
@@ -51,13 +62,17 @@ BEHAVIOR_STRUCT = T.StructType([
 UBT = T.StructType([
     T.StructField("user_id", T.LongType(), False),
     T.StructField("category_id", T.LongType(), False),
+    # First date (yyyy-MM-dd) of the block of segment_days days the row's behaviors fall in; partition.
+    T.StructField("segment", T.StringType(), False),
     # Newest first; ties by item_id then behavior_type descending (a total order: re-runs are identical).
     T.StructField("behaviors", T.ArrayType(BEHAVIOR_STRUCT, False), False),
-    T.StructField("count", T.LongType(), False),  # uncapped number of the key's behaviors in the window
-    T.StructField("last_ts", T.LongType(), False),  # newest behavior of the key
+    T.StructField("count", T.LongType(), False),  # uncapped number of the row's behaviors
+    T.StructField("last_ts", T.LongType(), False),  # newest behavior of the row
     T.StructField("oldest_ts", T.LongType(), False),  # oldest behavior held in `behaviors`
 ])
 UBT_COLUMNS = tuple(f.name for f in UBT.fields)
+# One row per key: what the index holds for a (user, category), segments concatenated (ubt_view).
+KEY_COLUMNS = tuple(c for c in UBT_COLUMNS if c != "segment")
 # Table properties of the UBT: deletion vectors make a nightly MERGE write only the touched rows.
 UBT_PROPERTIES = {"delta.enableDeletionVectors": "true"}
 # Every this many nightly merges the run compacts the table (OPTIMIZE also purges the rows deletion
@@ -78,11 +93,12 @@ class Windows:
     short_days: int = 14
     long_count: int = 400
     short_count: int = 100
+    segment_days: int = 7  # UBT rows hold a key's behaviors per block of this many days
 
     def __post_init__(self) -> None:
         if self.mode not in ("time", "count"):
             raise ConfigError(f"windows.mode must be 'time' or 'count', not {self.mode!r}")
-        for name in ("long_days", "short_days", "long_count", "short_count"):
+        for name in ("long_days", "short_days", "long_count", "short_count", "segment_days"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"windows.{name} must be a positive integer")
         if self.short_days > self.long_days:
@@ -91,8 +107,8 @@ class Windows:
     @classmethod
     def from_conf(cls, cfg: Mapping) -> "Windows":
         block = dict(cfg.get("windows") or {})
-        known = {k: block[k] for k in ("mode", "long_days", "short_days", "long_count", "short_count")
-                 if k in block}
+        known = {k: block[k] for k in ("mode", "long_days", "short_days", "long_count", "short_count",
+                                       "segment_days") if k in block}
         return cls(**{k: (v if k == "mode" else int(v)) for k, v in known.items()})
 
 
@@ -142,7 +158,7 @@ def ubt_category_cap(windows: Windows, caps: Caps) -> int:
 def ubt_metadata(windows: Windows, caps: Caps) -> dict:
     """What a UBT commit records beside job and date, so sim.samples can check it fits its windows."""
     return {"mode": windows.mode, "long_days": windows.long_days if windows.mode == "time" else None,
-            "category_cap": ubt_category_cap(windows, caps)}
+            "category_cap": ubt_category_cap(windows, caps), "segment_days": windows.segment_days}
 
 
 # ------------------------------------------------------------------------------------------ dates
@@ -174,6 +190,25 @@ def retention_first_date(windows: Windows, date: str) -> str | None:
     return shift_date(date, 1 - windows.long_days) if windows.mode == "time" else None
 
 
+def segment_of(date: str, segment_days: int) -> str:
+    """The first date of the block of ``segment_days`` days (aligned on 1970-01-01) holding ``date``."""
+    days = (parse_date(date) - _dt.date(1970, 1, 1)).days
+    return (_dt.date(1970, 1, 1) + _dt.timedelta(days=days - days % segment_days)).isoformat()
+
+
+def segment_col(dt: Column, segment_days: int) -> Column:
+    """:func:`segment_of` of a ``yyyy-MM-dd`` column."""
+    days = F.datediff(F.to_date(dt), F.lit("1970-01-01").cast("date"))
+    return F.date_format(F.date_from_unix_date((days - days % F.lit(segment_days)).cast("int")),
+                         "yyyy-MM-dd")
+
+
+def window_start_ts(windows: Windows, date: str) -> int | None:
+    """Epoch seconds from which UBT(date) holds behaviors (None in count mode)."""
+    first = retention_first_date(windows, date)
+    return day_start(first) if first else None
+
+
 # ------------------------------------------------------------------------------ pure transforms
 def behavior_struct() -> Column:
     return F.struct(F.col("ts").cast("long").alias("ts"), F.col("item_id").cast("long").alias("item_id"),
@@ -184,111 +219,91 @@ def _capped(arr: Column, cap: int) -> Column:
     return F.slice(arr, 1, cap) if cap else arr
 
 
-def aggregate_ubt(behaviors: DataFrame, category_cap: int = 0) -> DataFrame:
-    """UBT rows from behaviors (the full build): one row per (user_id, category_id), newest first.
+def aggregate_ubt(behaviors: DataFrame, category_cap: int = 0, segment_days: int | None = None
+                  ) -> DataFrame:
+    """UBT rows from behaviors: one row per (user_id, category_id), newest first (KEY_COLUMNS), or with
+    ``segment_days`` one row per (user_id, category_id, segment) as the table stores them (UBT_COLUMNS).
 
-    The per-key array is bounded by the window the caller filtered ``behaviors`` to; ``category_cap``
-    (0 = off) keeps only the newest behaviors of each key, ``count`` stays uncapped.
+    The arrays are bounded by the window the caller filtered ``behaviors`` to; ``category_cap``
+    (0 = off) keeps only the newest behaviors of each row, ``count`` stays uncapped.
     """
-    agg = (behaviors
-           .groupBy(F.col("user_id").cast("long").alias("user_id"),
-                    F.col("category_id").cast("long").alias("category_id"))
+    keys = [F.col("user_id").cast("long").alias("user_id"),
+            F.col("category_id").cast("long").alias("category_id")]
+    if segment_days:
+        keys.append(segment_col(F.col("dt"), segment_days).alias("segment"))
+    agg = (behaviors.groupBy(*keys)
            .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("behaviors"),
                 F.count(F.lit(1)).alias("count"),
                 F.max("ts").cast("long").alias("last_ts")))
     return (agg.withColumn("behaviors", _capped(F.col("behaviors"), category_cap))
             .withColumn("oldest_ts", F.element_at("behaviors", -1).getField("ts"))
-            .select(*UBT_COLUMNS))
+            .select(*(UBT_COLUMNS if segment_days else KEY_COLUMNS)))
 
 
-def day_changes(new_behaviors: DataFrame, expired_behaviors: DataFrame | None) -> DataFrame:
-    """The MERGE source of a nightly run: one row per key touched by the day's new behaviors or by the
-    behaviors that leave the window that day.
+def in_window_rows(rows: DataFrame, start_ts: int | None) -> DataFrame:
+    """UBT rows without the behaviors older than ``start_ts`` (the oldest segment may still hold some
+    of dates that left the window); rows left empty are dropped. Only rows whose ``oldest_ts`` is
+    older are looked at element by element. None (count mode) keeps everything.
 
-    Columns: user_id, category_id, new (the day's behaviors, newest first; empty if none), n_new,
-    new_last_ts (null if none), n_expired.
+    With a safety cap the count of a trimmed row is the stored count minus the removed elements, an
+    upper bound (the capped-off tail is not known).
     """
-    new = (new_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
-                                 F.col("category_id").cast("long").alias("category_id"))
-           .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("new"),
-                F.count(F.lit(1)).alias("n_new"), F.max("ts").cast("long").alias("new_last_ts")))
-    if expired_behaviors is None:
-        return new.withColumn("n_expired", F.lit(0).cast("long"))
-    expired = (expired_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
-                                         F.col("category_id").cast("long").alias("category_id"))
-               .agg(F.count(F.lit(1)).alias("n_expired")))
-    empty = F.array().cast(T.ArrayType(BEHAVIOR_STRUCT, False))
-    return (new.join(expired, ["user_id", "category_id"], "full_outer")
-            .select("user_id", "category_id",
-                    F.coalesce("new", empty).alias("new"),
-                    F.coalesce("n_new", F.lit(0)).cast("long").alias("n_new"),
-                    "new_last_ts",
-                    F.coalesce("n_expired", F.lit(0)).cast("long").alias("n_expired")))
-
-
-def _merge_exprs(cutoff_ts: int | None, cap: int) -> dict[str, str]:
-    """SQL expressions over target ``t`` and source ``s`` (a :func:`day_changes` row) giving the key's
-    row after the day; shared by the Delta MERGE and :func:`apply_changes`, so tests check the merge
-    against a full rebuild.
-
-    Arrays stay newest first without sorting: every behavior of UBT(D-1) is older than midnight of D
-    and every new one is of day D (rows whose ts is outside their dt are rejects), so the new ones go
-    in front. The ones leaving the window are at the tail and are at most ``s.n_expired`` (the key's
-    behaviors on the expiring date), so only that many elements are looked at, and nothing at all for
-    a key without expiring behaviors: the cost of a key is one array copy, not a sort.
-    """
-    if cutoff_ts is None:
-        kept = "t.behaviors"
-    else:
-        tail = ("slice(t.behaviors, greatest(size(t.behaviors) - s.n_expired + 1, 1), "
-                "least(s.n_expired, size(t.behaviors)))")
-        n_drop = f"size(filter({tail}, b -> b.ts < {int(cutoff_ts)}))"
-        kept = (f"CASE WHEN s.n_expired = 0 THEN t.behaviors "
-                f"ELSE slice(t.behaviors, 1, size(t.behaviors) - {n_drop}) END")
-    merged = f"concat(s.new, {kept})"
-    if cap:
-        merged = f"slice({merged}, 1, {int(cap)})"
-        oldest = f"element_at({merged}, -1).ts"
-    else:
-        oldest = (f"CASE WHEN s.n_expired = 0 THEN t.oldest_ts "
-                  f"ELSE coalesce(element_at({kept}, -1).ts, element_at(s.new, -1).ts) END")
-    return {
-        "kept_size": f"size({kept})",
-        "behaviors": merged,
-        "count": "t.count + s.n_new - s.n_expired",
-        "last_ts": "greatest(t.last_ts, coalesce(s.new_last_ts, t.last_ts))",
-        "oldest_ts": oldest,
-        "insert_behaviors": f"slice(s.new, 1, {int(cap)})" if cap else "s.new",
-        "insert_oldest_ts": (f"element_at(slice(s.new, 1, {int(cap)}), -1).ts" if cap
-                             else "element_at(s.new, -1).ts"),
+    if start_ts is None:
+        return rows
+    start = F.lit(int(start_ts))
+    stale = F.col("oldest_ts") < start
+    kept = F.filter("behaviors", lambda b: b["ts"] >= start)
+    replace = {
+        "behaviors": F.when(stale, kept).otherwise(F.col("behaviors")),
+        "count": F.when(stale, F.col("count") - (F.size("behaviors") - F.size(kept))).otherwise(F.col("count")),
+        "oldest_ts": F.when(~stale, F.col("oldest_ts"))
+        .when(F.size(kept) > 0, F.element_at(kept, -1).getField("ts")),
     }
+    out = rows.select(*[replace[c].alias(c) if c in replace else F.col(c) for c in rows.columns])
+    return out.where(F.col("oldest_ts").isNotNull())  # null: every behavior of the row left the window
 
 
-def _delete_condition(e: dict[str, str]) -> str:
-    return f"s.n_new = 0 AND s.n_expired > 0 AND {e['kept_size']} = 0"
+def ubt_view(rows: DataFrame, windows: Windows, date: str, category_cap: int = 0) -> DataFrame:
+    """The index of UBT(``date``) as one row per (user_id, category_id) (KEY_COLUMNS): the key's segment
+    rows of a version of the table (sim.delta_io.version_for_date finds the date's), restricted to the
+    window, concatenated newest segment first, capped by ``category_cap`` (0 = off)."""
+    rows = in_window_rows(rows, window_start_ts(windows, date))
+    merged = F.flatten(F.transform(F.sort_array(F.collect_list(F.struct("segment", "behaviors")), asc=False),
+                                   lambda r: r["behaviors"]))
+    out = (rows.groupBy("user_id", "category_id")
+           .agg(merged.alias("behaviors"), F.sum("count").cast("long").alias("count"),
+                F.max("last_ts").alias("last_ts")))
+    return (out.withColumn("behaviors", _capped(F.col("behaviors"), category_cap))
+            .withColumn("oldest_ts", F.element_at("behaviors", -1).getField("ts"))
+            .select(*KEY_COLUMNS))
 
 
-def apply_changes(ubt: DataFrame, changes: DataFrame, cutoff_ts: int | None, category_cap: int = 0
-                  ) -> DataFrame:
-    """UBT(D) from UBT(D-1) and :func:`day_changes` as a plain DataFrame: the reference semantics of
-    the nightly MERGE (same expressions), for tests and for rewriting a whole table."""
-    e = _merge_exprs(cutoff_ts, category_cap)
-    j = ubt.alias("t").join(changes.alias("s"), ["user_id", "category_id"], "full_outer")
-    matched = F.col("t.count").isNotNull() & F.col("s.n_new").isNotNull()
-    untouched = F.col("s.n_new").isNull()
-    out = j.select(
-        "user_id", "category_id",
-        F.when(untouched, F.col("t.behaviors")).when(matched, F.expr(e["behaviors"]))
-        .otherwise(F.expr(e["insert_behaviors"])).alias("behaviors"),
-        F.when(untouched, F.col("t.count")).when(matched, F.expr(e["count"]))
-        .otherwise(F.col("s.n_new")).alias("count"),
-        F.when(untouched, F.col("t.last_ts")).when(matched, F.expr(e["last_ts"]))
-        .otherwise(F.col("s.new_last_ts")).alias("last_ts"),
-        F.when(untouched, F.col("t.oldest_ts")).when(matched, F.expr(e["oldest_ts"]))
-        .otherwise(F.expr(e["insert_oldest_ts"])).alias("oldest_ts"),
-        F.when(matched, F.expr(_delete_condition(e))).otherwise(F.lit(False)).alias("_delete"),
-        F.when(F.col("t.count").isNull() & (F.col("s.n_new") == 0), True).otherwise(False).alias("_skip"))
-    return out.where(~F.col("_delete") & ~F.col("_skip")).select(*UBT_COLUMNS)
+def day_changes(new_behaviors: DataFrame) -> DataFrame:
+    """The MERGE source of a nightly run: one row per key with behaviors that day.
+
+    Columns: user_id, category_id, new (the day's behaviors, newest first), n_new, new_last_ts.
+    """
+    return (new_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
+                                  F.col("category_id").cast("long").alias("category_id"))
+            .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("new"),
+                 F.count(F.lit(1)).alias("n_new"), F.max("ts").cast("long").alias("new_last_ts")))
+
+
+def _merge_exprs(cap: int) -> dict[str, str]:
+    """SQL expressions over target ``t`` (the key's row in the day's segment) and source ``s`` (a
+    :func:`day_changes` row) giving the row after the day.
+
+    Arrays stay newest first without sorting: every behavior already in the row is older than midnight
+    of D and every new one is of day D (rows whose ts is outside their dt are rejects), so the new ones
+    go in front.
+    """
+    merged = "concat(s.new, t.behaviors)"
+    insert = "s.new"
+    if cap:
+        merged, insert = f"slice({merged}, 1, {int(cap)})", f"slice(s.new, 1, {int(cap)})"
+    return {"behaviors": merged, "oldest_ts": f"element_at({merged}, -1).ts",
+            "count": "t.count + s.n_new", "last_ts": "greatest(t.last_ts, s.new_last_ts)",
+            "insert_behaviors": insert, "insert_oldest_ts": f"element_at({insert}, -1).ts"}
 
 
 def missing_key() -> Column:
@@ -389,10 +404,11 @@ def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows,
         b = b.where(F.col("dt") >= first)
     accepted, rejects = reject_bad_rows(b, date)
     n_rejects = rejects.count()  # a scan of four columns; clean tables are the norm
-    ubt = aggregate_ubt(accepted, ubt_category_cap(windows, caps)).sortWithinPartitions(
-        "user_id", "category_id")
+    ubt = (aggregate_ubt(accepted, ubt_category_cap(windows, caps), windows.segment_days)
+           .repartition("segment").sortWithinPartitions("segment", "user_id", "category_id"))
     meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
-    writer = ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    writer = (ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+              .partitionBy("segment"))
     for k, v in UBT_PROPERTIES.items():
         writer = writer.option(k, v)
     existed = is_delta_table(spark, path)
@@ -427,45 +443,65 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
         commits = job_commits(spark, path, JOB)
     _require_state_at(spark, path, shift_date(date, -1), commits)
     behaviors = _behaviors_table(spark, lakehouse)
-    day = behaviors.where(F.col("dt") == date)
-    new, rejects = reject_bad_rows(day, date)
+    new, rejects = reject_bad_rows(behaviors.where(F.col("dt") == date), date)
     n_rejects = rejects.count()
-    cutoff = expired = None
-    if windows.mode == "time":
-        cutoff = day_start(retention_first_date(windows, date))
-        expired = reject_bad_rows(
-            behaviors.where(F.col("dt") == shift_date(date, -windows.long_days)), date)[0]
-    changes = day_changes(new, expired)
-    cap = ubt_category_cap(windows, caps)
-    e = _merge_exprs(cutoff, cap)
+    changes = day_changes(new)
+    e = _merge_exprs(ubt_category_cap(windows, caps))
+    segment = segment_of(date, windows.segment_days)
     meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
     target = DeltaTable.forPath(spark, path).alias("t")
-    # The source is a pure function of two behaviors partitions pinned to a snapshot (arrays sorted to
-    # a total order), so Delta need not persist it between its two passes.
+    # Only the day's segment partition is read and written (its literal in the condition prunes the
+    # files of every other segment). The source is a pure function of one behaviors partition pinned to
+    # a snapshot (arrays sorted to a total order), so Delta need not persist it between its two passes.
     with commit_metadata(spark, meta), _session_conf(spark, "spark.databricks.delta.merge.materializeSource",
                                                      "none"):
-        (target.merge(changes.alias("s"), "t.user_id = s.user_id AND t.category_id = s.category_id")
-         .whenMatchedDelete(condition=_delete_condition(e))
+        (target.merge(changes.alias("s"), f"t.segment = '{segment}' AND t.user_id = s.user_id "
+                                          f"AND t.category_id = s.category_id")
          .whenMatchedUpdate(set={"behaviors": F.expr(e["behaviors"]), "count": F.expr(e["count"]),
                                  "last_ts": F.expr(e["last_ts"]), "oldest_ts": F.expr(e["oldest_ts"])})
-         .whenNotMatchedInsert(condition="s.n_new > 0", values={
+         .whenNotMatchedInsert(values={
              "user_id": F.col("s.user_id"), "category_id": F.col("s.category_id"),
-             "behaviors": F.expr(e["insert_behaviors"]), "count": F.col("s.n_new"),
-             "last_ts": F.col("s.new_last_ts"), "oldest_ts": F.expr(e["insert_oldest_ts"])})
+             "segment": F.lit(segment), "behaviors": F.expr(e["insert_behaviors"]),
+             "count": F.col("s.n_new"), "last_ts": F.col("s.new_last_ts"),
+             "oldest_ts": F.expr(e["insert_oldest_ts"])})
          .execute())
     write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
     hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
     metrics = dict(hist.operationMetrics or {})
     result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numSourceRows", 0)),
                        rejected=n_rejects, metrics=metrics)
-    log.info("build_ubt %s: merged %s touched keys (updated %s, inserted %s, deleted %s, copied %s) -> "
-             "version %s", date, metrics.get("numSourceRows"), metrics.get("numTargetRowsUpdated"),
-             metrics.get("numTargetRowsInserted"), metrics.get("numTargetRowsDeleted"),
+    log.info("build_ubt %s: merged %s touched keys into segment %s (updated %s, inserted %s, copied %s) "
+             "-> version %s", date, metrics.get("numSourceRows"), segment,
+             metrics.get("numTargetRowsUpdated"), metrics.get("numTargetRowsInserted"),
              metrics.get("numTargetRowsCopied"), hist.version)
+    expired = _expire_segments(spark, path, windows, date, meta)
+    if expired is not None:
+        result.version, result.metrics["expired_segments_before"] = expired, retention_first_date(windows, date)
     if _merges_since_compaction(commits) + 1 >= COMPACT_EVERY:
         compact(spark, path, meta)
         result.metrics["compacted"] = True
     return result
+
+
+def _expire_segments(spark: SparkSession, path: str, windows: Windows, date: str, meta: dict) -> int | None:
+    """Drop the segments whose every date left UBT(date)'s window (whole partitions: no data file is
+    read or written), in a commit tagged with the date; the version, or None when none left today.
+
+    A segment leaves on the day after its last date leaves, so this runs once per segment_days days;
+    the condition takes every older segment too, so a run interrupted before it is made up next time.
+    """
+    first = retention_first_date(windows, date)
+    if first is None or segment_of(shift_date(first, -1), windows.segment_days) == segment_of(
+            first, windows.segment_days):
+        return None
+    older = segment_of(shift_date(first, -1), windows.segment_days)
+    from delta.tables import DeltaTable
+    with commit_metadata(spark, {**meta, "op": "expire"}):
+        DeltaTable.forPath(spark, path).delete(f"segment <= '{older}'")
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: dropped the segments up to %s (out of the window from %s) -> version %s",
+             date, older, first, version)
+    return version
 
 
 @contextlib.contextmanager

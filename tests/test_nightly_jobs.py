@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from conftest import ROOT, run, spark_submit_cmd, subprocess_env
 from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
 from sim.samples import SAMPLES_COLUMNS
-from sim.ubt import UBT_COLUMNS, Caps, Windows, aggregate_ubt, retention_first_date
+from sim.ubt import UBT_COLUMNS, Caps, Windows, aggregate_ubt, retention_first_date, ubt_view
 from test_ubt import rows_of, small_delta_snapshots  # noqa: F401  (fixture re-used)
 
 pytestmark = pytest.mark.slow
@@ -73,8 +73,9 @@ def _uncommitted_files(table: Path) -> list[str]:
     """Data files on disk that no commit of the Delta log references (left by a killed writer)."""
     referenced = set()
     for log in (table / "_delta_log").glob("*.json"):
-        referenced |= {part for part in log.read_text().split('"') if part.endswith(".parquet")}
-    return [p.name for p in table.glob("*.parquet") if p.name not in referenced]
+        referenced |= {part.rsplit("/", 1)[-1] for part in log.read_text().split('"')
+                       if part.endswith(".parquet")}
+    return [p.name for p in table.rglob("*.parquet") if p.name not in referenced]
 
 
 def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
@@ -86,14 +87,14 @@ def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
     rows_prev = rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS))
 
     # Kill the nightly run for 06-30 (SIGKILL to its process group) once it writes new data files.
-    existing = {p.name for p in ubt.glob("*.parquet")}
+    existing = {p.name for p in ubt.rglob("*.parquet")}
     cmd = spark_submit_cmd(str(ROOT / "jobs" / "build_ubt.py"), *job_args(lake, "--date", "2024-06-30"))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
-            if {p.name for p in ubt.glob("*.parquet")} - existing:
+            if {p.name for p in ubt.rglob("*.parquet")} - existing:
                 break
             time.sleep(0.01)
     finally:
@@ -111,7 +112,7 @@ def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
     assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == ["2024-06-29", "2024-06-30"]
     beh = read_table(spark, str(lake / "behaviors")).where(
         (F.col("dt") >= retention_first_date(WINDOWS, "2024-06-30")) & (F.col("dt") <= "2024-06-30"))
-    assert rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS)) == rows_of(aggregate_ubt(beh))
+    assert rows_of(ubt_view(read_table(spark, str(ubt)), WINDOWS, "2024-06-30")) == rows_of(aggregate_ubt(beh))
 
     # Samples of both impression days, Delta resolved by spark-submit --packages. (Re-runs of a
     # committed samples date are covered in test_samples; the UBT re-run above skipped 06-29.)

@@ -3,15 +3,18 @@ one commit per date found by time travel, idempotent re-runs, missing D-1, force
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from pyspark.sql import functions as F
 
 from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
 from sim.schema import BEHAVIORS, IMPRESSIONS
-from sim.ubt import (UBT_COLUMNS, Caps, UbtStateError, Windows, aggregate_ubt, apply_changes,
-                     build_ubt, day_changes, day_start, retention_first_date, shift_date)
+from sim.ubt import (Caps, UbtStateError, Windows, aggregate_ubt, build_ubt, day_start,
+                     retention_first_date, segment_of, shift_date, ubt_view)
 
 DAY = 86400
 
@@ -75,17 +78,28 @@ def test_aggregate_ubt_newest_first_with_counts_and_cap(spark):
     assert [x.item_id for x in r.behaviors] == [12, 13] and r["count"] == 3 and r.oldest_ts == 200
 
 
-def test_apply_changes_adds_expires_and_deletes(spark):
-    old = aggregate_ubt(spark.createDataFrame(
-        [beh(1, 11, 5, 1000), beh(1, 12, 5, 5000), beh(1, 13, 6, 1500), beh(2, 14, 7, 6000)], BEHAVIORS))
-    new = spark.createDataFrame([beh(1, 21, 5, 9000), beh(3, 22, 8, 9100)], BEHAVIORS)
-    expired = spark.createDataFrame([beh(1, 11, 5, 1000), beh(1, 13, 6, 1500)], BEHAVIORS)
-    out = {(r.user_id, r.category_id): r
-           for r in apply_changes(old, day_changes(new, expired), cutoff_ts=2000).collect()}
-    assert set(out) == {(1, 5), (2, 7), (3, 8)}  # (1, 6) lost its only behavior
-    assert [x.item_id for x in out[(1, 5)].behaviors] == [21, 12]
-    assert (out[(1, 5)]["count"], out[(1, 5)].last_ts, out[(1, 5)].oldest_ts) == (2, 9000, 5000)
-    assert out[(2, 7)]["count"] == 1 and out[(3, 8)].behaviors[0].item_id == 22
+def test_segments_and_the_index_view(spark):
+    """Rows per (user, category, segment of segment_days days); the view joins a key's segments newest
+    first and leaves out what is older than the window (the oldest segment may still hold some)."""
+    d = "2024-03-08"
+    w = Windows(long_days=3, short_days=1, segment_days=2)
+    assert [segment_of(x, 2) for x in ("2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08")] == \
+        ["2024-03-04", "2024-03-06", "2024-03-06", "2024-03-08"]
+    b = spark.createDataFrame([beh(1, 11, 5, day_start("2024-03-05") + 9),  # left the window of d
+                               beh(1, 12, 5, day_start("2024-03-06") + 9),
+                               beh(1, 13, 5, day_start("2024-03-07") + 9),
+                               beh(1, 14, 5, day_start("2024-03-08") + 9),
+                               beh(2, 15, 6, day_start("2024-03-05") + 9)], BEHAVIORS)  # only old ones
+    seg = {(r.user_id, r.segment): r for r in aggregate_ubt(b, segment_days=2).collect()}
+    assert sorted(seg) == [(1, "2024-03-04"), (1, "2024-03-06"), (1, "2024-03-08"), (2, "2024-03-04")]
+    assert [x.item_id for x in seg[(1, "2024-03-06")].behaviors] == [13, 12]
+    view = {(r.user_id, r.category_id): r for r in ubt_view(aggregate_ubt(b, segment_days=2), w, d).collect()}
+    assert set(view) == {(1, 5)}  # user 2's only behavior left the window
+    r = view[(1, 5)]
+    assert [x.item_id for x in r.behaviors] == [14, 13, 12]
+    assert (r["count"], r.last_ts, r.oldest_ts) == (3, day_start(d) + 9, day_start("2024-03-06") + 9)
+    assert [x.item_id for x in ubt_view(aggregate_ubt(b, segment_days=2), w, d, category_cap=2)
+            .first().behaviors] == [14, 13]
 
 
 def test_retention_window():
@@ -113,29 +127,48 @@ def _expected(spark, rows, w: Windows, date: str):
     return rows_of(aggregate_ubt(b))
 
 
+def _index(spark, path: str, w: Windows, date: str, version: int | None = None):
+    return rows_of(ubt_view(read_table(spark, path, version), w, date))
+
+
 def test_nightly_merge_equals_full_rebuild(spark, tmp_path):
     """UBT(D) built by a full build then nightly MERGEs equals a full rebuild of D, for every date; one
-    commit per date, found by time travel; a merge rewrites only the touched rows."""
+    commit per date (plus one when a segment leaves the window), found by time travel; a merge reads
+    only the day's segment and rewrites only the touched rows."""
     lh = str(tmp_path)
     rows = _random_behaviors()
     write_logs(spark, lh, rows)
-    w, c = Windows(long_days=3, short_days=1), Caps()
-    results = build_ubt(spark, lh, "2024-03-08", w, c, backfill_from="2024-03-06")
+    w, c = Windows(long_days=3, short_days=1, segment_days=2), Caps()
+    results = build_ubt(spark, lh, "2024-03-08", w, c, backfill_from="2024-03-05")
     assert [(r.date, r.action) for r in results] == [
-        ("2024-03-06", "full"), ("2024-03-07", "nightly"), ("2024-03-08", "nightly")]
+        ("2024-03-05", "full"), ("2024-03-06", "nightly"), ("2024-03-07", "nightly"),
+        ("2024-03-08", "nightly")]
     path = table_path(lh, "ubt")
     commits = job_commits(spark, path, "build_ubt")
-    assert [cm.date for cm in commits] == ["2024-03-06", "2024-03-07", "2024-03-08"]
-    for d in ("2024-03-06", "2024-03-07", "2024-03-08"):
-        got = read_table(spark, path, version_for_date(spark, path, "build_ubt", d)).select(*UBT_COLUMNS)
-        assert rows_of(got) == _expected(spark, rows, w, d), d
+    # Segments start on even epoch days (03-02, 03-04, ...). On 03-06 the window starts on 03-04, so
+    # the segment 03-02..03-03 leaves: its own commit; on 03-08 the segment 03-04..03-05 does.
+    assert [(cm.date, cm.metadata["op"]) for cm in commits] == [
+        ("2024-03-05", "full"), ("2024-03-06", "nightly"), ("2024-03-06", "expire"),
+        ("2024-03-07", "nightly"), ("2024-03-08", "nightly"), ("2024-03-08", "expire")]
+    for d in ("2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"):
+        assert _index(spark, path, w, d, version_for_date(spark, path, "build_ubt", d)) == \
+            _expected(spark, rows, w, d), d
+    segments = {r.segment for r in read_table(spark, path).select("segment").distinct().collect()}
+    assert segments == {"2024-03-06", "2024-03-08"}
     for r in results[1:]:
         m = r.metrics
         # Deletion vectors: untouched rows are never copied; only the touched keys are written.
         assert int(m["numTargetRowsCopied"]) == 0
         assert int(m["numSourceRows"]) == r.touched_keys > 0
-        assert int(m["numTargetRowsUpdated"]) + int(m["numTargetRowsInserted"]) \
-            + int(m["numTargetRowsDeleted"]) <= r.touched_keys
+        assert int(m["numTargetRowsUpdated"]) + int(m["numTargetRowsInserted"]) == r.touched_keys
+        # Files are added and deletion vectors written in the day's segment only.
+        log = Path(path) / "_delta_log" / f"{version_for_date(spark, path, 'build_ubt', r.date):020d}.json"
+        actions = [json.loads(x) for x in log.read_text().splitlines()]
+        if "expired_segments_before" in m:  # the date's last commit is the expiry: read its merge
+            log = log.with_name(f"{int(log.stem) - 1:020d}.json")
+            actions = [json.loads(x) for x in log.read_text().splitlines()]
+        touched = {unquote(a[k]["path"]).split("/")[0] for a in actions for k in ("add", "remove") if k in a}
+        assert touched == {f"segment={segment_of(r.date, 2)}"}, (r.date, touched)
 
     # Re-running a committed date changes nothing: no new version.
     before = latest_version(spark, path)
@@ -145,7 +178,7 @@ def test_nightly_merge_equals_full_rebuild(spark, tmp_path):
     # A forced re-run rebuilds D from UBT(D-1): same rows, latest state is D again.
     forced = build_ubt(spark, lh, "2024-03-08", w, c, force=True)
     assert forced[0].action == "nightly"
-    assert rows_of(read_table(spark, path).select(*UBT_COLUMNS)) == _expected(spark, rows, w, "2024-03-08")
+    assert _index(spark, path, w, "2024-03-08") == _expected(spark, rows, w, "2024-03-08")
     assert version_for_date(spark, path, "build_ubt", "2024-03-08") == latest_version(spark, path)
 
     # The next day without D-1 fails with a message naming what to run.
@@ -167,7 +200,8 @@ def test_count_mode_keeps_everything_capped_per_category(spark, tmp_path):
     write_logs(spark, lh, rows)
     w, c = Windows(mode="count", long_count=3, short_count=2), Caps(long_cap=3, short_cap=2)
     build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-02")
-    got = {r.category_id: r for r in read_table(spark, table_path(lh, "ubt")).collect()}
+    got = {r.category_id: r for r in ubt_view(read_table(spark, table_path(lh, "ubt")), w, "2024-03-03",
+                                              category_cap=3).collect()}
     # Nothing expires in count mode; each key keeps its newest max(long, short) = 3 behaviors.
     assert [x.item_id for x in got[1].behaviors] == [50, 8, 6] and got[1]["count"] == 5
     assert [x.item_id for x in got[2].behaviors] == [51, 7, 5] and got[2]["count"] == 5
@@ -187,5 +221,5 @@ def test_bad_rows_are_rejected_not_dropped(spark, tmp_path):
     assert [(r.source, r.dt) for r in rej] == [("build_ubt", d)] * 2
     assert '"item_id":3' in rej[0].raw and "null" in rej[0].reason
     assert '"item_id":4' in rej[1].raw and "outside its dt" in rej[1].reason
-    got = read_table(spark, table_path(lh, "ubt")).first()
+    got = ubt_view(read_table(spark, table_path(lh, "ubt")), Windows(long_days=3, short_days=1), d).first()
     assert [x.item_id for x in got.behaviors] == [2, 1] and got["count"] == 2
