@@ -1,44 +1,42 @@
 """The User Behavior Tree (UBT): the paper's offline two-level index user_id -> category_id -> behaviors
 (SIM section 5.2, "Online Serving"), kept as a Delta table that a nightly job updates.
 
-One row per (user_id, category_id) holds the key's behaviors of the long window, newest first, as an
-array of ``struct<ts, item_id, behavior_type>``, plus ``count`` (uncapped number of behaviors of the
-key in the window), ``last_ts`` and ``oldest_ts``. The index holds the lifelong data: the paper's
+The index row of a (user_id, category_id) holds the key's behaviors of the long window, newest first,
+as an array of ``struct<ts, item_id, behavior_type>``, plus ``count`` (uncapped number of behaviors of
+the key in the window), ``last_ts`` and ``oldest_ts``; the table stores it in segments (below). The index holds the lifelong data: the paper's
 truncation to K = 200 applies to what hard search returns (sim.samples), not to the index; an optional
 safety cap per key (``caps.ubt_category_cap``) exists and is off by default.
 
-Segments. The table is partitioned by ``segment``, the first date of a block of
-``windows.segment_days`` days (aligned on 1970-01-01): a key's behaviors are stored as one row per
-segment they fall in, and the index row of a key is the concatenation of its segment rows, newest
-segment first (:func:`ubt_view`). This is what keeps the nightly cost following the day's data: a
-day's behaviors go to the current segment only, so the nightly MERGE reads and rewrites at most
-``segment_days`` days of the touched keys, never their 180-day arrays.
+Segments. The table is partitioned by ``segment``, the first date of the span of days a row's
+behaviors fall in: a key's behaviors are stored as one row per segment, and the index row of a key is
+the concatenation of its segment rows, newest segment first (:func:`ubt_view`). Segments are blocks of
+``windows.segment_days`` days aligned on 1970-01-01, except the current block: its days are one
+segment each until the block is complete. This is what keeps the nightly cost following the day's
+data: a night appends the day's rows (one per key active that day) without reading the index, and
+on the last day of a block it rolls that block's rows up into one row per key (at most
+``segment_days`` days of data); no night reads or rewrites the 180-day arrays.
 
 Retention. In time mode UBT(D) serves the impressions of day D+1, whose long window
 (t - long_days, t) starts no earlier than midnight of D+1-long_days, so UBT(D) holds the behaviors of
-the dates D+1-long_days .. D (``long_days`` whole days): segments that end before that first date are
-dropped (whole partitions, a metadata-only delete); the oldest segment may still hold behaviors of
+the dates D+1-long_days .. D (``long_days`` whole days): blocks that end before that first date are
+dropped (whole partitions, a metadata-only delete); the oldest block may still hold behaviors of
 older dates, which every reader filters out by time (:func:`in_window_rows`). In count mode (public
 datasets: the last N behaviors regardless of time) nothing expires; each segment row keeps its newest
 max(long, short) count behaviors, which is all that the count-based sequences of sim.samples can
 ever read.
 
-Nightly update: UBT(D) = UBT(D-1) + behaviors(dt = D) - segments leaving the window. The MERGE is
-restricted to the partition of D's segment (file pruning on the partition column), and the table has
-deletion vectors on, so it writes the touched rows only and marks their old copies deleted instead of
-rewriting every file that holds one (only Spark reads the UBT, so any Delta feature is fine). Each date
-is one MERGE commit with userMetadata {"job": "build_ubt", "date": D, ...} (plus, on the days a segment
-leaves the window, a delete commit tagged with the same date), so the samples job finds UBT(D-1) by time
-travel (sim.delta_io.version_for_date). A full build ("backfill") of date FROM aggregates all behaviors
-of FROM's window in one pass.
+Commits. Each date is one append commit with userMetadata {"job": "build_ubt", "date": D, ...}, then,
+on the days that complete a block or drop one, a rollup and a delete commit tagged with the same date;
+the samples job finds UBT(D-1) by time travel to the date's last commit
+(sim.delta_io.version_for_date). A full build ("backfill") of date FROM aggregates all behaviors of
+FROM's window in one pass.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -73,11 +71,7 @@ UBT = T.StructType([
 UBT_COLUMNS = tuple(f.name for f in UBT.fields)
 # One row per key: what the index holds for a (user, category), segments concatenated (ubt_view).
 KEY_COLUMNS = tuple(c for c in UBT_COLUMNS if c != "segment")
-# Table properties of the UBT: deletion vectors make a nightly MERGE write only the touched rows.
-UBT_PROPERTIES = {"delta.enableDeletionVectors": "true"}
-# Every this many nightly merges the run compacts the table (OPTIMIZE also purges the rows deletion
-# vectors hide), in a separate commit tagged with the same date.
-COMPACT_EVERY = 30
+
 
 
 class UbtStateError(RuntimeError):
@@ -263,11 +257,9 @@ def in_window_rows(rows: DataFrame, start_ts: int | None) -> DataFrame:
     return out.where(F.col("oldest_ts").isNotNull())  # null: every behavior of the row left the window
 
 
-def ubt_view(rows: DataFrame, windows: Windows, date: str, category_cap: int = 0) -> DataFrame:
-    """The index of UBT(``date``) as one row per (user_id, category_id) (KEY_COLUMNS): the key's segment
-    rows of a version of the table (sim.delta_io.version_for_date finds the date's), restricted to the
-    window, concatenated newest segment first, capped by ``category_cap`` (0 = off)."""
-    rows = in_window_rows(rows, window_start_ts(windows, date))
+def combine_rows(rows: DataFrame, category_cap: int = 0) -> DataFrame:
+    """One row per (user_id, category_id) from a key's segment rows: arrays concatenated newest segment
+    first (segments are disjoint spans of days), counts summed, capped by ``category_cap`` (0 = off)."""
     merged = F.flatten(F.transform(F.sort_array(F.collect_list(F.struct("segment", "behaviors")), asc=False),
                                    lambda r: r["behaviors"]))
     out = (rows.groupBy("user_id", "category_id")
@@ -278,32 +270,11 @@ def ubt_view(rows: DataFrame, windows: Windows, date: str, category_cap: int = 0
             .select(*KEY_COLUMNS))
 
 
-def day_changes(new_behaviors: DataFrame) -> DataFrame:
-    """The MERGE source of a nightly run: one row per key with behaviors that day.
-
-    Columns: user_id, category_id, new (the day's behaviors, newest first), n_new, new_last_ts.
-    """
-    return (new_behaviors.groupBy(F.col("user_id").cast("long").alias("user_id"),
-                                  F.col("category_id").cast("long").alias("category_id"))
-            .agg(F.sort_array(F.collect_list(behavior_struct()), asc=False).alias("new"),
-                 F.count(F.lit(1)).alias("n_new"), F.max("ts").cast("long").alias("new_last_ts")))
-
-
-def _merge_exprs(cap: int) -> dict[str, str]:
-    """SQL expressions over target ``t`` (the key's row in the day's segment) and source ``s`` (a
-    :func:`day_changes` row) giving the row after the day.
-
-    Arrays stay newest first without sorting: every behavior already in the row is older than midnight
-    of D and every new one is of day D (rows whose ts is outside their dt are rejects), so the new ones
-    go in front.
-    """
-    merged = "concat(s.new, t.behaviors)"
-    insert = "s.new"
-    if cap:
-        merged, insert = f"slice({merged}, 1, {int(cap)})", f"slice(s.new, 1, {int(cap)})"
-    return {"behaviors": merged, "oldest_ts": f"element_at({merged}, -1).ts",
-            "count": "t.count + s.n_new", "last_ts": "greatest(t.last_ts, s.new_last_ts)",
-            "insert_behaviors": insert, "insert_oldest_ts": f"element_at({insert}, -1).ts"}
+def ubt_view(rows: DataFrame, windows: Windows, date: str, category_cap: int = 0) -> DataFrame:
+    """The index of UBT(``date``) as one row per (user_id, category_id) (KEY_COLUMNS): the key's segment
+    rows of a version of the table (sim.delta_io.version_for_date finds the date's), restricted to the
+    window, concatenated newest first, capped by ``category_cap`` (0 = off)."""
+    return combine_rows(in_window_rows(rows, window_start_ts(windows, date)), category_cap)
 
 
 def missing_key() -> Column:
@@ -370,7 +341,7 @@ def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_d
 
 def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> int:
     """Fail unless the table's current content is UBT(date): the newest build_ubt commit is for
-    ``date`` and nothing changed the data after it (compaction only rewrites files)."""
+    ``date`` and nothing changed the data after it (OPTIMIZE or VACUUM only rewrite files)."""
     if not commits:
         raise UbtStateError(f"the UBT at {path} has no build_ubt commit; build it with "
                             f"`jobs/build_ubt.py --date {shift_date(date, 1)} --backfill FROM`")
@@ -409,13 +380,8 @@ def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows,
     meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
     writer = (ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
               .partitionBy("segment"))
-    for k, v in UBT_PROPERTIES.items():
-        writer = writer.option(k, v)
-    existed = is_delta_table(spark, path)
     with commit_metadata(spark, meta):
         writer.save(path)
-        if existed:  # a new table gets UBT_PROPERTIES from the writer options
-            _ensure_properties(spark, path)
     write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
     version = latest_version(spark, path)
     log.info("build_ubt %s: full build from %s..%s committed version %s", date, first or "start",
@@ -423,72 +389,67 @@ def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows,
     return DayResult(date, "full", version, rejected=n_rejects)
 
 
-def _ensure_properties(spark: SparkSession, path: str) -> None:
-    from delta.tables import DeltaTable
-    props = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
-    missing = {k: v for k, v in UBT_PROPERTIES.items() if props.get(k) != v}
-    if missing:
-        sets = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({sets})")
-
-
 def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
                    commits: list[Commit] | None = None) -> DayResult:
-    """UBT(date) = UBT(date-1) + behaviors(date) - behaviors leaving the window: a MERGE of the touched
-    keys only, one commit tagged with the date."""
+    """UBT(date) = UBT(date-1) + behaviors(date) - blocks leaving the window: the day's rows (one per key
+    active that day, segment = the date) appended without reading the index, one commit tagged with
+    the date; then the block rollup and the delete of blocks that left, on the days they happen."""
     from delta.tables import DeltaTable
     path = table_path(lakehouse, "ubt")
     require_table(spark, path, f"build the index first: jobs/build_ubt.py --date {date} --backfill FROM")
     if commits is None:
         commits = job_commits(spark, path, JOB)
     _require_state_at(spark, path, shift_date(date, -1), commits)
-    behaviors = _behaviors_table(spark, lakehouse)
-    new, rejects = reject_bad_rows(behaviors.where(F.col("dt") == date), date)
+    new, rejects = reject_bad_rows(_behaviors_table(spark, lakehouse).where(F.col("dt") == date), date)
     n_rejects = rejects.count()
-    changes = day_changes(new)
-    e = _merge_exprs(ubt_category_cap(windows, caps))
-    segment = segment_of(date, windows.segment_days)
+    cap = ubt_category_cap(windows, caps)
     meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
-    target = DeltaTable.forPath(spark, path).alias("t")
-    # Only the day's segment partition is read and written (its literal in the condition prunes the
-    # files of every other segment). The source is a pure function of one behaviors partition pinned to
-    # a snapshot (arrays sorted to a total order), so Delta need not persist it between its two passes.
-    with commit_metadata(spark, meta), _session_conf(spark, "spark.databricks.delta.merge.materializeSource",
-                                                     "none"):
-        (target.merge(changes.alias("s"), f"t.segment = '{segment}' AND t.user_id = s.user_id "
-                                          f"AND t.category_id = s.category_id")
-         .whenMatchedUpdate(set={"behaviors": F.expr(e["behaviors"]), "count": F.expr(e["count"]),
-                                 "last_ts": F.expr(e["last_ts"]), "oldest_ts": F.expr(e["oldest_ts"])})
-         .whenNotMatchedInsert(values={
-             "user_id": F.col("s.user_id"), "category_id": F.col("s.category_id"),
-             "segment": F.lit(segment), "behaviors": F.expr(e["insert_behaviors"]),
-             "count": F.col("s.n_new"), "last_ts": F.col("s.new_last_ts"),
-             "oldest_ts": F.expr(e["insert_oldest_ts"])})
-         .execute())
+    with commit_metadata(spark, meta):
+        (aggregate_ubt(new, cap, segment_days=1).write.format("delta").mode("append")
+         .partitionBy("segment").save(path))
     write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
     hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
     metrics = dict(hist.operationMetrics or {})
-    result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numSourceRows", 0)),
+    result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numOutputRows", 0)),
                        rejected=n_rejects, metrics=metrics)
-    log.info("build_ubt %s: merged %s touched keys into segment %s (updated %s, inserted %s, copied %s) "
-             "-> version %s", date, metrics.get("numSourceRows"), segment,
-             metrics.get("numTargetRowsUpdated"), metrics.get("numTargetRowsInserted"),
-             metrics.get("numTargetRowsCopied"), hist.version)
-    expired = _expire_segments(spark, path, windows, date, meta)
-    if expired is not None:
-        result.version, result.metrics["expired_segments_before"] = expired, retention_first_date(windows, date)
-    if _merges_since_compaction(commits) + 1 >= COMPACT_EVERY:
-        compact(spark, path, meta)
-        result.metrics["compacted"] = True
+    log.info("build_ubt %s: appended the day's rows of %s keys -> version %s", date, result.touched_keys,
+             hist.version)
+    for step in (_rollup_block, _expire_blocks):
+        version = step(spark, path, windows, cap, date, meta)
+        if version is not None:
+            result.version = version
+            result.metrics[step.__name__.strip("_")] = True
     return result
 
 
-def _expire_segments(spark: SparkSession, path: str, windows: Windows, date: str, meta: dict) -> int | None:
-    """Drop the segments whose every date left UBT(date)'s window (whole partitions: no data file is
-    read or written), in a commit tagged with the date; the version, or None when none left today.
+def _rollup_block(spark: SparkSession, path: str, windows: Windows, cap: int, date: str, meta: dict
+                  ) -> int | None:
+    """On the last day of a block: its rows (the days appended one by one, and the part a full build
+    wrote) become one row per key with segment = the block's first date, in a commit tagged with the
+    date (same content, fewer rows); the version, or None on other days. Reads and writes only the
+    block's partitions: at most ``segment_days`` days of data."""
+    block = segment_of(date, windows.segment_days)
+    if windows.segment_days == 1 or segment_of(shift_date(date, 1), windows.segment_days) == block:
+        return None
+    where = f"segment >= '{block}' AND segment <= '{date}'"
+    rows = read_table(spark, path).where(where)
+    rolled = combine_rows(rows, cap).withColumn("segment", F.lit(block))
+    with commit_metadata(spark, {**meta, "op": "rollup"}):
+        (rolled.select(*UBT_COLUMNS).sortWithinPartitions("user_id", "category_id")
+         .write.format("delta").mode("overwrite").option("replaceWhere", where).save(path))
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: rolled the block %s..%s up into one row per key -> version %s", date, block,
+             date, version)
+    return version
 
-    A segment leaves on the day after its last date leaves, so this runs once per segment_days days;
-    the condition takes every older segment too, so a run interrupted before it is made up next time.
+
+def _expire_blocks(spark: SparkSession, path: str, windows: Windows, cap: int, date: str, meta: dict
+                   ) -> int | None:
+    """Drop the blocks whose every date left UBT(date)'s window (whole partitions: no data file is read
+    or written), in a commit tagged with the date; the version, or None when none left today.
+
+    A block leaves on the day after its last date leaves, so this runs once per segment_days days; the
+    condition takes every older segment too, so a run interrupted before it is made up next time.
     """
     first = retention_first_date(windows, date)
     if first is None or segment_of(shift_date(first, -1), windows.segment_days) == segment_of(
@@ -499,43 +460,17 @@ def _expire_segments(spark: SparkSession, path: str, windows: Windows, date: str
     with commit_metadata(spark, {**meta, "op": "expire"}):
         DeltaTable.forPath(spark, path).delete(f"segment <= '{older}'")
     version = latest_version(spark, path)
-    log.info("build_ubt %s: dropped the segments up to %s (out of the window from %s) -> version %s",
+    log.info("build_ubt %s: dropped the blocks up to %s (out of the window from %s) -> version %s",
              date, older, first, version)
     return version
-
-
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        spark.conf.unset(key) if previous is None else spark.conf.set(key, previous)
-
-
-def _merges_since_compaction(commits: list[Commit]) -> int:
-    n = 0
-    for c in reversed(commits):
-        if c.metadata.get("op") in ("full", "compact"):
-            break
-        n += c.metadata.get("op") == "nightly"
-    return n
-
-
-def compact(spark: SparkSession, path: str, meta: dict) -> None:
-    """OPTIMIZE the UBT: merges the small files nightly merges add and drops the rows their deletion
-    vectors hide. Tagged with the date's metadata: same content, so the date's version stays right."""
-    log.info("build_ubt %s: compacting %s", meta.get("date"), path)
-    with commit_metadata(spark, {**meta, "op": "compact"}):
-        spark.sql(f"OPTIMIZE delta.`{path}`")
 
 
 def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
               backfill_from: str | None = None, force: bool = False) -> list[DayResult]:
     """Bring the UBT to ``date``: the nightly job.
 
-    Without ``backfill_from``: UBT(date) from UBT(date-1) by a MERGE; fails if UBT(date-1) is missing.
+    Without ``backfill_from``: UBT(date) from UBT(date-1) by :func:`nightly_update`; fails if UBT(date-1)
+    is missing.
     With it: on an empty index, a full build of ``backfill_from`` then one nightly update per following
     day up to ``date``, in order, one commit each; dates already committed are skipped, so an
     interrupted backfill resumes. A date already committed is a no-op ("re-running D changes nothing")

@@ -1,4 +1,4 @@
-"""The User Behavior Tree: full build, nightly MERGE (= full rebuild of the same date), retention,
+"""The User Behavior Tree: full build, nightly updates (= full rebuild of the same date), retention,
 one commit per date found by time travel, idempotent re-runs, missing D-1, forced re-runs."""
 from __future__ import annotations
 
@@ -131,10 +131,10 @@ def _index(spark, path: str, w: Windows, date: str, version: int | None = None):
     return rows_of(ubt_view(read_table(spark, path, version), w, date))
 
 
-def test_nightly_merge_equals_full_rebuild(spark, tmp_path):
-    """UBT(D) built by a full build then nightly MERGEs equals a full rebuild of D, for every date; one
-    commit per date (plus one when a segment leaves the window), found by time travel; a merge reads
-    only the day's segment and rewrites only the touched rows."""
+def test_nightly_updates_equal_full_rebuild(spark, tmp_path):
+    """UBT(D) built by a full build then nightly updates equals a full rebuild of D, for every date; one
+    commit per date (plus a rollup when a block completes, a drop when one leaves the window), found by
+    time travel; a night writes only the day's partition, a rollup only its block's."""
     lh = str(tmp_path)
     rows = _random_behaviors()
     write_logs(spark, lh, rows)
@@ -145,30 +145,34 @@ def test_nightly_merge_equals_full_rebuild(spark, tmp_path):
         ("2024-03-08", "nightly")]
     path = table_path(lh, "ubt")
     commits = job_commits(spark, path, "build_ubt")
-    # Segments start on even epoch days (03-02, 03-04, ...). On 03-06 the window starts on 03-04, so
-    # the segment 03-02..03-03 leaves: its own commit; on 03-08 the segment 03-04..03-05 does.
+    # Blocks of 2 days start on even epoch days (03-04, 03-06, ...). 03-06 drops the block 03-02..03-03
+    # (its window starts on 03-04); 03-07 completes the block 03-06..03-07 and rolls it up; 03-08
+    # drops the block 03-04..03-05.
     assert [(cm.date, cm.metadata["op"]) for cm in commits] == [
         ("2024-03-05", "full"), ("2024-03-06", "nightly"), ("2024-03-06", "expire"),
-        ("2024-03-07", "nightly"), ("2024-03-08", "nightly"), ("2024-03-08", "expire")]
+        ("2024-03-07", "nightly"), ("2024-03-07", "rollup"), ("2024-03-08", "nightly"),
+        ("2024-03-08", "expire")]
     for d in ("2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"):
         assert _index(spark, path, w, d, version_for_date(spark, path, "build_ubt", d)) == \
             _expected(spark, rows, w, d), d
     segments = {r.segment for r in read_table(spark, path).select("segment").distinct().collect()}
     assert segments == {"2024-03-06", "2024-03-08"}
-    for r in results[1:]:
-        m = r.metrics
-        # Deletion vectors: untouched rows are never copied; only the touched keys are written.
-        assert int(m["numTargetRowsCopied"]) == 0
-        assert int(m["numSourceRows"]) == r.touched_keys > 0
-        assert int(m["numTargetRowsUpdated"]) + int(m["numTargetRowsInserted"]) == r.touched_keys
-        # Files are added and deletion vectors written in the day's segment only.
-        log = Path(path) / "_delta_log" / f"{version_for_date(spark, path, 'build_ubt', r.date):020d}.json"
-        actions = [json.loads(x) for x in log.read_text().splitlines()]
-        if "expired_segments_before" in m:  # the date's last commit is the expiry: read its merge
-            log = log.with_name(f"{int(log.stem) - 1:020d}.json")
-            actions = [json.loads(x) for x in log.read_text().splitlines()]
-        touched = {unquote(a[k]["path"]).split("/")[0] for a in actions for k in ("add", "remove") if k in a}
-        assert touched == {f"segment={segment_of(r.date, 2)}"}, (r.date, touched)
+    # Each commit adds or removes files of its own partitions only: a night the day's, a rollup its
+    # block's, a drop none (whole partitions leave by metadata); the 180-day index is never rewritten.
+    def files(cm, kind: str) -> set[str]:  # partitions of the files a commit adds or removes
+        actions = [json.loads(x) for x in (Path(path) / "_delta_log" / f"{cm.version:020d}.json")
+                   .read_text().splitlines()]
+        return {unquote(a[kind]["path"]).split("/")[0] for a in actions if kind in a}
+    done = {(cm.date, cm.metadata["op"]): cm for cm in commits}
+    for d in ("2024-03-06", "2024-03-07", "2024-03-08"):
+        assert files(done[(d, "nightly")], "add") == {f"segment={d}"}
+        assert files(done[(d, "nightly")], "remove") == set()
+    rollup = done[("2024-03-07", "rollup")]
+    assert files(rollup, "add") == {"segment=2024-03-06"}
+    assert files(rollup, "remove") == {"segment=2024-03-06", "segment=2024-03-07"}
+    assert files(done[("2024-03-08", "expire")], "add") == set()
+    assert sum(int(r.touched_keys) for r in results[1:]) == len(
+        {(u, c, d) for u, _, c, _, _, d in rows if "2024-03-06" <= d <= "2024-03-08"})
 
     # Re-running a committed date changes nothing: no new version.
     before = latest_version(spark, path)
