@@ -39,10 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     actions = ", ".join(f"{r.date}:{r.action}" for r in results)
     last = results[-1]
     print(f"BUILD_UBT_OK date={args.date} version={last.version} days={len(results)} "
-          f"updated={sum(int(r.metrics.get('numTargetRowsUpdated', 0)) for r in results)} "
-          f"inserted={sum(int(r.metrics.get('numTargetRowsInserted', 0)) for r in results)} "
-          f"deleted={sum(int(r.metrics.get('numTargetRowsDeleted', 0)) for r in results)} "
           f"touched_keys={sum(r.touched_keys for r in results)} "
+          f"rollups={sum(bool(r.metrics.get('rollup_block')) for r in results)} "
+          f"drops={sum(bool(r.metrics.get('expire_blocks')) for r in results)} "
           f"rejected={sum(r.rejected for r in results)} seconds={time.perf_counter() - started:.1f} "
           f"[{actions}]")
     spark.stop()
