@@ -225,7 +225,8 @@ def main() -> int:
         print(f"UBT nightly update {d} ({kind}): {night.job:.1f}s in job, {night.wall:.1f}s wall, "
               f"{night.cpu:.1f} CPU-s [{night.out.strip().splitlines()[-1]}]")
         print(f"  speed-up over the full rebuild: {full.job / night.job:.1f}x in job, "
-              f"{full.wall / night.wall:.1f}x wall, {full.cpu / night.cpu:.1f}x CPU (target >= 5x)", flush=True)
+              f"{full.wall / night.wall:.1f}x wall, {full.cpu / night.cpu:.1f}x CPU (target >= 5x)",
+              flush=True)
     block = (6 * nights[prev].job + nights[D].job) / 7
     print(f"UBT nightly, mean over a 7-day block (6 ordinary + 1 rollup): {block:.1f}s in job, "
           f"{full.job / block:.1f}x faster than the full rebuild", flush=True)

@@ -79,11 +79,8 @@ def main() -> None:
     args = p.parse_args()
     lakehouse = str(Path(args.lakehouse).resolve())
     d = ensure_samples(lakehouse)
-    from sim.spark import get_spark
-    spark = get_spark("bench-train", master="local[1]")
-    files = [f.path for f in delta_io.snapshot_files(
-        spark, delta_io.table_path(lakehouse, "samples"), f"dt >= '{d['train_from']}' AND dt <= '{d['train_to']}'")]
-    spark.stop()
+    files = [f.path for f in delta_io.log_snapshot(delta_io.table_path(lakehouse, "samples"))
+             .between(d["train_from"], d["train_to"])]
     reader, reader_open = reader_rows_per_sec(files, args.batch_size)
     one = train_samples_per_sec(1, args.model, args.epochs, lakehouse, d, args.batch_size)
     two = train_samples_per_sec(2, args.model, args.epochs, lakehouse, d, args.batch_size)

@@ -171,11 +171,28 @@ def snapshot_files(spark: SparkSession, path: str, where: str | None = None,
     return [SnapshotFile(_local_path(r.f), int(r["count"])) for r in rows]
 
 
-def log_snapshot_files(path: str, first: str | None = None, last: str | None = None,
-                       version: int | None = None) -> tuple[int, list[SnapshotFile], list[str]]:
-    """(version, files with their row counts whose ``dt`` is in ``first..last``, every ``dt`` of the
-    snapshot) read from the Delta log by delta-rs (the ``deltalake`` package), without a JVM: what a
-    training process needs before Petastorm reads the Parquet files directly.
+@dataclass(frozen=True)
+class LogSnapshot:
+    """A Delta snapshot's data files as its log lists them: ``(dt or None, file)`` pairs."""
+    version: int
+    files: tuple[tuple[str | None, SnapshotFile], ...]
+
+    @property
+    def dates(self) -> list[str]:
+        return sorted({d for d, _ in self.files if d})
+
+    def between(self, first: str | None = None, last: str | None = None) -> list[SnapshotFile]:
+        """The files whose ``dt`` is in ``first..last`` (either bound may be open), by path."""
+        def keep(d: str | None) -> bool:
+            return ((first is None or (d is not None and d >= first))
+                    and (last is None or (d is not None and d <= last)))
+        return sorted((f for d, f in self.files if keep(d)), key=lambda f: f.path)
+
+
+def log_snapshot(path: str, version: int | None = None) -> LogSnapshot:
+    """The files (with row counts and ``dt``) of a Delta snapshot read from its log by delta-rs (the
+    ``deltalake`` package), without a JVM: what a training process needs before Petastorm reads the
+    Parquet files directly.
 
     A table whose files may carry deletion vectors is refused (Petastorm would return deleted rows).
     Row counts come from the log's file statistics, or from the Parquet footer when a writer left
@@ -198,20 +215,27 @@ def log_snapshot_files(path: str, first: str | None = None, last: str | None = N
                                 f"would return deleted rows: rewrite it without them")
     actions = table.get_add_actions(flatten=True)
     names = actions.schema.names
-    files = actions.column("path").to_pylist()
-    dts = actions.column("partition.dt").to_pylist() if "partition.dt" in names else [None] * len(files)
-    counts = (actions.column("num_records").to_pylist() if "num_records" in names
-              else [None] * len(files))
-    out = []
-    for f, dt, n in zip(files, dts, counts):
-        if (first is not None and (dt is None or dt < first)) or (last is not None and (dt is None or dt > last)):
-            continue
+    paths = actions.column("path").to_pylist()
+
+    def column(name: str) -> list:
+        return actions.column(name).to_pylist() if name in names else [None] * len(paths)
+
+    files = []
+    for f, dt, n in zip(paths, column("partition.dt"), column("num_records")):
         local = _local_path(os.path.join(path, f))
         if n is None:
             import pyarrow.parquet as pq
             n = pq.ParquetFile(local).metadata.num_rows
-        out.append(SnapshotFile(local, int(n)))
-    return int(table.version()), sorted(out, key=lambda x: x.path), sorted({d for d in dts if d})
+        files.append((dt, SnapshotFile(local, int(n))))
+    return LogSnapshot(int(table.version()), tuple(files))
+
+
+def log_snapshot_files(path: str, first: str | None = None, last: str | None = None,
+                       version: int | None = None) -> tuple[int, list[SnapshotFile], list[str]]:
+    """(version, files whose ``dt`` is in ``first..last``, every ``dt`` of the snapshot): one
+    :func:`log_snapshot` read."""
+    snap = log_snapshot(path, version)
+    return snap.version, snap.between(first, last), snap.dates
 
 
 def _local_path(uri: str) -> str:

@@ -19,9 +19,10 @@ Count mode (``windows.mode: count``, the paper's public-data setting): long = th
 behaviors within the long sequence; ``long_len`` is then the number of behaviors before t.
 
 Cost. Work per impression is bounded by the caps, not by the user's history: the hard sequence reads
-only the candidate category's UBT rows (one per segment), each sliced to K before they are combined; the long and short sequences read
-a per-user list of the newest behaviors (aligned primitive arrays), computed once per user from
-per-category slices of at most ``long_cap`` each, so per-user work is bounded by categories x cap.
+only the candidate category's UBT rows (one per segment), each sliced to K before they are combined;
+the long and short sequences read a per-user list of the newest behaviors (aligned primitive arrays),
+computed once per user from per-category slices of at most ``long_cap`` each, so per-user work is
+bounded by categories x cap.
 Arrays are kept newest first, so a window is a prefix: per impression only the day-D behaviors and
 the few UBT behaviors of the window's first day (the only ones whose membership depends on t) are
 looked at one by one; the rest is slicing. ``long_len`` is the user's UBT count minus the behaviors of
@@ -44,7 +45,7 @@ from pyspark.sql import types as T
 from sim.config import ConfigError
 from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
                           write_date)
-from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, day_start, in_window_rows,
+from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, in_window_rows,
                      long_seq_len, missing_key, parse_date, short_seq_len, shift_date, ts_outside_dt,
                      ubt_category_cap, window_start_ts, write_rejects)
 
@@ -207,7 +208,7 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
     if timed and date is None:
         date = impressions.select(F.min("dt")).first()[0]
     # Behaviors at or after midnight of D + 1 - long_days are inside (t - long_days, t) for every t of D.
-    safe_from = day_start(shift_date(date, 1 - w.long_days)) if timed else None
+    safe_from = window_start_ts(w, date)
     if timed:  # UBT(D-1) holds D - long_days .. D-1; its oldest segment may hold older behaviors
         ubt = in_window_rows(ubt, window_start_ts(w, shift_date(date, -1)))
     users = impressions.select("user_id").distinct()

@@ -8,10 +8,9 @@ the predictions of all ranks together, and rank 0 tracks everything in MLflow.
 
 The data (files of the samples snapshot for the train and eval dates, with row counts and the table
 version) is resolved once, from the Delta log (no JVM), before training: by the ``--np`` launcher before
-any worker starts,
-otherwise by rank 0, which broadcasts it. Every rank takes the same number of steps per epoch
-(ceil(rows / (ranks * batch))), wrapping around its shard if it is the smaller one, so no rank waits in
-a collective for a batch that never comes.
+any worker starts, otherwise by rank 0, which broadcasts it. Every rank takes the same number of steps
+per epoch (ceil(rows / (ranks * batch))), wrapping around its shard if it is the smaller one, so no rank
+waits in a collective for a batch that never comes.
 """
 from __future__ import annotations
 
@@ -121,18 +120,18 @@ def resolve_data(cfg: dict) -> DataManifest:
     path = delta_io.table_path(cfg["lakehouse"], cfg.get("samples_table", "samples"))
     hint = "build it with `python jobs/build_samples.py --date D` (or check `lakehouse` in the config)"
     try:
-        version, _, present = delta_io.log_snapshot_files(path)
+        snap = delta_io.log_snapshot(path)
     except MissingTableError as e:
         raise MissingTableError(f"{e}; {hint}") from None
     parts = {}
     for key in ("train_dates", "eval_dates"):
         first, last = _date_range(cfg, key)
-        files = delta_io.log_snapshot_files(path, first, last, version)[1]
+        files = snap.between(first, last)
         if not files:
-            raise ConfigError(f"no samples for {key} {first}..{last} in {path} (version {version}); "
-                              f"dates present: {', '.join(present) or 'none'}")
+            raise ConfigError(f"no samples for {key} {first}..{last} in {path} (version {snap.version}); "
+                              f"dates present: {', '.join(snap.dates) or 'none'}")
         parts[key] = [(f.path, f.num_rows) for f in files]
-    return DataManifest(path, int(version), parts["train_dates"], parts["eval_dates"])
+    return DataManifest(path, snap.version, parts["train_dates"], parts["eval_dates"])
 
 
 def _to_tensors(batch: dict[str, np.ndarray]):

@@ -3,9 +3,10 @@
 
 The index row of a (user_id, category_id) holds the key's behaviors of the long window, newest first,
 as an array of ``struct<ts, item_id, behavior_type>``, plus ``count`` (uncapped number of behaviors of
-the key in the window), ``last_ts`` and ``oldest_ts``; the table stores it in segments (below). The index holds the lifelong data: the paper's
-truncation to K = 200 applies to what hard search returns (sim.samples), not to the index; an optional
-safety cap per key (``caps.ubt_category_cap``) exists and is off by default.
+the key in the window), ``last_ts`` and ``oldest_ts``; the table stores it in segments (below). The
+index holds the lifelong data: the paper's truncation to K = 200 applies to what hard search returns
+(sim.samples), not to the index; an optional safety cap per key (``caps.ubt_category_cap``) exists and
+is off by default.
 
 Segments. The table is partitioned by ``segment``, the first date of the span of days a row's
 behaviors fall in: a key's behaviors are stored as one row per segment, and the index row of a key is
@@ -167,9 +168,22 @@ def shift_date(date: str, days: int) -> str:
     return (parse_date(date) + _dt.timedelta(days=days)).isoformat()
 
 
+EPOCH = _dt.date(1970, 1, 1)
+
+
+def epoch_day(date: str) -> int:
+    """Days from 1970-01-01 to ``date``."""
+    return (parse_date(date) - EPOCH).days
+
+
+def epoch_day_col(dt: Column) -> Column:
+    """:func:`epoch_day` of a ``yyyy-MM-dd`` column."""
+    return F.datediff(F.to_date(dt), F.lit(EPOCH.isoformat()).cast("date"))
+
+
 def day_start(date: str) -> int:
     """Epoch seconds of midnight UTC starting ``date``."""
-    return (parse_date(date) - _dt.date(1970, 1, 1)).days * SECONDS_PER_DAY
+    return epoch_day(date) * SECONDS_PER_DAY
 
 
 def date_range(first: str, last: str) -> list[str]:
@@ -186,13 +200,13 @@ def retention_first_date(windows: Windows, date: str) -> str | None:
 
 def segment_of(date: str, segment_days: int) -> str:
     """The first date of the block of ``segment_days`` days (aligned on 1970-01-01) holding ``date``."""
-    days = (parse_date(date) - _dt.date(1970, 1, 1)).days
-    return (_dt.date(1970, 1, 1) + _dt.timedelta(days=days - days % segment_days)).isoformat()
+    days = epoch_day(date)
+    return (EPOCH + _dt.timedelta(days=days - days % segment_days)).isoformat()
 
 
 def segment_col(dt: Column, segment_days: int) -> Column:
     """:func:`segment_of` of a ``yyyy-MM-dd`` column."""
-    days = F.datediff(F.to_date(dt), F.lit("1970-01-01").cast("date"))
+    days = epoch_day_col(dt)
     return F.date_format(F.date_from_unix_date((days - days % F.lit(segment_days)).cast("int")),
                          "yyyy-MM-dd")
 
@@ -249,7 +263,8 @@ def in_window_rows(rows: DataFrame, start_ts: int | None) -> DataFrame:
     kept = F.filter("behaviors", lambda b: b["ts"] >= start)
     replace = {
         "behaviors": F.when(stale, kept).otherwise(F.col("behaviors")),
-        "count": F.when(stale, F.col("count") - (F.size("behaviors") - F.size(kept))).otherwise(F.col("count")),
+        "count": F.when(stale, F.col("count") - (F.size("behaviors") - F.size(kept)))
+        .otherwise(F.col("count")),
         "oldest_ts": F.when(~stale, F.col("oldest_ts"))
         .when(F.size(kept) > 0, F.element_at(kept, -1).getField("ts")),
     }
@@ -285,8 +300,7 @@ def missing_key() -> Column:
 
 def ts_outside_dt() -> Column:
     """True for a row whose ``ts`` (epoch seconds) is not inside its own ``dt`` date (UTC)."""
-    day = F.datediff(F.to_date(F.col("dt")), F.lit("1970-01-01").cast("date"))
-    return F.floor(F.col("ts") / F.lit(SECONDS_PER_DAY)) != day
+    return F.floor(F.col("ts") / F.lit(SECONDS_PER_DAY)) != epoch_day_col(F.col("dt"))
 
 
 def reject_reason(behaviors: DataFrame) -> Column:
@@ -414,11 +428,12 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
                        rejected=n_rejects, metrics=metrics)
     log.info("build_ubt %s: appended the day's rows of %s keys -> version %s", date, result.touched_keys,
              hist.version)
-    for step in (_rollup_block, _expire_blocks):
-        version = step(spark, path, windows, cap, date, meta)
+    rolled = _rollup_block(spark, path, windows, cap, date, meta)
+    dropped = _expire_blocks(spark, path, windows, date, meta)
+    result.metrics.update(rollup_block=rolled is not None, expire_blocks=dropped is not None)
+    for version in (rolled, dropped):  # the date's last commit is its version
         if version is not None:
             result.version = version
-            result.metrics[step.__name__.strip("_")] = True
     return result
 
 
@@ -443,8 +458,7 @@ def _rollup_block(spark: SparkSession, path: str, windows: Windows, cap: int, da
     return version
 
 
-def _expire_blocks(spark: SparkSession, path: str, windows: Windows, cap: int, date: str, meta: dict
-                   ) -> int | None:
+def _expire_blocks(spark: SparkSession, path: str, windows: Windows, date: str, meta: dict) -> int | None:
     """Drop the blocks whose every date left UBT(date)'s window (whole partitions: no data file is read
     or written), in a commit tagged with the date; the version, or None when none left today.
 
@@ -452,10 +466,11 @@ def _expire_blocks(spark: SparkSession, path: str, windows: Windows, cap: int, d
     condition takes every older segment too, so a run interrupted before it is made up next time.
     """
     first = retention_first_date(windows, date)
-    if first is None or segment_of(shift_date(first, -1), windows.segment_days) == segment_of(
-            first, windows.segment_days):
+    if first is None:
         return None
     older = segment_of(shift_date(first, -1), windows.segment_days)
+    if older == segment_of(first, windows.segment_days):  # the day before the window is in its block
+        return None
     from delta.tables import DeltaTable
     with commit_metadata(spark, {**meta, "op": "expire"}):
         DeltaTable.forPath(spark, path).delete(f"segment <= '{older}'")

@@ -112,7 +112,8 @@ def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
     assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == ["2024-06-29", "2024-06-30"]
     beh = read_table(spark, str(lake / "behaviors")).where(
         (F.col("dt") >= retention_first_date(WINDOWS, "2024-06-30")) & (F.col("dt") <= "2024-06-30"))
-    assert rows_of(ubt_view(read_table(spark, str(ubt)), WINDOWS, "2024-06-30")) == rows_of(aggregate_ubt(beh))
+    index = ubt_view(read_table(spark, str(ubt)), WINDOWS, "2024-06-30")
+    assert rows_of(index) == rows_of(aggregate_ubt(beh))
 
     # Samples of both impression days, Delta resolved by spark-submit --packages. (Re-runs of a
     # committed samples date are covered in test_samples; the UBT re-run above skipped 06-29.)
