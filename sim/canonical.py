@@ -127,3 +127,16 @@ def write_log_table(df: DataFrame, lakehouse: str, table: str, *, job: str, labe
     # One writer task per date: a few large files per dt instead of one per (task, dt).
     return delta_io.write_date(df.repartition("dt"), path, job=job, date=label, force=True,
                                extra_metadata=meta, replace_where=replace_where)
+
+
+def write_table(df: DataFrame, lakehouse: str, table: str, *, job: str, label: str, fp: str) -> bool:
+    """Replace a small unpartitioned table whole, skipped like :func:`write_log_table` when the last
+    commit is the same job, label and fingerprint. Returns True if a commit was made."""
+    path = delta_io.table_path(lakehouse, table)
+    if _same_write_committed(df.sparkSession, path, job, label, fp):
+        log.info("%s: %s %s already written with the same inputs; skipped", table, job, label)
+        return False
+    meta = json.dumps({"job": job, "date": label, "fingerprint": fp}, sort_keys=True)
+    (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+     .option("userMetadata", meta).save(path))
+    return True

@@ -44,6 +44,8 @@ def report_or_fail(job: str, ingest: Callable[[], object]) -> int:
         logging.getLogger("sim").error("%s", e)
         print(f"{job}: FAILED: {e}", flush=True)
         return 1
+    for line in getattr(report, "details", []):
+        print(f"{job}: {line}", flush=True)
     print(report.summary(), flush=True)
     return 0
 

@@ -23,7 +23,8 @@ from pyspark.sql import functions as F
 from sim import canonical
 from sim.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, date_range_predicate,
                            rejects_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
-from sim.generator import GeneratorConfig, generate_behaviors, generate_impressions, user_profiles
+from sim.generator import (ITEM_TOPICS_TABLE, GeneratorConfig, auc_by_date, generate_behaviors,
+                           generate_impressions, item_topics, user_profiles)
 from sim.importers import import_inputs, next_behavior_impressions
 from sim.validation import (ValidationCounts, check_counts, classify_behaviors, classify_impressions, counts_of,
                             enforce_reject_ratio, reason_counts, split)
@@ -72,11 +73,12 @@ class IngestReport:
     dates: dict[str, tuple[str, str]] = field(default_factory=dict)  # table -> (first, last dt)
     committed: dict[str, bool] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)  # lines printed before the summary
     seconds: float = 0.0
 
     def summary(self) -> str:
         parts = [f"{self.job}:"]
-        for t in (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE):
+        for t in (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, ITEM_TOPICS_TABLE):
             if t in self.written:
                 rng = self.dates.get(t)
                 skipped = "" if self.committed.get(t, True) else " (unchanged, skipped)"
@@ -148,6 +150,14 @@ def run_generator(spark: SparkSession, gc: GeneratorConfig, lakehouse: str, *, m
     report.written = {BEHAVIORS_TABLE: beh.counts.accepted, IMPRESSIONS_TABLE: imp.counts.accepted,
                       REJECTS_TABLE: beh.counts.rejected + imp.counts.rejected}
     report.notes = {"users": int(stats["users"]), "max_behaviors_per_user": int(stats["max"])}
+    report.committed[ITEM_TOPICS_TABLE] = canonical.write_table(
+        item_topics(spark, gc), lakehouse, ITEM_TOPICS_TABLE, job=job, label=last, fp=fp)
+    report.written[ITEM_TOPICS_TABLE] = gc.items_per_category * gc.categories
+    # The two oracles on the stored impressions: what a model can reach, with and without long-term terms.
+    accepted_imp = imp.accepted
+    oracle, short = auc_by_date(accepted_imp, "p_click"), auc_by_date(accepted_imp, "p_click_short")
+    report.details = [f"oracle AUC {d}: p_click {oracle[d]:.4f}, p_click_short {short.get(d, float('nan')):.4f}"
+                      for d in sorted(oracle)]
     users.unpersist()
     report.release()
     report.seconds = time.time() - start

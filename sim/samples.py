@@ -45,9 +45,9 @@ from pyspark.sql import types as T
 from sim.config import ConfigError
 from sim.delta_io import (job_commits, read_table, require_table, table_path, version_for_date,
                           write_date)
-from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, in_window_rows,
-                     long_seq_len, missing_key, parse_date, short_seq_len, shift_date, ts_outside_dt,
-                     ubt_category_cap, window_start_ts, write_rejects)
+from sim.ubt import (JOB as UBT_JOB, SECONDS_PER_DAY, UBT, Caps, Windows, check_caps_fit, in_window_rows,
+                     long_seq_len, missing_key, parse_date, recent_seq_len, short_seq_len, shift_date,
+                     ts_outside_dt, ubt_category_cap, window_start_ts, write_rejects)
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ SEQ_STRUCT = T.StructType([
 ])
 _SEQ_ARRAY = T.ArrayType(SEQ_STRUCT, True)
 
-SAMPLES_SCALARS_IN = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click", "dt")
+SAMPLES_SCALARS_IN = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click",
+                      "p_click_short", "dt")
 SAMPLES = T.StructType(
     [T.StructField("impression_id", T.LongType()), T.StructField("user_id", T.LongType()),
      T.StructField("item_id", T.LongType()), T.StructField("category_id", T.LongType()),
      T.StructField("ts", T.LongType()), T.StructField("label", T.IntegerType()),
-     T.StructField("p_click", T.DoubleType()), T.StructField("dt", T.StringType())]
+     T.StructField("p_click", T.DoubleType()), T.StructField("p_click_short", T.DoubleType()),
+     T.StructField("dt", T.StringType())]
     + [T.StructField(f"{s}_{f}", T.ArrayType(T.IntegerType() if f == "gaps" else T.LongType(), True))
        for s in ("short", "hard", "long") for f in ("items", "cats", "gaps")]
     + [T.StructField(c, T.IntegerType()) for c in ("short_len", "hard_len", "long_len", "d_category")])
@@ -90,6 +92,7 @@ class SampleSpec:
     def __post_init__(self) -> None:
         if self.time_gap_buckets < 2:
             raise ConfigError("time_gap_buckets must be >= 2 (bucket 0 is padding)")
+        check_caps_fit(self.windows, self.caps)
 
     @classmethod
     def from_conf(cls, cfg) -> "SampleSpec":
@@ -106,7 +109,7 @@ class SampleSpec:
     @property
     def recent_n(self) -> int:
         """Newest UBT behaviors per user the long and short sequences can ever need."""
-        return max(self.long_n, self.short_n)
+        return recent_seq_len(self.windows, self.caps)
 
 
 # ------------------------------------------------------------------------------ column functions
@@ -280,12 +283,12 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
         hard_items = F.slice(F.concat(_ids(before_c, "item_id"), h_items), 1, n_hard)
         expired_at_t = F.size(F.filter(F.coalesce("first_day_ts", empty_long), lambda x: x <= long_start))
         long_len = F.coalesce("ubt_count", F.lit(0)) - expired_at_t + nb
-    else:
-        n_long = F.least(F.lit(spec.long_n), F.size(a_ts))
+    else:  # count mode: short = the newest short_n, long = the long_n before them (disjoint)
         n_short = F.least(F.lit(spec.short_n), F.size(a_ts))
-        in_long = F.filter(F.arrays_zip(F.slice(a_ts, 1, n_long).alias("ts"),
-                                        F.slice("all_items", 1, n_long).alias("item_id"),
-                                        F.slice("all_cats", 1, n_long).alias("category_id")),
+        n_long = F.least(F.lit(spec.long_n), F.size(a_ts) - n_short)
+        in_long = F.filter(F.arrays_zip(F.slice(a_ts, n_short + 1, n_long).alias("ts"),
+                                        F.slice("all_items", n_short + 1, n_long).alias("item_id"),
+                                        F.slice("all_cats", n_short + 1, n_long).alias("category_id")),
                            lambda b: b["category_id"] == cand)
         in_long = F.slice(in_long, 1, c.hard_k)
         hard_ts, hard_items = _ids(in_long, "ts"), _ids(in_long, "item_id")
@@ -293,8 +296,10 @@ def build_sequences(impressions: DataFrame, ubt: DataFrame, day_behaviors: DataF
     last_in_cat = F.coalesce(F.array_max(_ids(before_c, "ts")), F.col("cat_last_ts"))
     d_category = F.when(last_in_cat.isNull(), F.lit(-1)).otherwise(
         F.floor((t - last_in_cat) / F.lit(SECONDS_PER_DAY))).cast("int")
+    long_from = F.lit(1) if timed else n_short + 1
     return df.select(*SAMPLES_SCALARS_IN, "all_ts", "all_items", "all_cats",
                      n_long.cast("int").alias("n_long"), n_short.cast("int").alias("n_short"),
+                     long_from.cast("int").alias("long_from"),
                      hard_ts.alias("hard_ts"), hard_items.alias("hard_items"),
                      long_len.cast("int").alias("long_len"), d_category.alias("d_category"))
 
@@ -327,11 +332,11 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
             F.lit(" has a behavior at or after its time in a sequence")))).otherwise(d_category)
     seqs = seqs.select("*", gaps_all.alias("_gaps"))
     out = {}
-    for name, cap, n in (("short", caps.short_cap, F.col("n_short")),
-                         ("long", caps.long_cap, F.col("n_long"))):
-        out[f"{name}_items"] = _pad(F.slice("all_items", 1, n), cap, "long")
-        out[f"{name}_cats"] = _pad(F.slice("all_cats", 1, n), cap, "long")
-        out[f"{name}_gaps"] = _pad(F.slice("_gaps", 1, n), cap, "int")
+    for name, cap, start, n in (("short", caps.short_cap, F.lit(1), F.col("n_short")),
+                                ("long", caps.long_cap, F.col("long_from"), F.col("n_long"))):
+        out[f"{name}_items"] = _pad(F.slice("all_items", start, n), cap, "long")
+        out[f"{name}_cats"] = _pad(F.slice("all_cats", start, n), cap, "long")
+        out[f"{name}_gaps"] = _pad(F.slice("_gaps", start, n), cap, "int")
     out["hard_items"] = _pad(F.col("hard_items"), caps.hard_k, "long")
     out["hard_cats"] = _pad(F.array_repeat(F.col("category_id"), n_hard), caps.hard_k, "long")
     out["hard_gaps"] = _pad(hard_gaps, caps.hard_k, "int")
@@ -368,8 +373,8 @@ def split_impressions(impressions: DataFrame, run_date: str) -> tuple[DataFrame,
     valid = tagged.where(F.col("_reason").isNull()).select(
         F.col("impression_id").cast("long"), F.col("user_id").cast("long"), F.col("item_id").cast("long"),
         F.col("category_id").cast("long"), F.col("ts").cast("long"), F.col("label").cast("int"),
-        (F.col("p_click") if "p_click" in impressions.columns else F.lit(None)).cast("double")
-        .alias("p_click"), F.col("dt"))
+        *[(F.col(p) if p in impressions.columns else F.lit(None)).cast("double").alias(p)
+          for p in ("p_click", "p_click_short")], F.col("dt"))
     return valid, rejects
 
 

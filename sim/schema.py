@@ -34,8 +34,10 @@ IMPRESSIONS = T.StructType([
     T.StructField("category_id", T.LongType(), False),
     T.StructField("ts", T.LongType(), False),
     T.StructField("label", T.IntegerType(), False),
-    # Ground-truth click probability where the data is synthetic (null for imported logs).
+    # Ground-truth click probability where the data is synthetic (null for imported logs), and the same
+    # click model without its long-term terms (the best a model that sees only the short window can do).
     T.StructField("p_click", T.DoubleType(), True),
+    T.StructField("p_click_short", T.DoubleType(), True),
     T.StructField("dt", T.StringType(), False),
 ])
 

@@ -129,24 +129,45 @@ class Caps:
                       if k in block})
 
 
+def check_caps_fit(windows: Windows, caps: Caps) -> None:
+    """Count mode stores exactly ``short_count`` and ``long_count`` behaviors: caps smaller than the
+    counts would cut a sequence silently, so they are refused (time mode caps its windows by design)."""
+    if windows.mode != "count":
+        return
+    problems = [f"caps.{cap}={getattr(caps, cap)} < windows.{count}={getattr(windows, count)}"
+                for cap, count in (("short_cap", "short_count"), ("long_cap", "long_count"))
+                if getattr(caps, cap) < getattr(windows, count)]
+    if problems:
+        raise ConfigError("count mode keeps the last short_count behaviors as the short sequence and the "
+                          "long_count before them as the long one; " + ", ".join(problems)
+                          + ": raise the caps or lower the counts")
+
+
 def long_seq_len(windows: Windows, caps: Caps) -> int:
     """How many behaviors the long sequence holds at most (its padded length is ``caps.long_cap``)."""
-    return caps.long_cap if windows.mode == "time" else min(caps.long_cap, windows.long_count)
+    return caps.long_cap if windows.mode == "time" else windows.long_count
 
 
 def short_seq_len(windows: Windows, caps: Caps) -> int:
-    return caps.short_cap if windows.mode == "time" else min(caps.short_cap, windows.short_count)
+    return caps.short_cap if windows.mode == "time" else windows.short_count
+
+
+def recent_seq_len(windows: Windows, caps: Caps) -> int:
+    """Newest behaviors of a user that the short and long sequences together can need: the long
+    sequence in time mode (the short one is its prefix); short + long in count mode (disjoint)."""
+    long_n, short_n = long_seq_len(windows, caps), short_seq_len(windows, caps)
+    return long_n + short_n if windows.mode == "count" else max(long_n, short_n)
 
 
 def ubt_category_cap(windows: Windows, caps: Caps) -> int:
     """Behaviors kept per (user, category) array; 0 = all of the long window.
 
-    In count mode a key never needs more than the longest count-based sequence: the newest N behaviors
-    of a user hold at most N of any one category.
+    In count mode a key never needs more than the count-based sequences together: the newest N + M
+    behaviors of a user hold at most N + M of any one category.
     """
     if windows.mode == "time":
         return caps.ubt_category_cap
-    need = max(long_seq_len(windows, caps), short_seq_len(windows, caps))
+    need = recent_seq_len(windows, caps)
     return min(need, caps.ubt_category_cap) if caps.ubt_category_cap else need
 
 

@@ -24,7 +24,7 @@ Each row gets the first reason that applies, in this order (:data:`REASONS`):
 ``ts_outside_run_date``       ``dt`` of ``ts`` outside the run's date (range)
 ``unknown_behavior_type``     behavior type not one of :data:`sim.schema.BEHAVIOR_TYPES` (any case)
 ``bad_label``                 impression label other than 0/1
-``bad_p_click``               an impression's ``p_click`` that is not a probability
+``bad_p_click``               an impression's ``p_click`` or ``p_click_short`` that is not a probability
 (any other ``pre_reason``)    e.g. ``unknown_item``, ``bad_rating`` set by an importer
 ``duplicate_event``           an exact duplicate of an accepted row (the first one by ``raw`` stays)
 ``duplicate_impression_id``   an impression id already used by an accepted impression with other content
@@ -66,7 +66,10 @@ _DATE_RE = r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
 # Latest epoch second we accept at all (year 2100); beyond it a value is a unit mistake (ms, us).
 _MAX_TS = 4102444800
 BEHAVIOR_COLS = ("user_id", "item_id", "category_id", "behavior_type", "ts", "dt")
-IMPRESSION_COLS = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click", "dt")
+# Optional ground-truth probabilities of synthetic impressions (the oracle and its short-term part).
+PROBABILITY_COLS = ("p_click", "p_click_short")
+IMPRESSION_COLS = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", *PROBABILITY_COLS,
+                   "dt")
 
 
 class ValidationError(RuntimeError):
@@ -241,13 +244,25 @@ def classify_behaviors(raw: DataFrame, *, source: str,
                                                           "behavior_type", "ts"), source, has_raw)
 
 
+def _probability_stage(df: DataFrame, name: str) -> dict[str, Column]:
+    """Typed value ``_v_<name>`` and presence ``_present_<name>`` of an optional probability column."""
+    if name not in df.columns:
+        return {f"_v_{name}": F.lit(None).cast("double"), f"_present_{name}": F.lit(False)}
+    c = F.col(name)
+    if _is_numeric(df, name):
+        return {f"_v_{name}": c.cast("double"), f"_present_{name}": c.isNotNull()}
+    s = F.trim(c)
+    return {f"_present_{name}": s.isNotNull() & (s != ""),
+            f"_v_{name}": F.when(s.rlike(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"), s.cast("double"))}
+
+
 def classify_impressions(raw: DataFrame, *, source: str,
                          date_range: tuple[str | None, str | None] = (None, None),
                          now_ts: int | None = None) -> DataFrame:
     """Classify impression rows: ids, ts, label (0/1), optional p_click in [0, 1], exact duplicates and
     reused impression ids. Returns the typed impression columns plus ``reason``, ``raw``, ``source``."""
     now_ts = int(time.time()) if now_ts is None else now_ts
-    data_cols = ["impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click"]
+    data_cols = ["impression_id", "user_id", "item_id", "category_id", "ts", "label", *PROBABILITY_COLS]
     df, has_raw = _prepare(raw, [c for c in data_cols if c in raw.columns])
     ids = ("impression_id", "user_id", "item_id", "category_id")
     stage = {}
@@ -259,26 +274,17 @@ def classify_impressions(raw: DataFrame, *, source: str,
         stage["_v_label"] = F.when(lab.isin(0, 1), lab.cast("int"))
     else:
         stage["_v_label"] = F.when(F.trim(lab).isin("0", "1"), F.trim(lab).cast("int"))
-    if "p_click" in df.columns:
-        pc = F.col("p_click")
-        if _is_numeric(df, "p_click"):
-            stage["_v_p_click"] = pc.cast("double")
-            stage["_present_p"] = pc.isNotNull()
-        else:
-            s = F.trim(pc)
-            stage["_present_p"] = s.isNotNull() & (s != "")
-            stage["_v_p_click"] = F.when(s.rlike(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"), s.cast("double"))
-    else:
-        stage["_v_p_click"] = F.lit(None).cast("double")
-        stage["_present_p"] = F.lit(False)
+    for name in PROBABILITY_COLS:
+        stage.update(_probability_stage(df, name))
     df = df.select(*_keep(df), *[v.alias(k) for k, v in stage.items()])
     df = df.withColumn("_v_dt", dt_of(F.col("_v_ts")))
-    p = F.col("_v_p_click")
     problems = [_id_problem(c) for c in ids]
     problems.append(_ts_problem(date_range, now_ts))
     problems.append(F.when(F.col("_v_label").isNull(), F.lit("bad_label")))
-    problems.append(F.when(F.col("_present_p") & (p.isNull() | F.isnan(p) | (p < 0) | (p > 1)),
-                           F.lit("bad_p_click")))
+    for name in PROBABILITY_COLS:
+        p = F.col(f"_v_{name}")
+        problems.append(F.when(F.col(f"_present_{name}") & (p.isNull() | F.isnan(p) | (p < 0) | (p > 1)),
+                               F.lit("bad_p_click")))
     df = df.select(*[F.col(f"_v_{c}").alias(c) for c in IMPRESSION_COLS],
                    _first_reason(*problems).alias("_rules"), *_keep(df))
     return _finish(df, F.col("_rules"), IMPRESSION_COLS,

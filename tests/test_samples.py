@@ -33,7 +33,7 @@ BEHAVIOR_ROWS = [
     beh(1, 108, 10, T0 - 100 * DAY),  # h
 ] + [beh(3, 300 + k, 50, T0 - 7 * k * H) for k in range(1, 11)]  # 301 newest .. 310 oldest
 IMPRESSION_ROWS = [
-    imp(1, 1, 900, 10, T0, 1, 0.7), imp(2, 1, 901, 20, T0), imp(3, 1, 902, 10, T0 + 1200),
+    imp(1, 1, 900, 10, T0, 1, 0.7, 0.4), imp(2, 1, 901, 20, T0), imp(3, 1, 902, 10, T0 + 1200),
     imp(4, 2, 903, 10, T0), imp(5, 1, 904, 40, T0), imp(6, 3, 905, 50, T0),
 ]
 SPEC = SampleSpec(Windows(long_days=180, short_days=14), Caps(short_cap=4, hard_k=3, long_cap=5))
@@ -111,7 +111,7 @@ def test_hand_computed_sequences(spark):
     rows = out.collect()
     _check(rows, EXPECTED)
     one = next(r for r in rows if r.impression_id == 1)
-    assert (one.label, one.p_click, one.dt, one.item_id) == (1, 0.7, D, 900)
+    assert (one.label, one.p_click, one.p_click_short, one.dt, one.item_id) == (1, 0.7, 0.4, D, 900)
     # Padded to the fixed caps: every row has the same lengths.
     assert {(len(r.short_items), len(r.hard_gaps), len(r.long_cats)) for r in rows} == {(4, 3, 5)}
 
@@ -122,9 +122,20 @@ def test_count_mode_last_n(spark):
     imps = [IMPRESSION_ROWS[0]]
     rows = to_samples(build_sequences(*_inputs(spark, impressions=imps, spec=spec), spec), spec).collect()
     r = rows[0]
-    # Last 3 before t regardless of time (a, e, d), padded to long_cap 4; the 181-day-old one counts.
-    assert r.long_items == [101, 105, 104, 0] and r.short_items == [101, 105]
-    assert r.hard_items == [101, 0] and (r.long_len, r.d_category) == (7, 0)
+    # Short = the last 2 before t regardless of time (a, e); long = the 3 before them (d, h, f), disjoint,
+    # padded to long_cap 4; hard = the candidate's category within the long part; the 181-day-old counts.
+    assert r.short_items == [101, 105] and r.long_items == [104, 108, 106, 0]
+    assert not set(r.short_items) & (set(r.long_items) - {0})
+    assert r.hard_items == [108, 0] and (r.long_len, r.d_category) == (7, 0)
+
+
+def test_count_mode_caps_smaller_than_windows_are_refused():
+    with pytest.raises(ConfigError, match=r"caps.short_cap=50 < windows.short_count=100"):
+        SampleSpec(Windows(mode="count", long_count=400, short_count=100), Caps(short_cap=50, long_cap=1000))
+    with pytest.raises(ConfigError, match=r"caps.long_cap=300 < windows.long_count=400"):
+        SampleSpec(Windows(mode="count", long_count=400, short_count=50), Caps(short_cap=50, long_cap=300))
+    # Time mode caps its windows by design.
+    SampleSpec(Windows(mode="time"), Caps(short_cap=50, long_cap=300))
 
 
 def test_leak_guard_names_first_offending_impression(spark):
@@ -137,7 +148,7 @@ def test_leak_guard_names_first_offending_impression(spark):
 
 
 def test_split_impressions_rejects_with_reasons(spark):
-    rows = IMPRESSION_ROWS[:1] + [imp(7, 1, 1, 10, T0 + DAY)[:7] + (D,)]
+    rows = IMPRESSION_ROWS[:1] + [imp(7, 1, 1, 10, T0 + DAY)[:8] + (D,)]
     valid, rejects = split_impressions(spark.createDataFrame(rows, IMPRESSIONS), D)
     assert [r.impression_id for r in valid.collect()] == [1]
     rej = rejects.collect()
@@ -149,7 +160,7 @@ def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
     """The job on Delta: UBT(D-1) by time travel even after UBT(D) exists, hand-computed rows, a
     re-run changes nothing, a planted future behavior fails the job naming the impression."""
     lh = str(tmp_path)
-    bad_imp = imp(99, 1, 1, 10, T0 + DAY)[:7] + (D,)  # ts on D+1 under dt = D: rejected
+    bad_imp = imp(99, 1, 1, 10, T0 + DAY)[:8] + (D,)  # ts on D+1 under dt = D: rejected
     write_logs(spark, lh, BEHAVIOR_ROWS, IMPRESSION_ROWS + [bad_imp])
     with pytest.raises((SamplesInputError, MissingTableError), match="build_ubt.py --date 2024-06-30"):
         build_samples(spark, lh, D, SPEC)

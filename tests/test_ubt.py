@@ -28,8 +28,9 @@ def beh(user: int, item: int, cat: int, ts: int, btype: str = "pv") -> tuple:
     return (user, item, cat, btype, ts, dt_of(ts))
 
 
-def imp(iid: int, user: int, item: int, cat: int, ts: int, label: int = 0, p: float | None = None):
-    return (iid, user, item, cat, ts, label, p, dt_of(ts))
+def imp(iid: int, user: int, item: int, cat: int, ts: int, label: int = 0, p: float | None = None,
+        p_short: float | None = None):
+    return (iid, user, item, cat, ts, label, p, p_short, dt_of(ts))
 
 
 def write_logs(spark, lakehouse, behaviors, impressions=(), schema=BEHAVIORS) -> None:
@@ -204,11 +205,14 @@ def test_count_mode_keeps_everything_capped_per_category(spark, tmp_path):
     write_logs(spark, lh, rows)
     w, c = Windows(mode="count", long_count=3, short_count=2), Caps(long_cap=3, short_cap=2)
     build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-02")
-    got = {r.category_id: r for r in ubt_view(read_table(spark, table_path(lh, "ubt")), w, "2024-03-03",
-                                              category_cap=3).collect()}
-    # Nothing expires in count mode; each key keeps its newest max(long, short) = 3 behaviors.
+    rows = read_table(spark, table_path(lh, "ubt"))
+    got = {r.category_id: r for r in ubt_view(rows, w, "2024-03-03", category_cap=3).collect()}
+    # Nothing expires in count mode; the view capped at 3 keeps each key's newest 3.
     assert [x.item_id for x in got[1].behaviors] == [50, 8, 6] and got[1]["count"] == 5
     assert [x.item_id for x in got[2].behaviors] == [51, 7, 5] and got[2]["count"] == 5
+    # The index keeps long + short = 5 per key (short and long sequences are disjoint in count mode).
+    meta = {c.date: c.metadata for c in job_commits(spark, table_path(lh, "ubt"), "build_ubt")}
+    assert meta["2024-03-03"]["category_cap"] == 5
 
 
 def test_bad_rows_are_rejected_not_dropped(spark, tmp_path):

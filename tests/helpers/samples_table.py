@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sim import delta_io
+from sim.samples import SAMPLES, SAMPLES_COLUMNS
 
 
 def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, long: int = 20,
@@ -28,6 +29,7 @@ def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, 
             "impression_id": int(seed * 1_000_000 + i), "user_id": int(users[i]),
             "item_id": int(rng.integers(1, 500)), "category_id": int(cats[i]),
             "ts": 1_700_000_000 + i, "label": int(rng.random() < p), "p_click": float(p),
+            "p_click_short": 0.5,
             "short_items": seq(short_len, short, rng.integers(1, 500, short)),
             "short_cats": seq(short_len, short, rng.integers(1, 20, short)),
             "short_gaps": seq(short_len, short, rng.integers(1, 10, short).astype(np.int32)),
@@ -43,15 +45,9 @@ def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, 
     return pd.DataFrame(rows)
 
 
-SCHEMA = ("impression_id long, user_id long, item_id long, category_id long, ts long, label int, "
-          "p_click double, short_items array<long>, short_cats array<long>, short_gaps array<int>, "
-          "hard_items array<long>, hard_cats array<long>, hard_gaps array<int>, long_items array<long>, "
-          "long_cats array<long>, long_gaps array<int>, short_len int, hard_len int, long_len int, "
-          "d_category int, dt string")
-
-
 def write_samples(spark, path: str, dates: list[str], rows_per_date: int, files_per_date: int = 3,
                   seed: int = 1, force: bool = False) -> None:
     for i, d in enumerate(dates):
-        df = spark.createDataFrame(samples_frame(rows_per_date, d, seed=seed + i), SCHEMA)
+        frame = samples_frame(rows_per_date, d, seed=seed + i)[list(SAMPLES_COLUMNS)]
+        df = spark.createDataFrame(frame, SAMPLES)
         delta_io.write_date(df.repartition(files_per_date), path, job="test_samples", date=d, force=force)
