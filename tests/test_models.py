@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from sim.models import MODEL_NAMES, build_model, hash_ids, model_defaults  # noqa: E402
-from sim.models.layers import (Behaviors, FeatureEmbedding, GeneralSearchUnit,  # noqa: E402
+from sim.models.layers import (Behaviors, FeatureEmbedding, GeneralSearchUnit, TargetAttention,  # noqa: E402
                                masked_softmax)
 
 torch.set_num_threads(2)
@@ -243,10 +243,46 @@ def test_every_model_learns_a_tiny_task(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["gsu_only_hard", "sim_hard"])
 def test_hard_search_generalises_to_unseen_rows(name: str) -> None:
-    # Memorising candidates cannot help on fresh rows; only reading the hard-search output can.
-    model, _, _ = _train(name, make_batch(b=200, s=5, k=8, long=24, n_cats=12, seed=7), steps=60)
-    fresh = make_batch(b=200, s=5, k=8, long=24, n_cats=12, seed=8)
+    # Memorising candidates cannot help on fresh rows; only reading the hard-search output can. No short
+    # sequence: DIN's unnormalised short branch alone can memorise 200 rows, and this is about the long one.
+    model, _, _ = _train(name, make_batch(b=200, s=0, k=8, long=24, n_cats=12, seed=7), steps=60)
+    fresh = make_batch(b=200, s=0, k=8, long=24, n_cats=12, seed=8)
     with torch.no_grad():
         predicted = model(fresh)["logit"] > 0
     accuracy = (predicted == fresh["label"].bool()).float().mean().item()
     assert accuracy > 0.9, accuracy
+
+
+def test_din_attention_is_unnormalised_by_default() -> None:
+    """DIN keeps the intensity of an interest: two copies of a behavior weigh twice one (softmax: same)."""
+    assert model_defaults()["din_normalization"] == "none"
+    assert build_model("din", SMALL).short_attention.normalization == "none"
+    torch.manual_seed(0)
+    target, key = torch.randn(1, 8), torch.randn(1, 1, 8)
+    for norm, factor in (("none", 2.0), ("softmax", 1.0)):
+        att = TargetAttention(8, (16,), normalization=norm)
+        one, _ = att(target, key, torch.ones(1, 1, dtype=torch.bool))
+        two, weights = att(target, key.repeat(1, 2, 1), torch.ones(1, 2, dtype=torch.bool))
+        assert torch.allclose(two, factor * one, atol=1e-6), norm
+        pad, _ = att(target, torch.cat([key, torch.randn(1, 3, 8)], 1), torch.tensor([[True, False, False, False]]))
+        assert torch.allclose(pad, one, atol=1e-6), norm  # padding weighs exactly 0
+    with pytest.raises(ValueError, match="normalization"):
+        TargetAttention(8, (16,), normalization="sigmoid")
+
+
+def test_soft_gsu_aux_input_is_equation_2_by_default() -> None:
+    """U_r = sum_i r_i e_i over the real behaviors, r_i = (W_b e_i) . (W_a e_a)."""
+    assert model_defaults()["gsu_aux_pooling"] == "sum"
+    torch.manual_seed(0)
+    gsu = GeneralSearchUnit("soft", k=3, behavior_dim=8, proj_dim=4, aux_hidden=(8,))
+    emb = FeatureEmbedding(101, 11, 4, 4)
+    batch = make_batch(b=4, long=6, n_cats=5)
+    seq = Behaviors(batch["long_items"], batch["long_cats"], batch["long_gaps"])
+    target = emb.items_and_cats(batch["item_id"], batch["category_id"])
+    captured = {}
+    gsu.aux_mlp.register_forward_hook(lambda m, inp, out: captured.update(x=inp[0]))
+    gsu(emb, seq, batch["category_id"], target)
+    e = emb.behaviors(seq)
+    r = torch.einsum("blp,bp->bl", gsu.w_b(e), gsu.w_a(target)) * seq.mask
+    want = torch.cat([torch.einsum("bl,ble->be", r, e), target], dim=-1)
+    assert torch.allclose(captured["x"], want, atol=1e-6)

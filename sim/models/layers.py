@@ -208,17 +208,26 @@ class MLP(nn.Module):
 class TargetAttention(nn.Module):
     """DIN target attention (Zhou et al., KDD 2018): an MLP scores each behavior against the target.
 
-    The score MLP sees [k, q, k - q, k * q] as in DIN. Weights are a masked softmax rather than DIN's
-    unnormalised scores: with sequences from 1 to thousands of behaviors the unnormalised sum scales
-    with the length, and the softmax gives padding a weight of exactly 0.
+    The score MLP sees [k, q, k - q, k * q] as in DIN. With ``normalization="none"`` (the DIN paper's
+    choice and our default) the pooled interest is sum_j a(e_j, e_a) e_j with the raw scores as weights:
+    relaxing sum_j w_j = 1 keeps the *intensity* of an interest (ten recent behaviors in the candidate's
+    category weigh more than one). ``"softmax"`` normalises the weights over the real behaviors (common
+    in open implementations; the pooled vector then no longer grows with the number of matches).
+    Padding gets a weight of exactly 0 either way.
 
     Args:
         dim: E, the dim of both the behaviors and the target.
         hidden: widths of the score MLP.
+        normalization: "none" (DIN) or "softmax".
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (80, 40)) -> None:
+    NORMALIZATIONS = ("none", "softmax")
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (80, 40), normalization: str = "none") -> None:
         super().__init__()
+        if normalization not in self.NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {self.NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
         self.score = MLP(4 * dim, hidden, out_dim=1)
 
     def forward(self, target: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -232,7 +241,10 @@ class TargetAttention(nn.Module):
         """
         q = target.unsqueeze(1).expand_as(keys)
         scores = self.score(torch.cat([keys, q, keys - q, keys * q], dim=-1)).squeeze(-1)
-        weights = masked_softmax(scores, mask)
+        if self.normalization == "softmax":
+            weights = masked_softmax(scores, mask)
+        else:
+            weights = scores * mask.to(scores.dtype)
         return torch.einsum("bl,ble->be", weights, keys), weights
 
 
@@ -311,10 +323,11 @@ class GeneralSearchUnit(nn.Module):
     sequence it is given: for the L <= a few thousand the samples carry, a sort is cheaper than
     building an ALSH index). It owns the auxiliary CTR head of Equation (2), which is what trains
     W_b and W_a: the top-K selection itself passes no gradient.
-    U_r = sum_i softmax(r)_i e_i over all real behaviors. The paper writes the raw sum sum_i r_i e_i;
-    we normalise because the raw sum grows with the sequence length (1 to 54,000 behaviors), which
-    would make the MLP input scale differ by orders of magnitude between users. The top-K order is
-    the same either way. ``aux_pooling="sum"`` gives the paper's raw sum.
+    ``aux_pooling="sum"`` (default) is Equation (2) as written: U_r = sum_i r_i e_i over all real
+    behaviors. Its scale grows with the sequence length (1 to 54,000 behaviors), so
+    ``aux_pooling="softmax"`` offers U_r = sum_i softmax(r)_i e_i instead, which keeps the aux MLP's
+    input on one scale for every user; the top-K order is the same either way, only what trains
+    W_b / W_a differs.
 
     Args:
         mode: "hard" or "soft".
@@ -322,12 +335,12 @@ class GeneralSearchUnit(nn.Module):
         behavior_dim: E (soft only).
         proj_dim: P, dim of W_b e_i and W_a e_a (soft only).
         aux_hidden: hidden widths of the auxiliary MLP (soft only).
-        aux_pooling: "softmax" or "sum", how r weighs e_i in U_r (soft only).
+        aux_pooling: "sum" (Equation 2) or "softmax", how r weighs e_i in U_r (soft only).
         dropout: dropout of the auxiliary MLP.
     """
 
     def __init__(self, mode: str, k: int | None = None, behavior_dim: int = 0, proj_dim: int = 16,
-                 aux_hidden: Sequence[int] = (200, 80), aux_pooling: str = "softmax",
+                 aux_hidden: Sequence[int] = (200, 80), aux_pooling: str = "sum",
                  dropout: float = 0.0) -> None:
         super().__init__()
         if mode not in ("hard", "soft"):

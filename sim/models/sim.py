@@ -87,10 +87,16 @@ def model_defaults() -> dict[str, Any]:
         esu_proj_dim: P, per-head projection dim of W_b^i / W_a^i.
         soft_k: K behaviors soft search keeps.
         gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
-        gsu_aux_pooling: "softmax" (default) or "sum" (the paper's raw sum_i r_i e_i) for U_r.
+        gsu_aux_pooling: "sum" (default: Equation 2, U_r = sum_i r_i e_i) or "softmax" for U_r.
+        din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
+            intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
         hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
         mimn_slots: memory slots of the mimn baseline.
         dropout: dropout in the MLPs.
+        embedding_l2: weight of the L2 penalty on the embeddings a batch looks up (the candidate's,
+            the short sequence's and the long branch's), per sample: the regularisation CTR models
+            use on sparse ids, touching only the rows a batch uses (as DIN's mini-batch aware
+            regulariser; DIN also divides by each id's frequency, we do not).
         gsu_alpha: weight of the GSU aux loss (None = 1 with soft search; must stay 0/None otherwise).
         esu_beta: weight of the main CTR loss (None = 1).
     """
@@ -105,10 +111,12 @@ def model_defaults() -> dict[str, Any]:
         "esu_proj_dim": 16,
         "soft_k": 50,
         "gsu_proj_dim": 16,
-        "gsu_aux_pooling": "softmax",
+        "gsu_aux_pooling": "sum",
+        "din_normalization": "none",
         "hard_k": None,
         "mimn_slots": 4,
         "dropout": 0.0,
+        "embedding_l2": 0.0,
         "gsu_alpha": None,
         "esu_beta": None,
     }
@@ -151,7 +159,8 @@ class CTRModel(nn.Module):
         self.embedding = FeatureEmbedding(c["item_buckets"], c["category_buckets"],
                                           c["time_gap_buckets"], c["emb_dim"])
         e_dim = self.embedding.behavior_dim
-        self.short_attention = TargetAttention(e_dim, c["attention_dims"])
+        self.embedding_l2 = float(c["embedding_l2"])
+        self.short_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
 
         self.gsu: GeneralSearchUnit | None = None
         self.esu: ExactSearchUnit | None = None
@@ -176,7 +185,7 @@ class CTRModel(nn.Module):
             self.memory = MemoryReader(e_dim, c["mimn_slots"])
             long_dim = e_dim
         elif spec.long_branch == "din_long":
-            self.long_attention = TargetAttention(e_dim, c["attention_dims"])
+            self.long_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
             long_dim = e_dim
         self.over_arch = MLP(long_dim + 2 * e_dim, c["mlp_dims"], out_dim=1, dropout=c["dropout"])
 
@@ -191,7 +200,10 @@ class CTRModel(nn.Module):
             ``logit`` B, the main (ESU / over-arch) CTR logit;
             ``short_attention`` B X S, DIN weights of the short branch;
             ``gsu_logit`` B, soft-search aux CTR logit (soft models only);
-            ``gsu_scores`` B X L and ``gsu_index`` B X K (GSU models);
+            ``gsu_scores`` B X L, ``gsu_index`` B X K and ``gsu_mask`` B X K (GSU models: positions
+            kept in the searched sequence, ``long_*`` for soft search, ``hard_*`` for hard search);
+            ``embedding_sq`` scalar, the squared norm of the looked-up embeddings per sample (only
+            with ``embedding_l2`` > 0);
             ``esu_attention`` B X H X K (ESU models); ``long_attention`` B X L (din_long);
             ``memory_read`` B X slots (mimn).
         """
@@ -199,14 +211,16 @@ class CTRModel(nn.Module):
         emb = self.embedding
         target = emb.items_and_cats(batch["item_id"], batch["category_id"])
         short = _sequence(batch, "short")
-        u_short, out["short_attention"] = self.short_attention(target, emb.behaviors(short),
-                                                               short.mask)
+        e_short = emb.behaviors(short)
+        u_short, out["short_attention"] = self.short_attention(target, e_short, short.mask)
         features = [u_short, target]
+        looked_up = [target, e_short]
         branch = self.spec.long_branch
         if self.gsu is not None:
             source = _sequence(batch, "long" if self.gsu.mode == "soft" else "hard")
             found = self.gsu(emb, source, batch["category_id"], target)
-            out["gsu_index"] = found.index
+            out["gsu_index"], out["gsu_mask"] = found.index, found.mask
+            looked_up.append(found.embeddings)
             if found.scores is not None:
                 out["gsu_scores"] = found.scores
             if found.aux_logit is not None:
@@ -219,6 +233,7 @@ class CTRModel(nn.Module):
         elif branch != "none":
             long = _sequence(batch, "long")
             e_long = emb.behaviors(long)
+            looked_up.append(e_long)
             if branch == "avgpool":
                 u_long = masked_mean(e_long, long.mask)
             elif branch == "mimn":
@@ -229,10 +244,13 @@ class CTRModel(nn.Module):
                 u_long, out["long_attention"] = self.long_attention(target, e_long, long.mask)
             features.insert(0, u_long)
         out["logit"] = self.over_arch(torch.cat(features, dim=-1)).squeeze(-1)
+        if self.embedding_l2 > 0:
+            out["embedding_sq"] = sum(e.pow(2).sum() for e in looked_up) / max(1, target.shape[0])
         return out
 
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
-        """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit).
+        """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit), plus ``embedding_l2`` times the
+        squared norm of the embeddings the batch looked up (per sample).
 
         Args:
             outputs: what ``forward`` returned.
@@ -247,6 +265,8 @@ class CTRModel(nn.Module):
         if self.gsu_alpha > 0:
             total = total + self.gsu_alpha * F.binary_cross_entropy_with_logits(
                 outputs["gsu_logit"], y)
+        if self.embedding_l2 > 0:
+            total = total + self.embedding_l2 * outputs["embedding_sq"]
         return total
 
     def attention_weights(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
