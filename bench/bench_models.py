@@ -8,8 +8,9 @@ This measures forward+backward samples/s and peak memory on CPU (2 threads) for
 - ``sim_soft`` with K = 200 kept out of L (the soft search runs in the model, so it pays for L once),
 - ``din_long``: DIN target attention over all L behaviors (the cost reference; not a paper model),
 
-at L = 1,000 and 10,000, batch 256. Each measurement runs in its own subprocess so that the peak
-resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) belongs to that
+at L = 1,000, 10,000 and 54,000 (the paper's longest sequences), batch 256, smaller where one run would
+exceed ``--mem-budget-gb`` (the batch halves until the memory extrapolated from the model's shorter run
+fits). Each measurement runs in its own subprocess so that the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) belongs to that
 configuration alone; the figure reported is the peak minus the RSS after building the model and the
 batch, i.e. activations, gradients and allocator overhead of the measured steps.
 
@@ -102,14 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small run: batch 32, L 1,000 and 2,000")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lengths", type=int, nargs="+", default=[1_000, 10_000])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1_000, 10_000, 54_000])
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--short", type=int, default=50)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mem-budget-gb", type=float, default=6.0,
-                   help="largest extra memory one din_long run may take; its batch shrinks to fit")
+                   help="largest extra memory one run over L may take; its batch shrinks to fit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -125,24 +126,23 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     # sim_hard never sees L (Spark did the search): one measurement serves every L.
     rows.append(run({**common, "model": "sim_hard", "length": lengths[0], "batch": args.batch}))
-    mb_per_sample_per_l: float | None = None
+    # Memory over L grows linearly in L: each model's first run gives MB per sample per behavior.
+    mb_per_sample_per_l: dict[str, float] = {}
     for length in lengths:
-        rows.append(run({**common, "model": "sim_soft", "length": length, "batch": args.batch}))
-        batch = args.batch
-        if mb_per_sample_per_l is not None:
-            # Attention over L is linear in L: extrapolate from the shorter run.
-            need_gb = mb_per_sample_per_l * length * batch / 1024
-            while batch > 8 and need_gb > args.mem_budget_gb:
-                batch //= 2
-                need_gb = mb_per_sample_per_l * length * batch / 1024
-            if batch != args.batch:
-                notes.append(f"din_long at L={length:,}: batch {args.batch} would need about "
-                             f"{mb_per_sample_per_l * length * args.batch / 1024:.1f} GB over the "
-                             f"{args.mem_budget_gb:g} GB budget, measured at batch {batch}")
-        row = run({**common, "model": "din_long", "length": length, "batch": batch})
-        rows.append(row)
-        if "error" not in row and mb_per_sample_per_l is None:
-            mb_per_sample_per_l = max(row["delta_mb"], 1.0) / batch / length
+        for model in ("sim_soft", "din_long"):
+            batch = args.batch
+            rate = mb_per_sample_per_l.get(model)
+            if rate is not None:
+                while batch > 8 and rate * length * batch / 1024 > args.mem_budget_gb:
+                    batch //= 2
+                if batch != args.batch:
+                    notes.append(f"{model} at L={length:,}: batch {args.batch} would need about "
+                                 f"{rate * length * args.batch / 1024:.1f} GB over the "
+                                 f"{args.mem_budget_gb:g} GB budget, measured at batch {batch}")
+            row = run({**common, "model": model, "length": length, "batch": batch})
+            rows.append(row)
+            if "error" not in row and rate is None:
+                mb_per_sample_per_l[model] = max(row["delta_mb"], 1.0) / batch / length
 
     print(f"forward+backward on CPU, {args.threads} threads, emb_dim 8, K={args.k}, "
           f"short S={args.short}, {args.steps} timed steps after {args.warmup} warm-up, "
@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['samples_per_s']:>11.1f} {1000 / r['samples_per_s']:>10.3f} "
               f"{r['delta_mb']:>9.1f} {r['delta_mb'] / r['batch']:>10.3f}")
     hard = rows[0]
-    print("ratios (sim_hard K=200 against din_long over all L; memory per sample):")
+    print("ratios (sim_hard K=200 against each model over all L; memory per sample):")
     for r in rows:
-        if r["model"] != "din_long" or "error" in r or "error" in hard:
+        if r["model"] == "sim_hard" or "error" in r or "error" in hard:
             continue
         speed = hard["samples_per_s"] / r["samples_per_s"]
         mem = (hard["delta_mb"] / hard["batch"]) / max(r["delta_mb"] / r["batch"], 1e-9)
-        print(f"  L={r['length']:>6,}: sim_hard is {speed:.1f}x the throughput, "
+        print(f"  {r['model']:<9} L={r['length']:>6,}: sim_hard is {speed:.1f}x the throughput, "
               f"{mem:.2f}x the memory per sample")
     for note in notes:
         print("note:", note)

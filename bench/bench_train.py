@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from sim import delta_io, petastorm_io, tracking  # noqa: E402
 from sim.config import load_pipeline_conf  # noqa: E402
-from sim.demo import plan  # noqa: E402
+from sim.demo import plan, split_sets  # noqa: E402
 from sim.schema import SAMPLE_COLUMNS  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def train_samples_per_sec(np_: int, model: str, epochs: int, lakehouse: str, d: 
         cmd = [sys.executable, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model]
         for s in (f"lakehouse={lakehouse}", f"tracking_uri={uri}", f"train.epochs={epochs}",
                   f"train.batch_size={batch}", f"train.checkpoint_dir={tmp}/ckpt",
-                  f"train_dates=[{d['train_from']},{d['train_to']}]", f"eval_dates=[{d['eval']},{d['eval']}]"):
+                  *split_sets(d)):
             cmd += ["--set", s]
         if np_ > 1:
             cmd += ["--np", str(np_)]

@@ -34,29 +34,37 @@ def _day(d: str, delta: int) -> str:
 
 
 def plan(cfg: dict) -> dict[str, str]:
-    """Dates of each stage from the generator config: impressions on the last ``impression_days``."""
+    """Dates of each stage from the generator config: impressions on the last ``impression_days``; the
+    last day is the test day, the one before it validation, the others train."""
     g = cfg["generator"]
     end, n = str(g["end_date"]), int(g["impression_days"])
-    if n < 2:
-        raise SystemExit("the demo needs generator.impression_days >= 2 (train days + one eval day)")
+    if n < 3:
+        raise SystemExit("the demo needs generator.impression_days >= 3 (train days, a validation day, "
+                         "a test day)")
     first_imp = _day(end, -(n - 1))
     return {"ubt_from": _day(first_imp, -1), "ubt_to": _day(end, -1), "samples_from": first_imp,
-            "samples_to": end, "train_from": first_imp, "train_to": _day(end, -1), "eval_from": end,
-            "eval": end}
+            "samples_to": end, "train_from": first_imp, "train_to": _day(end, -2), "valid_from": _day(end, -1),
+            "valid_to": _day(end, -1), "test_from": end, "test_to": end}
+
+
+def split_sets(d: dict[str, str]) -> list[str]:
+    """The experiment config overrides of a plan's three date ranges."""
+    return [f"{s}_dates=[{d[s + '_from']},{d[s + '_to']}]" for s in ("train", "valid", "test")]
 
 
 # MovieLens-100k (from the recbole wheel): the public-data protocol of the SIM/MIMN papers. The last
 # ML_TARGETS ratings of each user become impressions (positive: the rated movie; negative: a seeded movie
 # the user never rated); count-mode sequences are replayed from the log in one pass; impressions from
-# ML_EVAL_FROM on (the last ~5 weeks, about a quarter of them) are the eval set.
+# ML_VALID_FROM to the day before ML_TEST_FROM pick the epoch, those from ML_TEST_FROM on are reported.
 ML_TARGETS = 10
-ML_FIRST, ML_LAST, ML_EVAL_FROM = "1997-09-01", "1998-04-30", "1998-03-15"
+ML_FIRST, ML_LAST, ML_VALID_FROM, ML_TEST_FROM = "1997-09-01", "1998-04-30", "1998-02-15", "1998-03-15"
 ML_WINDOWS = ["windows.mode=count", "windows.long_count=400", "windows.short_count=50"]
 
 
 def plan_ml100k() -> dict[str, str]:
     return {"samples_from": ML_FIRST, "samples_to": ML_LAST, "train_from": ML_FIRST,
-            "train_to": _day(ML_EVAL_FROM, -1), "eval_from": ML_EVAL_FROM, "eval": ML_LAST}
+            "train_to": _day(ML_VALID_FROM, -1), "valid_from": ML_VALID_FROM,
+            "valid_to": _day(ML_TEST_FROM, -1), "test_from": ML_TEST_FROM, "test_to": ML_LAST}
 
 
 def _stage(i: int, total: int, title: str, cmd: list[str], env: dict) -> float:
@@ -117,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
                      *spark_args])]
     train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", f"dataset={args.dataset}",
-                  f"tracking_uri={args.tracking_uri}", f"train_dates=[{d['train_from']},{d['train_to']}]",
-                  f"eval_dates=[{d['eval_from']},{d['eval']}]", *args.train_set]
+                  f"tracking_uri={args.tracking_uri}", *split_sets(d), *args.train_set]
     for seed in seeds:
         for model in models:
             cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,

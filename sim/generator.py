@@ -120,15 +120,15 @@ class GeneratorConfig:
     seed: int = 7
     end_date: str = "2024-07-01"
     history_days: int = 200
-    impression_days: int = 3
-    users: int = 300
+    impression_days: int = 4
+    users: int = 3000
     items: int = 50000
     categories: int = 200
     topics: int = 40
     cross_category_share: float = 0.5
     mean_behaviors_per_user: float = 400
     min_behaviors_per_user: int = 10
-    max_behaviors_per_user: int = 6000
+    max_behaviors_per_user: int = 1000
     heavy_users: int = 2
     tail_index: float = 1.5
     interests_min: int = 2
@@ -140,7 +140,7 @@ class GeneratorConfig:
     burst_size: int = 20
     repeat_prob: float = 0.5
     favorites_per_category: int = 5
-    impressions_per_user_day: int = 10
+    impressions_per_user_day: int = 20
     partitions: int = 0  # 0 = one per ~500k behaviors, at least 2
     truth: TruthConfig = field(default_factory=TruthConfig)
 

@@ -73,28 +73,50 @@ def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int =
                  drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Re-batch Petastorm's row-group batches into dicts of dense numpy arrays of ``batch_size`` rows.
 
+    A row group may hold tens of thousands of rows: batches are cut from it as views, so each row is
+    copied once (by the stride/shuffle selection), not once per batch taken from its group.
+
     Args:
         stride_rows: keep rows ``rank::size`` of each row group (see :func:`open_reader`).
         shuffle_seed: shuffle rows inside each row group with this seed (deterministic order).
     """
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    buf: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    pending: list[dict[str, np.ndarray]] = []
     buffered = 0
+
+    def take(n: int) -> dict[str, np.ndarray]:
+        nonlocal buffered
+        parts: list[dict[str, np.ndarray]] = []
+        while n > 0:
+            chunk = pending[0]
+            rows = len(chunk[columns[0]])
+            if rows <= n:
+                parts.append(pending.pop(0))
+                n -= rows
+                buffered -= rows
+            else:
+                parts.append({c: chunk[c][:n] for c in columns})
+                pending[0] = {c: chunk[c][n:] for c in columns}
+                buffered -= n
+                n = 0
+        if len(parts) == 1:
+            return parts[0]
+        return {c: np.concatenate([p[c] for p in parts]) for c in columns}
+
     for group in reader:
         arrays = {c: _dense(getattr(group, c)) for c in columns}
         n = len(arrays[columns[0]])
-        idx = np.arange(n)
-        if stride_rows:
-            idx = idx[rank::size]
-        if rng is not None:
-            idx = rng.permutation(idx)
-        for c in columns:
-            buf[c].append(arrays[c][idx])
-        buffered += len(idx)
+        if stride_rows or rng is not None:
+            idx = np.arange(n)
+            if stride_rows:
+                idx = idx[rank::size]
+            if rng is not None:
+                idx = rng.permutation(idx)
+            arrays = {c: arrays[c][idx] for c in columns}
+        if len(arrays[columns[0]]):
+            pending.append(arrays)
+            buffered += len(arrays[columns[0]])
         while buffered >= batch_size:
-            merged = {c: np.concatenate(buf[c]) for c in columns}
-            yield {c: merged[c][:batch_size] for c in columns}
-            buf = {c: [merged[c][batch_size:]] for c in columns}
-            buffered -= batch_size
+            yield take(batch_size)
     if buffered and not drop_last:
-        yield {c: np.concatenate(buf[c]) for c in columns}
+        yield take(buffered)

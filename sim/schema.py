@@ -62,3 +62,5 @@ SAMPLE_SCALARS = ("impression_id", "user_id", "item_id", "category_id", "ts", "l
 SAMPLE_SEQUENCES = tuple(c for s in SEQUENCES for c in seq_columns(s))
 # Columns training reads from the samples table.
 SAMPLE_COLUMNS = SAMPLE_SCALARS + SAMPLE_SEQUENCES
+# The generator's click probabilities (null for imported logs): read for evaluation only, never trained on.
+ORACLE_COLUMNS = ("p_click", "p_click_short")

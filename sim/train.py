@@ -6,11 +6,19 @@ the predictions of all ranks together, and rank 0 tracks everything in MLflow.
     python -m sim.train --config conf/experiments.yaml --expid din --np 2   # validates, then horovodrun
     python -m sim.train --config conf/experiments.yaml --expid din          # one process
 
-The data (files of the samples snapshot for the train and eval dates, with row counts and the table
+Dates are split three ways: ``train_dates`` train, ``valid_dates`` pick the epoch (the one with the best
+validation AUC; ``train.patience`` epochs without improvement end training early), and ``test_dates``
+give the reported figures of that epoch's model, never used to choose anything. Per epoch the run logs
+the validation metrics (``val_auc``, ``val_logloss``, ``val_gauc``), ``train_loss`` and, for search
+models, the search diagnostics (:mod:`sim.diagnostics`); at the end the test metrics (``auc``,
+``logloss``, ``gauc``) with ``best_epoch`` and the reference rows of :mod:`sim.evaluation` (oracles,
+item popularity).
+
+The data (files of the samples snapshot for the three date ranges, with row counts and the table
 version) is resolved once, from the Delta log (no JVM), before training: by the ``--np`` launcher before
 any worker starts, otherwise by rank 0, which broadcasts it. Every rank takes the same number of steps
 per epoch (ceil(rows / (ranks * batch))), wrapping around its shard if it is the smaller one, so no rank
-waits in a collective for a batch that never comes.
+waits in a collective for a batch that never comes. A reader loads only the columns the model reads.
 """
 from __future__ import annotations
 
@@ -35,11 +43,10 @@ import yaml
 
 from sim.config import ConfigError, apply_overrides, deep_merge, load_yaml
 from sim.delta_io import MissingTableError
-from sim.schema import SAMPLE_COLUMNS
 
 log = logging.getLogger("sim.train")
 
-EVAL_COLUMNS = ("impression_id", "user_id", "label", "d_category", "long_len")
+SPLITS = ("train", "valid", "test")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -72,35 +79,40 @@ def _date_range(cfg: dict, key: str) -> tuple[str, str]:
 
 
 def validate_config(cfg: dict) -> None:
-    """Checks that need no data: model name, date ranges, training numbers."""
+    """Checks that need no data: model name, date ranges in train < valid < test order, training numbers."""
     from sim.models import MODEL_NAMES
     name = cfg.get("model", {}).get("name")
     if name not in MODEL_NAMES:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    _date_range(cfg, "train_dates")
-    _date_range(cfg, "eval_dates")
+    if "eval_dates" in cfg:
+        raise ConfigError("eval_dates is split into valid_dates (picks the epoch) and test_dates (the "
+                          "reported figures): set those two instead")
+    ranges = [_date_range(cfg, f"{split}_dates") for split in SPLITS]
+    for (a, ra), (b, rb) in zip(zip(SPLITS, ranges), list(zip(SPLITS, ranges))[1:]):
+        if ra[1] >= rb[0]:
+            raise ConfigError(f"{a}_dates {ra[0]}..{ra[1]} must end before {b}_dates {rb[0]}..{rb[1]} "
+                              "start (train, then validation, then test, without overlap)")
     t = cfg.get("train", {})
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if int(t.get(key, 1)) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t.get(key)}")
+    if int(t.get("patience", 0)) < 0:
+        raise ConfigError(f"train.patience must be >= 0 (0 = train every epoch), got {t.get('patience')}")
 
 
 # ------------------------------------------------------------------------------------------------ data
 @dataclasses.dataclass
 class DataManifest:
-    """What a run reads: the samples table version and the files of its snapshot per date range."""
+    """What a run reads: the samples table version and the files of its snapshot per split."""
     samples_path: str
     samples_version: int
-    train_files: list[tuple[str, int]]
-    eval_files: list[tuple[str, int]]
+    files: dict[str, list[tuple[str, int]]]  # split -> (path, rows)
 
-    @property
-    def train_rows(self) -> int:
-        return sum(n for _, n in self.train_files)
+    def paths(self, split: str) -> list[str]:
+        return [p for p, _ in self.files[split]]
 
-    @property
-    def eval_rows(self) -> int:
-        return sum(n for _, n in self.eval_files)
+    def rows(self, split: str) -> int:
+        return sum(n for _, n in self.files[split])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -108,13 +120,12 @@ class DataManifest:
     @classmethod
     def from_json(cls, text: str) -> "DataManifest":
         d = json.loads(text)
-        d["train_files"] = [tuple(x) for x in d["train_files"]]
-        d["eval_files"] = [tuple(x) for x in d["eval_files"]]
+        d["files"] = {k: [tuple(x) for x in v] for k, v in d["files"].items()}
         return cls(**d)
 
 
 def resolve_data(cfg: dict) -> DataManifest:
-    """List the samples snapshot's files for the train and eval dates, from the Delta log (no JVM)."""
+    """List the samples snapshot's files for each split's dates, from the Delta log (no JVM)."""
     from sim import delta_io
 
     path = delta_io.table_path(cfg["lakehouse"], cfg.get("samples_table", "samples"))
@@ -123,15 +134,29 @@ def resolve_data(cfg: dict) -> DataManifest:
         snap = delta_io.log_snapshot(path)
     except MissingTableError as e:
         raise MissingTableError(f"{e}; {hint}") from None
-    parts = {}
-    for key in ("train_dates", "eval_dates"):
-        first, last = _date_range(cfg, key)
-        files = snap.between(first, last)
-        if not files:
-            raise ConfigError(f"no samples for {key} {first}..{last} in {path} (version {snap.version}); "
-                              f"dates present: {', '.join(snap.dates) or 'none'}")
-        parts[key] = [(f.path, f.num_rows) for f in files]
-    return DataManifest(path, snap.version, parts["train_dates"], parts["eval_dates"])
+    files = {}
+    for split in SPLITS:
+        first, last = _date_range(cfg, f"{split}_dates")
+        found = snap.between(first, last)
+        if not found:
+            raise ConfigError(f"no samples for {split}_dates {first}..{last} in {path} (version "
+                              f"{snap.version}); dates present: {', '.join(snap.dates) or 'none'}")
+        files[split] = [(f.path, f.num_rows) for f in found]
+    return DataManifest(path, snap.version, files)
+
+
+def load_item_topics(lakehouse: str):
+    """The synthetic catalog's item -> topic tensor for the diagnostics, or None without the table."""
+    from sim import delta_io
+    from sim.diagnostics import item_topic_lookup
+    from sim.generator import ITEM_TOPICS_TABLE
+
+    path = delta_io.table_path(lakehouse, ITEM_TOPICS_TABLE)
+    if not os.path.isdir(os.path.join(path, "_delta_log")):
+        return None
+    from deltalake import DeltaTable
+    t = DeltaTable(path).to_pyarrow_table(columns=["item_id", "topic_id"])
+    return item_topic_lookup(t.column("item_id").to_numpy(), t.column("topic_id").to_numpy())
 
 
 def _to_tensors(batch: dict[str, np.ndarray]):
@@ -159,45 +184,76 @@ def _load_checkpoint(ckpt_dir: Path) -> dict | None:
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
 
 
-def evaluate(model, files: list[str], batch_size: int, rank: int, size: int) -> dict[str, np.ndarray]:
-    """Predict this rank's shard of the eval files and gather every rank's predictions."""
+def make_optimizer(model, t: dict):
+    """Adam (the paper's optimizer); with ``train.weight_decay`` > 0, AdamW's decoupled weight decay."""
     import torch
-    from sim import hvd, petastorm_io
+    lr, wd = float(t["lr"]), float(t.get("weight_decay") or 0.0)
+    if wd > 0:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
-    columns = list(SAMPLE_COLUMNS)
+
+@dataclasses.dataclass
+class Best:
+    """The epoch validation picked so far (its weights stay on every rank; only rank 0 decides)."""
+    epoch: int = 0
+    val_auc: float = float("-inf")
+    state: dict | None = None
+
+
+def _train_epoch(model, optimizer, scheduler, files: list[str], columns: list[str], *, rank: int,
+                 size: int, batch_size: int, steps: int, seed: int, epoch: int, desc: str) -> float:
+    """One epoch of ``steps`` optimizer steps over this rank's shard; returns its mean loss."""
+    from tqdm import tqdm
+
+    from sim import petastorm_io
+
+    model.train()
+    losses = []
     stride = not petastorm_io.rows_sharded_by_reader(files, size)
-    out: dict[str, list[np.ndarray]] = {c: [] for c in (*EVAL_COLUMNS, "score")}
-    model.eval()
-    with torch.no_grad(), petastorm_io.open_reader(files, columns, rank=rank, size=size) as reader:
-        for batch in petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                               stride_rows=stride):
-            logits = model(_to_tensors(batch))["logit"]
-            out["score"].append(torch.sigmoid(logits).double().numpy())
-            for c in EVAL_COLUMNS:
-                out[c].append(batch[c])
-    gathered = {}
-    for c, parts in out.items():
-        dtype = np.float64 if c == "score" else np.int64
-        local = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-        gathered[c] = hvd.allgather(torch.from_numpy(local), name=f"eval.{c}").numpy()
-    return gathered
+    with petastorm_io.open_reader(files, columns, rank=rank, size=size, num_epochs=None,
+                                  shuffle=True, seed=seed + epoch) as reader:
+        batches = petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
+                                            stride_rows=stride, shuffle_seed=seed * 100003 + epoch * 101 + rank)
+        with tqdm(total=steps, desc=desc, disable=rank != 0, file=sys.stderr, leave=False) as bar:
+            for _ in range(steps):
+                batch = _to_tensors(next(batches))
+                loss = model.loss(model(batch), batch["label"].float())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+                bar.update(1)
+    return float(np.mean(losses))
 
 
-def eval_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    from sim.metrics import auc, gauc, logloss
-    return {"auc": auc(pred["label"], pred["score"]),
-            "logloss": logloss(pred["label"], pred["score"]),
-            "gauc": gauc(pred["user_id"], pred["label"], pred["score"]),
-            "eval_rows": float(len(pred["label"]))}
+def _search_mode(model) -> str | None:
+    return model.gsu.mode if getattr(model, "gsu", None) is not None else None
+
+
+def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Oracle AUCs (synthetic data) and the item-popularity AUC on the test impressions."""
+    from sim import delta_io
+    from sim.evaluation import oracle_metrics, popularity_auc
+
+    out = oracle_metrics(pred)
+    behaviors = delta_io.table_path(cfg["lakehouse"], "behaviors")
+    try:
+        out["popularity_auc"] = popularity_auc(pred, behaviors, _date_range(cfg, "test_dates")[0])
+    except Exception as e:  # a reference row only: never fail a finished training for it
+        log.warning("item popularity reference not computed from %s: %s", behaviors, e)
+    return out
 
 
 def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
           config_path: str | None = None) -> dict[str, float]:
-    """Train one experiment on every rank of the Horovod job; returns the final eval metrics."""
+    """Train one experiment on every rank of the Horovod job; returns the test metrics of the epoch
+    validation picked (on rank 0; other ranks return an empty dict)."""
     import torch
-    from tqdm import tqdm
 
-    from sim import hvd, petastorm_io, tracking
+    from sim import hvd, tracking
+    from sim.evaluation import ctr_metrics, evaluate, search_metrics
     from sim.models import build_model
 
     hvd.init()
@@ -212,12 +268,12 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
 
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
     model = build_model(cfg["model"]["name"], model_cfg)
-    optimizer = hvd.distributed_optimizer(torch.optim.Adam(model.parameters(), lr=float(t["lr"])), model)
+    optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model)
     rate, decay_steps = float(t.get("lr_decay_rate", 1.0)), float(t.get("lr_decay_steps", 1000))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate ** (s / decay_steps))
 
     ckpt_dir = _checkpoint_dir(cfg)
-    start_epoch, run_id = 0, None
+    start_epoch, run_id, best, since_best = 0, None, Best(), 0
     if resume:
         state = _load_checkpoint(ckpt_dir)
         if state is None:
@@ -226,16 +282,18 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, run_id = int(state["epoch"]), state.get("run_id")
+        best = Best(**state["best"])
+        since_best = int(state.get("since_best", 0))
     elif rank == 0 and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     hvd.broadcast_model_and_optimizer(model, optimizer)
 
-    train_files = [p for p, _ in manifest.train_files]
-    eval_files = [p for p, _ in manifest.eval_files]
-    columns = list(SAMPLE_COLUMNS)
-    batch_size, epochs = int(t["batch_size"]), int(t["epochs"])
-    steps_per_epoch = max(1, math.ceil(manifest.train_rows / (size * batch_size)))
-    stride = not petastorm_io.rows_sharded_by_reader(train_files, size)
+    columns = list(dict.fromkeys([*model.input_columns, "label"]))
+    batch_size, epochs, patience = int(t["batch_size"]), int(t["epochs"]), int(t.get("patience", 0))
+    eval_batch = int(t.get("eval_batch_size", 1024))
+    steps_per_epoch = max(1, math.ceil(manifest.rows("train") / (size * batch_size)))
+    item_topic = load_item_topics(cfg["lakehouse"])
+    mode = _search_mode(model)
 
     run_ctx = (tracking.run(cfg["experiment"], run_name=cfg["expid"], uri=cfg.get("tracking_uri"),
                             run_id=run_id, tags={"model": cfg["model"]["name"]})
@@ -243,83 +301,84 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
     metrics: dict[str, float] = {}
     with run_ctx as active_run_id:
         if rank == 0 and not resume:
-            tracking.log_params({**cfg, "horovod": {"size": size},
-                                 "data": {"samples_version": manifest.samples_version,
-                                          "samples_path": manifest.samples_path,
-                                          "train_rows": manifest.train_rows,
-                                          "eval_rows": manifest.eval_rows,
-                                          "train_files": len(train_files),
-                                          "steps_per_epoch": steps_per_epoch}})
-            tracking.set_tags({"samples_version": manifest.samples_version})
-            if config_path:
-                tracking.log_artifact(config_path, "config")
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "resolved_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-                tracking.log_artifact(Path(d) / "resolved_config.yaml", "config")
-        for epoch in range(start_epoch, epochs):
-            model.train()
+            _log_run_params(cfg, manifest, size, steps_per_epoch, config_path)
+        epoch = start_epoch
+        while epoch < epochs and not (patience and since_best >= patience):
             started = time.perf_counter()
-            losses = []
-            with petastorm_io.open_reader(train_files, columns, rank=rank, size=size, num_epochs=None,
-                                          shuffle=True, seed=seed + epoch) as reader:
-                batches = petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                                    stride_rows=stride,
-                                                    shuffle_seed=seed * 100003 + epoch * 101 + rank)
-                bar = tqdm(total=steps_per_epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}",
-                           disable=rank != 0, file=sys.stderr, leave=False)
-                for _ in range(steps_per_epoch):
-                    batch = _to_tensors(next(batches))
-                    out = model(batch)
-                    loss = model.loss(out, batch["label"].float())
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(loss.item())
-                    bar.update(1)
-                bar.close()
+            loss = _train_epoch(model, optimizer, scheduler, manifest.paths("train"), columns, rank=rank,
+                                size=size, batch_size=batch_size, steps=steps_per_epoch, seed=seed,
+                                epoch=epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}")
             elapsed = time.perf_counter() - started
-            train_loss = hvd.allreduce_mean(float(np.mean(losses)), name=f"train_loss.{epoch}")
-            pred = evaluate(model, eval_files, int(t.get("eval_batch_size", 1024)), rank, size)
+            train_loss = hvd.allreduce_mean(loss, name=f"train_loss.{epoch}")
+            ev = evaluate(model, manifest.paths("valid"), eval_batch, rank, size, item_topic)
+            epoch += 1
+            decision = None
             if rank == 0:
-                metrics = {**eval_metrics(pred), "train_loss": train_loss,
-                           "samples_per_sec": steps_per_epoch * batch_size * size / elapsed,
-                           "lr": scheduler.get_last_lr()[0]}
-                tracking.log_metrics(metrics, step=epoch + 1)
+                val = {f"val_{k}": v for k, v in ctr_metrics(ev.pred).items()}
+                decision = (val["val_auc"] > best.val_auc, val["val_auc"])
+                epoch_metrics = {**val, **search_metrics(ev, mode, item_topic is not None),
+                                 "train_loss": train_loss,
+                                 "samples_per_sec": steps_per_epoch * batch_size * size / elapsed,
+                                 "lr": scheduler.get_last_lr()[0]}
+                tracking.log_metrics(epoch_metrics, step=epoch)
                 # stdout, not logging: MLflow's database migrations (alembic fileConfig) disable the
                 # loggers that exist when a store is first created.
-                print(f"{cfg['expid']} epoch {epoch + 1}/{epochs}: "
-                      + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-                _save_checkpoint(ckpt_dir, {"epoch": epoch + 1, "model": model.state_dict(),
+                print(f"{cfg['expid']} epoch {epoch}/{epochs}: "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in epoch_metrics.items()), flush=True)
+            improved, val_auc = hvd.broadcast_object(decision, name=f"improved.{epoch}")
+            if improved:
+                best = Best(epoch, float(val_auc), {k: v.detach().clone() for k, v in model.state_dict().items()})
+            since_best = 0 if improved else since_best + 1
+            if rank == 0:
+                _save_checkpoint(ckpt_dir, {"epoch": epoch, "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(),
+                                            "best": dataclasses.asdict(best), "since_best": since_best,
                                             "run_id": active_run_id})
             hvd.barrier()
-            if int(t.get("fail_after_epoch") or 0) == epoch + 1:
-                raise RuntimeError(f"fault injected after epoch {epoch + 1} (train.fail_after_epoch)")
+            if int(t.get("fail_after_epoch") or 0) == epoch:
+                raise RuntimeError(f"fault injected after epoch {epoch} (train.fail_after_epoch)")
+        # The reported figures: the test impressions scored by the epoch validation picked.
+        if best.state is not None:
+            model.load_state_dict(best.state)
+        test = evaluate(model, manifest.paths("test"), eval_batch, rank, size, item_topic)
         if rank == 0:
-            if not metrics:  # resumed after the last epoch: evaluate the restored model once
-                pred = evaluate(model, eval_files, int(t.get("eval_batch_size", 1024)), rank, size)
-                metrics = eval_metrics(pred)
+            metrics = {**ctr_metrics(test.pred), "best_epoch": float(best.epoch),
+                       "best_val_auc": best.val_auc, "epochs_run": float(epoch),
+                       **_reference_metrics(cfg, manifest, test.pred)}
+            tracking.log_metrics(metrics)
+            print(f"{cfg['expid']} test (epoch {best.epoch} picked on validation): "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
             import pandas as pd
-            tracking.log_table(pd.DataFrame(pred), "eval_predictions.parquet")
-            example = _input_example(eval_files)
-            tracking.log_torch_model(model, example)
+            tracking.log_table(pd.DataFrame(test.pred), "test_predictions.parquet")
+            tracking.log_torch_model(model, _input_example(manifest.paths("test"), model.input_columns))
             weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
             tracking.log_metrics({"final_weight_checksum": float(np.abs(weights).sum())})
-        else:
-            if not metrics and start_epoch >= epochs:
-                evaluate(model, eval_files, int(t.get("eval_batch_size", 1024)), rank, size)
         _dump_weights(model, cfg, rank)
     return metrics
 
 
-def _input_example(files: list[str], rows: int = 4) -> dict[str, np.ndarray]:
+def _log_run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
+                    config_path: str | None) -> None:
+    from sim import tracking
+    tracking.log_params({**cfg, "horovod": {"size": size},
+                         "data": {"samples_version": manifest.samples_version,
+                                  "samples_path": manifest.samples_path,
+                                  **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
+                                  "train_files": len(manifest.files["train"]),
+                                  "steps_per_epoch": steps_per_epoch}})
+    tracking.set_tags({"samples_version": manifest.samples_version})
+    if config_path:
+        tracking.log_artifact(config_path, "config")
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "resolved_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tracking.log_artifact(Path(d) / "resolved_config.yaml", "config")
+
+
+def _input_example(files: list[str], columns: Sequence[str], rows: int = 4) -> dict[str, np.ndarray]:
     from sim import petastorm_io
-    columns = [c for c in SAMPLE_COLUMNS if c != "label"]
-    with petastorm_io.open_reader(files[:1], columns) as reader:
-        batch = next(petastorm_io.iter_batches(reader, columns, rows))
-    return batch
+    with petastorm_io.open_reader(files[:1], list(columns)) as reader:
+        return next(petastorm_io.iter_batches(reader, list(columns), rows))
 
 
 def _dump_weights(model, cfg: dict, rank: int) -> None:

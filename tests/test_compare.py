@@ -12,12 +12,18 @@ from conftest import ROOT, run
 from sim import compare, tracking
 
 
-def _log_run(uri: str, model: str, seed: int, aucs: list[float], pred: pd.DataFrame) -> None:
+def _log_run(uri: str, model: str, seed: int, aucs: list[float], pred: pd.DataFrame,
+             dataset: str = "synthetic", diag: dict | None = None) -> None:
+    """A training run as sim.train logs it: validation metrics per epoch, then the test metrics of the
+    picked epoch (here the last) with the reference rows."""
     with tracking.run("cmp", run_name=model, uri=uri):
-        tracking.log_params({"model": {"name": model}, "dataset": "synthetic", "train": {"seed": seed}})
+        tracking.log_params({"model": {"name": model}, "dataset": dataset, "train": {"seed": seed}})
         for step, a in enumerate(aucs, start=1):
-            tracking.log_metrics({"auc": a, "gauc": a - 0.01, "logloss": 0.5}, step=step)
-        tracking.log_table(pred, "eval_predictions.parquet")
+            tracking.log_metrics({"val_auc": a - 0.02, **(diag or {})}, step=step)
+        tracking.log_metrics({"auc": aucs[-1], "gauc": aucs[-1] - 0.01, "logloss": 0.5,
+                              "best_epoch": len(aucs), "oracle_auc": 0.85, "oracle_short_auc": 0.75,
+                              "popularity_auc": 0.55})
+        tracking.log_table(pred, "test_predictions.parquet")
 
 
 @pytest.fixture
@@ -31,20 +37,39 @@ def store(tmp_path):
         # "sim" scores clicks with long-ago category history highest, "din" only recent ones.
         for model, favour in (("din", d_cat == 3), ("sim_soft", d_cat >= 30)):
             score = rng.random(n) * 0.5 + 0.5 * favour
+            diag = ({"gsu_auc": 0.6 + 0.01 * seed, "topk_same_category": 0.5, "hard_soft_overlap": 0.7}
+                    if model == "sim_soft" else None)
             _log_run(uri, model, seed, [0.6, 0.65 + 0.01 * seed + (0.05 if model == "sim_soft" else 0)],
                      pd.DataFrame({"impression_id": np.arange(n), "user_id": np.arange(n) % 20,
-                                   "label": label, "d_category": d_cat, "long_len": 10, "score": score}))
+                                   "label": label, "d_category": d_cat, "long_len": 10, "score": score}),
+                     diag=diag)
+    # Another dataset in the same experiment must not mix into the synthetic rows.
+    _log_run(uri, "din", 1, [0.7, 0.8], pd.DataFrame({"impression_id": np.arange(n), "user_id": np.arange(n) % 20,
+                                                     "label": label, "d_category": d_cat, "long_len": 10,
+                                                     "score": rng.random(n)}), dataset="ml-100k")
     return uri
 
 
 def test_auc_table_mean_std_and_d_category_shift(store, tmp_path):
     res = compare.compare("cmp", store, tmp_path / "out")
-    t = res["auc_table"].set_index("model")
-    assert t.loc["sim_soft", "runs"] == 3
-    assert t.loc["sim_soft", "auc_mean"] == pytest.approx(np.mean([0.71, 0.72, 0.73]))
-    assert t.loc["din", "auc_std"] == pytest.approx(np.std([0.66, 0.67, 0.68]))
-    d = res["d_category_table"].set_index("model")
-    assert d.loc["sim_soft", "avg_d_category"] > d.loc["din", "avg_d_category"]
+    t = res["auc_table"].set_index(["dataset", "model"])
+    assert t.loc[("synthetic", "sim_soft"), "runs"] == 3
+    assert t.loc[("synthetic", "sim_soft"), "auc_mean"] == pytest.approx(np.mean([0.71, 0.72, 0.73]))
+    assert t.loc[("synthetic", "din"), "auc_std"] == pytest.approx(np.std([0.66, 0.67, 0.68]))
+    assert t.loc[("ml-100k", "din"), "auc_mean"] == pytest.approx(0.8) and t.loc[("ml-100k", "din"), "runs"] == 1
+    d = res["d_category_table"].set_index(["dataset", "model"])
+    assert d.loc[("synthetic", "sim_soft"), "avg_d_category"] > d.loc[("synthetic", "din"), "avg_d_category"]
+    # The lift shares: DIN against the short oracle, SIM against the oracle's lift over DIN.
+    lift = res["lift_table"].set_index(["dataset", "model"])
+    din = np.mean([0.66, 0.67, 0.68])
+    assert lift.loc[("synthetic", "din"), "short_share"] == pytest.approx((din - 0.5) / 0.25)
+    assert lift.loc[("synthetic", "sim_soft"), "oracle_share"] == pytest.approx((0.72 - din) / (0.85 - din))
+    # Diagnostics at the picked epoch, mean over the seeds; models without search have none.
+    diag = res["diagnostics_table"].set_index(["dataset", "model"])
+    assert diag.loc[("synthetic", "sim_soft"), "gsu_auc_mean"] == pytest.approx(0.62)
+    assert ("synthetic", "din") not in diag.index
+    text = compare.report(res, "cmp")
+    assert "item popularity" in text and "hard_soft_overlap" in text and "oracle p_click_short" in text
     for png in ("auc_per_epoch.png", "d_category_distribution.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     text = compare.format_auc_table(res["auc_table"])
@@ -57,7 +82,8 @@ def test_auc_table_mean_std_and_d_category_shift(store, tmp_path):
 def test_compare_cli_prints_tables(store, tmp_path):
     proc = run([sys.executable, "-m", "sim.compare", "--experiment", "cmp", "--tracking-uri", store,
                 "--out", str(tmp_path / "o"), "--no-log"])
-    assert "AUC (mean ± std over runs)" in proc.stdout and "avg d_category" in proc.stdout
+    assert "Test AUC (mean ± std over runs" in proc.stdout and "avg d_category" in proc.stdout
+    assert "Search diagnostics" in proc.stdout and "of oracle lift over DIN" in proc.stdout
 
 
 def test_compare_without_runs_says_what_to_do(tmp_path):

@@ -216,7 +216,8 @@ def test_generate_logs_cli(tmp_path):
     lake = tmp_path / "lake"
     cmd = [sys.executable, str(ROOT / "jobs" / "generate_logs.py"), "--lakehouse", str(lake),
            "--set", "generator.users=40", "--set", "generator.max_behaviors_per_user=2000",
-           "--set", "generator.history_days=30",
+           "--set", "generator.history_days=30", "--set", "generator.impression_days=3",
+           "--set", "generator.impressions_per_user_day=10",
            "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--master", "local[2]"]
     first = run(cmd).stdout.strip().splitlines()[-1]
     assert first.startswith("generate_logs: behaviors=") and "impressions=1200 [2024-06-29..2024-07-01]" in first

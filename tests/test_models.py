@@ -270,11 +270,13 @@ def test_din_attention_is_unnormalised_by_default() -> None:
         TargetAttention(8, (16,), normalization="sigmoid")
 
 
-def test_soft_gsu_aux_input_is_equation_2_by_default() -> None:
-    """U_r = sum_i r_i e_i over the real behaviors, r_i = (W_b e_i) . (W_a e_a)."""
-    assert model_defaults()["gsu_aux_pooling"] == "sum"
+@pytest.mark.parametrize("pooling", ["sum", "softmax"])
+def test_soft_gsu_aux_input(pooling: str) -> None:
+    """Equation 2: U_r = sum_i r_i e_i over the real behaviors, r_i = (W_b e_i) . (W_a e_a); or the
+    default, sum_i softmax(r)_i e_i."""
+    assert model_defaults()["gsu_aux_pooling"] == "softmax"
     torch.manual_seed(0)
-    gsu = GeneralSearchUnit("soft", k=3, behavior_dim=8, proj_dim=4, aux_hidden=(8,))
+    gsu = GeneralSearchUnit("soft", k=3, behavior_dim=8, proj_dim=4, aux_hidden=(8,), aux_pooling=pooling)
     emb = FeatureEmbedding(101, 11, 4, 4)
     batch = make_batch(b=4, long=6, n_cats=5)
     seq = Behaviors(batch["long_items"], batch["long_cats"], batch["long_gaps"])
@@ -283,6 +285,21 @@ def test_soft_gsu_aux_input_is_equation_2_by_default() -> None:
     gsu.aux_mlp.register_forward_hook(lambda m, inp, out: captured.update(x=inp[0]))
     gsu(emb, seq, batch["category_id"], target)
     e = emb.behaviors(seq)
-    r = torch.einsum("blp,bp->bl", gsu.w_b(e), gsu.w_a(target)) * seq.mask
-    want = torch.cat([torch.einsum("bl,ble->be", r, e), target], dim=-1)
+    r = torch.einsum("blp,bp->bl", gsu.w_b(e), gsu.w_a(target))
+    w = r * seq.mask if pooling == "sum" else masked_softmax(r, seq.mask)
+    want = torch.cat([torch.einsum("bl,ble->be", w, e), target], dim=-1)
     assert torch.allclose(captured["x"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_input_columns_are_all_a_model_reads(name: str) -> None:
+    """A reader may load only ``input_columns``: the model gives the same output from them alone, and
+    time gaps are read only by the models that embed them."""
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).eval()
+    batch = make_batch()
+    cols = model.input_columns
+    with torch.no_grad():
+        full, only = model(batch)["logit"], model({c: batch[c] for c in cols})["logit"]
+    assert torch.equal(full, only)
+    assert any(c.endswith("_gaps") for c in cols) == name.endswith("_time")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 SETS = ["generator.users=16", "generator.history_days=20", "generator.impression_days=2",
         "generator.mean_behaviors_per_user=40", "generator.max_behaviors_per_user=400",
         "generator.heavy_users=1", "generator.impressions_per_user_day=3", "generator.items=2000",
-        "generator.categories=20", "validation.max_reject_ratio=0.5",
+        "generator.categories=20", "generator.topics=4", "validation.max_reject_ratio=0.5",
         "windows.long_days=10", "windows.short_days=3",
         "caps.long_cap=40", "caps.hard_k=20", "caps.short_cap=10",
         "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]

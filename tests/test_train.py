@@ -14,18 +14,19 @@ from sim import delta_io, tracking
 from sim.metrics import auc
 
 TRAIN_DATES = ["2024-03-01", "2024-03-02"]
-EVAL_DATE = "2024-03-03"
+VALID_DATE = "2024-03-03"
+EVAL_DATE = "2024-03-04"  # the test date: the reported figures
 SMALL = ["model.emb_dim=4", "model.item_buckets=1009", "model.category_buckets=101",
          "model.mlp_dims=[32,16]", "model.soft_k=5", "train.batch_size=64", "train.eval_batch_size=128",
          "train.threads=1", f"train_dates=[{TRAIN_DATES[0]},{TRAIN_DATES[1]}]",
-         f"eval_dates=[{EVAL_DATE},{EVAL_DATE}]"]
+         f"valid_dates=[{VALID_DATE},{VALID_DATE}]", f"test_dates=[{EVAL_DATE},{EVAL_DATE}]"]
 
 
 @pytest.fixture(scope="module")
 def lakehouse(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("lakehouse")
     path = delta_io.table_path(str(root), "samples")
-    write_samples(spark, path, TRAIN_DATES + [EVAL_DATE], 300)
+    write_samples(spark, path, TRAIN_DATES + [VALID_DATE, EVAL_DATE], 300)
     # A forced rewrite of the eval date leaves the old files on disk; training must never read them.
     write_samples(spark, path, [EVAL_DATE], 250, seed=7, force=True)
     eval_ids = {r.impression_id for r in delta_io.read_table(spark, path).where(f"dt = '{EVAL_DATE}'")
@@ -62,12 +63,18 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     assert r.status == "FINISHED"
     assert r["params.horovod.size"] == "2"
     assert r["params.data.samples_version"] == str(version)
-    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "eval_predictions.parquet",
+    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet",
                                                       uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert len(pred) == 250 and set(pred.impression_id) == eval_ids  # every eval row once, across ranks
     assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
-    history = tracking.metric_history(r.run_id, "auc", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [s for s, _ in history] == [1, 2]
+    history = dict(tracking.metric_history(r.run_id, "val_auc", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert sorted(history) == [1, 2]
+    # The reported test AUC is that of the epoch with the best validation AUC.
+    assert r["metrics.best_epoch"] == max(history, key=lambda e: (history[e], -e))
+    assert r["metrics.best_val_auc"] == pytest.approx(max(history.values()))
+    # Soft search logs its diagnostics per epoch.
+    for name in ("gsu_auc", "topk_same_category", "hard_soft_overlap"):
+        assert 0.0 <= r[f"metrics.{name}"] <= 1.0, name
     # The logged model loads back and scores the eval rows as the run did.
     import mlflow.pytorch
     from sim import petastorm_io
@@ -109,6 +116,8 @@ def test_resume_after_crash_matches_uninterrupted_run(lakehouse, tmp_path):
     (["model.name=transformer"], "unknown model 'transformer'; known models: din"),
     (["train_dates=[2024-03-02,2024-03-01]"], "first date 2024-03-02 is after last date 2024-03-01"),
     (["train_dates=[2023-01-01,2023-01-02]"], "no samples for train_dates 2023-01-01..2023-01-02"),
+    ([f"valid_dates=[{EVAL_DATE},{EVAL_DATE}]"], "valid_dates 2024-03-04..2024-03-04 must end before test_dates"),
+    (["eval_dates=[2024-03-03,2024-03-03]"], "eval_dates is split into valid_dates"),
     (["lakehouse=/nonexistent/lakehouse"], "no Delta table at /nonexistent/lakehouse/samples"),
 ])
 def test_bad_config_fails_before_any_worker_starts(lakehouse, tmp_path, extra, message):

@@ -87,7 +87,8 @@ def model_defaults() -> dict[str, Any]:
         esu_proj_dim: P, per-head projection dim of W_b^i / W_a^i.
         soft_k: K behaviors soft search keeps.
         gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
-        gsu_aux_pooling: "sum" (default: Equation 2, U_r = sum_i r_i e_i) or "softmax" for U_r.
+        gsu_aux_pooling: "softmax" (default: U_r = sum_i softmax(r)_i e_i) or "sum" (Equation 2 as
+            written, U_r = sum_i r_i e_i); see ``GeneralSearchUnit`` for why the default differs.
         din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
             intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
         hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
@@ -111,7 +112,7 @@ def model_defaults() -> dict[str, Any]:
         "esu_proj_dim": 16,
         "soft_k": 50,
         "gsu_proj_dim": 16,
-        "gsu_aux_pooling": "sum",
+        "gsu_aux_pooling": "softmax",
         "din_normalization": "none",
         "hard_k": None,
         "mimn_slots": 4,
@@ -123,7 +124,11 @@ def model_defaults() -> dict[str, Any]:
 
 
 def _sequence(batch: Mapping[str, Tensor], name: str) -> Behaviors:
-    return Behaviors(batch[f"{name}_items"], batch[f"{name}_cats"], batch[f"{name}_gaps"])
+    """One sequence of the batch; without its ``*_gaps`` column (a model without time information
+    need not read it) the gaps are all padding."""
+    items = batch[f"{name}_items"]
+    gaps = batch.get(f"{name}_gaps")
+    return Behaviors(items, batch[f"{name}_cats"], torch.zeros_like(items) if gaps is None else gaps)
 
 
 class CTRModel(nn.Module):
@@ -188,6 +193,23 @@ class CTRModel(nn.Module):
             self.long_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
             long_dim = e_dim
         self.over_arch = MLP(long_dim + 2 * e_dim, c["mlp_dims"], out_dim=1, dropout=c["dropout"])
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        """The samples' sequences this model reads: short always, then the long-term branch's own
+        (``hard`` for hard search, ``long`` for soft search and the whole-sequence baselines)."""
+        if self.gsu is not None:
+            return ("short", "long" if self.gsu.mode == "soft" else "hard")
+        return ("short",) if self.spec.long_branch == "none" else ("short", "long")
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Columns of the samples table ``forward`` reads (a reader need not load the others): item and
+        category ids of each sequence, and the time-gap buckets only where the ESU embeds them."""
+        timed = self.spec.with_time
+        return ("item_id", "category_id",
+                *(f"{s}_{f}" for s in self.sequences
+                  for f in ("items", "cats", "gaps") if f != "gaps" or (timed and s != "short")))
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Args:
