@@ -58,7 +58,7 @@ def evaluate(model, files: Sequence[str], batch_size: int, rank: int, size: int,
     model.eval()
     with torch.no_grad(), petastorm_io.open_reader(files, columns, rank=rank, size=size) as reader:
         for batch in petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                               stride_rows=stride):
+                                               stride_rows=stride, trim=model.sequences):
             tensors = {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in model.input_columns}
             result = model(tensors)
             out["score"].append(torch.sigmoid(result["logit"]).double().numpy())

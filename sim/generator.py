@@ -126,9 +126,9 @@ class GeneratorConfig:
     categories: int = 200
     topics: int = 40
     cross_category_share: float = 0.5
-    mean_behaviors_per_user: float = 400
+    mean_behaviors_per_user: float = 250
     min_behaviors_per_user: int = 10
-    max_behaviors_per_user: int = 1000
+    max_behaviors_per_user: int = 600
     heavy_users: int = 2
     tail_index: float = 1.5
     interests_min: int = 2

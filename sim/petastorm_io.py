@@ -68,54 +68,86 @@ def _dense(column: np.ndarray) -> np.ndarray:
     return column
 
 
+def _real_lengths(arrays: dict[str, np.ndarray], sequences: Sequence[str]) -> np.ndarray:
+    """Per row, the longest real length among ``sequences`` (padding is 0 and only at the end)."""
+    lengths = [np.count_nonzero(arrays[f"{s}_items"], axis=1) for s in sequences]
+    return np.max(lengths, axis=0) if lengths else np.zeros(0, dtype=np.int64)
+
+
+def _trim(batch: dict[str, np.ndarray], sequences: Sequence[str]) -> dict[str, np.ndarray]:
+    """Cut each sequence's columns to the longest real length in the batch (at least 1 position): the
+    padding every row shares carries nothing, and the models ignore trailing padding."""
+    out = dict(batch)
+    for s in sequences:
+        width = max(1, int(np.count_nonzero(batch[f"{s}_items"], axis=1).max(initial=0)))
+        for c in batch:
+            if c.startswith(f"{s}_") and batch[c].ndim == 2:
+                out[c] = batch[c][:, :width]
+    return out
+
+
+def _bucketed(idx: np.ndarray, lengths: np.ndarray, batch_size: int, window_batches: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """Reorder shuffled row indices so each batch holds rows of similar length: within windows of
+    ``window_batches`` batches, sort by length, then shuffle the order of the batches (seeded)."""
+    out = []
+    window = batch_size * window_batches
+    for start in range(0, len(idx), window):
+        part = idx[start:start + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches = [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        out.extend(batches[i] for i in rng.permutation(len(batches)))
+    return np.concatenate(out) if out else idx
+
+
 def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int = 0, size: int = 1,
-                 stride_rows: bool = False, shuffle_seed: int | None = None,
-                 drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                 stride_rows: bool = False, shuffle_seed: int | None = None, drop_last: bool = False,
+                 trim: Sequence[str] = (), bucket_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Re-batch Petastorm's row-group batches into dicts of dense numpy arrays of ``batch_size`` rows.
 
-    A row group may hold tens of thousands of rows: batches are cut from it as views, so each row is
-    copied once (by the stride/shuffle selection), not once per batch taken from its group.
+    A row group may hold tens of thousands of rows: each batch gathers its own rows from the group (one
+    copy per row, batch by batch), so a shuffled group is never copied whole.
 
     Args:
         stride_rows: keep rows ``rank::size`` of each row group (see :func:`open_reader`).
         shuffle_seed: shuffle rows inside each row group with this seed (deterministic order).
+        trim: sequences (``short``, ``hard``, ``long``) whose columns are cut to the batch's longest real
+            length, so a batch of short histories does not pay for the cap.
+        bucket_batches: with shuffling, group rows of similar length (of the ``trim`` sequences) into
+            batches, sorted within windows of this many batches, so trimming saves more; 0 = off.
     """
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    pending: list[dict[str, np.ndarray]] = []
+    pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # (a row group's arrays, rows to take)
     buffered = 0
 
     def take(n: int) -> dict[str, np.ndarray]:
         nonlocal buffered
         parts: list[dict[str, np.ndarray]] = []
         while n > 0:
-            chunk = pending[0]
-            rows = len(chunk[columns[0]])
-            if rows <= n:
-                parts.append(pending.pop(0))
-                n -= rows
-                buffered -= rows
+            arrays, idx = pending[0]
+            k = min(n, len(idx))
+            parts.append({c: arrays[c][idx[:k]] for c in columns})
+            if k == len(idx):
+                pending.pop(0)
             else:
-                parts.append({c: chunk[c][:n] for c in columns})
-                pending[0] = {c: chunk[c][n:] for c in columns}
-                buffered -= n
-                n = 0
-        if len(parts) == 1:
-            return parts[0]
-        return {c: np.concatenate([p[c] for p in parts]) for c in columns}
+                pending[0] = (arrays, idx[k:])
+            n -= k
+            buffered -= k
+        batch = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in columns}
+        return _trim(batch, trim) if trim else batch
 
     for group in reader:
         arrays = {c: _dense(getattr(group, c)) for c in columns}
-        n = len(arrays[columns[0]])
-        if stride_rows or rng is not None:
-            idx = np.arange(n)
-            if stride_rows:
-                idx = idx[rank::size]
-            if rng is not None:
-                idx = rng.permutation(idx)
-            arrays = {c: arrays[c][idx] for c in columns}
-        if len(arrays[columns[0]]):
-            pending.append(arrays)
-            buffered += len(arrays[columns[0]])
+        idx = np.arange(len(arrays[columns[0]]))
+        if stride_rows:
+            idx = idx[rank::size]
+        if rng is not None:
+            idx = rng.permutation(idx)
+            if bucket_batches and trim:
+                idx = _bucketed(idx, _real_lengths(arrays, trim), batch_size, bucket_batches, rng)
+        if len(idx):
+            pending.append((arrays, idx))
+            buffered += len(idx)
         while buffered >= batch_size:
             yield take(batch_size)
     if buffered and not drop_last:

@@ -202,8 +202,10 @@ class Best:
 
 
 def _train_epoch(model, optimizer, scheduler, files: list[str], columns: list[str], *, rank: int,
-                 size: int, batch_size: int, steps: int, seed: int, epoch: int, desc: str) -> float:
-    """One epoch of ``steps`` optimizer steps over this rank's shard; returns its mean loss."""
+                 size: int, batch_size: int, steps: int, seed: int, epoch: int, desc: str,
+                 bucket_batches: int = 0) -> float:
+    """One epoch of ``steps`` optimizer steps over this rank's shard; returns its mean loss. Batches are
+    cut to their longest real sequence, and rows of similar length share batches (``bucket_batches``)."""
     from tqdm import tqdm
 
     from sim import petastorm_io
@@ -214,8 +216,11 @@ def _train_epoch(model, optimizer, scheduler, files: list[str], columns: list[st
     with petastorm_io.open_reader(files, columns, rank=rank, size=size, num_epochs=None,
                                   shuffle=True, seed=seed + epoch) as reader:
         batches = petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                            stride_rows=stride, shuffle_seed=seed * 100003 + epoch * 101 + rank)
-        with tqdm(total=steps, desc=desc, disable=rank != 0, file=sys.stderr, leave=False) as bar:
+                                            stride_rows=stride, shuffle_seed=seed * 100003 + epoch * 101 + rank,
+                                            trim=model.sequences, bucket_batches=bucket_batches)
+        # A bar only on an interactive terminal: under horovodrun or in a log it is thousands of lines.
+        with tqdm(total=steps, desc=desc, disable=rank != 0 or not sys.stderr.isatty(), file=sys.stderr,
+                  leave=False) as bar:
             for _ in range(steps):
                 batch = _to_tensors(next(batches))
                 loss = model.loss(model(batch), batch["label"].float())
@@ -307,7 +312,8 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
             started = time.perf_counter()
             loss = _train_epoch(model, optimizer, scheduler, manifest.paths("train"), columns, rank=rank,
                                 size=size, batch_size=batch_size, steps=steps_per_epoch, seed=seed,
-                                epoch=epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}")
+                                epoch=epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}",
+                                bucket_batches=int(t.get("length_buckets") or 0))
             elapsed = time.perf_counter() - started
             train_loss = hvd.allreduce_mean(loss, name=f"train_loss.{epoch}")
             ev = evaluate(model, manifest.paths("valid"), eval_batch, rank, size, item_topic)
