@@ -303,3 +303,21 @@ def test_input_columns_are_all_a_model_reads(name: str) -> None:
         full, only = model(batch)["logit"], model({c: batch[c] for c in cols})["logit"]
     assert torch.equal(full, only)
     assert any(c.endswith("_gaps") for c in cols) == name.endswith("_time")
+
+
+def test_identity_init_starts_soft_search_from_the_candidates_category() -> None:
+    """With W_b = W_a = I, r_i = e_i . e_a at initialisation: behaviors sharing the candidate's category
+    (hence its category embedding) rank first, as hard search would keep them; a random init does not."""
+    from sim.diagnostics import metrics, tally_batch
+    batch = make_batch(b=64, long=24, n_cats=12, seed=3)
+    shares = {}
+    for init in ("identity", "random"):
+        torch.manual_seed(0)
+        model = build_model("sim_soft", {**SMALL, "gsu_init": init, "soft_k": 2}).eval()
+        with torch.no_grad():
+            out = model(batch)
+        shares[init] = metrics(tally_batch(batch, out, "soft"), "soft", False)
+    assert model_defaults()["gsu_init"] == "identity"
+    # Share of hard search's first 2 picks that soft search keeps (item embeddings add noise to r_i).
+    assert shares["identity"]["hard_soft_overlap"] > 0.5 > 0.35 > shares["random"]["hard_soft_overlap"], shares
+    assert shares["identity"]["topk_same_category"] > 2 * shares["random"]["topk_same_category"], shares

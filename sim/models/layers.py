@@ -341,12 +341,13 @@ class GeneralSearchUnit(nn.Module):
         proj_dim: P, dim of W_b e_i and W_a e_a (soft only).
         aux_hidden: hidden widths of the auxiliary MLP (soft only).
         aux_pooling: "softmax" or "sum" (Equation 2), how r weighs e_i in U_r (soft only).
+        init: "identity" (r_i starts as e_i . e_a) or "random" (PyTorch's default for W_b, W_a).
         dropout: dropout of the auxiliary MLP.
     """
 
     def __init__(self, mode: str, k: int | None = None, behavior_dim: int = 0, proj_dim: int = 16,
                  aux_hidden: Sequence[int] = (200, 80), aux_pooling: str = "softmax",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, init: str = "identity") -> None:
         super().__init__()
         if mode not in ("hard", "soft"):
             raise ValueError(f"GSU mode must be 'hard' or 'soft', got {mode!r}")
@@ -362,6 +363,13 @@ class GeneralSearchUnit(nn.Module):
             self.aux_pooling = aux_pooling
             self.w_b = nn.Linear(behavior_dim, proj_dim, bias=False)
             self.w_a = nn.Linear(behavior_dim, proj_dim, bias=False)
+            if init == "identity":
+                # r_i starts as the plain inner product e_i . e_a (as far as proj_dim allows), so the first
+                # top-K already favours behaviors that share the candidate's category (its embedding).
+                for w in (self.w_b, self.w_a):
+                    nn.init.eye_(w.weight)
+            elif init != "random":
+                raise ValueError(f"init must be 'identity' or 'random', got {init!r}")
             self.aux_mlp = MLP(2 * behavior_dim, aux_hidden, out_dim=1, dropout=dropout)
 
     def forward(self, embedding: FeatureEmbedding, seq: Behaviors, target_cat: Tensor,

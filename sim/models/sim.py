@@ -89,6 +89,10 @@ def model_defaults() -> dict[str, Any]:
         gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
         gsu_aux_pooling: "softmax" (default: U_r = sum_i softmax(r)_i e_i) or "sum" (Equation 2 as
             written, U_r = sum_i r_i e_i); see ``GeneralSearchUnit`` for why the default differs.
+        gsu_init: "identity" (default: W_b, W_a start as identity projections, so soft search starts
+            from the inner product of the embeddings, which ranks the candidate's category first) or
+            "random" (PyTorch's default init). Measured on the demo data (docs/RESULTS.md): with
+            "identity" soft search's picks reached 78% of hard search's after one epoch, against 56%.
         din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
             intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
         hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
@@ -113,6 +117,7 @@ def model_defaults() -> dict[str, Any]:
         "soft_k": 50,
         "gsu_proj_dim": 16,
         "gsu_aux_pooling": "softmax",
+        "gsu_init": "identity",
         "din_normalization": "none",
         "hard_k": None,
         "mimn_slots": 4,
@@ -176,7 +181,8 @@ class CTRModel(nn.Module):
             if soft:
                 self.gsu = GeneralSearchUnit("soft", k=c["soft_k"], behavior_dim=e_dim,
                                              proj_dim=c["gsu_proj_dim"], aux_hidden=c["mlp_dims"],
-                                             aux_pooling=c["gsu_aux_pooling"], dropout=c["dropout"])
+                                             aux_pooling=c["gsu_aux_pooling"], dropout=c["dropout"],
+                                             init=c["gsu_init"])
             else:
                 self.gsu = GeneralSearchUnit("hard", k=c["hard_k"])
             long_dim = e_dim
