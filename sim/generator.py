@@ -140,7 +140,7 @@ class GeneratorConfig:
     burst_size: int = 20
     repeat_prob: float = 0.5
     favorites_per_category: int = 5
-    impressions_per_user_day: int = 20
+    impressions_per_user_day: int = 16
     partitions: int = 0  # 0 = one per ~500k behaviors, at least 2
     truth: TruthConfig = field(default_factory=TruthConfig)
 
