@@ -1,22 +1,23 @@
 """SIM (Pi et al., CIKM 2020, Figure 1) and the paper's baselines as compositions of one model class.
 
-``CTRModel`` = short-term DIN branch + an optional long-term branch + the Embedding&MLP over-arch.
-What the long-term branch is (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
+``CTRModel`` = a short-term branch + an optional long-term branch + the Embedding&MLP over-arch.
+Which branches (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
 
-| name              | long-term branch                                          |
-|-------------------|-----------------------------------------------------------|
-| din               | none                                                      |
-| avgpool_long_din  | masked mean of the long sequence                          |
-| mimn              | memory slots written by the long sequence, read by target |
-| gsu_only_hard     | hard GSU, its K behaviors avg-pooled ("only first stage") |
-| gsu_only_soft     | soft GSU (+ aux CTR head), K behaviors avg-pooled         |
-| sim_hard          | hard GSU -> ESU                                           |
-| sim_soft          | soft GSU (+ aux CTR head) -> ESU                          |
-| sim_hard_time     | hard GSU -> ESU with time-gap embeddings                  |
-| sim_soft_time     | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings |
+| name             | short-term branch | long-term branch                                            |
+|------------------|-------------------|-------------------------------------------------------------|
+| din              | DIN               | none                                                        |
+| avgpool_long_din | DIN               | masked mean of the long sequence                            |
+| mimn             | DIN               | MIMN memory + MIU written in behavior order, read by target |
+| gsu_only_hard    | DIN               | hard GSU, its K behaviors avg-pooled ("only first stage")   |
+| gsu_only_soft    | DIN               | soft GSU (+ aux CTR head), K behaviors avg-pooled           |
+| sim_hard         | DIN               | hard GSU -> ESU                                             |
+| sim_soft         | DIN               | soft GSU (+ aux CTR head) -> ESU                            |
+| sim_hard_time    | DIN               | hard GSU -> ESU with time-gap embeddings                    |
+| sim_soft_time    | DIN               | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings   |
 
 Loss (Equation 5): alpha * L_GSU + beta * L_ESU, alpha = beta = 1 with soft search; hard search is
-non-parametric, so alpha = 0 and no GSU term exists at all.
+non-parametric, so alpha = 0 and no GSU term exists at all. MIMN adds its memory utilisation
+regulariser (``mimn_util_reg``); see ``sim.models.baselines``.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sim.models.layers import (Behaviors, ExactSearchUnit, FeatureEmbedding, GeneralSearchUnit,
-                               MemoryReader, MLP, TargetAttention, masked_mean)
+from sim.models.baselines import MIMN
+from sim.models.layers import (Behaviors, ExactSearchUnit, FeatureEmbedding, GeneralSearchUnit, MLP,
+                               TargetAttention, masked_mean)
 
 LONG_BRANCHES = ("none", "avgpool", "mimn", "gsu_pool", "esu", "din_long")
 
@@ -96,7 +98,11 @@ def model_defaults() -> dict[str, Any]:
         din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
             intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
         hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
-        mimn_slots: memory slots of the mimn baseline.
+        mimn_slots: m, memory slots of the mimn baseline (the MIMN paper uses 4 or 8).
+        mimn_controller_dim: H, state dim of MIMN's GRU controller.
+        mimn_miu_topk: slots whose Memory Induction Unit state each behavior updates (those read most).
+        mimn_util_reg: weight of MIMN's Memory Utilization Regularization term (variance across slots
+            of each row's share of the write mass) in the loss.
         dropout: dropout in the MLPs.
         embedding_l2: weight of the L2 penalty on the embeddings a batch looks up (the candidate's,
             the short sequence's and the long branch's), per sample: the regularisation CTR models
@@ -121,6 +127,9 @@ def model_defaults() -> dict[str, Any]:
         "din_normalization": "none",
         "hard_k": None,
         "mimn_slots": 4,
+        "mimn_controller_dim": 32,
+        "mimn_miu_topk": 1,
+        "mimn_util_reg": 1.0,
         "dropout": 0.0,
         "embedding_l2": 0.0,
         "gsu_alpha": None,
@@ -165,6 +174,10 @@ class CTRModel(nn.Module):
                              "GSU loss (hard search is non-parametric, alpha = 0)")
         self.gsu_alpha = (1.0 if alpha is None else float(alpha)) if soft else 0.0
         self.esu_beta = 1.0 if c["esu_beta"] is None else float(c["esu_beta"])
+        for key in ("mimn_util_reg",):
+            if float(c[key]) < 0:
+                raise ValueError(f"{key} must be >= 0, got {c[key]}")
+        self.mimn_util_reg = float(c["mimn_util_reg"]) if spec.long_branch == "mimn" else 0.0
 
         self.embedding = FeatureEmbedding(c["item_buckets"], c["category_buckets"],
                                           c["time_gap_buckets"], c["emb_dim"])
@@ -174,7 +187,7 @@ class CTRModel(nn.Module):
 
         self.gsu: GeneralSearchUnit | None = None
         self.esu: ExactSearchUnit | None = None
-        self.memory: MemoryReader | None = None
+        self.memory: MIMN | None = None
         self.long_attention: TargetAttention | None = None
         long_dim = 0
         if spec.long_branch in ("gsu_pool", "esu"):
@@ -193,8 +206,9 @@ class CTRModel(nn.Module):
         elif spec.long_branch == "avgpool":
             long_dim = e_dim
         elif spec.long_branch == "mimn":
-            self.memory = MemoryReader(e_dim, c["mimn_slots"])
-            long_dim = e_dim
+            self.memory = MIMN(e_dim, c["mimn_slots"], c["mimn_controller_dim"], c["mimn_miu_topk"],
+                               c["attention_dims"])
+            long_dim = self.memory.out_dim
         elif spec.long_branch == "din_long":
             self.long_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
             long_dim = e_dim
@@ -233,7 +247,9 @@ class CTRModel(nn.Module):
             ``embedding_sq`` scalar, the squared norm of the looked-up embeddings per sample (only
             with ``embedding_l2`` > 0);
             ``esu_attention`` B X H X K (ESU models); ``long_attention`` B X L (din_long);
-            ``memory_read`` B X slots (mimn).
+            ``memory_read`` B X slots and ``miu_read`` B X slots, the target's attention over the
+            memory slots and the MIU states, ``memory_usage`` B X slots, each slot's share of the
+            write mass, ``mimn_util_loss`` scalar, the utilisation regulariser (mimn).
         """
         out: dict[str, Tensor] = {}
         emb = self.embedding
@@ -266,7 +282,8 @@ class CTRModel(nn.Module):
                 u_long = masked_mean(e_long, long.mask)
             elif branch == "mimn":
                 assert self.memory is not None
-                u_long, out["memory_read"] = self.memory(target, e_long, long.mask)
+                u_long, extra = self.memory(target, e_long, long.mask)
+                out.update(extra)
             else:
                 assert self.long_attention is not None
                 u_long, out["long_attention"] = self.long_attention(target, e_long, long.mask)
@@ -278,7 +295,8 @@ class CTRModel(nn.Module):
 
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit), plus ``embedding_l2`` times the
-        squared norm of the embeddings the batch looked up (per sample).
+        squared norm of the embeddings the batch looked up (per sample), plus ``mimn_util_reg`` times MIMN's
+        utilisation regulariser.
 
         Args:
             outputs: what ``forward`` returned.
@@ -295,6 +313,8 @@ class CTRModel(nn.Module):
                 outputs["gsu_logit"], y)
         if self.embedding_l2 > 0:
             total = total + self.embedding_l2 * outputs["embedding_sq"]
+        if self.mimn_util_reg > 0:
+            total = total + self.mimn_util_reg * outputs["mimn_util_loss"]
         return total
 
     def attention_weights(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -302,9 +322,9 @@ class CTRModel(nn.Module):
 
         Returns:
             subset of ``short_attention`` B X S, ``esu_attention`` B X H X K,
-            ``long_attention`` B X L, ``memory_read`` B X slots.
+            ``long_attention`` B X L, ``memory_read`` and ``miu_read`` B X slots.
         """
-        keys = ("short_attention", "esu_attention", "long_attention", "memory_read")
+        keys = ("short_attention", "esu_attention", "long_attention", "memory_read", "miu_read")
         out = self.forward(batch)
         return {k: v for k, v in out.items() if k in keys}
 
