@@ -1,5 +1,6 @@
-"""Tests of the recurrent baselines (sim.models.baselines): MIMN's memory, regulariser and MIU.
-The shared model tests (shapes, padding, learning) are in test_models.py and cover these models too."""
+"""Tests of the recurrent baselines (sim.models.baselines): MIMN's memory, regulariser and MIU; DIEN's
+extractor, auxiliary loss and AUGRU. The shared model tests (shapes, padding, learning) are in
+test_models.py and cover these models too."""
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from sim.models import build_model, model_defaults  # noqa: E402
-from sim.models.baselines import MIMN, chronological_index  # noqa: E402
-from test_models import SMALL, make_batch  # noqa: E402
+from sim.models.baselines import AUGRU, DIEN, MIMN, chronological_index, gather_steps  # noqa: E402
+from test_models import SMALL, make_batch, pad_more  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -183,3 +184,123 @@ def test_mimn_trains_on_long_sequences() -> None:
     for name, p in model.memory.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.memory.usage_weight.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- DIEN
+
+def test_augru_with_zero_attention_keeps_its_state() -> None:
+    torch.manual_seed(0)
+    augru = AUGRU(4, 6)
+    x, h0 = torch.randn(3, 5, 4), torch.randn(3, 6)
+    with torch.no_grad():
+        assert torch.equal(augru(x, torch.zeros(3, 5), h0), h0)
+        moved = augru(x, torch.ones(3, 5), h0)
+        # Attention only on the last step = one plain GRU step (update gate unscaled) from h0.
+        one = augru(x, F.pad(torch.ones(3, 1), (4, 0)), h0)
+        assert torch.equal(augru(x[:, :4], torch.zeros(3, 4), h0), h0)
+        last = augru(x[:, 4:], torch.ones(3, 1), h0)
+    assert not torch.allclose(moved, h0)
+    assert torch.allclose(one, last, atol=1e-6)
+
+
+def test_dien_extractor_runs_in_behavior_order() -> None:
+    torch.manual_seed(0)
+    dien = DIEN(8)
+    lengths = torch.tensor([4, 1, 3])
+    mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
+    x = torch.randn(3, 5, 8) * mask.unsqueeze(-1)
+    target = torch.randn(3, 8)
+    with torch.no_grad():
+        interest, att, _ = dien(target, x, mask)
+        for r, n in enumerate(lengths.tolist()):
+            oldest_first = x[r:r + 1, :n].flip(1)
+            h, _ = dien.extractor(oldest_first)
+            scores = torch.einsum("bte,be->bt", dien.attention(h), target[r:r + 1])
+            a = torch.softmax(scores, dim=-1)
+            assert torch.allclose(att[r, :n], a[0].flip(0), atol=1e-6)  # back in the samples' order
+            assert torch.allclose(interest[r], dien.evolution(h, a)[0], atol=1e-6)
+    assert bool((att[~mask] == 0).all())
+    assert torch.allclose(att.sum(-1), torch.ones(3), atol=1e-6)
+
+
+def test_dien_auxiliary_loss_pairs_each_state_with_the_next_real_behavior() -> None:
+    # Behaviors are one-hot, a different dimension per row and step; negatives (other rows) are orthogonal
+    # to every state, so each negative costs exactly ln 2.
+    x = torch.zeros(3, 4, 12)
+    for r in range(3):
+        for t in range(4):
+            x[r, t, 4 * r + t] = 1.0
+    real = torch.tensor([[True] * 4, [True, True, False, False], [True] * 4])
+    ahead = torch.zeros_like(x)
+    ahead[:, :-1] = 10 * x[:, 1:]  # h_t = 10 e_{t+1}
+    ahead[1, 1:] = 1e4             # row 1's states past its last pair must not count
+    same = 10 * x                  # h_t = 10 e_t: the wrong pairing
+    ln2 = torch.log(torch.tensor(2.0))
+    right = DIEN.auxiliary_loss(ahead, x, real)
+    wrong = DIEN.auxiliary_loss(same, x, real)
+    assert torch.allclose(right, ln2 + F.softplus(torch.tensor(-10.0)), atol=1e-4), right
+    assert torch.allclose(wrong, 2 * ln2, atol=1e-4), wrong
+
+
+def planted_next_item_batch(b: int = 64, s: int = 10, items: int = 40, seed: int = 0) -> dict[str, Tensor]:
+    """Short sequences where item i is always followed by item i + 1 (stored newest first)."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(1, items - s, (b,), generator=g)
+    lens = torch.randint(3, s + 1, (b,), generator=g)
+    chrono = start.unsqueeze(1) + torch.arange(s)
+    real = torch.arange(s).unsqueeze(0) < lens.unsqueeze(1)
+    newest_first = chrono.gather(1, chronological_index(real)) * real
+    return {"item_id": torch.randint(1, items, (b,), generator=g),
+            "category_id": torch.ones(b, dtype=torch.long),
+            "short_items": newest_first, "short_cats": (newest_first > 0).long(),
+            "label": torch.randint(0, 2, (b,), generator=g)}
+
+
+def test_dien_auxiliary_loss_falls_on_a_planted_next_item_pattern() -> None:
+    batch = planted_next_item_batch()
+    torch.manual_seed(0)
+    model = build_model("dien", SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(200):
+        opt.zero_grad()
+        out = model(batch)
+        losses.append(out["dien_aux_loss"].item())
+        out["dien_aux_loss"].backward()
+        opt.step()
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert first > 1.2  # 2 ln 2 at the start: h_t . e ~ 0
+    assert last < 0.5 * first, (first, last)  # random next items: about 0.85 * first
+
+
+def test_dien_reads_only_the_short_sequence_and_adds_its_auxiliary_loss() -> None:
+    model = build_model("dien", SMALL)
+    assert model.sequences == ("short",)
+    assert model.input_columns == ("item_id", "category_id", "short_items", "short_cats")
+    assert model.short_attention is None and model.memory is None
+    batch = make_batch(seed=14)
+    y = batch["label"].float()
+    for weight in (1.0, 0.5, 0.0):
+        model = build_model("dien", {**SMALL, "dien_aux_weight": weight})
+        torch.manual_seed(0)
+        out = model(batch)
+        assert out["dien_aux_loss"].shape == () and out["dien_aux_loss"] > 0
+        expected = F.binary_cross_entropy_with_logits(out["logit"], y) + weight * out["dien_aux_loss"]
+        assert torch.allclose(model.loss(out, batch["label"]), expected)
+    assert model_defaults()["dien_aux_weight"] == 1.0
+
+
+def test_dien_padding_changes_nothing_but_order_does() -> None:
+    batch = make_batch(b=32, s=8, long=24, seed=15)
+    torch.manual_seed(0)
+    model = build_model("dien", SMALL).eval()
+    with torch.no_grad():
+        a, padded, reversed_ = model(batch), model(pad_more(batch)), model(reverse_real(batch, "short"))
+    assert torch.equal(a["logit"], padded["logit"])
+    rows = (batch["short_items"] > 0).sum(1) >= 2
+    assert ((a["logit"] - reversed_["logit"]).abs() > 1e-6)[rows].float().mean() > 0.9
+
+
+def test_gather_steps() -> None:
+    v = torch.arange(6.).view(1, 3, 2)
+    assert gather_steps(v, torch.tensor([[2, 0, 1]])).tolist() == [[[4., 5.], [0., 1.], [2., 3.]]]

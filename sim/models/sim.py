@@ -6,6 +6,7 @@ Which branches (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
 | name             | short-term branch | long-term branch                                            |
 |------------------|-------------------|-------------------------------------------------------------|
 | din              | DIN               | none                                                        |
+| dien             | DIEN              | none (the industrial baseline of Table 4)                   |
 | avgpool_long_din | DIN               | masked mean of the long sequence                            |
 | mimn             | DIN               | MIMN memory + MIU written in behavior order, read by target |
 | gsu_only_hard    | DIN               | hard GSU, its K behaviors avg-pooled ("only first stage")   |
@@ -16,8 +17,9 @@ Which branches (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
 | sim_soft_time    | DIN               | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings   |
 
 Loss (Equation 5): alpha * L_GSU + beta * L_ESU, alpha = beta = 1 with soft search; hard search is
-non-parametric, so alpha = 0 and no GSU term exists at all. MIMN adds its memory utilisation
-regulariser (``mimn_util_reg``); see ``sim.models.baselines``.
+non-parametric, so alpha = 0 and no GSU term exists at all. DIEN adds its next-behavior auxiliary loss
+(``dien_aux_weight``), MIMN its memory utilisation regulariser (``mimn_util_reg``); see
+``sim.models.baselines``.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sim.models.baselines import MIMN
+from sim.models.baselines import DIEN, MIMN
 from sim.models.layers import (Behaviors, ExactSearchUnit, FeatureEmbedding, GeneralSearchUnit, MLP,
                                TargetAttention, masked_mean)
 
 LONG_BRANCHES = ("none", "avgpool", "mimn", "gsu_pool", "esu", "din_long")
+SHORT_BRANCHES = ("din", "dien")
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,18 @@ class ModelSpec:
             attention over all of long_*; not a paper model, the cost reference of the benchmark).
         gsu_mode: "hard" or "soft" for the gsu_pool / esu branches, else None.
         with_time: ESU z_j carries the time-gap embedding.
+        short_branch: "din" (DIN target attention over short_*) or "dien" (DIEN: GRU interest
+            extractor + auxiliary loss + AUGRU over short_*).
     """
 
     long_branch: str = "none"
     gsu_mode: str | None = None
     with_time: bool = False
+    short_branch: str = "din"
 
     def __post_init__(self) -> None:
+        if self.short_branch not in SHORT_BRANCHES:
+            raise ValueError(f"short_branch must be one of {SHORT_BRANCHES}, got {self.short_branch!r}")
         if self.long_branch not in LONG_BRANCHES:
             raise ValueError(f"long_branch must be one of {LONG_BRANCHES}, got {self.long_branch!r}")
         needs_gsu = self.long_branch in ("gsu_pool", "esu")
@@ -64,6 +72,7 @@ class ModelSpec:
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "din": ModelSpec(),
+    "dien": ModelSpec(short_branch="dien"),
     "avgpool_long_din": ModelSpec("avgpool"),
     "mimn": ModelSpec("mimn"),
     "gsu_only_hard": ModelSpec("gsu_pool", "hard"),
@@ -103,6 +112,7 @@ def model_defaults() -> dict[str, Any]:
         mimn_miu_topk: slots whose Memory Induction Unit state each behavior updates (those read most).
         mimn_util_reg: weight of MIMN's Memory Utilization Regularization term (variance across slots
             of each row's share of the write mass) in the loss.
+        dien_aux_weight: weight of DIEN's next-behavior auxiliary loss in the loss.
         dropout: dropout in the MLPs.
         embedding_l2: weight of the L2 penalty on the embeddings a batch looks up (the candidate's,
             the short sequence's and the long branch's), per sample: the regularisation CTR models
@@ -130,6 +140,7 @@ def model_defaults() -> dict[str, Any]:
         "mimn_controller_dim": 32,
         "mimn_miu_topk": 1,
         "mimn_util_reg": 1.0,
+        "dien_aux_weight": 1.0,
         "dropout": 0.0,
         "embedding_l2": 0.0,
         "gsu_alpha": None,
@@ -174,16 +185,22 @@ class CTRModel(nn.Module):
                              "GSU loss (hard search is non-parametric, alpha = 0)")
         self.gsu_alpha = (1.0 if alpha is None else float(alpha)) if soft else 0.0
         self.esu_beta = 1.0 if c["esu_beta"] is None else float(c["esu_beta"])
-        for key in ("mimn_util_reg",):
+        for key in ("mimn_util_reg", "dien_aux_weight"):
             if float(c[key]) < 0:
                 raise ValueError(f"{key} must be >= 0, got {c[key]}")
         self.mimn_util_reg = float(c["mimn_util_reg"]) if spec.long_branch == "mimn" else 0.0
+        self.dien_aux_weight = float(c["dien_aux_weight"]) if spec.short_branch == "dien" else 0.0
 
         self.embedding = FeatureEmbedding(c["item_buckets"], c["category_buckets"],
                                           c["time_gap_buckets"], c["emb_dim"])
         e_dim = self.embedding.behavior_dim
         self.embedding_l2 = float(c["embedding_l2"])
-        self.short_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
+        self.short_attention: TargetAttention | None = None
+        self.dien: DIEN | None = None
+        if spec.short_branch == "dien":
+            self.dien = DIEN(e_dim)
+        else:
+            self.short_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
 
         self.gsu: GeneralSearchUnit | None = None
         self.esu: ExactSearchUnit | None = None
@@ -216,7 +233,7 @@ class CTRModel(nn.Module):
 
     @property
     def sequences(self) -> tuple[str, ...]:
-        """The samples' sequences this model reads: short always, then the long-term branch's own
+        """The samples' sequences this model reads: short always (DIN or DIEN), then the long-term branch's own
         (``hard`` for hard search, ``long`` for soft search and the whole-sequence baselines)."""
         if self.gsu is not None:
             return ("short", "long" if self.gsu.mode == "soft" else "hard")
@@ -240,7 +257,8 @@ class CTRModel(nn.Module):
         Returns:
             dict with
             ``logit`` B, the main (ESU / over-arch) CTR logit;
-            ``short_attention`` B X S, DIN weights of the short branch;
+            ``short_attention`` B X S, DIN weights of the short branch (DIEN: the AUGRU's a_t);
+            ``dien_aux_loss`` scalar, DIEN's next-behavior auxiliary loss (dien);
             ``gsu_logit`` B, soft-search aux CTR logit (soft models only);
             ``gsu_scores`` B X L, ``gsu_index`` B X K and ``gsu_mask`` B X K (GSU models: positions
             kept in the searched sequence, ``long_*`` for soft search, ``hard_*`` for hard search);
@@ -256,7 +274,11 @@ class CTRModel(nn.Module):
         target = emb.items_and_cats(batch["item_id"], batch["category_id"])
         short = _sequence(batch, "short")
         e_short = emb.behaviors(short)
-        u_short, out["short_attention"] = self.short_attention(target, e_short, short.mask)
+        if self.dien is not None:
+            u_short, out["short_attention"], out["dien_aux_loss"] = self.dien(target, e_short, short.mask)
+        else:
+            assert self.short_attention is not None
+            u_short, out["short_attention"] = self.short_attention(target, e_short, short.mask)
         features = [u_short, target]
         looked_up = [target, e_short]
         branch = self.spec.long_branch
@@ -295,8 +317,8 @@ class CTRModel(nn.Module):
 
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit), plus ``embedding_l2`` times the
-        squared norm of the embeddings the batch looked up (per sample), plus ``mimn_util_reg`` times MIMN's
-        utilisation regulariser.
+        squared norm of the embeddings the batch looked up (per sample), plus the baselines' own terms:
+        ``dien_aux_weight`` * DIEN's auxiliary loss, ``mimn_util_reg`` * MIMN's utilisation regulariser.
 
         Args:
             outputs: what ``forward`` returned.
@@ -313,6 +335,8 @@ class CTRModel(nn.Module):
                 outputs["gsu_logit"], y)
         if self.embedding_l2 > 0:
             total = total + self.embedding_l2 * outputs["embedding_sq"]
+        if self.dien_aux_weight > 0:
+            total = total + self.dien_aux_weight * outputs["dien_aux_loss"]
         if self.mimn_util_reg > 0:
             total = total + self.mimn_util_reg * outputs["mimn_util_loss"]
         return total
