@@ -184,7 +184,8 @@ class MIMN(nn.Module):
         """
         return self._step(state, self.controller_in(behavior), self.miu_in(behavior), mask)
 
-    def _step(self, s: MIMNState, controller_in: Tensor, miu_in: Tensor, mask: Tensor) -> MIMNState:
+    def _step(self, s: MIMNState, controller_in: Tensor, miu_in: Tensor, mask: Tensor | None) -> MIMNState:
+        """``mask`` None: every row writes (no masking work)."""
         e = self.dim
         h = gru_update(controller_in + self.controller_read(s.read),
                        self.controller_hidden(s.controller), s.controller)
@@ -204,13 +205,17 @@ class MIMN(nn.Module):
         memory = s.memory * (1.0 - ww * erase) + ww * add
         read = torch.bmm(w_read.unsqueeze(1), memory).squeeze(1)
         top = w_read.topk(self.miu_topk, dim=-1).indices
-        chosen = torch.zeros_like(w_read, dtype=torch.bool).scatter_(1, top, True) & mask.unsqueeze(1)
+        chosen = torch.zeros_like(w_read, dtype=torch.bool).scatter_(1, top, True)
+        if mask is not None:
+            chosen = chosen & mask.unsqueeze(1)
         miu_new = gru_update(miu_in.unsqueeze(1) + self.miu_slot(memory), self.miu_hidden(s.miu), s.miu)
+        miu = torch.where(chosen.unsqueeze(-1), miu_new, s.miu)
+        if mask is None:
+            return MIMNState(h, read, memory, s.usage + w_write, miu, w_read, w_write)
         m1, m2 = mask.unsqueeze(1), mask.view(-1, 1, 1)
         return MIMNState(torch.where(m1, h, s.controller), torch.where(m1, read, s.read),
                          torch.where(m2, memory, s.memory), torch.where(m1, s.usage + w_write, s.usage),
-                         torch.where(chosen.unsqueeze(-1), miu_new, s.miu),
-                         torch.where(m1, w_read, s.read_weights), torch.where(m1, w_write, s.write_weights))
+                         miu, torch.where(m1, w_read, s.read_weights), torch.where(m1, w_write, s.write_weights))
 
     def write(self, behaviors: Tensor, mask: Tensor) -> MIMNState:
         """Write a batch of sequences, each oldest behavior first.
@@ -223,7 +228,8 @@ class MIMN(nn.Module):
             The state after each row's newest behavior.
         """
         b = behaviors.shape[0]
-        length = int(mask.sum(dim=1).max()) if mask.numel() else 0
+        lengths = mask.sum(dim=1)
+        length = int(lengths.max()) if mask.numel() else 0
         state = self.initial_state(b)
         if length == 0:
             return state
@@ -234,9 +240,11 @@ class MIMN(nn.Module):
         miu_in = self.miu_in(x).transpose(0, 1).contiguous().unbind(0)
         steps = mask[:, :length].t().unbind(0)
         # Positions run newest -> oldest, so walking them backwards writes in behavior order; a row's
-        # padding positions come first in that walk and are masked.
+        # padding positions come first in that walk and are masked. Positions below the shortest row's
+        # length are real in every row and need no mask.
+        shortest = int(lengths.min())
         for t in range(length - 1, -1, -1):
-            state = self._step(state, controller_in[t], miu_in[t], steps[t])
+            state = self._step(state, controller_in[t], miu_in[t], steps[t] if t >= shortest else None)
         return state
 
     @staticmethod
