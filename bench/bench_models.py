@@ -7,14 +7,21 @@ This measures forward+backward samples/s and peak memory on CPU (2 threads) for
 - ``sim_hard`` with K = 200 (the hard search itself ran in Spark; the model sees K behaviors),
 - ``sim_soft`` with K = 200 kept out of L (the soft search runs in the model, so it pays for L once),
 - ``din_long``: DIN target attention over all L behaviors (the cost reference; not a paper model),
+- ``mimn``: the MIMN memory written behavior by behavior over all L (a recurrence: L sequential steps),
+- ``dien``: DIEN over a short sequence of L behaviors (its GRU + AUGRU are recurrences too; in the paper
+  DIEN only ever reads the 14-day window, so it is measured as if that window held L behaviors),
 
 at L = 1,000, 10,000 and 54,000 (the paper's longest sequences), batch 256, smaller where one run would
 exceed ``--mem-budget-gb`` (the batch halves until the memory extrapolated from the model's shorter run
 fits). Each measurement runs in its own subprocess so that the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) belongs to that
 configuration alone; the figure reported is the peak minus the RSS after building the model and the
-batch, i.e. activations, gradients and allocator overhead of the measured steps.
+batch, i.e. activations, gradients and allocator overhead of the measured steps. Seconds per step are
+reported as wall time and as the process's CPU time (the latter is steadier on a shared machine).
+The recurrent baselines run only up to ``--recurrent-max-length`` (MIMN's own design limit is about
+1,000 behaviors; a Python-level loop over 54,000 steps is not a measurement worth waiting for).
 
-Run: ``python bench/bench_models.py`` (a few minutes) or ``--quick`` (seconds).
+Run: ``python bench/bench_models.py`` (several minutes), ``--quick`` (about a minute), or e.g.
+``--lengths 1000 --models mimn dien`` for some models at one length.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("sim_hard", "sim_soft", "din_long", "mimn", "dien")
+RECURRENT = ("mimn", "dien")
 
 
 def _rss_mb() -> float:
@@ -68,7 +77,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = {"soft_k": spec["k"]}
     model_spec = ModelSpec("din_long") if name == "din_long" else MODEL_SPECS[name]
     model = CTRModel(model_spec, cfg, name=name)
-    batch = _batch(b, spec["short"], spec["k"], spec["length"])
+    # DIEN reads only the short sequence: there L is the short sequence's length.
+    short = spec["length"] if model_spec.short_branch == "dien" else spec["short"]
+    batch = _batch(b, short, spec["k"], spec["length"])
     base = _rss_mb()
 
     def step() -> None:
@@ -78,14 +89,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     for _ in range(spec["warmup"]):
         step()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(spec["steps"]):
         step()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _rss_mb()
     return {**spec, "samples_per_s": b * spec["steps"] / elapsed,
-            "sec_per_step": elapsed / spec["steps"], "base_rss_mb": base, "peak_rss_mb": peak,
-            "delta_mb": peak - base}
+            "sec_per_step": elapsed / spec["steps"], "cpu_sec_per_step": cpu / spec["steps"],
+            "base_rss_mb": base, "peak_rss_mb": peak, "delta_mb": peak - base}
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mem-budget-gb", type=float, default=6.0,
                    help="largest extra memory one run over L may take; its batch shrinks to fit")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                   help="models to measure (sim_hard, the reference of the ratios, always runs)")
+    p.add_argument("--recurrent-max-length", type=int, default=1_000,
+                   help="longest L at which the recurrent baselines (mimn, dien) run")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -129,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     # Memory over L grows linearly in L: each model's first run gives MB per sample per behavior.
     mb_per_sample_per_l: dict[str, float] = {}
     for length in lengths:
-        for model in ("sim_soft", "din_long"):
+        for model in (m for m in MODELS if m in args.models and m != "sim_hard"):
+            if model in RECURRENT and length > args.recurrent_max_length:
+                notes.append(f"{model} at L={length:,}: skipped (--recurrent-max-length "
+                             f"{args.recurrent_max_length:,})")
+                continue
             batch = args.batch
             rate = mb_per_sample_per_l.get(model)
             if rate is not None:
@@ -148,16 +167,18 @@ def main(argv: list[str] | None = None) -> None:
           f"short S={args.short}, {args.steps} timed steps after {args.warmup} warm-up, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
     print("memory = peak RSS (ru_maxrss) minus RSS after building model and batch, per subprocess")
+    print("L of dien = its short sequence's length; K = behaviors the ESU attends to (sim_*)")
     print(f"{'model':<10} {'L':>7} {'K':>5} {'batch':>6} {'samples/s':>11} {'ms/sample':>10} "
-          f"{'mem MB':>9} {'MB/sample':>10}")
+          f"{'s/step':>8} {'cpu s/step':>10} {'mem MB':>9} {'MB/sample':>10}")
     for r in rows:
         shown_l = "any" if r["model"] == "sim_hard" else f"{r['length']:,}"
-        shown_k = "-" if r["model"] == "din_long" else str(r["k"])
+        shown_k = str(r["k"]) if r["model"].startswith("sim_") else "-"
         if "error" in r:
             print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6}  failed: {r['error']}")
             continue
         print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6} "
               f"{r['samples_per_s']:>11.1f} {1000 / r['samples_per_s']:>10.3f} "
+              f"{r['sec_per_step']:>8.2f} {r['cpu_sec_per_step']:>10.2f} "
               f"{r['delta_mb']:>9.1f} {r['delta_mb'] / r['batch']:>10.3f}")
     hard = rows[0]
     print("ratios (sim_hard K=200 against each model over all L; memory per sample):")
