@@ -36,7 +36,7 @@ log = logging.getLogger("sim.compare")
 
 D_CATEGORY_BINS = [(-1, -1, "none"), (0, 7, "0-7"), (8, 14, "8-14"), (15, 30, "15-30"),
                    (31, 60, "31-60"), (61, 90, "61-90"), (91, 180, "91-180"), (181, 10**9, ">180")]
-MODEL_ORDER = ("din", "avgpool_long_din", "mimn", "gsu_only_hard", "gsu_only_soft", "sim_hard",
+MODEL_ORDER = ("din", "dien", "avgpool_long_din", "mimn", "gsu_only_hard", "gsu_only_soft", "sim_hard",
                "sim_hard_time", "sim_soft", "sim_soft_time")
 # Reference rows: (run metric, label). Not models: the same figure for every run of a test set.
 REFERENCES = (("oracle_auc", "oracle p_click"), ("oracle_short_auc", "oracle p_click_short"),
