@@ -331,7 +331,9 @@ class DIEN(nn.Module):
 
     Where ours differs from the paper: negatives come from the batch, not the item pool; the AUGRU
     state width is E (the paper leaves it free); the auxiliary loss averages over the real pairs of
-    the whole batch.
+    the whole batch; the over-arch gets [interest, e_a] only (the paper's MLP also takes user profile
+    and context features, which our samples do not have). The attention is the paper's bilinear form
+    (the reference code of the MIMN authors uses a DIN-style MLP there).
 
     Args:
         dim: E.
