@@ -1,6 +1,7 @@
 """Compare training runs from MLflow in the form of the paper's tables and figures.
 
-- Tables 2 / 3: test AUC mean ± std over seeds, per model and dataset (the epoch of each run was picked
+- The paper's Tables 2, 3 and 4 with our test AUCs beside the paper's figures (``PAPER_TABLES``).
+- Test AUC mean ± std over seeds, per model and dataset (the epoch of each run was picked
   on its validation dates), with the reference rows of the same test impressions: the generator's
   oracles ``p_click`` and ``p_click_short`` (synthetic data) and item popularity (no model).
 - The share of the reachable lift each model recovers: DIN against ``p_click_short`` (the best a
@@ -42,6 +43,30 @@ MODEL_ORDER = ("din", "dien", "avgpool_long_din", "mimn", "gsu_only_hard", "gsu_
 REFERENCES = (("oracle_auc", "oracle p_click"), ("oracle_short_auc", "oracle p_click_short"),
               ("popularity_auc", "item popularity"))
 KEY = ["dataset", "model"]
+# The paper's Tables 2-4 (Pi et al. 2020): title, the paper's columns, rows of (the paper's label, our
+# model, the paper's AUC per column or None where the paper has none). Table 3's "Avg-Pooling without
+# Search" is the same model as Table 2's Avg-Pooling Long DIN (same figures in the paper).
+PAPER_TABLES = (
+    ("Table 2: public datasets", ("Taobao", "Amazon"), (
+        ("DIN", "din", ("0.9214 ± 0.00017", "0.7276 ± 0.00051")),
+        ("Avg-Pooling Long DIN", "avgpool_long_din", ("0.9281 ± 0.00025", "0.7280 ± 0.00012")),
+        ("MIMN", "mimn", ("0.9278 ± 0.00035", "0.7396 ± 0.00037")),
+        ("SIM (soft)", "sim_soft", ("0.9416 ± 0.00049", "0.7510 ± 0.00052")),
+        ("SIM (soft) with Timeinfo", "sim_soft_time", ("0.9501 ± 0.00017", None)))),
+    ("Table 3: two-stage search", ("Taobao", "Amazon"), (
+        ("Avg-Pooling without Search", "avgpool_long_din", ("0.9281 ± 0.00025", "0.7280 ± 0.00012")),
+        ("Only First Stage (hard)", "gsu_only_hard", ("0.9330 ± 0.00031", "0.7365 ± 0.00022")),
+        ("Only First Stage (soft)", "gsu_only_soft", ("0.9357 ± 0.00025", "0.7342 ± 0.00012")),
+        ("SIM (hard)", "sim_hard", ("0.9332 ± 0.00008", "0.7413 ± 0.00016")),
+        ("SIM (soft)", "sim_soft", ("0.9416 ± 0.00049", "0.7510 ± 0.00052")),
+        ("SIM (soft) with Timeinfo", "sim_soft_time", ("0.9501 ± 0.00017", None)))),
+    ("Table 4: industrial dataset", ("Industrial",), (
+        ("DIEN", "dien", ("0.6452",)),
+        ("MIMN", "mimn", ("0.6541",)),
+        ("SIM (hard)", "sim_hard", ("0.6604",)),
+        ("SIM (soft)", "sim_soft", ("0.6625",)),
+        ("SIM (hard) with timeinfo", "sim_hard_time", ("0.6624",)))),
+)
 
 
 def finished_runs(experiment: str, uri: str | None = None) -> pd.DataFrame:
@@ -153,6 +178,27 @@ def format_auc_table(table: pd.DataFrame, refs: pd.DataFrame | None = None) -> s
                 continue
             lines.append(f"{label:<22}" + "".join(f"{'-' if v != v else f'{v:.4f}':>26}" for v in vals))
     return "\n".join(lines)
+
+
+def format_paper_tables(table: pd.DataFrame) -> str:
+    """The paper's Tables 2, 3 and 4 with our test AUCs (mean ± std (n) per dataset) beside the paper's
+    figures; a model without finished runs is marked ``no runs``."""
+    datasets = list(dict.fromkeys(table.dataset))
+    blocks = []
+    for title, paper_cols, rows in PAPER_TABLES:
+        header = (f"{'Model':<28}" + "".join(f"{'ours ' + d:>26}" for d in datasets)
+                  + "".join(f"{'paper ' + c:>20}" for c in paper_cols))
+        lines = [title, header, "-" * len(header)]
+        for label, model, paper in rows:
+            cells = []
+            for d in datasets:
+                r = table[(table.model == model) & (table.dataset == d)]
+                cells.append(_cell(r.auc_mean.iloc[0], r.auc_std.iloc[0], int(r.runs.iloc[0]))
+                             if len(r) else "no runs")
+            lines.append(f"{label:<28}" + "".join(f"{c:>26}" for c in cells)
+                         + "".join(f"{p or '-':>20}" for p in paper))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def format_lift_table(lifts: pd.DataFrame) -> str:
@@ -301,6 +347,8 @@ def report(res: dict, experiment: str, top_fraction: float = 0.2) -> str:
     return "\n".join([
         f"Test AUC (mean ± std over runs; epoch picked on validation), experiment {experiment}",
         format_auc_table(res["auc_table"], res["reference_table"]), "",
+        "The paper's tables, our runs beside its figures (model: sim.models)",
+        format_paper_tables(res["auc_table"]), "",
         "Share of the reachable lift: DIN against p_click_short's lift over 0.5; every model against the "
         "oracle's lift over DIN",
         format_lift_table(res["lift_table"]), "",

@@ -79,11 +79,26 @@ def test_auc_table_mean_std_and_d_category_shift(store, tmp_path):
     assert len(cmp_run) == 1  # the figures were logged to MLflow too
 
 
+def test_paper_tables_put_our_runs_beside_the_papers_and_mark_missing_models():
+    table = pd.DataFrame({"dataset": ["synthetic", "synthetic", "ml-100k"], "model": ["din", "sim_soft", "din"],
+                          "auc_mean": [0.7, 0.75, 0.8], "auc_std": [0.001, 0.002, 0.0], "runs": [3, 3, 1]})
+    text = compare.format_paper_tables(table)
+    blocks = text.split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [t for t, _, _ in compare.PAPER_TABLES]
+    t2 = {line[:28].strip(): line for line in blocks[0].splitlines()[3:]}
+    assert "0.7000 ± 0.0010 (n=3)" in t2["DIN"] and "0.8000 ± 0.0000 (n=1)" in t2["DIN"]
+    assert "0.9214 ± 0.00017" in t2["DIN"] and t2["MIMN"].count("no runs") == 2
+    assert "0.7500 ± 0.0020 (n=3)" in t2["SIM (soft)"] and "no runs" in t2["SIM (soft)"]
+    t4 = {line[:28].strip(): line for line in blocks[2].splitlines()[3:]}
+    assert "no runs" in t4["DIEN"] and "0.6452" in t4["DIEN"]
+
+
 def test_compare_cli_prints_tables(store, tmp_path):
     proc = run([sys.executable, "-m", "sim.compare", "--experiment", "cmp", "--tracking-uri", store,
                 "--out", str(tmp_path / "o"), "--no-log"])
     assert "Test AUC (mean ± std over runs" in proc.stdout and "avg d_category" in proc.stdout
     assert "Search diagnostics" in proc.stdout and "of oracle lift over DIN" in proc.stdout
+    assert "Table 3: two-stage search" in proc.stdout
 
 
 def test_compare_without_runs_says_what_to_do(tmp_path):
