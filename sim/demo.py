@@ -47,6 +47,19 @@ def plan(cfg: dict) -> dict[str, str]:
             "valid_to": _day(end, -1), "test_from": end, "test_to": end}
 
 
+def resolve_models(spec: str) -> list[str]:
+    """``--models``: comma-separated names or ``all``; an unknown name fails before any stage runs."""
+    from sim.models import MODEL_NAMES
+    if spec.strip() == "all":
+        return list(MODEL_NAMES)
+    models = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown or not models:
+        raise SystemExit(f"unknown model(s) {unknown or spec!r} in --models; known models: "
+                         f"{', '.join(MODEL_NAMES)} (or 'all')")
+    return models
+
+
 def split_sets(d: dict[str, str]) -> list[str]:
     """The experiment config overrides of a plan's three date ranges."""
     return [f"{s}_dates=[{d[s + '_from']},{d[s + '_to']}]" for s in ("train", "valid", "test")]
@@ -83,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
                    help="synthetic lifelong logs (default) or MovieLens-100k from the recbole wheel")
     p.add_argument("--lakehouse", default=None, help="default: ./lakehouse (synthetic), ./lakehouse_ml-100k")
-    p.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated model names")
+    p.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated model names, or 'all' for every model of sim.models")
     p.add_argument("--seeds", default="1", help="comma-separated training seeds, one run per model and seed")
     p.add_argument("--np", type=int, default=2, help="horovodrun processes per training run")
     p.add_argument("--experiment", default="sim-demo", help="MLflow experiment of the demo runs")
@@ -106,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
-    models = [m for m in args.models.split(",") if m]
+    models = resolve_models(args.models)
     seeds = [int(x) for x in args.seeds.split(",") if x]
     stages: list[tuple[str, str, list[str]]] = []
     if ml and not args.skip_data:

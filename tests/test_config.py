@@ -23,3 +23,12 @@ def test_pipeline_conf_loads_with_lakehouse_override(tmp_path):
     cfg = load_pipeline_conf(lakehouse=str(tmp_path))
     assert cfg["lakehouse"] == str(tmp_path)
     assert cfg["windows"]["long_days"] == 180
+
+
+def test_demo_models_all_and_unknown_names():
+    from sim.demo import resolve_models
+    from sim.models import MODEL_NAMES
+    assert resolve_models("all") == list(MODEL_NAMES) and "mimn" in MODEL_NAMES and "dien" in MODEL_NAMES
+    assert resolve_models("din, sim_hard") == ["din", "sim_hard"]
+    with pytest.raises(SystemExit, match="known models: din"):
+        resolve_models("din,simm_soft")
