@@ -16,6 +16,10 @@ Which branches (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
 | sim_hard_time    | DIN               | hard GSU -> ESU with time-gap embeddings                    |
 | sim_soft_time    | DIN               | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings   |
 
+"Only First Stage (soft)" (Table 3) in the paper searches with embeddings fixed after a pre-training
+run; ``gsu_only_soft`` trains the search and the embeddings jointly with the CTR loss (one run, as SIM
+soft itself), so it is the paper's ablation without the separate pre-training (docs/RESULTS.md).
+
 Loss (Equation 5): alpha * L_GSU + beta * L_ESU, alpha = beta = 1 with soft search; hard search is
 non-parametric, so alpha = 0 and no GSU term exists at all. DIEN adds its next-behavior auxiliary loss
 (``dien_aux_weight``), MIMN its memory utilisation regulariser (``mimn_util_reg``); see
