@@ -13,8 +13,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from sim.models import MODEL_NAMES, build_model, hash_ids, model_defaults  # noqa: E402
-from sim.models.layers import (Behaviors, FeatureEmbedding, GeneralSearchUnit, TargetAttention,  # noqa: E402
-                               masked_softmax)
+from sim.models.layers import Behaviors, FeatureEmbedding, TargetAttention, masked_softmax  # noqa: E402
+from sim.models.search import GeneralSearchUnit  # noqa: E402
 
 torch.set_num_threads(2)
 

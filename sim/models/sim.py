@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sim.models.baselines import DIEN, MIMN
-from sim.models.layers import (Behaviors, ExactSearchUnit, FeatureEmbedding, GeneralSearchUnit, MLP,
-                               TargetAttention, masked_mean)
+from sim.models.layers import Behaviors, FeatureEmbedding, MLP, TargetAttention, masked_mean
+from sim.models.search import ExactSearchUnit, GeneralSearchUnit
 
 LONG_BRANCHES = ("none", "avgpool", "mimn", "gsu_pool", "esu", "din_long")
 SHORT_BRANCHES = ("din", "dien")
