@@ -2,10 +2,10 @@
 
     python bench/bench_data.py [--behaviors 10000000] [--phases generate,import] [--workdir DIR]
 
-1. generate: ``sim.ingest.run_generator`` with ``users = behaviors / mean_behaviors_per_user`` (validation,
+1. generate: ``sim.inputs.ingest.run_generator`` with ``users = behaviors / mean_behaviors_per_user`` (validation,
    impressions with the click truth, Delta writes of behaviors / impressions / rejects included).
 2. import: the generated behaviors written as a Taobao UserBehavior CSV (not timed), then
-   ``sim.ingest.run_import(format=taobao)`` on it (parse, validate, protocol impressions, writes).
+   ``sim.inputs.ingest.run_import(format=taobao)`` on it (parse, validate, protocol impressions, writes).
 Peak memory is the largest resident set of this process plus its children (the Spark JVM), sampled
 every 0.2 s; CPU is the user+system seconds they consumed. Behaviors per CPU-second does not depend on
 what else runs on the machine (wall-clock throughput does: the load average is printed). Spark runs with
@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from measure import Resources  # noqa: E402
 from sim.config import load_pipeline_conf  # noqa: E402
-from sim.generator import GeneratorConfig  # noqa: E402
-from sim.ingest import run_generator, run_import  # noqa: E402
-from sim.spark import spark_from_conf  # noqa: E402
+from sim.inputs.generator.settings import GeneratorConfig  # noqa: E402
+from sim.inputs.ingest import run_generator, run_import  # noqa: E402
+from sim.adapters.spark import spark_from_conf  # noqa: E402
 
 
 def rate_line(res: Resources, n: int, secs: float) -> str:

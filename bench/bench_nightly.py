@@ -67,7 +67,7 @@ class Run:
 
 def submit(script: str, lakehouse: Path, *args: str, driver_memory: str) -> Run:
     """Run a job with spark-submit and measure it."""
-    from sim.spark import delta_jars
+    from sim.adapters.spark import delta_jars
     jars = delta_jars()
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", "local[2]",
            *(["--jars", ",".join(jars)] if jars else ["--packages", "io.delta:delta-spark_2.13:4.0.1"]),
@@ -96,8 +96,8 @@ def generate(spark, lakehouse: Path, n_behaviors: int, users: int, impressions_p
     ``fixed_counts`` [(users, behaviors each)] replaces the log-normal history lengths.
     """
     from pyspark.sql import functions as F
-    from sim.schema import BEHAVIORS, IMPRESSIONS
-    from sim.ubt import day_start, shift_date
+    from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
+    from sim.ubt.dates import day_start, shift_date
 
     start = day_start(shift_date(D, -LONG_DAYS))
     span = (LONG_DAYS + 1) * 86400
@@ -151,7 +151,7 @@ def generate(spark, lakehouse: Path, n_behaviors: int, users: int, impressions_p
                  F.lit(None).cast("double").alias("p_click"), F.lit(D).alias("dt"))
     i = i.select(*[F.col(f.name).cast(f.dataType) for f in IMPRESSIONS.fields])
     i.write.format("delta").mode("overwrite").partitionBy("dt").save(str(lakehouse / "impressions"))
-    from sim.delta_io import read_table
+    from sim.adapters.delta_io import read_table
     n = read_table(spark, str(lakehouse / "behaviors")).count()
     return {"behaviors": n, "users": profiles.count(),
             "impressions": read_table(spark, str(lakehouse / "impressions")).count(),
@@ -184,8 +184,8 @@ def main() -> int:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    from sim.spark import get_spark
-    from sim.ubt import shift_date
+    from sim.adapters.spark import get_spark
+    from sim.ubt.dates import shift_date
     prev = shift_date(D, -1)
     sets = ["--set", "spark.conf.spark.sql.shuffle.partitions=8"]
 
@@ -200,7 +200,7 @@ def main() -> int:
     generate(spark, mixed, 0, 0, args.group_impressions,
              fixed_counts=[(n_group, args.heavy), (n_group, args.light)])
     # Two impression sets over the same behaviors and UBT: heavy users' and light users'.
-    from sim.delta_io import read_table
+    from sim.adapters.delta_io import read_table
     imps = read_table(spark, str(mixed / "impressions"))
     for name, cond in (("heavy", f"user_id <= {n_group}"), ("light", f"user_id > {n_group}")):
         lh = link_lakehouse(mixed, work / name, ("behaviors", "ubt"))

@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim import delta_io, petastorm_io, tracking  # noqa: E402
+from sim.adapters import delta_io, petastorm_io, tracking  # noqa: E402
 from sim.config import load_pipeline_conf  # noqa: E402
 from sim.demo import plan, split_sets  # noqa: E402
-from sim.schema import SAMPLE_COLUMNS  # noqa: E402
+from sim.samples.contract import TRAINING_COLUMNS  # noqa: E402
 
 
 def ensure_samples(lakehouse: str) -> dict:
@@ -44,8 +44,8 @@ def reader_rows_per_sec(files: list[str], batch_size: int, passes: int = 10) -> 
     timed the same way: from its first batch, the open (Petastorm's metadata scan, worker pool) apart.
     """
     started = time.perf_counter()
-    with petastorm_io.open_reader(files, list(SAMPLE_COLUMNS), num_epochs=passes) as reader:
-        batches = petastorm_io.iter_batches(reader, list(SAMPLE_COLUMNS), batch_size)
+    with petastorm_io.open_reader(files, list(TRAINING_COLUMNS), num_epochs=passes) as reader:
+        batches = petastorm_io.iter_batches(reader, list(TRAINING_COLUMNS), batch_size)
         rows = len(next(batches)["label"])
         first = time.perf_counter()
         for b in batches:

@@ -17,12 +17,12 @@ from typing import Sequence
 # Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sim.delta_io import MissingTableError  # noqa: E402
+from sim.adapters.delta_io import MissingTableError  # noqa: E402
 from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
-from sim.samples import (LeakError, SampleSpec, SamplesInputError, build_samples,  # noqa: E402
-                         build_samples_replay)
-from sim.spark import spark_from_conf  # noqa: E402
-from sim.ubt import date_range  # noqa: E402
+from sim.samples.contract import LeakError, SampleSpec, SamplesInputError
+from sim.samples.job import build_samples, build_samples_replay
+from sim.adapters.spark import spark_from_conf  # noqa: E402
+from sim.ubt.dates import date_range  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,10 +15,11 @@ from typing import Sequence
 # Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sim.delta_io import MissingTableError  # noqa: E402
+from sim.adapters.delta_io import MissingTableError  # noqa: E402
 from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
-from sim.spark import spark_from_conf  # noqa: E402
-from sim.ubt import Caps, UbtStateError, Windows, build_ubt  # noqa: E402
+from sim.adapters.spark import spark_from_conf  # noqa: E402
+from sim.ubt.settings import Caps, UbtStateError, Windows  # noqa: E402
+from sim.ubt.job import build_ubt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Generate the synthetic lifelong behavior and impression logs (sim.generator) into the lakehouse.
+"""Generate the synthetic lifelong behavior and impression logs (sim.inputs.generator) into the lakehouse.
 
     python jobs/generate_logs.py --lakehouse DIR [--set generator.users=50 ...]
     spark-submit --packages io.delta:delta-spark_2.13:4.0.1 jobs/generate_logs.py --lakehouse DIR
@@ -16,9 +16,9 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
-from sim.generator import GeneratorConfig  # noqa: E402
-from sim.ingest import run_generator  # noqa: E402
-from sim.spark import spark_from_conf  # noqa: E402
+from sim.inputs.generator.settings import GeneratorConfig  # noqa: E402
+from sim.inputs.ingest import run_generator  # noqa: E402
+from sim.adapters.spark import spark_from_conf  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

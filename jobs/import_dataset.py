@@ -2,7 +2,7 @@
 
     python jobs/import_dataset.py --format taobao|movielens|amazon --input PATH[,PATH...] --lakehouse DIR
 
-``--input`` is a file, a directory or a comma-separated list (see sim.importers for the layouts). Bad
+``--input`` is a file, a directory or a comma-separated list (see sim.inputs.importers for the layouts). Bad
 lines go to the ``rejects`` table with a reason; the job fails (exit 1) only when more than
 ``validation.max_reject_ratio`` of an input's lines are rejected, naming the top reasons. Impressions
 follow the public-data protocol of SIM/MIMN (the user's next behavior is the positive, a seeded item the
@@ -17,9 +17,9 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
-from sim.importers import FORMATS, TAOBAO_DATE_RANGE  # noqa: E402
-from sim.ingest import run_import  # noqa: E402
-from sim.spark import spark_from_conf  # noqa: E402
+from sim.inputs.importers import FORMATS, TAOBAO_DATE_RANGE  # noqa: E402
+from sim.inputs.ingest import run_import  # noqa: E402
+from sim.adapters.spark import spark_from_conf  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ def max_reject_ratio(cfg: dict) -> float:
 def report_or_fail(job: str, ingest: Callable[[], object]) -> int:
     """Run an ingest (generator or importer) and print its summary; a validation failure (too many
     rejects) prints its reasons and returns 1."""
-    from sim.validation import ValidationError
+    from sim.inputs.validation import ValidationError
     try:
         report = ingest()
     except ValidationError as e:

@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x]
     stages: list[tuple[str, str, list[str]]] = []
     if ml and not args.skip_data:
-        from sim.datasets import ml100k
+        from sim.inputs.datasets import ml100k
         stages += [("import", "import MovieLens-100k (recbole wheel)",
                     [py, "jobs/import_dataset.py", "--format", "movielens", "--input", str(ml100k()),
                      "--targets-per-user", str(ML_TARGETS), *spark_args]),

@@ -45,7 +45,7 @@ def subprocess_env(**extra: str) -> dict:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from sim.spark import get_spark
+    from sim.adapters.spark import get_spark
     warehouse = tmp_path_factory.mktemp("warehouse")
     s = get_spark("sim-tests", master="local[2]", conf={
         "spark.sql.shuffle.partitions": "2",
@@ -63,10 +63,10 @@ def spark_submit_cmd(*args: str, packages: bool = False, master: str | None = No
     if master:
         cmd += ["--master", master]
     if packages:
-        from sim.spark import DELTA_PACKAGE
+        from sim.adapters.spark import DELTA_PACKAGE
         cmd += ["--packages", DELTA_PACKAGE]
     else:
-        from sim.spark import delta_jars
+        from sim.adapters.spark import delta_jars
         cmd += ["--jars", ",".join(delta_jars())]
     cmd += ["--conf", "spark.ui.enabled=false", "--driver-memory", "2g"]
     return cmd + list(args)

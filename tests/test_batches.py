@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from sim.petastorm_io import iter_batches
+from sim.adapters.petastorm_io import iter_batches
 
 Group = namedtuple("Group", ["row", "long_items", "long_cats", "long_len"])
 COLUMNS = list(Group._fields)

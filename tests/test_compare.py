@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run
-from sim import compare, tracking
+from sim.reporting import compare
+from sim.adapters import tracking
 
 
 def _log_run(uri: str, model: str, seed: int, aucs: list[float], pred: pd.DataFrame,

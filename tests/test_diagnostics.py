@@ -9,9 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sim.diagnostics import (hard_search_selection, item_topic_lookup, metrics,  # noqa: E402
-                             tally_batch)
-from sim.evaluation import oracle_metrics  # noqa: E402
+from sim.training.diagnostics import (hard_search_selection, item_topic_lookup, metrics,  # noqa: E402
+                                      tally_batch)
+from sim.training.evaluation import oracle_metrics  # noqa: E402
 from sim.models import build_model  # noqa: E402
 
 torch.set_num_threads(2)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.delta_io import table_path
-from sim.evaluation import item_popularity, popularity_auc
-from sim.metrics import auc
+from sim.adapters.delta_io import table_path
+from sim.training.evaluation import item_popularity, popularity_auc
+from sim.training.metrics import auc
 from test_ubt import beh, write_logs
 
 DAY = 86400

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, horovodrun_cmd, run
-from sim import delta_io
+from sim.adapters import delta_io
 
 
 def test_delta_write_overwrite_read_time_travel(spark, tmp_path):
@@ -42,7 +42,7 @@ def test_write_date_is_idempotent_and_findable(spark, tmp_path):
 
 
 def test_petastorm_reads_exactly_the_delta_snapshot(spark, tmp_path):
-    from sim import petastorm_io
+    from sim.adapters import petastorm_io
     path = str(tmp_path / "snap")
     spark.range(0, 100).repartition(3).write.format("delta").save(path)
     spark.range(1000, 1050).repartition(2).write.format("delta").mode("overwrite").save(path)
@@ -78,7 +78,7 @@ def test_log_snapshot_listing_matches_spark_and_refuses_deletion_vectors(spark, 
 
 
 def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
-    from sim import petastorm_io
+    from sim.adapters import petastorm_io
     path = str(tmp_path / "shards")
     spark.range(0, 40).repartition(4).write.format("delta").save(path)
     files = [f.path for f in delta_io.snapshot_files(spark, path)]
@@ -106,7 +106,7 @@ def test_horovodrun_two_ranks_allreduce_and_identical_weights(tmp_path):
 
 
 def test_mlflow_run_roundtrip(tmp_path):
-    from sim import tracking
+    from sim.adapters import tracking
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     art = tmp_path / "note.txt"
     art.write_text("hello")
@@ -125,7 +125,7 @@ def test_mlflow_run_roundtrip(tmp_path):
 
 
 def test_mlflow_failed_run_is_marked(tmp_path):
-    from sim import tracking
+    from sim.adapters import tracking
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RuntimeError):
         with tracking.run("smoke", uri=uri):

@@ -12,10 +12,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.delta_io import read_table, table_path
-from sim.generator import (DAY, GeneratorConfig, auc_by_date, click_truth, generate_behaviors,
-                           impression_candidates, topic_of, user_profiles)
-from sim.ingest import run_generator
+from sim.adapters.delta_io import read_table, table_path
+from sim.inputs.generator.settings import DAY, GeneratorConfig
+from sim.inputs.generator.impressions import auc_by_date, click_truth, impression_candidates
+from sim.inputs.generator.behaviors import generate_behaviors, topic_of, user_profiles
+from sim.inputs.ingest import run_generator
 from tests.conftest import ROOT, run
 
 SMALL = dict(users=150, impression_days=2, impressions_per_user_day=10, max_behaviors_per_user=3000,

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from sim.canonical import day_start_ts, stable_id
-from sim.delta_io import read_table, table_path
-from sim.ingest import run_import
-from sim.validation import ValidationError
+from sim.inputs.canonical import day_start_ts, stable_id
+from sim.adapters.delta_io import read_table, table_path
+from sim.inputs.ingest import run_import
+from sim.inputs.validation import ValidationError
 from tests.conftest import ROOT, run
 
 D1 = day_start_ts("2017-11-26")
@@ -284,11 +284,12 @@ def test_import_cli_recbole(tmp_path):
 
 
 def test_movielens_100k_from_the_recbole_wheel_to_replayed_samples(spark, tmp_path):
-    """The real MovieLens-100k (fetched from PyPI by sim.datasets) imports without a reject, and its
+    """The real MovieLens-100k (fetched from PyPI by sim.inputs.datasets) imports without a reject, and its
     count-mode samples, replayed in one pass, hold only behaviors before each impression."""
-    from sim.datasets import ml100k
-    from sim.samples import SampleSpec, build_samples_replay
-    from sim.ubt import Caps, Windows
+    from sim.inputs.datasets import ml100k
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples_replay
+    from sim.ubt.settings import Caps, Windows
 
     lake = str(tmp_path / "lake")
     report = run_import(spark, "movielens", str(ml100k()), lake, max_reject_ratio=0.0, now_ts=NOW)

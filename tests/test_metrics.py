@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sim.metrics import auc, gauc, logloss
+from sim.training.metrics import auc, gauc, logloss
 
 
 def test_auc_matches_pairwise_definition():

@@ -308,7 +308,7 @@ def test_input_columns_are_all_a_model_reads(name: str) -> None:
 def test_identity_init_starts_soft_search_from_the_candidates_category() -> None:
     """With W_b = W_a = I, r_i = e_i . e_a at initialisation: behaviors sharing the candidate's category
     (hence its category embedding) rank first, as hard search would keep them; a random init does not."""
-    from sim.diagnostics import metrics, tally_batch
+    from sim.training.diagnostics import metrics, tally_batch
     batch = make_batch(b=64, long=24, n_cats=12, seed=3)
     shares = {}
     for init in ("identity", "random"):

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import ROOT, run, spark_submit_cmd, subprocess_env
-from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
-from sim.samples import SAMPLES_COLUMNS
-from sim.ubt import UBT_COLUMNS, Caps, Windows, aggregate_ubt, retention_first_date, ubt_view
+from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
+from sim.samples.contract import SAMPLES_COLUMNS
+from sim.ubt.settings import UBT_COLUMNS, Caps, Windows
+from sim.ubt.transforms import aggregate_ubt, ubt_view
+from sim.ubt.dates import retention_first_date
 from test_ubt import rows_of, small_delta_snapshots  # noqa: F401  (fixture re-used)
 
 pytestmark = pytest.mark.slow
@@ -54,8 +55,8 @@ def demo_logs(spark, tmp_path_factory) -> Path:
     """behaviors + impressions written by the data layer's generator (in this session's JVM; its CLI
     has its own tests)."""
     from sim.config import load_pipeline_conf
-    from sim.generator import GeneratorConfig
-    from sim.ingest import run_generator
+    from sim.inputs.generator.settings import GeneratorConfig
+    from sim.inputs.ingest import run_generator
     lake = tmp_path_factory.mktemp("demo") / "lakehouse"
     cfg = load_pipeline_conf(overrides=SETS)
     run_generator(spark, GeneratorConfig.from_conf(cfg["generator"]), str(lake), max_reject_ratio=0.5)
@@ -81,7 +82,7 @@ def _uncommitted_files(table: Path) -> list[str]:
 def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
     lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
     ubt = lake / "ubt"
-    from sim.ubt import build_ubt
+    from sim.ubt.job import build_ubt
     build_ubt(spark, str(lake), "2024-06-29", WINDOWS, CAPS, backfill_from="2024-06-29")  # full build
     v_prev = latest_version(spark, str(ubt))
     rows_prev = rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS))

@@ -8,13 +8,16 @@ import pytest
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.delta_io import (MissingTableError, commit_metadata, latest_version, read_table, table_path,
-                          version_for_date)
-from sim.samples import (LEAK_MARK, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError,
-                         build_samples, build_samples_replay, build_sequences, first_leak,
-                         split_impressions, time_gap_bucket, to_samples)
-from sim.schema import BEHAVIORS, IMPRESSIONS, SAMPLE_COLUMNS
-from sim.ubt import Caps, Windows, aggregate_ubt, build_ubt, day_start, shift_date
+from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, read_table, table_path, version_for_date)
+from sim.samples.transforms import (LEAK_MARK, build_sequences, first_leak, split_impressions, time_gap_bucket, to_samples)
+from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError
+from sim.samples.job import build_samples, build_samples_replay
+from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
+from sim.samples.contract import TRAINING_COLUMNS
+from sim.ubt.settings import Caps, Windows
+from sim.ubt.transforms import aggregate_ubt
+from sim.ubt.job import build_ubt
+from sim.ubt.dates import day_start, shift_date
 from test_ubt import beh, imp, small_delta_snapshots, write_logs  # noqa: F401  (fixture re-used)
 
 H, DAY = 3600, 86400
@@ -106,7 +109,7 @@ def test_time_gap_bucket(spark):
 def test_hand_computed_sequences(spark):
     seqs = build_sequences(*_inputs(spark), SPEC, D)
     out = to_samples(seqs, SPEC)
-    assert tuple(out.columns) == SAMPLES_COLUMNS and set(SAMPLE_COLUMNS) <= set(out.columns)
+    assert tuple(out.columns) == SAMPLES_COLUMNS and set(TRAINING_COLUMNS) <= set(out.columns)
     assert [f.dataType.simpleString() for f in out.schema] == [f.dataType.simpleString() for f in SAMPLES]
     rows = out.collect()
     _check(rows, EXPECTED)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import ROOT, run
 from helpers.samples_table import write_samples
-from sim import delta_io, tracking
-from sim.metrics import auc
+from sim.adapters import delta_io, tracking
+from sim.training.metrics import auc
 
 TRAIN_DATES = ["2024-03-01", "2024-03-02"]
 VALID_DATE = "2024-03-03"
@@ -77,13 +76,13 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
         assert 0.0 <= r[f"metrics.{name}"] <= 1.0, name
     # The logged model loads back and scores the eval rows as the run did.
     import mlflow.pytorch
-    from sim import petastorm_io
-    from sim.schema import SAMPLE_COLUMNS
-    from sim.train import _to_tensors
+    from sim.adapters import petastorm_io
+    from sim.samples.contract import TRAINING_COLUMNS
+    from sim.training.experiment import _to_tensors
     model = mlflow.pytorch.load_model(f"runs:/{r.run_id}/model")
     files = [f.path for f in delta_io.log_snapshot_files(str(lakehouse / "samples"), EVAL_DATE, EVAL_DATE)[1]]
-    with torch.no_grad(), petastorm_io.open_reader(files, list(SAMPLE_COLUMNS)) as reader:
-        batch = next(petastorm_io.iter_batches(reader, list(SAMPLE_COLUMNS), 32))
+    with torch.no_grad(), petastorm_io.open_reader(files, list(TRAINING_COLUMNS)) as reader:
+        batch = next(petastorm_io.iter_batches(reader, list(TRAINING_COLUMNS), 32))
         scores = torch.sigmoid(model.eval()(_to_tensors(batch))["logit"]).double().numpy()
     logged = pred.set_index("impression_id").score
     assert scores == pytest.approx(logged.loc[batch["impression_id"]].to_numpy(), abs=1e-6)

@@ -11,10 +11,12 @@ from urllib.parse import unquote
 import pytest
 from pyspark.sql import functions as F
 
-from sim.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
-from sim.schema import BEHAVIORS, IMPRESSIONS
-from sim.ubt import (Caps, UbtStateError, Windows, aggregate_ubt, build_ubt, day_start,
-                     retention_first_date, segment_of, shift_date, ubt_view)
+from sim.adapters.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
+from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
+from sim.ubt.settings import Caps, UbtStateError, Windows
+from sim.ubt.transforms import aggregate_ubt, ubt_view
+from sim.ubt.job import build_ubt
+from sim.ubt.dates import day_start, retention_first_date, segment_of, shift_date
 
 DAY = 86400
 

@@ -254,7 +254,7 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Args:
-            batch: the samples-table columns as tensors (``sim.schema``): ``item_id``,
+            batch: the samples-table columns as tensors (:mod:`sim.samples.contract`): ``item_id``,
                 ``category_id`` (B), ``short_*`` (B X S), ``hard_*`` (B X K), ``long_*`` (B X L);
                 a model reads only the sequences it uses.
 

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from sim import hvd
+from sim.adapters import hvd
 
 hvd.init()
 r, n = hvd.rank(), hvd.size()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sim import delta_io
-from sim.samples import SAMPLES, SAMPLES_COLUMNS
+from sim.adapters import delta_io
+from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS
 
 
 def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, long: int = 20,

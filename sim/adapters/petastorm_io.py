@@ -1,7 +1,7 @@
 """Petastorm behind one small module: a reader over an explicit list of Parquet files, sharded by rank,
 turned into dense torch batches. Nothing else in the code imports petastorm.
 
-The file list always comes from a Delta snapshot (:func:`sim.delta_io.snapshot_files`), never from a
+The file list always comes from a Delta snapshot (:func:`sim.adapters.delta_io.snapshot_files`), never from a
 directory listing, so files an overwrite removed are never read. Petastorm shards by row group; a rank
 whose shard is smaller simply wraps around its shard (``num_epochs=None``) while the caller takes the same
 number of steps on every rank, so no rank waits forever in a collective.

@@ -13,7 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from sim.spark import cache_dir
+from sim.adapters.spark import cache_dir
 
 RECBOLE_VERSION = "1.2.1"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item")

@@ -1,6 +1,6 @@
 """Canonical input logs: the ``behaviors``, ``impressions`` and ``rejects`` tables every later stage reads.
 
-The schemas live in :mod:`sim.schema` (``BEHAVIORS``, ``IMPRESSIONS``, ``REJECTS``); this module turns a
+The schemas live in :mod:`sim.inputs.schema` (``BEHAVIORS``, ``IMPRESSIONS``, ``REJECTS``); this module turns a
 DataFrame into exactly that shape (column order, types, ``dt`` derived from ``ts``) and writes the three
 tables as Delta tables partitioned by ``dt`` under a lakehouse root (DESIGN.md "Data model"). They are
 the paper's raw material: B = [b1..bT] per user (item, category, time, type) and the shown candidates
@@ -11,7 +11,7 @@ Conventions:
   session time zone (:func:`dt_of`), so a job run under any ``spark.sql.session.timeZone`` agrees.
 - ids are positive longs; 0 is the padding id downstream and never a real id (:func:`stable_id`
   hashes string ids such as Amazon ASINs onto positive longs, deterministically).
-- Writes go through :func:`sim.delta_io.write_date` (txnAppId, userMetadata ``{"job", "date"}``).
+- Writes go through :func:`sim.adapters.delta_io.write_date` (txnAppId, userMetadata ``{"job", "date"}``).
   :func:`write_log_table` adds a content fingerprint to the metadata: a re-run with the same inputs and
   options is skipped, a re-run with other ones replaces the same range (``replaceWhere``).
 """
@@ -26,8 +26,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sim import delta_io
-from sim.schema import BEHAVIORS, IMPRESSIONS, REJECTS
+from sim.adapters import delta_io
+from sim.inputs.schema import BEHAVIORS, IMPRESSIONS, REJECTS
 
 log = logging.getLogger(__name__)
 

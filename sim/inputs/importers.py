@@ -1,8 +1,8 @@
 """Public datasets as canonical behaviors and impressions, with the public-data protocol of SIM / MIMN.
 
 The SIM paper evaluates on Taobao UserBehavior and Amazon (Books) reviews (section 5.1); MovieLens is the
-small dataset our demo results use. Every format becomes the canonical tables of :mod:`sim.canonical`;
-bad lines go to ``rejects`` (:mod:`sim.validation`), never crash the job.
+small dataset our demo results use. Every format becomes the canonical tables of :mod:`sim.inputs.canonical`;
+bad lines go to ``rejects`` (:mod:`sim.inputs.validation`), never crash the job.
 
 Formats (``--format``, ``--input`` a file, a directory or a comma-separated list of files)
 -------------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ Formats (``--format``, ``--input`` a file, a directory or a comma-separated list
 Mapping onto the canonical schema
 ---------------------------------
 - Integer ids are kept (MovieLens, Taobao); string ids (Amazon reviewer ids and ASINs) and category names
-  (genres, Amazon categories) become positive longs by :func:`sim.canonical.stable_id` (xxhash64 of the
+  (genres, Amazon categories) become positive longs by :func:`sim.inputs.canonical.stable_id` (xxhash64 of the
   string, so no driver-side dictionary; 0 is never produced, it means padding).
 - behavior_type: Taobao keeps its type. A rating or review becomes ``fav`` when the rating is >= 4 (an
   explicit "liked it") and ``pv`` otherwise; a rating that is not a number is rejected (``bad_rating``).
@@ -65,9 +65,9 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from sim.canonical import dt_of, stable_id
+from sim.inputs.canonical import dt_of, stable_id
 from sim.config import ConfigError
-from sim.validation import MALFORMED, classify_behaviors, classify_items
+from sim.inputs.validation import MALFORMED, classify_behaviors, classify_items
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Evaluation of a trained model over the ranks of a Horovod job: predictions gathered from every rank,
-the paper's metrics (AUC, logloss, gAUC), the search diagnostics (:mod:`sim.diagnostics`), and the
+the paper's metrics (AUC, logloss, gAUC), the search diagnostics (:mod:`sim.training.diagnostics`), and the
 reference rows every model is read against:
 
 - ``oracle_auc`` / ``oracle_short_auc``: the generator's own click probabilities ``p_click`` and
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sim import diagnostics
-from sim.schema import ORACLE_COLUMNS
+from sim.training import diagnostics
+from sim.samples.contract import ORACLE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def evaluate(model, files: Sequence[str], batch_size: int, rank: int, size: int,
     """Predict this rank's shard of ``files`` and gather every rank's predictions and tallies."""
     import torch
 
-    from sim import hvd, petastorm_io
+    from sim.adapters import hvd, petastorm_io
 
     columns = list(dict.fromkeys([*model.input_columns, *PREDICTION_COLUMNS, *ORACLE_COLUMNS]))
     stride = not petastorm_io.rows_sharded_by_reader(files, size)
@@ -81,7 +81,7 @@ def evaluate(model, files: Sequence[str], batch_size: int, rank: int, size: int,
 
 def ctr_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
     """AUC, logloss and gAUC of ``score`` (the paper's metrics), and the number of impressions."""
-    from sim.metrics import auc, gauc, logloss
+    from sim.training.metrics import auc, gauc, logloss
     return {"auc": auc(pred["label"], pred["score"]),
             "logloss": logloss(pred["label"], pred["score"]),
             "gauc": gauc(pred["user_id"], pred["label"], pred["score"]),
@@ -92,7 +92,7 @@ def search_metrics(ev: Evaluation, mode: str | None, has_topics: bool) -> dict[s
     """The diagnostics of a search model (empty for the others)."""
     if mode is None:
         return {}
-    from sim.metrics import auc
+    from sim.training.metrics import auc
     out = diagnostics.metrics(ev.tally, mode, has_topics)
     if "gsu_score" in ev.pred:
         out["gsu_auc"] = auc(ev.pred["label"], ev.pred["gsu_score"])
@@ -101,7 +101,7 @@ def search_metrics(ev: Evaluation, mode: str | None, has_topics: bool) -> dict[s
 
 def oracle_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
     """AUC of the stored oracles on the same impressions (none for data without them)."""
-    from sim.metrics import auc
+    from sim.training.metrics import auc
     out = {}
     for col, name in (("p_click", "oracle_auc"), ("p_click_short", "oracle_short_auc")):
         values = pred.get(col)
@@ -125,7 +125,7 @@ def item_popularity(behaviors_path: str, before: str) -> tuple[np.ndarray, np.nd
 
 def popularity_auc(pred: dict[str, np.ndarray], behaviors_path: str, before: str) -> float:
     """AUC of scoring each impression by its item's popularity before ``before`` (no model)."""
-    from sim.metrics import auc
+    from sim.training.metrics import auc
     items, counts = item_popularity(behaviors_path, before)
     order = np.argsort(items)
     items, counts = items[order], counts[order]

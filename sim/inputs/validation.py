@@ -22,7 +22,7 @@ Each row gets the first reason that applies, in this order (:data:`REASONS`):
 ``bad_timestamp``             ``ts`` is neither epoch seconds nor ``yyyy-MM-dd[ HH:mm:ss]``, or < 0
 ``ts_in_future``              ``ts`` after the run's ``now``
 ``ts_outside_run_date``       ``dt`` of ``ts`` outside the run's date (range)
-``unknown_behavior_type``     behavior type not one of :data:`sim.schema.BEHAVIOR_TYPES` (any case)
+``unknown_behavior_type``     behavior type not one of :data:`sim.inputs.schema.BEHAVIOR_TYPES` (any case)
 ``bad_label``                 impression label other than 0/1
 ``bad_p_click``               an impression's ``p_click`` or ``p_click_short`` that is not a probability
 (any other ``pre_reason``)    e.g. ``unknown_item``, ``bad_rating`` set by an importer
@@ -49,8 +49,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sim.canonical import dt_of
-from sim.schema import BEHAVIOR_TYPES
+from sim.inputs.canonical import dt_of
+from sim.inputs.schema import BEHAVIOR_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Validate, count, then write: the load step shared by ``jobs/generate_logs.py`` and
 ``jobs/import_dataset.py`` (DESIGN.md "Nothing is silently dropped").
 
-For each input the classified rows (:mod:`sim.validation`) are cached and counted by reason in one pass;
+For each input the classified rows (:mod:`sim.inputs.validation`) are cached and counted by reason in one pass;
 rows read (counted independently, from the input lines or the generator's own row count) must equal
 accepted + rejected, and the reject ratio must stay under ``validation.max_reject_ratio`` -- both checked
 *before* anything is written. Then behaviors, impressions and rejects are written with
-:func:`sim.canonical.write_log_table` (idempotent, a fingerprint of inputs and options in the commit).
+:func:`sim.inputs.canonical.write_log_table` (idempotent, a fingerprint of inputs and options in the commit).
 """
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim import canonical
-from sim.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, date_range_predicate,
-                           rejects_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
-from sim.generator import (ITEM_TOPICS_TABLE, GeneratorConfig, auc_by_date, generate_behaviors,
-                           generate_impressions, item_topics, user_profiles)
-from sim.importers import import_inputs, next_behavior_impressions
-from sim.validation import (ValidationCounts, check_counts, classify_behaviors, classify_impressions, counts_of,
-                            enforce_reject_ratio, reason_counts, split)
+from sim.inputs import canonical
+from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, date_range_predicate, rejects_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
+from sim.inputs.generator.settings import ITEM_TOPICS_TABLE, GeneratorConfig
+from sim.inputs.generator.impressions import auc_by_date, generate_impressions, item_topics
+from sim.inputs.generator.behaviors import generate_behaviors, user_profiles
+from sim.inputs.importers import import_inputs, next_behavior_impressions
+from sim.inputs.validation import (ValidationCounts, check_counts, classify_behaviors, classify_impressions, counts_of, enforce_reject_ratio, reason_counts, split)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _union(dfs: Sequence[DataFrame]) -> DataFrame:
 # Generator -----------------------------------------------------------------------------------------
 def run_generator(spark: SparkSession, gc: GeneratorConfig, lakehouse: str, *, max_reject_ratio: float,
                   now_ts: int | None = None) -> IngestReport:
-    """Generate, validate and write the synthetic logs of :mod:`sim.generator`."""
+    """Generate, validate and write the synthetic logs of :mod:`sim.inputs.generator`."""
     start = time.time()
     now_ts = int(time.time()) if now_ts is None else now_ts
     fp = canonical.fingerprint({"generator": dataclasses.asdict(gc)})
@@ -177,7 +176,7 @@ def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakeh
                max_reject_ratio: float, date_range: tuple[str | None, str | None] = (None, None),
                seed: int = 7, targets_per_user: int = 1, max_negative_attempts: int = 20,
                run_date: str | None = None, now_ts: int | None = None) -> IngestReport:
-    """Import a public dataset (:mod:`sim.importers`), validate it and write the canonical tables."""
+    """Import a public dataset (:mod:`sim.inputs.importers`), validate it and write the canonical tables."""
     start = time.time()
     now_ts = int(time.time()) if now_ts is None else now_ts
     job = f"import_dataset.{fmt}"

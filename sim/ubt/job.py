@@ -1,0 +1,223 @@
+"""The nightly UBT job: full build or nightly update of one date, rollup and expiry of segments,
+restore after a failed night.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sim.adapters.delta_io import (Commit, commit_metadata, is_delta_table, job_commits, latest_version, read_table, require_table, table_path, write_date)
+from sim.inputs.schema import REJECTS
+from sim.ubt.settings import Caps, JOB, UBT_COLUMNS, UbtStateError, Windows, ubt_category_cap, ubt_metadata
+from sim.ubt.transforms import aggregate_ubt, combine_rows, reject_bad_rows
+from sim.ubt.dates import date_range, parse_date, retention_first_date, segment_of, shift_date
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------- the job
+@dataclass
+class DayResult:
+    date: str
+    action: str  # skipped | full | nightly
+    version: int | None
+    touched_keys: int = 0
+    rejected: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+def _behaviors_table(spark: SparkSession, lakehouse: str) -> DataFrame:
+    path = table_path(lakehouse, "behaviors")
+    require_table(spark, path, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+    return read_table(spark, path)
+
+
+def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_date: str, source: str,
+                  n: int) -> None:
+    """Record ``n`` rejected rows for ``run_date`` under ``source``, replacing that (date, source) slice
+    of the rejects table, so a re-run neither duplicates nor keeps stale rejects."""
+    path = table_path(lakehouse, "rejects")
+    if n == 0:
+        if not is_delta_table(spark, path) or read_table(spark, path).where(
+                (F.col("dt") == run_date) & (F.col("source") == source)).limit(1).count() == 0:
+            return
+        rejects = spark.createDataFrame([], REJECTS)
+    write_date(rejects.select(*[F.col(f.name).cast(f.dataType) for f in REJECTS.fields]), path,
+               job=f"{source}.rejects", date=run_date, force=True,
+               replace_where=f"dt = '{run_date}' AND source = '{source}'")
+
+
+def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> int:
+    """Fail unless the table's current content is UBT(date): the newest build_ubt commit is for
+    ``date`` and nothing changed the data after it (OPTIMIZE or VACUUM only rewrite files)."""
+    if not commits:
+        raise UbtStateError(f"the UBT at {path} has no build_ubt commit; build it with "
+                            f"`jobs/build_ubt.py --date {shift_date(date, 1)} --backfill FROM`")
+    last = commits[-1]
+    if last.date != date:
+        have = sorted({c.date for c in commits})
+        raise UbtStateError(
+            f"UBT({date}) is missing or is not the latest state of {path} (its newest build_ubt date is "
+            f"{last.date}; dates built: {have[0]}..{have[-1]}). Run jobs/build_ubt.py for {date} first, "
+            f"or use --backfill FROM to build a range in order")
+    latest = latest_version(spark, path)
+    if latest != last.version:
+        from delta.tables import DeltaTable
+        later = (DeltaTable.forPath(spark, path).history().where(F.col("version") > last.version)
+                 .select("version", "operation").collect())
+        changed = [r for r in later
+                   if r.operation not in ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")]
+        if changed:
+            raise UbtStateError(f"the UBT at {path} was changed after build_ubt {date} (version "
+                                f"{changed[0].version}: {changed[0].operation}); rebuild it with "
+                                f"--backfill FROM --force")
+    return last.version
+
+
+def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps) -> DayResult:
+    """UBT(date) from all behaviors of its window in one pass; replaces the whole table (one commit)."""
+    path = table_path(lakehouse, "ubt")
+    first = retention_first_date(windows, date)
+    b = _behaviors_table(spark, lakehouse).where(F.col("dt") <= date)
+    if first:
+        b = b.where(F.col("dt") >= first)
+    accepted, rejects = reject_bad_rows(b, date)
+    n_rejects = rejects.count()  # a scan of four columns; clean tables are the norm
+    ubt = (aggregate_ubt(accepted, ubt_category_cap(windows, caps), windows.segment_days)
+           .repartition("segment").sortWithinPartitions("segment", "user_id", "category_id"))
+    meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
+    writer = (ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+              .partitionBy("segment"))
+    with commit_metadata(spark, meta):
+        writer.save(path)
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: full build from %s..%s committed version %s", date, first or "start",
+             date, version)
+    return DayResult(date, "full", version, rejected=n_rejects)
+
+
+def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
+                   commits: list[Commit] | None = None) -> DayResult:
+    """UBT(date) = UBT(date-1) + behaviors(date) - blocks leaving the window: the day's rows (one per key
+    active that day, segment = the date) appended without reading the index, one commit tagged with
+    the date; then the block rollup and the delete of blocks that left, on the days they happen."""
+    from delta.tables import DeltaTable
+    path = table_path(lakehouse, "ubt")
+    require_table(spark, path, f"build the index first: jobs/build_ubt.py --date {date} --backfill FROM")
+    if commits is None:
+        commits = job_commits(spark, path, JOB)
+    _require_state_at(spark, path, shift_date(date, -1), commits)
+    new, rejects = reject_bad_rows(_behaviors_table(spark, lakehouse).where(F.col("dt") == date), date)
+    n_rejects = rejects.count()
+    cap = ubt_category_cap(windows, caps)
+    meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
+    with commit_metadata(spark, meta):
+        (aggregate_ubt(new, cap, segment_days=1).write.format("delta").mode("append")
+         .partitionBy("segment").save(path))
+    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
+    hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    metrics = dict(hist.operationMetrics or {})
+    result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numOutputRows", 0)),
+                       rejected=n_rejects, metrics=metrics)
+    log.info("build_ubt %s: appended the day's rows of %s keys -> version %s", date, result.touched_keys,
+             hist.version)
+    rolled = _rollup_block(spark, path, windows, cap, date, meta)
+    dropped = _expire_blocks(spark, path, windows, date, meta)
+    result.metrics.update(rollup_block=rolled is not None, expire_blocks=dropped is not None)
+    for version in (rolled, dropped):  # the date's last commit is its version
+        if version is not None:
+            result.version = version
+    return result
+
+
+def _rollup_block(spark: SparkSession, path: str, windows: Windows, cap: int, date: str, meta: dict
+                  ) -> int | None:
+    """On the last day of a block: its rows (the days appended one by one, and the part a full build
+    wrote) become one row per key with segment = the block's first date, in a commit tagged with the
+    date (same content, fewer rows); the version, or None on other days. Reads and writes only the
+    block's partitions: at most ``segment_days`` days of data."""
+    block = segment_of(date, windows.segment_days)
+    if windows.segment_days == 1 or segment_of(shift_date(date, 1), windows.segment_days) == block:
+        return None
+    where = f"segment >= '{block}' AND segment <= '{date}'"
+    rows = read_table(spark, path).where(where)
+    rolled = combine_rows(rows, cap).withColumn("segment", F.lit(block))
+    with commit_metadata(spark, {**meta, "op": "rollup"}):
+        (rolled.select(*UBT_COLUMNS).sortWithinPartitions("user_id", "category_id")
+         .write.format("delta").mode("overwrite").option("replaceWhere", where).save(path))
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: rolled the block %s..%s up into one row per key -> version %s", date, block,
+             date, version)
+    return version
+
+
+def _expire_blocks(spark: SparkSession, path: str, windows: Windows, date: str, meta: dict) -> int | None:
+    """Drop the blocks whose every date left UBT(date)'s window (whole partitions: no data file is read
+    or written), in a commit tagged with the date; the version, or None when none left today.
+
+    A block leaves on the day after its last date leaves, so this runs once per segment_days days; the
+    condition takes every older segment too, so a run interrupted before it is made up next time.
+    """
+    first = retention_first_date(windows, date)
+    if first is None:
+        return None
+    older = segment_of(shift_date(first, -1), windows.segment_days)
+    if older == segment_of(first, windows.segment_days):  # the day before the window is in its block
+        return None
+    from delta.tables import DeltaTable
+    with commit_metadata(spark, {**meta, "op": "expire"}):
+        DeltaTable.forPath(spark, path).delete(f"segment <= '{older}'")
+    version = latest_version(spark, path)
+    log.info("build_ubt %s: dropped the blocks up to %s (out of the window from %s) -> version %s",
+             date, older, first, version)
+    return version
+
+
+def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
+              backfill_from: str | None = None, force: bool = False) -> list[DayResult]:
+    """Bring the UBT to ``date``: the nightly job.
+
+    Without ``backfill_from``: UBT(date) from UBT(date-1) by :func:`nightly_update`; fails if UBT(date-1)
+    is missing.
+    With it: on an empty index, a full build of ``backfill_from`` then one nightly update per following
+    day up to ``date``, in order, one commit each; dates already committed are skipped, so an
+    interrupted backfill resumes. A date already committed is a no-op ("re-running D changes nothing")
+    unless ``force``: then the table is restored to UBT(date-1) and the date applied again (with
+    ``backfill_from`` and force, the whole range is rebuilt from a full build).
+    """
+    path = table_path(lakehouse, "ubt")
+    dates = date_range(backfill_from, date) if backfill_from else [parse_date(date).isoformat()]
+    results = []
+    for i, d in enumerate(dates):
+        commits = job_commits(spark, path, JOB)
+        done = max((c.version for c in commits if c.date == d), default=None)
+        if done is not None and not force:
+            log.info("build_ubt %s: already committed (version %s); nothing to do", d, done)
+            results.append(DayResult(d, "skipped", done))
+            continue
+        if backfill_from and i == 0 and (not commits or force):
+            results.append(full_build(spark, lakehouse, d, windows, caps))
+            continue
+        if done is not None:  # forced re-run of a committed date: back to UBT(d-1) first
+            if _restore_to(spark, path, shift_date(d, -1), commits):
+                commits = job_commits(spark, path, JOB)
+        results.append(nightly_update(spark, lakehouse, d, windows, caps, commits))
+    return results
+
+
+def _restore_to(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> bool:
+    version = max((c.version for c in commits if c.date == date), default=None)
+    if version is None:
+        raise UbtStateError(f"cannot re-run {shift_date(date, 1)}: UBT({date}) was never built; "
+                            f"use --backfill FROM --force")
+    if latest_version(spark, path) == version:
+        return False
+    from delta.tables import DeltaTable
+    with commit_metadata(spark, {"job": JOB, "date": date, "op": "restore"}):
+        DeltaTable.forPath(spark, path).restoreToVersion(version)
+    log.info("build_ubt: restored %s to UBT(%s) (version %s) before the forced re-run", path, date, version)
+    return True
