@@ -25,3 +25,19 @@ def test_gauc_weights_users_by_impressions_and_skips_one_class_users():
 
 def test_logloss():
     assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+
+
+def test_gauc_equals_the_per_user_loop_on_many_users_with_ties():
+    """The vectorised gAUC is the impression-weighted mean of each user's own AUC (ties averaged)."""
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 500, 20_000)
+    y = rng.integers(0, 2, 20_000)
+    s = np.round(rng.random(20_000) + 0.3 * y, 1)  # ties within users
+    total = weight = 0.0
+    for u in np.unique(users):
+        m = users == u
+        a = auc(y[m], s[m])
+        if not np.isnan(a):
+            total, weight = total + a * m.sum(), weight + m.sum()
+    assert gauc(users, y, s) == pytest.approx(total / weight, abs=1e-12)
+    assert np.isnan(gauc(np.array([1, 1, 2]), np.array([1, 1, 0]), np.array([0.1, 0.2, 0.3])))

@@ -24,12 +24,18 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Per-user AUC weighted by the user's impression count, over users with both classes."""
-    df = pd.DataFrame({"u": users, "y": labels, "s": scores})
-    total, weight = 0.0, 0
-    for _, g in df.groupby("u", sort=False):
-        a = auc(g.y.to_numpy(), g.s.to_numpy())
-        if not np.isnan(a):
-            total += a * len(g)
-            weight += len(g)
-    return total / weight if weight else float("nan")
+    """Per-user AUC weighted by the user's impression count, over users with both classes.
+
+    Vectorised: ranks within each user by one grouped rank (ties averaged), then each user's rank-sum
+    statistic from grouped sums, so millions of users cost a few sorts, not a Python loop."""
+    df = pd.DataFrame({"u": np.asarray(users), "y": np.asarray(labels).astype(bool),
+                       "s": np.asarray(scores, dtype=np.float64)})
+    df["r"] = df.groupby("u", sort=False)["s"].rank(method="average")
+    df["r_pos"] = df["r"].where(df["y"], 0.0)
+    g = df.groupby("u", sort=False).agg(n=("y", "size"), n_pos=("y", "sum"), r_pos=("r_pos", "sum"))
+    n_neg = g["n"] - g["n_pos"]
+    g = g[(g["n_pos"] > 0) & (n_neg > 0)]
+    if g.empty:
+        return float("nan")
+    user_auc = (g["r_pos"] - g["n_pos"] * (g["n_pos"] + 1) / 2) / (g["n_pos"] * (g["n"] - g["n_pos"]))
+    return float((user_auc * g["n"]).sum() / g["n"].sum())
