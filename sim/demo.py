@@ -148,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model in models:
             cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,
                    "--np", str(args.np)]
-            for s in train_sets + [f"train.seed={seed}",
-                                   f"train.checkpoint_dir={PROJECT_ROOT / 'checkpoints' / args.dataset / str(seed)}"]:
+            for s in train_sets + [f"train.seed={seed}"]:
                 cmd += ["--set", s]
             name = f"train {model}" + (f" seed {seed}" if len(seeds) > 1 else "")
             stages.append((name, f"{name} (horovodrun -np {args.np})", cmd))

@@ -131,3 +131,20 @@ def test_mlflow_failed_run_is_marked(tmp_path):
         with tracking.run("smoke", uri=uri):
             raise RuntimeError("boom")
     assert list(tracking.search_runs(["smoke"], uri=uri).status) == ["FAILED"]
+
+
+def test_mlflow_params_are_plain_values_a_user_can_filter_on(tmp_path):
+    """Config values reach MLflow as written in the YAML: ISO dates, comma-separated lists, no reprs."""
+    import datetime as dt
+    from sim.adapters import tracking
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run("params", uri=uri):
+        tracking.log_params({"test_dates": [dt.date(2024, 7, 1), dt.date(2024, 7, 2)],
+                             "model": {"mlp_dims": [200, 80], "din_normalization": None},
+                             "train": {"shuffle": True}})
+    runs = tracking.search_runs(["params"], uri=uri,
+                                filter_string="params.test_dates = '2024-07-01,2024-07-02'")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["params.model.mlp_dims"] == "200,80" and row["params.train.shuffle"] == "true"
+    assert row["params.model.din_normalization"] == ""

@@ -132,3 +132,16 @@ def test_unknown_expid_lists_known_ones(tmp_path):
     proc = run([sys.executable, "-m", "sim.train", "--config", str(ROOT / "conf/experiments.yaml"),
                 "--expid", "nope"], check=False)
     assert proc.returncode == 2 and "unknown expid 'nope'" in proc.stderr and "sim_soft_time" in proc.stderr
+
+
+def test_checkpoints_are_keyed_by_run():
+    """Two seeds or two settings of one expid get their own checkpoint directory; what --resume may
+    change (the epoch budget) keeps it."""
+    from sim.training.experiment import load_experiment
+    from sim.training.loop import checkpoint_dir
+    conf = ROOT / "conf/experiments.yaml"
+    base = checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=1"]))
+    assert base.parent.name == "sim_hard"
+    assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=2"])) != base
+    assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=1", "train.lr=0.01"])) != base
+    assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=1", "train.epochs=9"])) == base

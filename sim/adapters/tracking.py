@@ -7,6 +7,7 @@ of a Horovod job calls into this module.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 import os
 from pathlib import Path
@@ -50,7 +51,7 @@ def ensure_experiment(name: str, uri: str) -> None:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'a': {'b': 1}} -> {'a.b': 1}``; lists become their string form."""
+    """``{'a': {'b': 1}} -> {'a.b': 1}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -79,9 +80,24 @@ def run(experiment: str, run_name: str | None = None, tags: Mapping[str, str] | 
         mlflow.end_run(status="FINISHED")
 
 
+def param_value(v: Any) -> str:
+    """A config value as a plain MLflow param that ``search_runs`` filters and the UI shows as written:
+    dates as ISO strings, lists as comma-separated plain values, None as the empty string (never a
+    Python repr such as ``[datetime.date(2024, 7, 1)]``)."""
+    if v is None:
+        return ""
+    if isinstance(v, (_dt.date, _dt.datetime)):
+        return v.isoformat()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return ",".join(param_value(x) for x in v)
+    return str(v)
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
-    flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
+    flat = {k: param_value(v)[:6000] for k, v in flatten(params).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):  # the REST API caps a batch at 100 params
         mlflow.log_params(dict(items[i:i + 100]))

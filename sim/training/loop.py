@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -26,8 +29,25 @@ SPLITS = ("train", "valid", "test")
 
 
 # -------------------------------------------------------------------------------------------- training
-def _checkpoint_dir(cfg: dict) -> Path:
-    return Path(cfg["train"].get("checkpoint_dir", "./checkpoints")) / cfg["experiment"] / cfg["expid"]
+# Settings a --resume may change without making it another run.
+_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads"), "": ("tracking_uri",)}
+
+
+def checkpoint_dir(cfg: dict) -> Path:
+    """Where one run keeps its checkpoint: ``<train.checkpoint_dir>/<experiment>/<expid>/<run key>``.
+
+    The run key is the seed and a hash of the resolved configuration (less what ``--resume`` may change:
+    the epoch budget, fault injection, threads, paths), so two seeds or two settings of one expid never
+    share, and a fresh run never deletes, another run's checkpoint; ``--resume`` with the same settings
+    finds its own."""
+    keep = copy.deepcopy(cfg)
+    for section, keys in _RESUMABLE_KEYS.items():
+        target = keep.get(section, {}) if section else keep
+        for k in keys:
+            target.pop(k, None)
+    digest = hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    root = Path(cfg["train"].get("checkpoint_dir", "./checkpoints"))
+    return root / cfg["experiment"] / cfg["expid"] / f"seed{cfg['train']['seed']}-{digest}"
 
 
 def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
@@ -138,7 +158,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
     rate, decay_steps = float(t.get("lr_decay_rate", 1.0)), float(t.get("lr_decay_steps", 1000))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate ** (s / decay_steps))
 
-    ckpt_dir = _checkpoint_dir(cfg)
+    ckpt_dir = checkpoint_dir(cfg)
     start_epoch, run_id, best, since_best = 0, None, Best(), 0
     if resume:
         state = _load_checkpoint(ckpt_dir)
