@@ -148,3 +148,25 @@ def test_mlflow_params_are_plain_values_a_user_can_filter_on(tmp_path):
     row = runs.iloc[0]
     assert row["params.model.mlp_dims"] == "200,80" and row["params.train.shuffle"] == "true"
     assert row["params.model.din_normalization"] == ""
+
+
+def test_forced_rewrite_after_checkpoint_and_log_cleanup_still_commits(spark, tmp_path):
+    """The transaction id of a date may survive only in a checkpoint once log clean-up removed the JSON
+    commit that wrote it: a forced rewrite must still get a newer transaction version and commit."""
+    import os
+    path = str(tmp_path / "t")
+    day1 = spark.createDataFrame([(1, "2024-01-01")], "id long, dt string")
+    assert delta_io.write_date(day1, path, job="j", date="2024-01-01")
+    assert delta_io.write_date(day1, path, job="j", date="2024-01-01", force=True)  # txnVersion 1
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.checkpointInterval = 2)")
+    for d in ("2024-01-02", "2024-01-03", "2024-01-04"):
+        delta_io.write_date(spark.createDataFrame([(2, d)], "id long, dt string"), path, job="j", date=d)
+    log_dir = os.path.join(path, "_delta_log")
+    checkpoints = sorted(int(f.split(".")[0]) for f in os.listdir(log_dir) if f.endswith(".checkpoint.parquet"))
+    assert checkpoints, "no checkpoint written"
+    for f in os.listdir(log_dir):  # what log clean-up does: commits before the checkpoint go
+        if f.endswith(".json") and int(f.split(".")[0]) < checkpoints[-1]:
+            os.remove(os.path.join(log_dir, f))
+    day1_new = spark.createDataFrame([(7, "2024-01-01")], "id long, dt string")
+    assert delta_io.write_date(day1_new, path, job="j", date="2024-01-01", force=True)
+    assert [r.id for r in delta_io.read_table(spark, path).where("dt = '2024-01-01'").collect()] == [7]

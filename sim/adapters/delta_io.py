@@ -102,19 +102,14 @@ def _history(spark: SparkSession, path: str) -> DataFrame:
 
 
 def _last_txn_version(spark: SparkSession, path: str, app_id: str) -> int:
-    """Highest txnVersion recorded for ``app_id`` in the log (-1 if none)."""
-    log_dir = os.path.join(path, "_delta_log")
-    txn = -1
-    for name in sorted(os.listdir(log_dir)):
-        if not name.endswith(".json"):
-            continue
-        with open(os.path.join(log_dir, name)) as f:
-            for line in f:
-                action = json.loads(line)
-                t = action.get("txn")
-                if t and t.get("appId") == app_id:
-                    txn = max(txn, int(t["version"]))
-    return txn
+    """Highest txnVersion Delta recorded for ``app_id`` (-1 if none), from the table's current snapshot:
+    Delta's own transaction state, which checkpoints carry forward, so it survives log clean-up of the
+    JSON commits that first recorded it (and works on any file system Spark reads)."""
+    jvm = spark._jvm
+    delta_log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    snapshot = delta_log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    version = snapshot.transactions().get(app_id)
+    return int(version.get()) if version.isDefined() else -1
 
 
 @dataclass(frozen=True)
