@@ -156,7 +156,7 @@ def test_split_impressions_rejects_with_reasons(spark):
     assert [r.impression_id for r in valid.collect()] == [1]
     rej = rejects.collect()
     assert [(r.source, r.reason, r.dt) for r in rej] == [
-        ("build_samples", "impression ts outside its dt date", D)]
+        ("build_samples", "ts_outside_dt", D)]
 
 
 def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):

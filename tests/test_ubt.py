@@ -12,6 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from sim.adapters.delta_io import job_commits, latest_version, read_table, table_path, version_for_date
+from sim.inputs.rejects import REASONS
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
 from sim.ubt.settings import Caps, UbtStateError, Windows
 from sim.ubt.transforms import aggregate_ubt, ubt_view
@@ -229,7 +230,32 @@ def test_bad_rows_are_rejected_not_dropped(spark, tmp_path):
     assert res[-1].rejected == 2
     rej = sorted(read_table(spark, table_path(lh, "rejects")).collect(), key=lambda r: r.raw)
     assert [(r.source, r.dt) for r in rej] == [("build_ubt", d)] * 2
-    assert '"item_id":3' in rej[0].raw and "null" in rej[0].reason
-    assert '"item_id":4' in rej[1].raw and "outside its dt" in rej[1].reason
+    assert '"item_id":3' in rej[0].raw and rej[0].reason == "null_id"
+    assert '"item_id":4' in rej[1].raw and rej[1].reason == "ts_outside_dt"
+    assert {r.reason for r in rej} <= set(REASONS)  # one vocabulary with input validation
     got = ubt_view(read_table(spark, table_path(lh, "ubt")), Windows(long_days=3, short_days=1), d).first()
     assert [x.item_id for x in got.behaviors] == [2, 1] and got["count"] == 2
+
+
+def test_crash_between_rejects_and_data_is_finished_by_the_rerun(spark, tmp_path, monkeypatch):
+    """A night that dies after its rejects commit and before its data commit has not happened: the
+    re-run builds the date and its rejects are there once."""
+    from sim.faults import InjectedCrash
+    lh = str(tmp_path)
+    nullable = BEHAVIORS.__class__([f.__class__(f.name, f.dataType, True) for f in BEHAVIORS.fields])
+    d = "2024-03-02"
+    write_logs(spark, lh, [beh(1, 1, 1, day_start("2024-03-01") + 5), beh(1, 2, 1, day_start(d) + 5),
+                           (None, 3, 1, "pv", day_start(d) + 9, d)], schema=nullable)
+    w, c = Windows(long_days=3, short_days=1), Caps()
+    build_ubt(spark, lh, "2024-03-01", w, c, backfill_from="2024-03-01")
+    monkeypatch.setenv("SIM_CRASH_AT", "build_ubt.rejects_written")
+    with pytest.raises(InjectedCrash):
+        build_ubt(spark, lh, d, w, c)
+    monkeypatch.delenv("SIM_CRASH_AT")
+    assert [x.date for x in job_commits(spark, table_path(lh, "ubt"), "build_ubt")][-1] == "2024-03-01"
+    res = build_ubt(spark, lh, d, w, c)
+    assert [r.action for r in res] == ["nightly"] and res[-1].rejected == 1
+    rej = read_table(spark, table_path(lh, "rejects")).where(f"dt = '{d}'").collect()
+    assert [(r.source, r.reason) for r in rej] == [("build_ubt", "null_id")]
+    got = ubt_view(read_table(spark, table_path(lh, "ubt")), w, d).first()
+    assert [x.item_id for x in got.behaviors] == [2, 1]

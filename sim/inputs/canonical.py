@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 BEHAVIORS_TABLE = "behaviors"
 IMPRESSIONS_TABLE = "impressions"
-REJECTS_TABLE = "rejects"
 _MAX_LONG = 0x7FFFFFFFFFFFFFFF
 
 
@@ -90,11 +89,6 @@ def fingerprint(obj: object) -> str:
 
 def date_range_predicate(first: str, last: str, col: str = "dt") -> str:
     return f"{col} >= '{first}' AND {col} <= '{last}'"
-
-
-def rejects_predicate(run_date: str, sources: list[str] | tuple[str, ...]) -> str:
-    quoted = ", ".join("'" + s.replace("'", "''") + "'" for s in sorted(set(sources)))
-    return f"dt = '{run_date}' AND source IN ({quoted})"
 
 
 def _same_write_committed(spark: SparkSession, path: str, job: str, label: str, fp: str) -> bool:

@@ -21,7 +21,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.inputs import canonical
-from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, REJECTS_TABLE, date_range_predicate, rejects_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
+from sim.inputs.rejects import REJECTS_TABLE, write_rejects
+from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, date_range_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
 from sim.inputs.generator.settings import ITEM_TOPICS_TABLE, GeneratorConfig
 from sim.inputs.generator.impressions import auc_by_date, generate_impressions, item_topics
 from sim.inputs.generator.behaviors import generate_behaviors, user_profiles
@@ -95,6 +96,11 @@ def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None
                behavior_dates: tuple[str, str] | None, impressions: DataFrame | None,
                impression_dates: tuple[str, str] | None, rejects: DataFrame, run_date: str,
                sources: Sequence[str], report: IngestReport) -> None:
+    # Rejects first, like every stage (sim.inputs.rejects): the data commits are what a re-run checks.
+    report.committed[REJECTS_TABLE] = write_rejects(rejects.sparkSession, lakehouse,
+                                                    to_rejects(rejects, run_date), run_date, sources,
+                                                    fingerprint=fp)
+    report.dates[REJECTS_TABLE] = (run_date, run_date)
     if behaviors is not None and behavior_dates:
         label = f"{behavior_dates[0]}..{behavior_dates[1]}"
         report.committed[BEHAVIORS_TABLE] = write_log_table(
@@ -107,10 +113,6 @@ def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None
             to_impressions(impressions), lakehouse, IMPRESSIONS_TABLE, job=job, label=label,
             replace_where=date_range_predicate(*impression_dates), fp=fp)
         report.dates[IMPRESSIONS_TABLE] = impression_dates
-    report.committed[REJECTS_TABLE] = write_log_table(
-        to_rejects(rejects, run_date), lakehouse, REJECTS_TABLE, job=job, label=run_date,
-        replace_where=rejects_predicate(run_date, sources), fp=fp)
-    report.dates[REJECTS_TABLE] = (run_date, run_date)
 
 
 def _union(dfs: Sequence[DataFrame]) -> DataFrame:

@@ -49,16 +49,13 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sim.inputs.rejects import REASONS  # noqa: F401  (the codes this module explains)
+
 from sim.inputs.canonical import dt_of
 from sim.inputs.schema import BEHAVIOR_TYPES
 
 log = logging.getLogger(__name__)
 
-REASONS = (
-    "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "bad_timestamp", "ts_in_future",
-    "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "bad_rating",
-    "unknown_item", "duplicate_event", "duplicate_impression_id", "missing_category", "duplicate_item",
-)
 MALFORMED = "malformed_line"
 _INT_RE = r"^\s*[+-]?\d{1,18}\s*$"
 _NUM_RE = r"^\s*[+-]?\d{1,12}(\.\d*)?\s*$"

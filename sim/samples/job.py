@@ -13,7 +13,8 @@ from sim.adapters.delta_io import (job_commits, read_table, require_table, table
 from sim.ubt.settings import (JOB as UBT_JOB, UBT, ubt_category_cap)
 from sim.ubt.transforms import missing_key
 from sim.ubt.dates import parse_date, shift_date
-from sim.ubt.job import write_rejects
+from sim.faults import crash_point
+from sim.inputs.rejects import write_rejects
 from sim.samples.transforms import LEAK_MARK, build_sequences, first_leak, split_impressions, to_samples
 from sim.samples.contract import JOB, LeakError, SampleSpec, SamplesInputError
 
@@ -131,10 +132,13 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
                    rejects: DataFrame, label: str, force: bool, *, meta: dict, inputs: str,
                    ubt_version: int | None = None, run_date: str | None = None,
                    replace_where: str | None = None) -> SamplesResult:
-    """Commit the samples of ``seqs`` under the leak guard (a leak raises :class:`LeakError` naming the
-    first offending impression, and nothing is committed), then the run's rejects."""
+    """Commit the run's rejects, then the samples of ``seqs`` under the leak guard (a leak raises
+    :class:`LeakError` naming the first offending impression, and no samples are committed)."""
     n_rejects = rejects.count()
     out = table_path(lakehouse, "samples")
+    # Rejects first: the samples commit marks the date done, so a crash between the two is re-run whole.
+    write_rejects(spark, lakehouse, rejects, run_date or label, [JOB], n_rejects)
+    crash_point("build_samples.rejects_written")
     try:
         committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
                                extra_metadata=meta, replace_where=replace_where)
@@ -145,7 +149,6 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
         where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
         raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
                         f"after its time in a sequence ({inputs})") from None
-    write_rejects(spark, lakehouse, rejects, run_date or label, JOB, n_rejects)
     from delta.tables import DeltaTable
     head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
     version = version_for_date(spark, out, JOB, label)

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from sim.ubt.settings import (SECONDS_PER_DAY)
 from sim.ubt.transforms import in_window_rows, ts_outside_dt
 from sim.ubt.dates import shift_date, window_start_ts
+from sim.inputs.rejects import tag_rejects
 from sim.samples.contract import JOB, SAMPLES_SCALARS_IN, SECONDS_PER_HOUR, SampleSpec, _SEQ_ARRAY
 
 log = logging.getLogger(__name__)
@@ -261,19 +262,13 @@ def first_leak(seqs: DataFrame) -> tuple[int, int] | None:
 def split_impressions(impressions: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
     """(valid impressions, rejects dated ``run_date``): a row needs its ids, label and a time inside
     its dt date (a time outside it would read a UBT version that may hold its future)."""
-    reason = (F.when(F.col("impression_id").isNull(), "impression with a null impression_id")
-              .when(F.col("user_id").isNull(), "impression with a null user_id")
-              .when(F.col("item_id").isNull(), "impression with a null item_id")
-              .when(F.col("category_id").isNull(), "impression with a null category_id")
-              .when(F.col("ts").isNull(), "impression with a null ts")
-              .when(F.col("label").isNull(), "impression with a null label")
-              .when(ts_outside_dt(), "impression ts outside its dt date"))
-    tagged = impressions.withColumn("_reason", reason)
-    rejects = tagged.where(F.col("_reason").isNotNull()).select(
-        F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
-        F.to_json(F.struct(*[F.col(c) for c in impressions.columns])).alias("raw"),
-        F.lit(run_date).alias("dt"))
-    valid = tagged.where(F.col("_reason").isNull()).select(
+    reason = (F.when(F.col("impression_id").isNull() | F.col("user_id").isNull() | F.col("item_id").isNull()
+                     | F.col("category_id").isNull(), "null_id")
+              .when(F.col("ts").isNull(), "bad_timestamp")
+              .when(F.col("label").isNull(), "bad_label")
+              .when(ts_outside_dt(), "ts_outside_dt"))
+    tagged, rejects = tag_rejects(impressions, reason, JOB, run_date)
+    valid = tagged.select(
         F.col("impression_id").cast("long"), F.col("user_id").cast("long"), F.col("item_id").cast("long"),
         F.col("category_id").cast("long"), F.col("ts").cast("long"), F.col("label").cast("int"),
         *[(F.col(p) if p in impressions.columns else F.lit(None)).cast("double").alias(p)

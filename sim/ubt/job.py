@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.adapters.delta_io import (Commit, commit_metadata, is_delta_table, job_commits, latest_version, read_table, require_table, table_path, write_date)
-from sim.inputs.schema import REJECTS
+from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, latest_version, read_table, require_table, table_path)
+from sim.faults import crash_point
+from sim.inputs.rejects import write_rejects
 from sim.ubt.settings import Caps, JOB, UBT_COLUMNS, UbtStateError, Windows, ubt_category_cap, ubt_metadata
 from sim.ubt.transforms import aggregate_ubt, combine_rows, reject_bad_rows
 from sim.ubt.dates import date_range, parse_date, retention_first_date, segment_of, shift_date
@@ -33,21 +34,6 @@ def _behaviors_table(spark: SparkSession, lakehouse: str) -> DataFrame:
     path = table_path(lakehouse, "behaviors")
     require_table(spark, path, "run jobs/generate_logs.py or jobs/import_dataset.py first")
     return read_table(spark, path)
-
-
-def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_date: str, source: str,
-                  n: int) -> None:
-    """Record ``n`` rejected rows for ``run_date`` under ``source``, replacing that (date, source) slice
-    of the rejects table, so a re-run neither duplicates nor keeps stale rejects."""
-    path = table_path(lakehouse, "rejects")
-    if n == 0:
-        if not is_delta_table(spark, path) or read_table(spark, path).where(
-                (F.col("dt") == run_date) & (F.col("source") == source)).limit(1).count() == 0:
-            return
-        rejects = spark.createDataFrame([], REJECTS)
-    write_date(rejects.select(*[F.col(f.name).cast(f.dataType) for f in REJECTS.fields]), path,
-               job=f"{source}.rejects", date=run_date, force=True,
-               replace_where=f"dt = '{run_date}' AND source = '{source}'")
 
 
 def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[Commit]) -> int:
@@ -91,9 +77,10 @@ def full_build(spark: SparkSession, lakehouse: str, date: str, windows: Windows,
     meta = {"job": JOB, "date": date, "op": "full", **ubt_metadata(windows, caps)}
     writer = (ubt.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
               .partitionBy("segment"))
+    write_rejects(spark, lakehouse, rejects, date, [JOB], n_rejects)  # first: the data marks the date done
+    crash_point("build_ubt.rejects_written")
     with commit_metadata(spark, meta):
         writer.save(path)
-    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
     version = latest_version(spark, path)
     log.info("build_ubt %s: full build from %s..%s committed version %s", date, first or "start",
              date, version)
@@ -115,10 +102,11 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
     n_rejects = rejects.count()
     cap = ubt_category_cap(windows, caps)
     meta = {"job": JOB, "date": date, "op": "nightly", **ubt_metadata(windows, caps)}
+    write_rejects(spark, lakehouse, rejects, date, [JOB], n_rejects)  # first: the data marks the date done
+    crash_point("build_ubt.rejects_written")
     with commit_metadata(spark, meta):
         (aggregate_ubt(new, cap, segment_days=1).write.format("delta").mode("append")
          .partitionBy("segment").save(path))
-    write_rejects(spark, lakehouse, rejects, date, JOB, n_rejects)
     hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
     metrics = dict(hist.operationMetrics or {})
     result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numOutputRows", 0)),

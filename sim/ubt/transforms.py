@@ -1,6 +1,7 @@
 """Pure transforms of the UBT: DataFrames in, DataFrames out (aggregate, window, combine, rejects).
 """
 from __future__ import annotations
+from sim.inputs.rejects import tag_rejects
 from sim.ubt.settings import JOB, KEY_COLUMNS, SECONDS_PER_DAY, UBT_COLUMNS, Windows
 from sim.ubt.dates import epoch_day_col, segment_col, window_start_ts
 
@@ -100,20 +101,15 @@ def ts_outside_dt() -> Column:
 
 
 def reject_reason(behaviors: DataFrame) -> Column:
-    """Why a behaviors row cannot be indexed (null if it can): a missing key or time, or a time outside
-    its ``dt`` date (the nightly update relies on each date's behaviors being that date's)."""
-    return (F.when(missing_key(), F.lit("behaviors row with a null user_id, category_id, item_id or ts"))
-            .when(ts_outside_dt(), F.lit("behaviors row whose ts is outside its dt date")))
+    """Why a behaviors row cannot be indexed (null if it can), as a code of sim.inputs.rejects.REASONS:
+    a missing id (``null_id``) or time (``bad_timestamp``), or a time outside its ``dt`` date
+    (``ts_outside_dt``; the nightly update relies on each date's behaviors being that date's)."""
+    return (F.when(F.col("user_id").isNull() | F.col("category_id").isNull() | F.col("item_id").isNull(),
+                   F.lit("null_id"))
+            .when(F.col("ts").isNull(), F.lit("bad_timestamp"))
+            .when(ts_outside_dt(), F.lit("ts_outside_dt")))
 
 
 def reject_bad_rows(behaviors: DataFrame, run_date: str) -> tuple[DataFrame, DataFrame]:
-    """Split behaviors into (accepted, rejects) by :func:`reject_reason`; rejects follow
-    sim.inputs.schema.REJECTS with source = this job."""
-    tagged = behaviors.withColumn("_reason", reject_reason(behaviors))
-    rejects = tagged.where(F.col("_reason").isNotNull()).select(
-        F.lit(JOB).alias("source"), F.col("_reason").alias("reason"),
-        F.to_json(F.struct(*[F.col(c) for c in behaviors.columns])).alias("raw"),
-        F.lit(run_date).alias("dt"))
-    return tagged.where(F.col("_reason").isNull()).drop("_reason"), rejects
-
-
+    """Split behaviors into (accepted, rejects) by :func:`reject_reason`, rejects with source = this job."""
+    return tag_rejects(behaviors, reject_reason(behaviors), JOB, run_date)
