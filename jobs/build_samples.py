@@ -1,61 +1,10 @@
 """Samples job: impressions of day D with their point-in-time sequences from UBT(D-1) and day-D
-behaviors before each impression.
 
-    spark-submit --jars <delta jars> jobs/build_samples.py --date 2024-06-30 [--force]
-    python jobs/build_samples.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.mode=count
-    python jobs/build_samples.py --date 1998-04-22 --backfill 1997-09-20 --replay --set windows.mode=count
-
-See sim/samples.py for the sequences, their caps and the leak guard.
+The spark-submit entry point of :mod:`sim.samples.build_samples` (also the console script ``sim-build-
+samples``); its options: ``python jobs/build_samples.py --help``. The ``sim`` package must be importable
+by the driver's Python: ``make setup`` installs it into ``.venv``.
 """
-from __future__ import annotations
-
-import os
-import sys
-import time
-from typing import Sequence
-
-# Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sim.adapters.delta_io import MissingTableError  # noqa: E402
-from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
-from sim.samples.contract import LeakError, SampleSpec, SamplesInputError
-from sim.samples.job import build_samples, build_samples_replay
-from sim.adapters.spark import spark_from_conf  # noqa: E402
-from sim.ubt.dates import date_range  # noqa: E402
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = dated_job_parser(__doc__.splitlines()[0], date_help="impression date D (yyyy-MM-dd)",
-                         backfill_help="write samples for every date FROM..D in order",
-                         force_help="rewrite dates already committed")
-    p.add_argument("--replay", action="store_true",
-                   help="count mode: every date FROM..D in one pass over the behaviors, one commit, no UBT "
-                        "(the public-data protocol)")
-    args = p.parse_args(argv)
-    cfg = load_job_conf(args)
-    spec = SampleSpec.from_conf(cfg)
-    spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
-    dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
-    lakehouse = cfg["lakehouse"]
-    runs = ([lambda: build_samples_replay(spark, lakehouse, dates[0], dates[-1], spec, force=args.force)]
-            if args.replay else
-            [lambda d=d: build_samples(spark, lakehouse, d, spec, force=args.force) for d in dates])
-    results, seconds = [], []
-    try:
-        for run in runs:
-            t = time.perf_counter()
-            results.append(run())
-            seconds.append(time.perf_counter() - t)
-    except (LeakError, SamplesInputError, MissingTableError) as e:
-        print(f"build_samples: {e}", file=sys.stderr)
-        return 1
-    for r, sec in zip(results, seconds):
-        print(f"BUILD_SAMPLES_OK date={r.date} action={r.action} version={r.version} "
-              f"ubt_version={r.ubt_version} samples={r.impressions} rejected={r.rejected} seconds={sec:.1f}")
-    spark.stop()
-    return 0
-
+from sim.samples.build_samples import run
 
 if __name__ == "__main__":
-    run_job(main)
+    run()

@@ -1,53 +1,10 @@
 """Nightly User Behavior Tree job: UBT(D) = UBT(D-1) + behaviors of D - behaviors leaving the window.
 
-    spark-submit --jars <delta jars> jobs/build_ubt.py --date 2024-06-30 [--backfill 2024-06-01] [--force]
-    python jobs/build_ubt.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.long_days=90
-
-See sim/ubt.py for what the index holds and how a night's cost follows the day's data.
+The spark-submit entry point of :mod:`sim.ubt.build_ubt` (also the console script ``sim-build-ubt``); its
+options: ``python jobs/build_ubt.py --help``. The ``sim`` package must be importable by the driver's
+Python: ``make setup`` installs it into ``.venv``.
 """
-from __future__ import annotations
-
-import os
-import sys
-import time
-from typing import Sequence
-
-# Importable without PYTHONPATH or an installed package (spark-submit of a checkout).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sim.adapters.delta_io import MissingTableError  # noqa: E402
-from sim.cli import dated_job_parser, load_job_conf, run_job  # noqa: E402
-from sim.adapters.spark import spark_from_conf  # noqa: E402
-from sim.ubt.settings import Caps, UbtStateError, Windows  # noqa: E402
-from sim.ubt.job import build_ubt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = dated_job_parser(__doc__.splitlines()[0], date_help="the date D to build UBT(D) for (yyyy-MM-dd)",
-                         backfill_help="on an empty index: full build of FROM, then every day up to --date",
-                         force_help="rebuild dates already committed")
-    args = p.parse_args(argv)
-    cfg = load_job_conf(args)
-    windows, caps = Windows.from_conf(cfg), Caps.from_conf(cfg)
-    spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
-    started = time.perf_counter()
-    try:
-        results = build_ubt(spark, cfg["lakehouse"], args.date, windows, caps,
-                            backfill_from=args.backfill, force=args.force)
-    except (UbtStateError, MissingTableError) as e:
-        print(f"build_ubt: {e}", file=sys.stderr)
-        return 1
-    actions = ", ".join(f"{r.date}:{r.action}" for r in results)
-    last = results[-1]
-    print(f"BUILD_UBT_OK date={args.date} version={last.version} days={len(results)} "
-          f"touched_keys={sum(r.touched_keys for r in results)} "
-          f"rollups={sum(bool(r.metrics.get('rollup_block')) for r in results)} "
-          f"drops={sum(bool(r.metrics.get('expire_blocks')) for r in results)} "
-          f"rejected={sum(r.rejected for r in results)} seconds={time.perf_counter() - started:.1f} "
-          f"[{actions}]")
-    spark.stop()
-    return 0
-
+from sim.ubt.build_ubt import run
 
 if __name__ == "__main__":
-    run_job(main)
+    run()

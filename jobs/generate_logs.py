@@ -1,37 +1,10 @@
 """Generate the synthetic lifelong behavior and impression logs (sim.inputs.generator) into the lakehouse.
 
-    python jobs/generate_logs.py --lakehouse DIR [--set generator.users=50 ...]
-    spark-submit --packages io.delta:delta-spark_2.13:4.0.1 jobs/generate_logs.py --lakehouse DIR
-
-Writes ``behaviors`` (all history days), ``impressions`` (the last ``generator.impression_days`` days,
-with the true click probability ``p_click``) and ``rejects`` under the lakehouse, then prints one summary
-line. Re-running with the same config is a no-op; another config replaces the same date range.
+The spark-submit entry point of :mod:`sim.inputs.generate_logs` (also the console script ``sim-generate-
+logs``); its options: ``python jobs/generate_logs.py --help``. The ``sim`` package must be importable by
+the driver's Python: ``make setup`` installs it into ``.venv``.
 """
-from __future__ import annotations
-
-import os
-import sys
-from typing import Sequence
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
-from sim.inputs.generator.settings import GeneratorConfig  # noqa: E402
-from sim.inputs.ingest import run_generator  # noqa: E402
-from sim.adapters.spark import spark_from_conf  # noqa: E402
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = job_parser(__doc__.splitlines()[0])
-    parser.add_argument("--now-ts", type=int, default=None,
-                        help="epoch seconds treated as 'now' by validation (default: wall clock)")
-    args = parser.parse_args(argv)
-    cfg = load_job_conf(args)
-    gc = GeneratorConfig.from_conf(cfg.get("generator"))
-    spark = spark_from_conf(cfg, app_name="generate_logs", master=args.master)
-    return report_or_fail("generate_logs", lambda: run_generator(
-        spark, gc, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg), now_ts=args.now_ts))
-
+from sim.inputs.generate_logs import run
 
 if __name__ == "__main__":
-    run_job(main)
+    run()

@@ -1,54 +1,10 @@
 """Import a public dataset (Taobao, MovieLens, Amazon) as canonical behaviors and impressions.
 
-    python jobs/import_dataset.py --format taobao|movielens|amazon --input PATH[,PATH...] --lakehouse DIR
-
-``--input`` is a file, a directory or a comma-separated list (see sim.inputs.importers for the layouts). Bad
-lines go to the ``rejects`` table with a reason; the job fails (exit 1) only when more than
-``validation.max_reject_ratio`` of an input's lines are rejected, naming the top reasons. Impressions
-follow the public-data protocol of SIM/MIMN (the user's next behavior is the positive, a seeded item the
-user never touched the negative). Prints one summary line.
+The spark-submit entry point of :mod:`sim.inputs.import_dataset` (also the console script ``sim-import-dataset``);
+its options: ``python jobs/import_dataset.py --help``. The ``sim`` package must be importable by the
+driver's Python: ``make setup`` installs it into ``.venv``.
 """
-from __future__ import annotations
-
-import os
-import sys
-from typing import Sequence
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job  # noqa: E402
-from sim.inputs.importers import FORMATS, TAOBAO_DATE_RANGE  # noqa: E402
-from sim.inputs.ingest import run_import  # noqa: E402
-from sim.adapters.spark import spark_from_conf  # noqa: E402
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = job_parser(__doc__.splitlines()[0])
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--input", required=True, action="append",
-                        help="file, directory or comma-separated files (repeatable)")
-    parser.add_argument("--start-date", default=None,
-                        help="first allowed dt (default: 2017-11-25 for taobao, open otherwise; '' = open)")
-    parser.add_argument("--end-date", default=None,
-                        help="last allowed dt (default: 2017-12-03 for taobao, open otherwise; '' = open)")
-    parser.add_argument("--targets-per-user", type=int, default=1,
-                        help="last behaviors per user turned into impressions (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=7, help="negative sampling seed (default %(default)s)")
-    parser.add_argument("--run-date", default=None,
-                        help="dt of this run's rejects (default: the last date of the data)")
-    parser.add_argument("--now-ts", type=int, default=None,
-                        help="epoch seconds treated as 'now' by validation (default: wall clock)")
-    args = parser.parse_args(argv)
-    cfg = load_job_conf(args)
-    default_range = TAOBAO_DATE_RANGE if args.format == "taobao" else (None, None)
-    date_range = (default_range[0] if args.start_date is None else (args.start_date or None),
-                  default_range[1] if args.end_date is None else (args.end_date or None))
-    spark = spark_from_conf(cfg, app_name=f"import_dataset.{args.format}", master=args.master)
-    return report_or_fail(f"import_dataset.{args.format}", lambda: run_import(
-        spark, args.format, args.input, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg),
-        date_range=date_range, seed=args.seed, targets_per_user=args.targets_per_user,
-        run_date=args.run_date, now_ts=args.now_ts))
-
+from sim.inputs.import_dataset import run
 
 if __name__ == "__main__":
-    run_job(main)
+    run()

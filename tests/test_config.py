@@ -1,3 +1,4 @@
+from conftest import ROOT
 from sim.config import apply_overrides, ConfigError, load_pipeline_conf
 import pytest
 
@@ -32,3 +33,29 @@ def test_demo_models_all_and_unknown_names():
     assert resolve_models("din, sim_hard") == ["din", "sim_hard"]
     with pytest.raises(SystemExit, match="known models: din"):
         resolve_models("din,simm_soft")
+
+
+def test_jobs_are_console_scripts_and_the_job_files_need_no_path_edits(tmp_path):
+    """Every job is a console script of setup.cfg, and each jobs/ file (the spark-submit entry point)
+    runs from any directory without sys.path edits or PYTHONPATH: the installed package is enough."""
+    import configparser
+    import os
+    import subprocess
+    import sys
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines())
+    jobs = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
+    assert {f"sim-{j.replace('_', '-')}" for j in jobs} <= set(scripts)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    bin_dir = os.path.dirname(sys.executable)
+    for job in jobs:
+        source = (ROOT / "jobs" / f"{job}.py").read_text()
+        assert "sys.path" not in source
+        assert os.access(os.path.join(bin_dir, f"sim-{job.replace('_', '-')}"), os.X_OK)
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--lakehouse" in proc.stdout, (job, proc.stderr[-500:])
+    proc = subprocess.run([os.path.join(bin_dir, "sim-build-ubt"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--date" in proc.stdout, proc.stderr[-500:]
