@@ -8,8 +8,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, read_table, table_path, version_for_date)
-from sim.samples.transforms import (LEAK_MARK, build_sequences, first_leak, split_impressions, time_gap_bucket, to_samples)
+from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, read_table,
+                                   table_path, version_for_date)
+from sim.samples.transforms import (LEAK_MARK, build_sequences, first_leak, split_impressions,
+                                    time_gap_bucket, to_samples)
 from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError
 from sim.samples.job import build_samples, build_samples_replay
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
@@ -230,3 +232,28 @@ def test_replay_equals_nightly_path_in_count_mode(spark, tmp_path):
     assert latest_version(spark, table_path(str(replay), "samples")) == version
     with pytest.raises(ConfigError, match="windows.mode=count"):
         build_samples_replay(spark, str(replay), first, last, SPEC)
+
+
+def test_backfill_horizon_survives_vacuum_and_refuses_older_dates(spark, tmp_path):
+    """The UBT and samples tables declare retention for the backfill horizon; after a VACUUM with the
+    table's own retention the oldest promised date rebuilds to the same rows, and a date whose UBT(D-1)
+    is older than the horizon fails with a message that says so (not with a missing-file error)."""
+    from sim.adapters.delta_io import RETENTION_PROPERTIES
+    lh = str(tmp_path)
+    write_logs(spark, lh, BEHAVIOR_ROWS, IMPRESSION_ROWS)
+    spec = SampleSpec(Windows(long_days=180, short_days=14, segment_days=2), SPEC.caps, backfill_days=30)
+    build_ubt(spark, lh, shift_date(D, 1), spec.windows, spec.caps, backfill_from=shift_date(D, -1))
+    first = build_samples(spark, lh, D, spec)
+    ubt_path, out = table_path(lh, "ubt"), table_path(lh, "samples")
+    for path in (ubt_path, out):
+        props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+        assert [props.get(k) for k in RETENTION_PROPERTIES] == ["interval 30 days"] * 2, path
+    before = sorted(read_table(spark, out).select("impression_id", "hard_items", "long_items").collect())
+    spark.sql(f"VACUUM delta.`{ubt_path}`")  # the table's own retention
+    again = build_samples(spark, lh, D, spec, force=True)
+    assert again.ubt_version == first.ubt_version
+    assert sorted(read_table(spark, out).select("impression_id", "hard_items", "long_items").collect()) == before
+    # The same date with a horizon of 0 days: UBT(D-1) is older than that, and the error says what to do.
+    short = SampleSpec(spec.windows, spec.caps, backfill_days=0)
+    with pytest.raises(SamplesInputError, match=r"past the backfill horizon of 0 days.*--backfill FROM --force"):
+        build_samples(spark, lh, D, short, force=True)

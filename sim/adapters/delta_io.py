@@ -112,6 +112,32 @@ def _last_txn_version(spark: SparkSession, path: str, app_id: str) -> int:
     return int(version.get()) if version.isDefined() else -1
 
 
+RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
+
+
+def set_retention(spark: SparkSession, path: str, days: int) -> bool:
+    """Declare on the table that every version of the last ``days`` days stays readable: both the log
+    (``delta.logRetentionDuration``, what log clean-up keeps) and the files later commits removed
+    (``delta.deletedFileRetentionDuration``, what a plain ``VACUUM`` keeps). Returns True if the table's
+    properties changed (one SET TBLPROPERTIES commit); a table that already declares them is left alone."""
+    want = f"interval {int(days)} days"
+    props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    if all(props.get(k) == want for k in RETENTION_PROPERTIES):
+        return False
+    settings = ", ".join(f"'{k}' = '{want}'" for k in RETENTION_PROPERTIES)
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({settings})")
+    return True
+
+
+def commit_age_days(spark: SparkSession, path: str, version: int) -> float:
+    """Days since ``version`` of the table was committed (from its history)."""
+    import datetime as _dt
+    row = _history(spark, path).where(F.col("version") == int(version)).select("timestamp").first()
+    if row is None:
+        return float("inf")  # log clean-up removed it
+    return (_dt.datetime.now() - row.timestamp).total_seconds() / 86400
+
+
 @dataclass(frozen=True)
 class Commit:
     version: int

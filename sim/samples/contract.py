@@ -65,6 +65,11 @@ TRAINING_COLUMNS = ("impression_id", "user_id", "item_id", "category_id", "ts", 
 ORACLE_COLUMNS = ("p_click", "p_click_short")
 
 
+def backfill_days_of(cfg) -> int:
+    """``retention.backfill_days`` of the pipeline config (default 30)."""
+    return int((cfg.get("retention") or {}).get("backfill_days", 30))
+
+
 class LeakError(RuntimeError):
     """A sequence holds a behavior at or after its impression's time."""
 
@@ -78,15 +83,20 @@ class SampleSpec:
     windows: Windows
     caps: Caps
     time_gap_buckets: int = 64
+    # Days back a date can be rebuilt: the UBT and samples tables keep their versions this long.
+    backfill_days: int = 30
 
     def __post_init__(self) -> None:
         if self.time_gap_buckets < 2:
             raise ConfigError("time_gap_buckets must be >= 2 (bucket 0 is padding)")
+        if self.backfill_days < 0:
+            raise ConfigError("retention.backfill_days must be >= 0")
         check_caps_fit(self.windows, self.caps)
 
     @classmethod
     def from_conf(cls, cfg) -> "SampleSpec":
-        return cls(Windows.from_conf(cfg), Caps.from_conf(cfg), int(cfg.get("time_gap_buckets", 64)))
+        return cls(Windows.from_conf(cfg), Caps.from_conf(cfg), int(cfg.get("time_gap_buckets", 64)),
+                   backfill_days_of(cfg))
 
     @property
     def long_n(self) -> int:

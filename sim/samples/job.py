@@ -9,7 +9,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (job_commits, read_table, require_table, table_path, version_for_date, write_date)
+from sim.adapters.delta_io import (commit_age_days, job_commits, read_table, require_table, set_retention,
+                                   table_path, version_for_date, write_date)
 from sim.ubt.settings import (JOB as UBT_JOB, UBT, ubt_category_cap)
 from sim.ubt.transforms import missing_key
 from sim.ubt.dates import parse_date, shift_date
@@ -34,9 +35,17 @@ class SamplesResult:
 
 def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> int:
     version = version_for_date(spark, ubt_path, UBT_JOB, prev)
+    later = [c for c in job_commits(spark, ubt_path, UBT_JOB) if c.date > prev]
+    if version is None and later:
+        raise SamplesInputError(past_horizon(prev, ubt_path, spec.backfill_days,
+                                             "its commit is no longer in the log"))
     if version is None:
         raise SamplesInputError(f"UBT({prev}) was never built at {ubt_path}: run "
                                 f"`jobs/build_ubt.py --date {prev}` (or with --backfill FROM) first")
+    age = commit_age_days(spark, ubt_path, version)
+    if later and age > spec.backfill_days:
+        raise SamplesInputError(past_horizon(prev, ubt_path, spec.backfill_days,
+                                             f"version {version} was committed {age:.1f} days ago"))
     meta = next(c.metadata for c in reversed(job_commits(spark, ubt_path, UBT_JOB)) if c.version <= version
                 and c.date == prev)
     w = spec.windows
@@ -52,6 +61,13 @@ def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleS
         log.warning("UBT(%s) keeps at most %s behaviors per category; samples would use up to %s",
                     prev, cap, need or "all")
     return version
+
+
+def past_horizon(prev: str, ubt_path: str, days: int, why: str) -> str:
+    return (f"UBT({prev}) is past the backfill horizon of {days} days (retention.backfill_days) of "
+            f"{ubt_path}: {why}, and VACUUM or log clean-up may have removed it. Rebuild the index "
+            f"from an earlier date with `jobs/build_ubt.py --date {prev} --backfill FROM --force`, or "
+            f"raise retention.backfill_days before the dates you need age out")
 
 
 def _skipped(spark: SparkSession, out: str, label: str, force: bool) -> SamplesResult | None:
@@ -149,6 +165,7 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
         where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
         raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
                         f"after its time in a sequence ({inputs})") from None
+    set_retention(spark, out, spec.backfill_days)
     from delta.tables import DeltaTable
     head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
     version = version_for_date(spark, out, JOB, label)

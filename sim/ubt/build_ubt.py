@@ -14,6 +14,7 @@ from typing import Sequence
 from sim.adapters.delta_io import MissingTableError
 from sim.adapters.spark import spark_from_conf
 from sim.cli import dated_job_parser, load_job_conf, run_job
+from sim.samples.contract import backfill_days_of
 from sim.ubt.job import build_ubt
 from sim.ubt.settings import Caps, UbtStateError, Windows
 
@@ -29,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         results = build_ubt(spark, cfg["lakehouse"], args.date, windows, caps,
-                            backfill_from=args.backfill, force=args.force)
+                            backfill_from=args.backfill, force=args.force,
+                            backfill_days=backfill_days_of(cfg))
     except (UbtStateError, MissingTableError) as e:
         print(f"build_ubt: {e}", file=sys.stderr)
         return 1

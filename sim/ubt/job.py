@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, latest_version, read_table, require_table, table_path)
+from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, latest_version, read_table,
+                                   require_table, set_retention, table_path)
 from sim.faults import crash_point
 from sim.inputs.rejects import write_rejects
 from sim.ubt.settings import Caps, JOB, UBT_COLUMNS, UbtStateError, Windows, ubt_category_cap, ubt_metadata
@@ -166,7 +167,8 @@ def _expire_blocks(spark: SparkSession, path: str, windows: Windows, date: str, 
 
 
 def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, caps: Caps,
-              backfill_from: str | None = None, force: bool = False) -> list[DayResult]:
+              backfill_from: str | None = None, force: bool = False, backfill_days: int = 30
+              ) -> list[DayResult]:
     """Bring the UBT to ``date``: the nightly job.
 
     Without ``backfill_from``: UBT(date) from UBT(date-1) by :func:`nightly_update`; fails if UBT(date-1)
@@ -176,6 +178,10 @@ def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, 
     interrupted backfill resumes. A date already committed is a no-op ("re-running D changes nothing")
     unless ``force``: then the table is restored to UBT(date-1) and the date applied again (with
     ``backfill_from`` and force, the whole range is rebuilt from a full build).
+
+    The table declares a retention of ``backfill_days`` (``retention.backfill_days``) for its log and its
+    removed files: the samples job time-travels to UBT(D-1), so every date of that horizon stays
+    rebuildable after VACUUM and log clean-up.
     """
     path = table_path(lakehouse, "ubt")
     dates = date_range(backfill_from, date) if backfill_from else [parse_date(date).isoformat()]
@@ -194,6 +200,8 @@ def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, 
             if _restore_to(spark, path, shift_date(d, -1), commits):
                 commits = job_commits(spark, path, JOB)
         results.append(nightly_update(spark, lakehouse, d, windows, caps, commits))
+    if any(r.action != "skipped" for r in results):
+        set_retention(spark, path, backfill_days)
     return results
 
 
