@@ -6,7 +6,9 @@ import json
 import pytest
 
 from sim.inputs.canonical import day_start_ts
-from sim.inputs.validation import (REASONS, ValidationError, check_counts, classify_behaviors, classify_impressions, classify_items, counts_of, enforce_reject_ratio, reason_counts, split, validate_behaviors)
+from sim.inputs.validation import (REASONS, ValidationError, check_counts, classify_behaviors,
+                                   classify_impressions, classify_items, counts_of, enforce_reject_ratio,
+                                   reason_counts, split, validate_behaviors)
 
 RUN = "2024-07-01"
 T0 = day_start_ts(RUN)

@@ -22,12 +22,15 @@ from pyspark.sql import functions as F
 
 from sim.inputs import canonical
 from sim.inputs.rejects import REJECTS_TABLE, write_rejects
-from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, date_range_predicate, to_behaviors, to_impressions, to_rejects, write_log_table)
+from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, date_range_predicate, to_behaviors,
+                                  to_impressions, to_rejects, write_log_table)
 from sim.inputs.generator.settings import ITEM_TOPICS_TABLE, GeneratorConfig
 from sim.inputs.generator.impressions import auc_by_date, generate_impressions, item_topics
 from sim.inputs.generator.behaviors import generate_behaviors, user_profiles
 from sim.inputs.importers import import_inputs, next_behavior_impressions
-from sim.inputs.validation import (ValidationCounts, check_counts, classify_behaviors, classify_impressions, counts_of, enforce_reject_ratio, reason_counts, split)
+from sim.inputs.validation import (ValidationCounts, check_counts, classify_behaviors,
+                                   classify_impressions, counts_of, enforce_reject_ratio, reason_counts,
+                                   split)
 
 log = logging.getLogger(__name__)
 

@@ -201,12 +201,18 @@ def format_paper_tables(table: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
+def _dataset_width(table: pd.DataFrame) -> int:
+    """Width of the dataset column: its longest name plus two spaces (at least 14)."""
+    return max([14, *(len(str(d)) + 2 for d in table.get("dataset", []))])
+
+
 def format_lift_table(lifts: pd.DataFrame) -> str:
-    lines = [f"{'dataset':<14}{'Model':<22}{'AUC':>8}{'of short oracle lift':>22}{'of oracle lift over DIN':>25}"]
+    w = _dataset_width(lifts)
+    lines = [f"{'dataset':<{w}}{'Model':<22}{'AUC':>8}{'of short oracle lift':>22}{'of oracle lift over DIN':>25}"]
     for _, r in lifts.iterrows():
         share = "-" if r.short_share != r.short_share else f"{100 * r.short_share:.1f}%"
         lift = "-" if r.oracle_share != r.oracle_share else f"{100 * r.oracle_share:.1f}%"
-        lines.append(f"{r.dataset:<14}{r.model:<22}{r.auc_mean:>8.4f}{share:>22}{lift:>25}")
+        lines.append(f"{r.dataset:<{w}}{r.model:<22}{r.auc_mean:>8.4f}{share:>22}{lift:>25}")
     return "\n".join(lines)
 
 
@@ -214,9 +220,10 @@ def format_diagnostics_table(diag: pd.DataFrame) -> str:
     if diag.empty:
         return "(no search diagnostics logged)"
     names = [n for n in DIAGNOSTICS if f"{n}_mean" in diag]
-    lines = [f"{'dataset':<14}{'Model':<22}" + "".join(f"{n:>22}" for n in names)]
+    w = _dataset_width(diag)
+    lines = [f"{'dataset':<{w}}{'Model':<22}" + "".join(f"{n:>22}" for n in names)]
     for _, r in diag.iterrows():
-        lines.append(f"{r.dataset:<14}{r.model:<22}"
+        lines.append(f"{r.dataset:<{w}}{r.model:<22}"
                      + "".join(f"{_cell(r[f'{n}_mean'], r[f'{n}_std']):>22}" for n in names))
     return "\n".join(lines)
 
@@ -335,9 +342,10 @@ def compare(experiment: str, uri: str | None = None, out_dir: str | Path = "comp
 def format_d_category_table(d_table: pd.DataFrame) -> str:
     if d_table.empty:
         return "(no test predictions logged)"
-    lines = [f"{'dataset':<14}{'Model':<22}{'avg d_category':>16}{'p(d_category > -1)':>20}{'clicks':>8}"]
+    w = _dataset_width(d_table)
+    lines = [f"{'dataset':<{w}}{'Model':<22}{'avg d_category':>16}{'p(d_category > -1)':>20}{'clicks':>8}"]
     for _, r in d_table.iterrows():
-        lines.append(f"{r.dataset:<14}{r.model:<22}{r.avg_d_category:>16.2f}{r['p_d_category_gt_-1']:>20.3f}"
+        lines.append(f"{r.dataset:<{w}}{r.model:<22}{r.avg_d_category:>16.2f}{r['p_d_category_gt_-1']:>20.3f}"
                      f"{int(r.clicked_in_top):>8}")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.inputs.canonical import dt_of
-from sim.inputs.generator.settings import DAY, GeneratorConfig, _INTEREST_SKEW, _RECENT_BURST_LEAD_DAYS, _SESSION_SECONDS, _TYPE_CUTS, _ZIPF_CATEGORY, _ZIPF_ITEM
+from sim.inputs.generator.settings import (DAY, GeneratorConfig, _INTEREST_SKEW, _RECENT_BURST_LEAD_DAYS,
+                                           _SESSION_SECONDS, _TYPE_CUTS, _ZIPF_CATEGORY, _ZIPF_ITEM)
 
 
 # Hash-based randomness -----------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from pyspark.sql import functions as F
 
 from sim.inputs.canonical import dt_of
 from sim.inputs.generator.settings import DAY, GeneratorConfig, LONG_WINDOW_DAYS
-from sim.inputs.generator.behaviors import _burst_category, _favorite_item, _floor_mul, _home_category, _interest_category, _interest_topic, _interest_weight, _popular_category, _popular_item, _u, topic_of
+from sim.inputs.generator.behaviors import (_burst_category, _favorite_item, _floor_mul, _home_category,
+                                            _interest_category, _interest_topic, _interest_weight,
+                                            _popular_category, _popular_item, _u, topic_of)
 
 
 # Impressions ---------------------------------------------------------------------------------------
