@@ -70,3 +70,11 @@ def run_job(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         logging.getLogger("sim").error("%s", e)
         sys.exit(2)
     sys.exit(rc or 0)
+
+
+def job_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[], None]:
+    """A job's console script (``setup.cfg``) and ``jobs/`` entry point: :func:`run_job` of its ``main``."""
+    def run() -> None:
+        run_job(main)
+    run.__doc__ = f"Run {main.__module__} from the command line (exits with its status)."
+    return run

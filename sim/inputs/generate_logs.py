@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sim.adapters.spark import spark_from_conf
-from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job
+from sim.cli import job_entry, job_parser, load_job_conf, max_reject_ratio, report_or_fail
 from sim.inputs.generator.settings import GeneratorConfig
 from sim.inputs.ingest import run_generator
 
@@ -29,10 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark, gc, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg), now_ts=args.now_ts))
 
 
-def run() -> None:
-    """The console script ``sim-generate-logs``."""
-    run_job(main)
-
+run = job_entry(main)  # the console script and the jobs/ entry point
 
 if __name__ == "__main__":
     run()

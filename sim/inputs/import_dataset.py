@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sim.adapters.spark import spark_from_conf
-from sim.cli import job_parser, load_job_conf, max_reject_ratio, report_or_fail, run_job
+from sim.cli import job_entry, job_parser, load_job_conf, max_reject_ratio, report_or_fail
 from sim.inputs.importers import FORMATS, TAOBAO_DATE_RANGE
 from sim.inputs.ingest import run_import
 
@@ -46,10 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_date=args.run_date, now_ts=args.now_ts))
 
 
-def run() -> None:
-    """The console script ``sim-import-dataset``."""
-    run_job(main)
-
+run = job_entry(main)  # the console script and the jobs/ entry point
 
 if __name__ == "__main__":
     run()

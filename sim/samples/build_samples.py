@@ -15,7 +15,7 @@ from typing import Sequence
 
 from sim.adapters.delta_io import MissingTableError
 from sim.adapters.spark import spark_from_conf
-from sim.cli import dated_job_parser, load_job_conf, run_job
+from sim.cli import dated_job_parser, job_entry, load_job_conf
 from sim.samples.contract import LeakError, SamplesInputError, SampleSpec
 from sim.samples.job import build_samples, build_samples_replay
 from sim.ubt.dates import date_range
@@ -53,10 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run() -> None:
-    """The console script ``sim-build-samples``."""
-    run_job(main)
-
+run = job_entry(main)  # the console script and the jobs/ entry point
 
 if __name__ == "__main__":
     run()
