@@ -2,7 +2,31 @@
 # One idempotent setup for `make demo`, `make test` and CI: a Python 3.11 venv with the pinned stack,
 # Horovod built from its sdist (CPU, Gloo, PyTorch) and cached as a wheel, and the Delta jars cached.
 # Everything expensive is cached outside the checkout under $SIM_CACHE, keyed by version.
+# Before anything is installed it checks the prerequisites and names any that is missing.
 set -euo pipefail
+usage() {
+  cat <<'EOF'
+usage: bash scripts/setup.sh [--check]   (what `make setup` runs)
+
+Creates .venv (Python 3.11) with the pinned stack of constraints.txt, builds Horovod once and fetches
+the Delta jars once; the caches live in $SIM_CACHE (default ~/.cache/sim-pipeline). Safe to run again.
+It first checks the prerequisites: Python 3.11 (with its venv module, and its headers while Horovod
+still has to be built), Java 17 or later and, only while what they make is not cached, Maven (Delta
+jars), a C/C++ compiler and cmake (Horovod). If one is missing it names it with the package that
+provides it and exits 1 before installing anything.
+
+  --check   only check the prerequisites (exit 0 when all are there)
+
+Environment: PYTHON (default python3.11), VENV (default .venv), SIM_CACHE, JAVA_HOME, CC, CXX.
+EOF
+}
+CHECK_ONLY=0
+case "${1:-}" in
+  "") ;;
+  --check) CHECK_ONLY=1 ;;
+  -h|--help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -12,13 +36,75 @@ pin() { sed -n "s/^$1==\(.*\)$/\1/p" constraints.txt; }
 HVD_VER=$(pin horovod); TORCH_VER=$(pin torch); DELTA_VER=$(pin delta-spark)
 HVD_CACHE=$CACHE/horovod-$HVD_VER-torch-$TORCH_VER
 JAR_CACHE=$CACHE/delta-$DELTA_VER
+UV_VER=0.9.9
 start=$(date +%s)
 say() { echo "[setup] $*"; }
+
+# 0. Prerequisites, all checked before the first install, so that a missing one never stops setup
+#    halfway. Maven, the compilers, cmake and Python's headers only while what they make is not cached.
+py311() { "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
+check_prerequisites() {
+  local missing=() pkgs=() v java why
+  if ! command -v "$PY" >/dev/null 2>&1; then
+    missing+=("Python 3.11: no '$PY' on PATH (PYTHON=/path/to/python3.11 names another one)")
+    pkgs+=(python3.11 python3.11-venv)
+  elif ! py311; then
+    v=$("$PY" -V 2>&1 | head -1 || true)
+    missing+=("Python 3.11: '$PY' is ${v:-not runnable} (PYTHON=/path/to/python3.11 names another one)")
+    pkgs+=(python3.11 python3.11-venv)
+  elif [ ! -x "$CACHE/uv-$UV_VER/bin/uv" ] && ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
+    missing+=("Python 3.11's venv module (with ensurepip): bootstraps uv once"); pkgs+=(python3.11-venv)
+  fi
+  java=${JAVA_HOME:+$JAVA_HOME/bin/}java
+  if ! command -v "$java" >/dev/null 2>&1; then
+    missing+=("Java 17: no java on PATH${JAVA_HOME:+ nor in JAVA_HOME=$JAVA_HOME} (Spark runs on it)")
+    pkgs+=(openjdk-17-jdk-headless)
+  else
+    v=$("$java" -version 2>&1 | sed -n 's/.* version "\([0-9][0-9]*\).*/\1/p' | head -1 || true)
+    if [ -z "$v" ] || [ "$v" -lt 17 ]; then
+      missing+=("Java 17: $(command -v "$java") is version ${v:-unknown}; Spark 4 needs 17 or later")
+      pkgs+=(openjdk-17-jdk-headless)
+    fi
+  fi
+  if ! { [ -f "$JAR_CACHE/delta-spark_2.13-$DELTA_VER.jar" ] && [ -f "$JAR_CACHE/delta-storage-$DELTA_VER.jar" ]; } \
+     && ! command -v mvn >/dev/null 2>&1; then
+    missing+=("Maven (mvn): fetches the Delta $DELTA_VER jars once into $JAR_CACHE"); pkgs+=(maven)
+  fi
+  if ! ls "$HVD_CACHE"/horovod-*.whl >/dev/null 2>&1 && [ ! -d "$VENV/lib/python3.11/site-packages/horovod" ]; then
+    why="builds Horovod $HVD_VER once (the wheel is then cached in $HVD_CACHE)"
+    if [ -z "${CC:-}" ] && ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
+      missing+=("a C compiler (gcc): $why"); pkgs+=(gcc)
+    fi
+    if [ -z "${CXX:-}" ] && ! command -v g++ >/dev/null 2>&1 && ! command -v c++ >/dev/null 2>&1; then
+      missing+=("a C++ compiler (g++): $why"); pkgs+=(g++)
+    fi
+    if ! command -v cmake >/dev/null 2>&1; then
+      missing+=("cmake: $why"); pkgs+=(cmake)
+    fi
+    if py311 && ! "$PY" -c 'import os, sys, sysconfig
+sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+      missing+=("Python 3.11's headers (Python.h): $why"); pkgs+=(python3.11-dev)
+    fi
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    {
+      echo "[setup] missing prerequisites (nothing was installed):"
+      printf '[setup]   - %s\n' "${missing[@]}"
+      echo "[setup] on Debian/Ubuntu install them with:"
+      echo "[setup]   $([ "$(id -u)" = 0 ] || echo "sudo ")apt-get install -y $(printf '%s\n' "${pkgs[@]}" | awk '!seen[$0]++' | paste -sd ' ')"
+      echo "[setup] (elsewhere the same tools from the system's package manager; Python 3.11 also from"
+      echo "[setup] pyenv or python.org, then PYTHON=/path/to/python3.11 make setup), then run make setup again."
+    } >&2
+    return 1
+  fi
+  say "prerequisites: Python $("$PY" -c 'import platform; print(platform.python_version())'), Java $v"
+}
+check_prerequisites || exit 1
+if [ "$CHECK_ONLY" = 1 ]; then exit 0; fi
 
 # 1. venv + package with the constraints, installed by uv (itself cached): its cache of unpacked wheels
 #    makes a new venv on a machine that has the caches take seconds instead of minutes. The stamp is
 #    the hash of everything that decides the install.
-UV_VER=0.9.9
 UV=$CACHE/uv-$UV_VER/bin/uv
 export UV_CACHE_DIR=${UV_CACHE_DIR:-$CACHE/uv-cache} UV_PYTHON_DOWNLOADS=never
 if [ ! -x "$UV" ]; then
