@@ -11,11 +11,12 @@ Rules from DESIGN.md ("Data model"):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -127,6 +128,26 @@ def set_retention(spark: SparkSession, path: str, days: int) -> bool:
     settings = ", ".join(f"'{k}' = '{want}'" for k in RETENTION_PROPERTIES)
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({settings})")
     return True
+
+
+@contextlib.contextmanager
+def retention_on_create(spark: SparkSession, days: int) -> Iterator[None]:
+    """Inside the block, a Delta table created by a write declares the retention of
+    :func:`set_retention` in its first commit (Delta's ``properties.defaults`` session settings), so a
+    new table needs no extra commit for it."""
+    prefix = "spark.databricks.delta.properties.defaults."
+    settings = {prefix + k.split(".", 1)[1]: f"interval {int(days)} days" for k in RETENTION_PROPERTIES}
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def commit_age_days(spark: SparkSession, path: str, version: int) -> float:
@@ -279,8 +300,6 @@ def union_all(dfs: Iterable[DataFrame]) -> DataFrame:
     return out
 
 
-import contextlib  # noqa: E402  (kept with the helper added below)
-from typing import Iterator  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -20,13 +20,14 @@ from sim.adapters.delta_io import is_delta_table, job_commits, read_table, table
 from sim.inputs.schema import REJECTS
 
 REJECTS_TABLE = "rejects"
-REASONS = (
+# The codes of input validation (sim.inputs.validation explains each) ...
+VALIDATION_REASONS = (
     "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "bad_timestamp", "ts_in_future",
     "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "bad_rating",
     "unknown_item", "duplicate_event", "duplicate_impression_id", "missing_category", "duplicate_item",
-    # the nightly jobs: a row whose ts is not inside its own dt partition
-    "ts_outside_dt",
 )
+# ... and the one only the nightly jobs use: a row whose ts is not inside its own dt partition.
+REASONS = VALIDATION_REASONS + ("ts_outside_dt",)
 
 
 def tag_rejects(rows: DataFrame, reason: Column, source: str, run_date: str) -> tuple[DataFrame, DataFrame]:
@@ -61,7 +62,9 @@ def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_d
     if n is None:
         n = rejects.count()
     if n == 0:
-        if not is_delta_table(spark, path) or read_table(spark, path).where(where).limit(1).count() == 0:
+        # Nothing to record: skip unless the slice holds stale rows to clear or the table does not
+        # exist yet (every lakehouse has a rejects table, empty or not, for the row accounting).
+        if is_delta_table(spark, path) and read_table(spark, path).where(where).limit(1).count() == 0:
             return False
         rejects = spark.createDataFrame([], REJECTS)
     conformed = rejects.select(*[F.col(f.name).cast(f.dataType) for f in REJECTS.fields])

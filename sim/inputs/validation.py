@@ -49,7 +49,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sim.inputs.rejects import REASONS  # noqa: F401  (the codes this module explains)
+from sim.inputs.rejects import VALIDATION_REASONS as REASONS  # noqa: F401  (the codes explained above)
 
 from sim.inputs.canonical import dt_of
 from sim.inputs.schema import BEHAVIOR_TYPES

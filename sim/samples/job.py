@@ -9,8 +9,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (commit_age_days, job_commits, read_table, require_table, set_retention,
-                                   table_path, version_for_date, write_date)
+from sim.adapters.delta_io import (commit_age_days, job_commits, read_table, require_table,
+                                   retention_on_create, set_retention, table_path, version_for_date,
+                                   write_date)
 from sim.ubt.settings import (JOB as UBT_JOB, UBT, ubt_category_cap)
 from sim.ubt.transforms import missing_key
 from sim.ubt.dates import parse_date, shift_date
@@ -156,8 +157,9 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
     write_rejects(spark, lakehouse, rejects, run_date or label, [JOB], n_rejects)
     crash_point("build_samples.rejects_written")
     try:
-        committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
-                               extra_metadata=meta, replace_where=replace_where)
+        with retention_on_create(spark, spec.backfill_days):
+            committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
+                                   extra_metadata=meta, replace_where=replace_where)
     except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
         if LEAK_MARK not in str(e):
             raise
@@ -165,11 +167,11 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
         where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
         raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
                         f"after its time in a sequence ({inputs})") from None
-    set_retention(spark, out, spec.backfill_days)
     from delta.tables import DeltaTable
     head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
     version = version_for_date(spark, out, JOB, label)
     n = int((head.operationMetrics or {}).get("numOutputRows", -1)) if head.version == version else -1
+    set_retention(spark, out, spec.backfill_days)  # after reading the write's own metrics
     log.info("build_samples %s: %d samples from %s (%d rejected) -> version %s%s", label, n, inputs,
              n_rejects, version, "" if committed else " (already committed)")
     return SamplesResult(label, "written", version, ubt_version, n, n_rejects)

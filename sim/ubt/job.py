@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, latest_version, read_table,
-                                   require_table, set_retention, table_path)
+                                   require_table, retention_on_create, set_retention, table_path)
 from sim.faults import crash_point
 from sim.inputs.rejects import write_rejects
 from sim.ubt.settings import Caps, JOB, UBT_COLUMNS, UbtStateError, Windows, ubt_category_cap, ubt_metadata
@@ -185,6 +185,15 @@ def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, 
     """
     path = table_path(lakehouse, "ubt")
     dates = date_range(backfill_from, date) if backfill_from else [parse_date(date).isoformat()]
+    with retention_on_create(spark, backfill_days):
+        results = _build_dates(spark, lakehouse, path, dates, windows, caps, backfill_from, force)
+    if any(r.action != "skipped" for r in results):
+        set_retention(spark, path, backfill_days)  # a table created before retention was declared
+    return results
+
+
+def _build_dates(spark: SparkSession, lakehouse: str, path: str, dates: list[str], windows: Windows,
+                 caps: Caps, backfill_from: str | None, force: bool) -> list[DayResult]:
     results = []
     for i, d in enumerate(dates):
         commits = job_commits(spark, path, JOB)
@@ -200,8 +209,6 @@ def build_ubt(spark: SparkSession, lakehouse: str, date: str, windows: Windows, 
             if _restore_to(spark, path, shift_date(d, -1), commits):
                 commits = job_commits(spark, path, JOB)
         results.append(nightly_update(spark, lakehouse, d, windows, caps, commits))
-    if any(r.action != "skipped" for r in results):
-        set_retention(spark, path, backfill_days)
     return results
 
 
