@@ -185,6 +185,14 @@ def job_commits(spark: SparkSession, path: str, job: str | None = None) -> list[
     return sorted(out, key=lambda c: c.version)
 
 
+def same_write_committed(spark: SparkSession, path: str, job: str, label: str, fp: str) -> bool:
+    """True when the newest of our commits on the table is ``job`` for ``label`` with the input
+    fingerprint ``fp`` (no other job wrote the table since): the same write need not run again."""
+    commits = job_commits(spark, path)
+    return bool(commits) and (commits[-1].job, commits[-1].date, commits[-1].metadata.get("fingerprint")) == (
+        job, label, fp)
+
+
 def version_for_date(spark: SparkSession, path: str, job: str, date: str) -> int | None:
     """The table version the last run of ``job`` for ``date`` committed (None if it never ran)."""
     versions = [c.version for c in job_commits(spark, path, job) if c.date == date]

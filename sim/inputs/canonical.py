@@ -22,7 +22,7 @@ import json
 import logging
 from typing import Mapping
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -91,16 +91,6 @@ def date_range_predicate(first: str, last: str, col: str = "dt") -> str:
     return f"{col} >= '{first}' AND {col} <= '{last}'"
 
 
-def _same_write_committed(spark: SparkSession, path: str, job: str, label: str, fp: str) -> bool:
-    """True when the newest commit of ``job`` on the table is this label with this fingerprint and no
-    other job wrote the table since."""
-    commits = delta_io.job_commits(spark, path)
-    if not commits:
-        return False
-    last = commits[-1]
-    return last.job == job and last.date == label and last.metadata.get("fingerprint") == fp
-
-
 def write_log_table(df: DataFrame, lakehouse: str, table: str, *, job: str, label: str,
                     replace_where: str, fp: str, extra_metadata: Mapping | None = None) -> bool:
     """Write ``df`` to ``table`` under ``lakehouse``, replacing ``replace_where`` (partitioned by dt).
@@ -114,7 +104,7 @@ def write_log_table(df: DataFrame, lakehouse: str, table: str, *, job: str, labe
     """
     spark = df.sparkSession
     path = delta_io.table_path(lakehouse, table)
-    if _same_write_committed(spark, path, job, label, fp):
+    if delta_io.same_write_committed(spark, path, job, label, fp):
         log.info("%s: %s %s already written with the same inputs; skipped", table, job, label)
         return False
     meta = {"fingerprint": fp, **(extra_metadata or {})}
@@ -127,7 +117,7 @@ def write_table(df: DataFrame, lakehouse: str, table: str, *, job: str, label: s
     """Replace a small unpartitioned table whole, skipped like :func:`write_log_table` when the last
     commit is the same job, label and fingerprint. Returns True if a commit was made."""
     path = delta_io.table_path(lakehouse, table)
-    if _same_write_committed(df.sparkSession, path, job, label, fp):
+    if delta_io.same_write_committed(df.sparkSession, path, job, label, fp):
         log.info("%s: %s %s already written with the same inputs; skipped", table, job, label)
         return False
     meta = json.dumps({"job": job, "date": label, "fingerprint": fp}, sort_keys=True)

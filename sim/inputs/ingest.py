@@ -102,6 +102,7 @@ def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None
     # Rejects first, like every stage (sim.inputs.rejects): the data commits are what a re-run checks.
     report.committed[REJECTS_TABLE] = write_rejects(rejects.sparkSession, lakehouse,
                                                     to_rejects(rejects, run_date), run_date, sources,
+                                                    n=sum(i.counts.rejected for i in report.inputs),
                                                     fingerprint=fp)
     report.dates[REJECTS_TABLE] = (run_date, run_date)
     if behaviors is not None and behavior_dates:

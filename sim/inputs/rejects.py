@@ -16,7 +16,7 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.adapters.delta_io import is_delta_table, job_commits, read_table, table_path, write_date
+from sim.adapters.delta_io import is_delta_table, read_table, same_write_committed, table_path, write_date
 from sim.inputs.schema import REJECTS
 
 REJECTS_TABLE = "rejects"
@@ -54,11 +54,8 @@ def write_rejects(spark: SparkSession, lakehouse: str, rejects: DataFrame, run_d
     path = table_path(lakehouse, REJECTS_TABLE)
     where = rejects_predicate(run_date, sources)
     job = f"{'+'.join(sorted(set(sources)))}.rejects"
-    if fingerprint and is_delta_table(spark, path):
-        commits = job_commits(spark, path)
-        last = commits[-1] if commits else None
-        if last and (last.job, last.date, last.metadata.get("fingerprint")) == (job, run_date, fingerprint):
-            return False
+    if fingerprint and same_write_committed(spark, path, job, run_date, fingerprint):
+        return False
     if n is None:
         n = rejects.count()
     if n == 0:

@@ -36,7 +36,8 @@ class SamplesResult:
 
 def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> int:
     version = version_for_date(spark, ubt_path, UBT_JOB, prev)
-    later = [c for c in job_commits(spark, ubt_path, UBT_JOB) if c.date > prev]
+    commits = job_commits(spark, ubt_path, UBT_JOB)
+    later = [c for c in commits if c.date > prev]
     if version is None and later:
         raise SamplesInputError(past_horizon(prev, ubt_path, spec.backfill_days,
                                              "its commit is no longer in the log"))
@@ -47,7 +48,7 @@ def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleS
     if later and age > spec.backfill_days:
         raise SamplesInputError(past_horizon(prev, ubt_path, spec.backfill_days,
                                              f"version {version} was committed {age:.1f} days ago"))
-    meta = next(c.metadata for c in reversed(job_commits(spark, ubt_path, UBT_JOB)) if c.version <= version
+    meta = next(c.metadata for c in reversed(commits) if c.version <= version
                 and c.date == prev)
     w = spec.windows
     if meta.get("mode", w.mode) != w.mode:
