@@ -43,14 +43,12 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     cfg = load_pipeline_conf(overrides=args.overrides)
-    gblock = dict(cfg.get("generator") or {})
-    mean = float(gblock.get("mean_behaviors_per_user", 400))
-    gblock["users"] = max(1, round(args.behaviors / mean))
-    gc = GeneratorConfig.from_conf(gblock)
+    users = max(1, round(args.behaviors / cfg.generator.mean_behaviors_per_user))
+    gc = GeneratorConfig.parse({**cfg.generator.model_dump(), "users": users})
     work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
     phases = set(args.phases.split(","))
     spark = spark_from_conf(cfg, app_name="bench_data")
-    print(f"bench_data: target {args.behaviors:,} behaviors = {gc.users:,} users x mean {mean:g}; "
+    print(f"bench_data: target {args.behaviors:,} behaviors = {gc.users:,} users x mean {gc.mean_behaviors_per_user:g}; "
           f"Spark {spark.sparkContext.master}, driver memory {spark.conf.get('spark.driver.memory', '?')}, "
           f"{os.cpu_count()} cpus; workdir {work}", flush=True)
     lake = os.path.join(work, "lake_generated")

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from sim.config import ConfigError, DEFAULT_PIPELINE_CONF, load_pipeline_conf
+from sim.config import ConfigError, DEFAULT_PIPELINE_CONF, PipelineConfig, load_pipeline_conf
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -28,10 +28,6 @@ def dated_job_parser(description: str, date_help: str, backfill_help: str,
     p.add_argument("--backfill", metavar="FROM", default=None, help=backfill_help)
     p.add_argument("--force", action="store_true", help=force_help)
     return p
-
-
-def max_reject_ratio(cfg: dict) -> float:
-    return float(cfg.get("validation", {}).get("max_reject_ratio", 0.05))
 
 
 def report_or_fail(job: str, ingest: Callable[[], object]) -> int:
@@ -57,7 +53,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def load_job_conf(args: argparse.Namespace) -> dict:
+def load_job_conf(args: argparse.Namespace) -> PipelineConfig:
     return load_pipeline_conf(args.conf, args.overrides, args.lakehouse)
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from sim.config import PROJECT_ROOT, load_pipeline_conf
+from sim.config import PROJECT_ROOT, PipelineConfig, load_pipeline_conf
 
 log = logging.getLogger("sim.demo")
 
@@ -33,11 +33,10 @@ def _day(d: str, delta: int) -> str:
     return (dt.date.fromisoformat(d) + dt.timedelta(days=delta)).isoformat()
 
 
-def plan(cfg: dict) -> dict[str, str]:
+def plan(cfg: PipelineConfig) -> dict[str, str]:
     """Dates of each stage from the generator config: impressions on the last ``impression_days``; the
     last day is the test day, the one before it validation, the others train."""
-    g = cfg["generator"]
-    end, n = str(g["end_date"]), int(g["impression_days"])
+    end, n = cfg.generator.end_date, cfg.generator.impression_days
     if n < 3:
         raise SystemExit("the demo needs generator.impression_days >= 3 (train days, a validation day, "
                          "a test day)")

@@ -22,8 +22,36 @@ def test_bad_override_and_missing_file_fail_with_message(tmp_path):
 
 def test_pipeline_conf_loads_with_lakehouse_override(tmp_path):
     cfg = load_pipeline_conf(lakehouse=str(tmp_path))
-    assert cfg["lakehouse"] == str(tmp_path)
-    assert cfg["windows"]["long_days"] == 180
+    assert cfg.lakehouse == str(tmp_path)
+    assert cfg.windows.long_days == 180 and cfg.generator.truth.bias == -2.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("windows.long_days=abc", "windows.long_days: Input should be a valid integer"),
+    ("windows.mode=weekly", "windows.mode: Input should be 'time' or 'count'"),
+    ("caps.hard_k=0", "caps.hard_k: Input should be greater than 0"),
+    ("generator.userz=3", "generator.userz: unknown key; known: burst_size"),
+    ("generator.end_date=2024-13-01", "generator.end_date: '2024-13-01' is not a date"),
+    ("retention.backfill_days=-1", "retention.backfill_days: Input should be greater than or equal to 0"),
+    ("validation.max_reject_ratio=2", "validation.max_reject_ratio: Input should be less than or equal to 1"),
+    ("windows.short_days=365", "windows: short_days=365 must not exceed long_days=180"),
+    ("spark.conf.spark.executor.cores=[1]", "spark.conf.spark.executor.cores: a Spark setting must be"),
+])
+def test_pipeline_values_refused_naming_the_key(override, message):
+    """Every pipeline value is parsed to its type when the config loads: a bad one is refused with
+    the file, its dotted key, what it expects and what it got, before any job starts."""
+    with pytest.raises(ConfigError) as e:
+        load_pipeline_conf(overrides=[override])
+    assert "pipeline.yaml" in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_pipeline_values_are_typed():
+    cfg = load_pipeline_conf(overrides=["spark.conf.spark.sql.shuffle.partitions=8", "windows.long_days=90",
+                                        "generator.end_date=2024-07-02", "spark.conf.spark.ui.enabled=true"])
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "8" and cfg.spark.conf["spark.ui.enabled"] == "true"
+    assert cfg.windows.long_days == 90 and cfg.generator.end_date == "2024-07-02"
+    with pytest.raises(ConfigError, match="caps.short_cap=5 < windows.short_count=50"):
+        load_pipeline_conf(overrides=["windows.mode=count", "caps.short_cap=5"])
 
 
 def test_demo_models_all_and_unknown_names():

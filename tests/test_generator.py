@@ -33,7 +33,7 @@ def auc(labels, scores) -> float:
 @pytest.fixture(scope="module")
 def generated(spark, tmp_path_factory):
     lake = tmp_path_factory.mktemp("gen_lake")
-    gc = GeneratorConfig.from_conf(SMALL)
+    gc = GeneratorConfig.parse(SMALL)
     report = run_generator(spark, gc, str(lake), max_reject_ratio=0.05)
     beh = read_table(spark, table_path(str(lake), "behaviors"))
     imp = read_table(spark, table_path(str(lake), "impressions"))
@@ -44,7 +44,7 @@ def generated(spark, tmp_path_factory):
 def topic_spread(spark, **over) -> pd.DataFrame:
     """Per user of a small generated log: distinct categories (with >= 3 behaviors) of the user's most
     visited topic, and whether the topic is revisited across categories more than 14 days apart."""
-    gc = GeneratorConfig.from_conf(dict(users=60, mean_behaviors_per_user=300, max_behaviors_per_user=1500,
+    gc = GeneratorConfig.parse(dict(users=60, mean_behaviors_per_user=300, max_behaviors_per_user=1500,
                                         heavy_users=0, **over))
     b = generate_behaviors(user_profiles(spark, gc), gc).withColumn("topic", topic_of(gc, F.col("category_id")))
     b = b.toPandas()
@@ -161,7 +161,7 @@ def test_long_term_affinity_beats_short_window_beyond_14_days(features):
 def test_point_in_time_truth(spark):
     """Behaviors at or after an impression's ts never change its click probability; earlier ones do."""
     from pyspark.sql import Window
-    gc = GeneratorConfig.from_conf(dict(users=12, mean_behaviors_per_user=200, max_behaviors_per_user=1000,
+    gc = GeneratorConfig.parse(dict(users=12, mean_behaviors_per_user=200, max_behaviors_per_user=1000,
                                         heavy_users=0, impression_days=1, impressions_per_user_day=5))
     users = user_profiles(spark, gc)
     beh = generate_behaviors(users, gc)
@@ -190,7 +190,7 @@ def test_point_in_time_truth(spark):
 
 def test_deterministic_and_partition_independent(spark):
     def digest(**over):
-        gc = GeneratorConfig.from_conf(dict(users=30, mean_behaviors_per_user=100, max_behaviors_per_user=500,
+        gc = GeneratorConfig.parse(dict(users=30, mean_behaviors_per_user=100, max_behaviors_per_user=500,
                                             heavy_users=1, **over))
         b = generate_behaviors(user_profiles(spark, gc), gc)
         return b.agg(F.count(F.lit(1)), F.sum(F.xxhash64(*b.columns) % 1000003)).first()
@@ -199,7 +199,7 @@ def test_deterministic_and_partition_independent(spark):
 
 
 def test_a_54000_behavior_user(spark):
-    gc = GeneratorConfig.from_conf(dict(users=3, heavy_users=1, max_behaviors_per_user=54000))
+    gc = GeneratorConfig.parse(dict(users=3, heavy_users=1, max_behaviors_per_user=54000))
     b = generate_behaviors(user_profiles(spark, gc), gc).where("user_id = 1")
     row = b.agg(F.count(F.lit(1)).alias("n"), ((F.max("ts") - F.min("ts")) / DAY).alias("days"),
                 F.countDistinct("category_id").alias("cats")).first()
@@ -207,10 +207,10 @@ def test_a_54000_behavior_user(spark):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="unknown generator keys"):
-        GeneratorConfig.from_conf({"userz": 3})
+    with pytest.raises(ConfigError, match="generator.userz: unknown key"):
+        GeneratorConfig.parse({"userz": 3})
     with pytest.raises(ConfigError, match="revisit"):
-        GeneratorConfig.from_conf({"revisit_min_days": 7})
+        GeneratorConfig.parse({"revisit_min_days": 7})
 
 
 def test_generate_logs_cli(tmp_path):

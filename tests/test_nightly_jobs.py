@@ -55,11 +55,10 @@ def demo_logs(spark, tmp_path_factory) -> Path:
     """behaviors + impressions written by the data layer's generator (in this session's JVM; its CLI
     has its own tests)."""
     from sim.config import load_pipeline_conf
-    from sim.inputs.generator.settings import GeneratorConfig
     from sim.inputs.ingest import run_generator
     lake = tmp_path_factory.mktemp("demo") / "lakehouse"
     cfg = load_pipeline_conf(overrides=SETS)
-    run_generator(spark, GeneratorConfig.from_conf(cfg["generator"]), str(lake), max_reject_ratio=0.5)
+    run_generator(spark, cfg.generator, str(lake), max_reject_ratio=0.5)
     assert (lake / "behaviors" / "_delta_log").is_dir() and (lake / "impressions" / "_delta_log").is_dir()
     return lake
 

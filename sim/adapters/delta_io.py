@@ -280,6 +280,21 @@ def log_snapshot(path: str, version: int | None = None) -> LogSnapshot:
     return LogSnapshot(int(table.version()), tuple(files))
 
 
+def log_commit_metadata(path: str, version: int | None = None) -> list[tuple[int, dict]]:
+    """``(version, userMetadata)`` of the commits up to ``version`` that recorded JSON metadata (our
+    jobs' commits), oldest first, read from the log by delta-rs (no JVM)."""
+    from deltalake import DeltaTable
+    out = []
+    for c in DeltaTable(path, version=version).history():
+        try:
+            meta = json.loads(c.get("userMetadata") or "")
+        except ValueError:
+            continue
+        if isinstance(meta, dict):
+            out.append((int(c["version"]), meta))
+    return sorted(out, key=lambda vm: vm[0])
+
+
 def log_snapshot_files(path: str, first: str | None = None, last: str | None = None,
                        version: int | None = None) -> tuple[int, list[SnapshotFile], list[str]]:
     """(version, files whose ``dt`` is in ``first..last``, every ``dt`` of the snapshot): one

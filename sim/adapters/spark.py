@@ -84,9 +84,8 @@ def get_spark(app_name: str = "sim-pipeline", master: str | None = None,
     return spark
 
 
-def spark_from_conf(cfg: Mapping, app_name: str | None = None, master: str | None = None) -> SparkSession:
-    """SparkSession from the ``spark`` block of the pipeline config (master, app_name, conf)."""
-    block = cfg.get("spark", {}) or {}
-    return get_spark(app_name=app_name or block.get("app_name", "sim-pipeline"),
-                     master=master or os.environ.get("SIM_SPARK_MASTER") or block.get("master"),
-                     conf=block.get("conf") or {})
+def spark_from_conf(cfg, app_name: str | None = None, master: str | None = None) -> SparkSession:
+    """SparkSession from the ``spark`` block of the pipeline config (:class:`sim.config.PipelineConfig`)."""
+    block = cfg.spark
+    return get_spark(app_name=app_name or block.app_name,
+                     master=master or os.environ.get("SIM_SPARK_MASTER") or block.master, conf=dict(block.conf))

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sim.adapters.spark import spark_from_conf
-from sim.cli import job_entry, job_parser, load_job_conf, max_reject_ratio, report_or_fail
-from sim.inputs.generator.settings import GeneratorConfig
+from sim.cli import job_entry, job_parser, load_job_conf, report_or_fail
 from sim.inputs.ingest import run_generator
 
 
@@ -23,10 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="epoch seconds treated as 'now' by validation (default: wall clock)")
     args = parser.parse_args(argv)
     cfg = load_job_conf(args)
-    gc = GeneratorConfig.from_conf(cfg.get("generator"))
     spark = spark_from_conf(cfg, app_name="generate_logs", master=args.master)
     return report_or_fail("generate_logs", lambda: run_generator(
-        spark, gc, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg), now_ts=args.now_ts))
+        spark, cfg.generator, cfg.lakehouse, max_reject_ratio=cfg.validation.max_reject_ratio,
+        now_ts=args.now_ts))
 
 
 run = job_entry(main)  # the console script and the jobs/ entry point

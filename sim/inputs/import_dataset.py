@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sim.adapters.spark import spark_from_conf
-from sim.cli import job_entry, job_parser, load_job_conf, max_reject_ratio, report_or_fail
+from sim.cli import job_entry, job_parser, load_job_conf, report_or_fail
 from sim.inputs.importers import FORMATS, TAOBAO_DATE_RANGE
 from sim.inputs.ingest import run_import
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   default_range[1] if args.end_date is None else (args.end_date or None))
     spark = spark_from_conf(cfg, app_name=f"import_dataset.{args.format}", master=args.master)
     return report_or_fail(f"import_dataset.{args.format}", lambda: run_import(
-        spark, args.format, args.input, cfg["lakehouse"], max_reject_ratio=max_reject_ratio(cfg),
+        spark, args.format, args.input, cfg.lakehouse, max_reject_ratio=cfg.validation.max_reject_ratio,
         date_range=date_range, seed=args.seed, targets_per_user=args.targets_per_user,
         run_date=args.run_date, now_ts=args.now_ts))
 

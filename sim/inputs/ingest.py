@@ -9,7 +9,6 @@ accepted + rejected, and the reject ratio must stay under ``validation.max_rejec
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -132,7 +131,7 @@ def run_generator(spark: SparkSession, gc: GeneratorConfig, lakehouse: str, *, m
     """Generate, validate and write the synthetic logs of :mod:`sim.inputs.generator`."""
     start = time.time()
     now_ts = int(time.time()) if now_ts is None else now_ts
-    fp = canonical.fingerprint({"generator": dataclasses.asdict(gc)})
+    fp = canonical.fingerprint({"generator": gc.model_dump()})
     job = "generate_logs"
     first, last = gc.first_date, gc.end_date
     users = user_profiles(spark, gc).persist(StorageLevel.MEMORY_AND_DISK)

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SampleSpec.from_conf(cfg)
     spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
-    lakehouse = cfg["lakehouse"]
+    lakehouse = cfg.lakehouse
     runs = ([lambda: build_samples_replay(spark, lakehouse, dates[0], dates[-1], spec, force=args.force)]
             if args.replay else
             [lambda d=d: build_samples(spark, lakehouse, d, spec, force=args.force) for d in dates])

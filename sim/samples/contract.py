@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from sim.config import ConfigError
-from sim.ubt.settings import (Caps, Windows, check_caps_fit, long_seq_len, recent_seq_len, short_seq_len)
+from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
+from sim.ubt.settings import long_seq_len, recent_seq_len, short_seq_len
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ TRAINING_COLUMNS = ("impression_id", "user_id", "item_id", "category_id", "ts", 
 ORACLE_COLUMNS = ("p_click", "p_click_short")
 
 
-def backfill_days_of(cfg) -> int:
-    """``retention.backfill_days`` of the pipeline config (default 30)."""
-    return int((cfg.get("retention") or {}).get("backfill_days", 30))
-
-
 class LeakError(RuntimeError):
     """A sequence holds a behavior at or after its impression's time."""
 
@@ -91,12 +87,20 @@ class SampleSpec:
             raise ConfigError("time_gap_buckets must be >= 2 (bucket 0 is padding)")
         if self.backfill_days < 0:
             raise ConfigError("retention.backfill_days must be >= 0")
-        check_caps_fit(self.windows, self.caps)
+        problem = check_caps_fit(self.windows, self.caps)
+        if problem:
+            raise ConfigError(problem)
 
     @classmethod
-    def from_conf(cls, cfg) -> "SampleSpec":
-        return cls(Windows.from_conf(cfg), Caps.from_conf(cfg), int(cfg.get("time_gap_buckets", 64)),
-                   backfill_days_of(cfg))
+    def from_conf(cls, cfg: PipelineConfig) -> "SampleSpec":
+        return cls(cfg.windows, cfg.caps, cfg.time_gap_buckets, cfg.retention.backfill_days)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """What a model must fit, recorded with every samples commit and checked before training
+        (:func:`sim.training.experiment.check_model_fits`)."""
+        return {"short_cap": self.caps.short_cap, "hard_k": self.caps.hard_k, "long_cap": self.caps.long_cap,
+                "time_gap_buckets": self.time_gap_buckets}
 
     @property
     def long_n(self) -> int:

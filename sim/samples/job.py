@@ -160,7 +160,8 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
     try:
         with retention_on_create(spark, spec.backfill_days):
             committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
-                                   extra_metadata=meta, replace_where=replace_where)
+                                   extra_metadata={**meta, "sizes": spec.sizes},
+                                   replace_where=replace_where)
     except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
         if LEAK_MARK not in str(e):
             raise

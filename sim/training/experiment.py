@@ -1,74 +1,19 @@
-"""An experiment's configuration and data: load and check the config, resolve the samples snapshot.
+"""An experiment's data: the samples snapshot it trains on (its configuration: :mod:`sim.config.experiment`).
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import logging
 import os
-from typing import Sequence
 
 import numpy as np
 
-from sim.config import ConfigError, apply_overrides, deep_merge, load_yaml
+from sim.config import ConfigError
+from sim.config.experiment import SPLITS, date_range, load_experiment  # noqa: F401 (re-exported)
 from sim.adapters.delta_io import MissingTableError
 
 log = logging.getLogger("sim.train")
-
-SPLITS = ("train", "valid", "test")
-
-
-# ---------------------------------------------------------------------------------------------- config
-def load_experiment(config_path: str | os.PathLike, expid: str, overrides: Sequence[str] = ()) -> dict:
-    """``Base`` merged with the block of ``expid`` and the ``--set`` overrides, validated."""
-    raw = load_yaml(config_path)
-    if "Base" not in raw:
-        raise ConfigError(f"{config_path} has no `Base` block")
-    known = sorted(k for k in raw if k != "Base")
-    if expid not in known:
-        raise ConfigError(f"unknown expid {expid!r} in {config_path}; known: {', '.join(known)}")
-    cfg = deep_merge(raw["Base"], raw[expid] or {})
-    cfg = apply_overrides(cfg, overrides)
-    cfg["expid"] = expid
-    validate_config(cfg)
-    return cfg
-
-
-def _date_range(cfg: dict, key: str) -> tuple[str, str]:
-    value = cfg.get(key)
-    if not (isinstance(value, (list, tuple)) and len(value) == 2):
-        raise ConfigError(f"{key} must be [first, last] dates, got {value!r}")
-    try:
-        first, last = (_dt.date.fromisoformat(str(v)) for v in value)
-    except ValueError as e:
-        raise ConfigError(f"{key}: {e}; use YYYY-MM-DD") from None
-    if first > last:
-        raise ConfigError(f"{key} is empty: first date {first} is after last date {last}; swap them")
-    return first.isoformat(), last.isoformat()
-
-
-def validate_config(cfg: dict) -> None:
-    """Checks that need no data: model name, date ranges in train < valid < test order, training numbers."""
-    from sim.models import MODEL_NAMES
-    name = cfg.get("model", {}).get("name")
-    if name not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    if "eval_dates" in cfg:
-        raise ConfigError("eval_dates is split into valid_dates (picks the epoch) and test_dates (the "
-                          "reported figures): set those two instead")
-    ranges = [_date_range(cfg, f"{split}_dates") for split in SPLITS]
-    for (a, ra), (b, rb) in zip(zip(SPLITS, ranges), list(zip(SPLITS, ranges))[1:]):
-        if ra[1] >= rb[0]:
-            raise ConfigError(f"{a}_dates {ra[0]}..{ra[1]} must end before {b}_dates {rb[0]}..{rb[1]} "
-                              "start (train, then validation, then test, without overlap)")
-    t = cfg.get("train", {})
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if int(t.get(key, 1)) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {t.get(key)}")
-    if int(t.get("patience", 0)) < 0:
-        raise ConfigError(f"train.patience must be >= 0 (0 = train every epoch), got {t.get('patience')}")
-
 
 # ------------------------------------------------------------------------------------------------ data
 @dataclasses.dataclass
@@ -95,24 +40,64 @@ class DataManifest:
 
 
 def resolve_data(cfg: dict) -> DataManifest:
-    """List the samples snapshot's files for each split's dates, from the Delta log (no JVM)."""
+    """List the samples snapshot's files for each split's dates, from the Delta log (no JVM): the latest
+    version, or ``samples_version`` when the experiment pins one; then check the model fits them."""
     from sim.adapters import delta_io
 
     path = delta_io.table_path(cfg["lakehouse"], cfg.get("samples_table", "samples"))
     hint = "build it with `python jobs/build_samples.py --date D` (or check `lakehouse` in the config)"
+    pinned = cfg.get("samples_version")
     try:
-        snap = delta_io.log_snapshot(path)
+        snap = delta_io.log_snapshot(path, pinned)
     except MissingTableError as e:
+        if pinned is not None and os.path.isdir(os.path.join(path, "_delta_log")):
+            raise ConfigError(f"samples_version={pinned}: the log of {path} cannot give it ({e}); unset it "
+                              "to train on the latest version, or name one the log still holds") from None
         raise MissingTableError(f"{e}; {hint}") from None
     files = {}
     for split in SPLITS:
-        first, last = _date_range(cfg, f"{split}_dates")
+        first, last = date_range(cfg, split)
         found = snap.between(first, last)
         if not found:
             raise ConfigError(f"no samples for {split}_dates {first}..{last} in {path} (version "
                               f"{snap.version}); dates present: {', '.join(snap.dates) or 'none'}")
         files[split] = [(f.path, f.num_rows) for f in found]
+    check_model_fits(cfg, path, snap.version)
     return DataManifest(path, snap.version, files)
+
+
+def _covers(meta: dict, first: str, last: str) -> bool:
+    """Whether a samples commit (one date, or a replay's ``from``..``to``) wrote a date in first..last."""
+    lo, hi = meta.get("from", meta.get("date")), meta.get("to", meta.get("date"))
+    return lo is not None and hi is not None and lo <= last and hi >= first
+
+
+def check_model_fits(cfg: dict, path: str, version: int) -> None:
+    """The model's sizes against the ``sizes`` every samples commit records (sim.samples.contract):
+    time-gap ids index the model's table (fewer rows would fail at the first step with an index
+    error), and a hard-search ``hard_k`` above the samples' K would silently see fewer behaviors. Checked
+    over the commits that wrote the experiment's dates; tables written without sizes are not checked."""
+    from sim.adapters import delta_io
+    first, last = date_range(cfg, SPLITS[0])[0], date_range(cfg, SPLITS[-1])[1]
+    recorded = [m["sizes"] for _, m in delta_io.log_commit_metadata(path, version)
+                if isinstance(m.get("sizes"), dict) and _covers(m, first, last)]
+    if not recorded:
+        log.info("the samples at %s record no sizes for %s..%s: model sizes not checked", path, first, last)
+        return
+    model, problems = cfg["model"], []
+    gaps = max(int(s["time_gap_buckets"]) for s in recorded)
+    if int(model["time_gap_buckets"]) < gaps:
+        problems.append(f"model.time_gap_buckets={model['time_gap_buckets']} but the samples hold time-gap "
+                        f"bucket ids up to {gaps - 1} (written with time_gap_buckets={gaps}): set "
+                        f"model.time_gap_buckets={gaps}")
+    hard_k = min(int(s["hard_k"]) for s in recorded)
+    if model.get("hard_k") is not None and int(model["hard_k"]) > hard_k:
+        problems.append(f"model.hard_k={model['hard_k']} but the samples keep {hard_k} hard-search behaviors "
+                        f"(caps.hard_k): set model.hard_k <= {hard_k}, or rebuild the samples with a larger "
+                        f"caps.hard_k")
+    if problems:
+        raise ConfigError(f"the model does not fit the samples at {path} (version {version}): "
+                          + "; ".join(problems))
 
 
 def load_item_topics(lakehouse: str):

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from sim.config import ConfigError
-from sim.training.experiment import DataManifest, _date_range, _to_tensors, load_item_topics, resolve_data
+from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
 
 log = logging.getLogger("sim.train")
 
@@ -126,7 +126,7 @@ def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.nda
     out = oracle_metrics(pred)
     behaviors = delta_io.table_path(cfg["lakehouse"], "behaviors")
     try:
-        out["popularity_auc"] = popularity_auc(pred, behaviors, _date_range(cfg, "test_dates")[0])
+        out["popularity_auc"] = popularity_auc(pred, behaviors, date_range(cfg, "test")[0])
     except Exception as e:  # a reference row only: never fail a finished training for it
         log.warning("item popularity reference not computed from %s: %s", behaviors, e)
     return out

@@ -14,9 +14,8 @@ from typing import Sequence
 from sim.adapters.delta_io import MissingTableError
 from sim.adapters.spark import spark_from_conf
 from sim.cli import dated_job_parser, job_entry, load_job_conf
-from sim.samples.contract import backfill_days_of
 from sim.ubt.job import build_ubt
-from sim.ubt.settings import Caps, UbtStateError, Windows
+from sim.ubt.settings import UbtStateError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,13 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          force_help="rebuild dates already committed")
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
-    windows, caps = Windows.from_conf(cfg), Caps.from_conf(cfg)
     spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
     started = time.perf_counter()
     try:
-        results = build_ubt(spark, cfg["lakehouse"], args.date, windows, caps,
+        results = build_ubt(spark, cfg.lakehouse, args.date, cfg.windows, cfg.caps,
                             backfill_from=args.backfill, force=args.force,
-                            backfill_days=backfill_days_of(cfg))
+                            backfill_days=cfg.retention.backfill_days)
     except (UbtStateError, MissingTableError) as e:
         print(f"build_ubt: {e}", file=sys.stderr)
         return 1

@@ -4,12 +4,10 @@ sequence lengths they imply (SIM section 5.2).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Mapping
 
 from pyspark.sql import types as T
 
-from sim.config import ConfigError
+from sim.config import Caps, Windows
 
 log = logging.getLogger(__name__)
 
@@ -43,70 +41,7 @@ class UbtStateError(RuntimeError):
     """The UBT is not at the state a run needs (e.g. D-1 was never built); the message says what to run."""
 
 
-# --------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class Windows:
-    """The ``windows:`` block of conf/pipeline.yaml (DESIGN.md "Data model": long/short windows)."""
-    mode: str = "time"  # time | count
-    long_days: int = 180
-    short_days: int = 14
-    long_count: int = 400
-    short_count: int = 100
-    segment_days: int = 7  # UBT rows hold a key's behaviors per block of this many days
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("time", "count"):
-            raise ConfigError(f"windows.mode must be 'time' or 'count', not {self.mode!r}")
-        for name in ("long_days", "short_days", "long_count", "short_count", "segment_days"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"windows.{name} must be a positive integer")
-        if self.short_days > self.long_days:
-            raise ConfigError("windows.short_days must not exceed windows.long_days")
-
-    @classmethod
-    def from_conf(cls, cfg: Mapping) -> "Windows":
-        block = dict(cfg.get("windows") or {})
-        known = {k: block[k] for k in ("mode", "long_days", "short_days", "long_count", "short_count",
-                                       "segment_days") if k in block}
-        return cls(**{k: (v if k == "mode" else int(v)) for k, v in known.items()})
-
-
-@dataclass(frozen=True)
-class Caps:
-    """The ``caps:`` block: fixed lengths of the samples' sequences and the optional UBT safety cap."""
-    short_cap: int = 50
-    hard_k: int = 200
-    long_cap: int = 1000
-    ubt_category_cap: int = 0  # 0 = off: the index keeps the whole long window
-
-    def __post_init__(self) -> None:
-        for name in ("short_cap", "hard_k", "long_cap"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"caps.{name} must be a positive integer")
-        if self.ubt_category_cap < 0:
-            raise ConfigError("caps.ubt_category_cap must be >= 0 (0 = off)")
-
-    @classmethod
-    def from_conf(cls, cfg: Mapping) -> "Caps":
-        block = dict(cfg.get("caps") or {})
-        return cls(**{k: int(block[k]) for k in ("short_cap", "hard_k", "long_cap", "ubt_category_cap")
-                      if k in block})
-
-
-def check_caps_fit(windows: Windows, caps: Caps) -> None:
-    """Count mode stores exactly ``short_count`` and ``long_count`` behaviors: caps smaller than the
-    counts would cut a sequence silently, so they are refused (time mode caps its windows by design)."""
-    if windows.mode != "count":
-        return
-    problems = [f"caps.{cap}={getattr(caps, cap)} < windows.{count}={getattr(windows, count)}"
-                for cap, count in (("short_cap", "short_count"), ("long_cap", "long_count"))
-                if getattr(caps, cap) < getattr(windows, count)]
-    if problems:
-        raise ConfigError("count mode keeps the last short_count behaviors as the short sequence and the "
-                          "long_count before them as the long one; " + ", ".join(problems)
-                          + ": raise the caps or lower the counts")
-
-
+# The windows and caps are blocks of the pipeline config (sim.config.pipeline); the lengths they imply:
 def long_seq_len(windows: Windows, caps: Caps) -> int:
     """How many behaviors the long sequence holds at most (its padded length is ``caps.long_cap``)."""
     return caps.long_cap if windows.mode == "time" else windows.long_count

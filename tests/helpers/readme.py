@@ -205,7 +205,7 @@ def scratch_checkout(dst: Path, pipeline_overrides: list[str]) -> Path:
     (dst / "conf" / "pipeline.yaml").write_text(
         "# conf/pipeline.yaml of the checkout, shrunk for tests/test_readme.py with:\n"
         + "".join(f"#   --set {o}\n" for o in pipeline_overrides)
-        + yaml.safe_dump(cfg, sort_keys=False))
+        + yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     return dst
 
 

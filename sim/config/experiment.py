@@ -1,0 +1,130 @@
+"""The typed schema of ``conf/experiments.yaml``: ``Base`` merged with one experiment's block.
+
+An experiment names the samples it trains on (``lakehouse`` + ``samples_table``, optionally pinned to
+``samples_version``), splits their dates three ways, and holds the model (:class:`ModelSettings`: its
+registry name and :class:`sim.models.config.ModelConfig`) and the training settings. Training reads the
+validated values as a plain mapping (:func:`load_experiment`), which is also what MLflow logs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from typing import Any, Sequence
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, \
+    model_validator
+
+from sim.config.base import ConfigError, IsoDate, Settings, apply_overrides, deep_merge, load_yaml
+from sim.models.config import ModelConfig
+
+SPLITS = ("train", "valid", "test")
+
+
+class ModelSettings(ModelConfig):
+    """The ``model:`` block: the registry name (``sim.models.MODEL_NAMES``) and the model's sizes."""
+    name: str = Field(description="registry name of the model")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from sim.models import MODEL_NAMES
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+        return name
+
+
+class TrainSettings(Settings):
+    """The ``train:`` block."""
+    seed: int = 1
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 0.004
+    lr_decay_rate: float = Field(1.0, gt=0.0, le=1.0, description="lr * rate ** (step / lr_decay_steps)")
+    lr_decay_steps: PositiveFloat = 1000
+    weight_decay: NonNegativeFloat = 0.0
+    eval_batch_size: PositiveInt = 1024
+    checkpoint_dir: str = "./checkpoints"
+    threads: NonNegativeInt = 0
+    patience: NonNegativeInt = 0
+    length_buckets: NonNegativeInt = 0
+    fail_after_epoch: NonNegativeInt = 0
+
+
+class DateRange(Settings):
+    """Inclusive ``[first, last]`` of ``samples.dt``."""
+    first: IsoDate
+    last: IsoDate
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return {"first": value[0], "last": value[1]}
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"must be [first, last] dates (YYYY-MM-DD), got {value!r}")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DateRange":
+        if self.first > self.last:
+            raise ValueError(f"[first, last] is empty: first date {self.first} is after last date {self.last}; swap them")
+        return self
+
+
+class ExperimentConfig(Settings):
+    expid: str
+    experiment: str = Field(description="MLflow experiment name")
+    dataset: str = "synthetic"
+    tracking_uri: str | None = None
+    lakehouse: str
+    samples_table: str = "samples"
+    samples_version: NonNegativeInt | None = Field(None, description="pin the samples snapshot (time travel)")
+    train_dates: DateRange
+    valid_dates: DateRange
+    test_dates: DateRange
+    model: ModelSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "eval_dates" in value:
+            raise ValueError("eval_dates is split into valid_dates (picks the epoch) and test_dates (the "
+                             "reported figures): set those two instead")
+        return value
+
+    @model_validator(mode="after")
+    def _splits_in_order(self) -> "ExperimentConfig":
+        ranges = [(s, getattr(self, f"{s}_dates")) for s in SPLITS]
+        for (a, ra), (b, rb) in zip(ranges, ranges[1:]):
+            if ra.last >= rb.first:
+                raise ValueError(f"{a}_dates {ra.first}..{ra.last} must end before {b}_dates {rb.first}..{rb.last} "
+                                 "start (train, then validation, then test, without overlap)")
+        return self
+
+    def as_mapping(self) -> dict:
+        """Plain values for training and MLflow: dates as ``[first, last]`` ISO strings."""
+        out = self.model_dump(mode="json")
+        for s in SPLITS:
+            out[f"{s}_dates"] = [out[f"{s}_dates"]["first"], out[f"{s}_dates"]["last"]]
+        return out
+
+
+def load_experiment(config_path: str | os.PathLike, expid: str, overrides: Sequence[str] = ()) -> dict:
+    """``Base`` merged with the block of ``expid`` and the ``--set`` overrides, parsed and checked: every
+    value is refused here, naming its key, before any data is read or any worker starts."""
+    raw = load_yaml(config_path)
+    if "Base" not in raw:
+        raise ConfigError(f"{config_path} has no `Base` block")
+    known = sorted(k for k in raw if k != "Base")
+    if expid not in known:
+        raise ConfigError(f"unknown expid {expid!r} in {config_path}; known: {', '.join(known)}")
+    cfg = apply_overrides(deep_merge(raw["Base"], raw[expid] or {}), overrides)
+    cfg["expid"] = expid
+    return ExperimentConfig.parse(cfg, where=f"{config_path} (expid {expid})").as_mapping()
+
+
+def date_range(cfg: dict, split: str) -> tuple[str, str]:
+    """``(first, last)`` ISO dates of a split of a loaded experiment."""
+    first, last = cfg[f"{split}_dates"]
+    return _dt.date.fromisoformat(first).isoformat(), _dt.date.fromisoformat(last).isoformat()
