@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sim.models.baselines import DIEN, MIMN
+from sim.models.config import ModelConfig, model_defaults
 from sim.models.layers import Behaviors, FeatureEmbedding, MLP, TargetAttention, masked_mean
 from sim.models.search import ExactSearchUnit, GeneralSearchUnit
 
@@ -86,70 +87,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "sim_hard_time": ModelSpec("esu", "hard", with_time=True),
     "sim_soft_time": ModelSpec("esu", "soft", with_time=True),
 }
-
-
-def model_defaults() -> dict[str, Any]:
-    """Every config key a model reads, with its default.
-
-    Keys:
-        item_buckets: rows of the item embedding table (the memory knob: rows * emb_dim floats).
-        category_buckets: rows of the category table.
-        time_gap_buckets: rows of the time-gap table; must match the pipeline's ``time_gap_buckets``.
-        emb_dim: D per id field (the paper's public runs use 4).
-        mlp_dims: hidden widths of the over-arch and of the soft-search aux head; a 1-logit layer follows.
-        attention_dims: hidden widths of the DIN score MLP.
-        esu_heads: q, ESU heads.
-        esu_proj_dim: P, per-head projection dim of W_b^i / W_a^i.
-        soft_k: K behaviors soft search keeps.
-        gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
-        gsu_aux_pooling: "softmax" (default: U_r = sum_i softmax(r)_i e_i) or "sum" (Equation 2 as
-            written, U_r = sum_i r_i e_i); see ``GeneralSearchUnit`` for why the default differs.
-        gsu_init: "identity" (default: W_b, W_a start as identity projections, so soft search starts
-            from the inner product of the embeddings, which ranks the candidate's category first) or
-            "random" (PyTorch's default init). Measured on the demo data (docs/RESULTS.md): with
-            "identity" soft search's picks reached 78% of hard search's after one epoch, against 56%.
-        din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
-            intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
-        hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
-        mimn_slots: m, memory slots of the mimn baseline (the MIMN paper uses 4 or 8).
-        mimn_controller_dim: H, state dim of MIMN's GRU controller.
-        mimn_miu_topk: slots whose Memory Induction Unit state each behavior updates (those read most).
-        mimn_util_reg: weight of MIMN's Memory Utilization Regularization term (variance across slots
-            of each row's share of the write mass) in the loss.
-        dien_aux_weight: weight of DIEN's next-behavior auxiliary loss in the loss.
-        dropout: dropout in the MLPs.
-        embedding_l2: weight of the L2 penalty on the embeddings a batch looks up (the candidate's,
-            the short sequence's and the long branch's), per sample: the regularisation CTR models
-            use on sparse ids, touching only the rows a batch uses (as DIN's mini-batch aware
-            regulariser; DIN also divides by each id's frequency, we do not).
-        gsu_alpha: weight of the GSU aux loss (None = 1 with soft search; must stay 0/None otherwise).
-        esu_beta: weight of the main CTR loss (None = 1).
-    """
-    return {
-        "item_buckets": 1_000_003,
-        "category_buckets": 10_007,
-        "time_gap_buckets": 64,
-        "emb_dim": 8,
-        "mlp_dims": [200, 80],
-        "attention_dims": [80, 40],
-        "esu_heads": 2,
-        "esu_proj_dim": 16,
-        "soft_k": 50,
-        "gsu_proj_dim": 16,
-        "gsu_aux_pooling": "softmax",
-        "gsu_init": "identity",
-        "din_normalization": "none",
-        "hard_k": None,
-        "mimn_slots": 4,
-        "mimn_controller_dim": 32,
-        "mimn_miu_topk": 1,
-        "mimn_util_reg": 1.0,
-        "dien_aux_weight": 1.0,
-        "dropout": 0.0,
-        "embedding_l2": 0.0,
-        "gsu_alpha": None,
-        "esu_beta": None,
-    }
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
 
 
 def _sequence(batch: Mapping[str, Tensor], name: str) -> Behaviors:
@@ -165,20 +103,18 @@ class CTRModel(nn.Module):
 
     Args:
         spec: which long-term branch (see ``ModelSpec``).
-        cfg: config overrides of ``model_defaults()``; unknown keys raise ValueError.
+        cfg: a ``ModelConfig`` or overrides of ``model_defaults()``, validated by ``ModelConfig``
+            (pydantic.ValidationError, a ValueError, naming the key).
         name: the model's registry name (for logs and checkpoints).
 
     Shape legend: B batch, S short length, K hard/soft-search length, L long length, E = 2 * emb_dim,
     H ESU heads.
     """
 
-    def __init__(self, spec: ModelSpec, cfg: Mapping[str, Any] | None = None, name: str = "") -> None:
+    def __init__(self, spec: ModelSpec, cfg: Mapping[str, Any] | ModelConfig | None = None,
+                 name: str = "") -> None:
         super().__init__()
-        unknown = set(cfg or {}) - set(model_defaults())
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; "
-                             f"known: {sorted(model_defaults())}")
-        c = {**model_defaults(), **(cfg or {})}
+        c = (cfg if isinstance(cfg, ModelConfig) else ModelConfig.model_validate(dict(cfg or {}))).model_dump()
         self.cfg = c
         self.spec = spec
         self.name = name
@@ -189,9 +125,6 @@ class CTRModel(nn.Module):
                              "GSU loss (hard search is non-parametric, alpha = 0)")
         self.gsu_alpha = (1.0 if alpha is None else float(alpha)) if soft else 0.0
         self.esu_beta = 1.0 if c["esu_beta"] is None else float(c["esu_beta"])
-        for key in ("mimn_util_reg", "dien_aux_weight"):
-            if float(c[key]) < 0:
-                raise ValueError(f"{key} must be >= 0, got {c[key]}")
         self.mimn_util_reg = float(c["mimn_util_reg"]) if spec.long_branch == "mimn" else 0.0
         self.dien_aux_weight = float(c["dien_aux_weight"]) if spec.short_branch == "dien" else 0.0
 
