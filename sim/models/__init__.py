@@ -6,22 +6,26 @@ Usage::
     out = model(batch)                 # {"logit": B, "gsu_logit": B, ...}
     loss = model.loss(out, batch["label"])
 
-``ModelConfig`` and ``model_defaults`` (``sim.models.config``) import no torch, and neither does
-importing this package: the other names load torch on first use.
+A model is a ``CTRModel`` (``sim.models.sim``) composed of the parts of ``sim.models.parts``; the
+registry (``sim.models.registry``) names the parts and the models. ``ModelConfig`` and
+``model_defaults`` (``sim.models.config``) import no torch, and neither does importing this package:
+the other names load torch on first use.
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sim.models.config import ModelConfig, model_defaults
 
-_LAZY = {"MODEL_NAMES": "sim.models.sim", "MODEL_SPECS": "sim.models.sim", "CTRModel": "sim.models.sim",
-         "SIM": "sim.models.sim", "ModelSpec": "sim.models.sim", "hash_ids": "sim.models.layers"}
+_LAZY = {"MODEL_NAMES": "sim.models.registry", "build_model": "sim.models.registry",
+         "compose": "sim.models.registry", "CTRModel": "sim.models.sim", "SIM": "sim.models.sim",
+         "hash_ids": "sim.models.layers"}
 
 if TYPE_CHECKING:
     from sim.models.layers import hash_ids
-    from sim.models.sim import MODEL_NAMES, MODEL_SPECS, SIM, CTRModel, ModelSpec
+    from sim.models.registry import MODEL_NAMES, build_model, compose
+    from sim.models.sim import SIM, CTRModel
 
 
 def __getattr__(name: str) -> Any:
@@ -31,23 +35,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_model(name: str, cfg: Mapping[str, Any] | ModelConfig | None = None) -> "CTRModel":
-    """Build a model by its registry name.
-
-    Args:
-        name: one of ``MODEL_NAMES``.
-        cfg: a ``ModelConfig``, or a mapping of overrides of ``model_defaults()``.
-
-    Raises:
-        ValueError: unknown name (the message lists the known ones); pydantic.ValidationError (a
-            ValueError) for an unknown config key or an invalid value, naming the key.
-    """
-    from sim.models.sim import MODEL_NAMES, MODEL_SPECS, CTRModel
-
-    if name not in MODEL_SPECS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    return CTRModel(MODEL_SPECS[name], cfg, name=name)
-
-
-__all__ = ["MODEL_NAMES", "build_model", "model_defaults", "ModelConfig", "CTRModel", "SIM", "ModelSpec",
-           "hash_ids"]
+__all__ = ["MODEL_NAMES", "build_model", "compose", "model_defaults", "ModelConfig", "CTRModel",
+           "SIM", "hash_ids"]
