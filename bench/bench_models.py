@@ -69,16 +69,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from sim.models import MODEL_SPECS, CTRModel, ModelSpec
+    from sim.models.registry import MODELS as PARTS_OF, compose
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     name, b = spec["model"], spec["batch"]
     cfg = {"soft_k": spec["k"]}
-    model_spec = ModelSpec("din_long") if name == "din_long" else MODEL_SPECS[name]
-    model = CTRModel(model_spec, cfg, name=name)
+    # din_long (DIN attention over all of long_*) is a long-term part of no named model.
+    short_part, long_part = ("din", "din_long") if name == "din_long" else PARTS_OF[name]
+    model = compose(short_part, long_part, cfg, name=name)
     # DIEN reads only the short sequence: there L is the short sequence's length.
-    short = spec["length"] if model_spec.short_branch == "dien" else spec["short"]
+    short = spec["length"] if short_part == "dien" else spec["short"]
     batch = _batch(b, short, spec["k"], spec["length"])
     base = _rss_mb()
 

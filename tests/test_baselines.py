@@ -280,7 +280,7 @@ def test_dien_reads_only_the_short_sequence_and_adds_its_auxiliary_loss() -> Non
     model = build_model("dien", SMALL)
     assert model.sequences == ("short",)
     assert model.input_columns == ("item_id", "category_id", "short_items", "short_cats")
-    assert model.short_attention is None and model.memory is None
+    assert not hasattr(model, "short_attention") and not hasattr(model, "memory")
     batch = make_batch(seed=14)
     y = batch["label"].float()
     for weight in (1.0, 0.5, 0.0):

@@ -12,8 +12,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from sim.models import MODEL_NAMES, build_model, hash_ids, model_defaults  # noqa: E402
+from sim.models import MODEL_NAMES, CTRModel, build_model, hash_ids, model_defaults  # noqa: E402
 from sim.models.layers import Behaviors, FeatureEmbedding, TargetAttention, masked_softmax  # noqa: E402
+from sim.models.parts import DINShort, LongTermArch, read_sequence  # noqa: E402
+from sim.models.registry import validate  # noqa: E402
 from sim.models.search import GeneralSearchUnit  # noqa: E402
 
 torch.set_num_threads(2)
@@ -174,10 +176,10 @@ def test_hard_mode_has_no_gsu_term_in_the_loss() -> None:
     batch = make_batch(seed=5)
     for name in ("sim_hard", "sim_hard_time", "gsu_only_hard"):
         model = build_model(name, SMALL)
-        assert model.gsu_alpha == 0.0
         assert not [n for n, _ in model.named_parameters() if n.startswith("gsu.")]
         out = model(batch)
         assert "gsu_logit" not in out
+        assert model.long_term.loss_terms(out, batch["label"].float()) == []
         loss = model.loss(out, batch["label"])
         assert torch.equal(loss, F.binary_cross_entropy_with_logits(out["logit"],
                                                                     batch["label"].float()))
@@ -321,3 +323,92 @@ def test_identity_init_starts_soft_search_from_the_candidates_category() -> None
     # Share of hard search's first 2 picks that soft search keeps (item embeddings add noise to r_i).
     assert shares["identity"]["hard_soft_overlap"] > 0.5 > 0.35 > shares["random"]["hard_soft_overlap"], shares
     assert shares["identity"]["topk_same_category"] > 2 * shares["random"]["topk_same_category"], shares
+
+
+# ------------------------------------------------------------------------- composition and config
+
+# Recorded from the string-dispatched CTRModel (commit 9596ef9) with fixed seeds: sha256 of the
+# state-dict "key:shape" lines (first 16 hex digits), the loss and the sum of the logits.
+BEFORE_PARTS = {
+    "din": ("ec3083d3469ef97e", 0.6952992081642151, -4.762671947479248),
+    "dien": ("36d50bf29a150a38", 2.0831990242004395, -2.940725803375244),
+    "avgpool_long_din": ("3b60e2c1f1f11525", 0.7218641638755798, -0.4726398289203644),
+    "mimn": ("20e26f88f49a0e7f", 0.7440876364707947, 3.152750253677368),
+    "gsu_only_hard": ("3b60e2c1f1f11525", 0.7028053402900696, -0.48590248823165894),
+    "gsu_only_soft": ("7ba6a5ddec1f0a63", 1.3897886276245117, -3.5081043243408203),
+    "sim_hard": ("90088e6951f38764", 0.7050468921661377, 0.12415027618408203),
+    "sim_soft": ("f368f7ac4e362ae6", 1.3913934230804443, -2.012594699859619),
+    "sim_hard_time": ("aa8585ba44ad958c", 0.711808979511261, 1.532713770866394),
+    "sim_soft_time": ("3c871b6e1407d388", 1.4043560028076172, 1.5243446826934814),
+}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_composed_models_keep_their_state_dict_keys_weights_and_outputs(name: str) -> None:
+    """Checkpoints of the models before they were composed from parts load (same keys and shapes), and
+    one seed gives the same initial weights, outputs and loss."""
+    import hashlib
+    torch.manual_seed(0)
+    model = build_model(name, {**SMALL, "embedding_l2": 0.1})
+    batch = make_batch(seed=3)
+    out = model(batch)
+    keys = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    digest, loss, logit_sum = BEFORE_PARTS[name]
+    assert hashlib.sha256(keys.encode()).hexdigest()[:16] == digest
+    assert model.loss(out, batch["label"]).item() == pytest.approx(loss, rel=1e-5)
+    assert out["logit"].sum().item() == pytest.approx(logit_sum, rel=1e-5, abs=1e-5)
+
+
+def test_each_model_is_its_registered_parts() -> None:
+    from sim.models.registry import LONG_PARTS, MODELS, SHORT_PARTS
+    assert set(MODELS) == set(MODEL_NAMES)
+    dim = 2 * SMALL["emb_dim"]
+    for name, (short, long) in MODELS.items():
+        model = build_model(name, SMALL)
+        config = validate(SMALL)
+        assert type(model.short_term) is type(SHORT_PARTS[short](config, dim))
+        assert type(model.long_term) is type(None if long is None else LONG_PARTS[long](config, dim))
+        assert model.sequences == tuple(s for p in model.parts for s in p.sequences)
+
+
+def test_a_model_takes_any_long_term_part_it_is_given() -> None:
+    """No branch on a name: a part the registry does not know plugs in through the interface."""
+
+    class NewestLong(LongTermArch):
+        """The newest long-term behavior with its time gap, projected; an output and a loss term of its own."""
+        sequences, with_time = ("long",), True
+
+        def __init__(self, in_dim: int) -> None:
+            super().__init__()
+            self.newest = torch.nn.Linear(in_dim, 3)
+
+        out_dim = 3
+
+        def forward(self, embedding, batch, target):
+            e = embedding.behaviors(read_sequence(batch, "long"), with_time=True)[:, :1]
+            u = self.newest(e[:, 0])
+            return u, {"newest_norm": u.pow(2).sum(-1)}, [e]
+
+        def loss_terms(self, outputs, labels):
+            return [0.5 * outputs["newest_norm"].mean()]
+
+    emb = FeatureEmbedding(SMALL["item_buckets"], SMALL["category_buckets"], 16, SMALL["emb_dim"])
+    e_dim = emb.behavior_dim
+    model = CTRModel(emb, DINShort(e_dim, [8]), NewestLong(e_dim + SMALL["emb_dim"]), mlp_dims=[8])
+    assert model.sequences == ("short", "long")
+    assert model.input_columns == ("item_id", "category_id", "short_items", "short_cats",
+                                   "long_items", "long_cats", "long_gaps")
+    assert [k.split(".")[0] for k in model.state_dict()].count("newest") == 2  # weight, bias
+    batch = make_batch(seed=9)
+    out = model({c: batch[c] for c in model.input_columns})
+    assert out["logit"].shape == out["newest_norm"].shape == (16,)
+    y = batch["label"].float()
+    loss = model.loss(out, batch["label"])
+    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(out["logit"], y)
+                          + 0.5 * out["newest_norm"].mean())
+    loss.backward()
+    assert model.newest.weight.grad is not None and model.newest.weight.grad.abs().sum() > 0
+    model.eval()
+    assert not model.long_term.training and not model.short_term.training
+    with pytest.raises(ValueError, match="two modules named 'short_attention'"):
+        CTRModel(emb, DINShort(e_dim, [8]), DINShort(e_dim, [8]))

@@ -5,31 +5,35 @@ Usage::
     model = build_model("sim_soft_time", {"emb_dim": 4})
     out = model(batch)                 # {"logit": B, "gsu_logit": B, ...}
     loss = model.loss(out, batch["label"])
+
+A model is a ``CTRModel`` (``sim.models.sim``) composed of the parts of ``sim.models.parts``; the
+registry (``sim.models.registry``) names the parts and the models. ``ModelConfig`` and
+``model_defaults`` (``sim.models.config``) import no torch, and neither does importing this package:
+the other names load torch on first use.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from sim.models.layers import hash_ids
-from sim.models.sim import MODEL_SPECS, SIM, CTRModel, ModelSpec, model_defaults
+from sim.models.config import ModelConfig, model_defaults
 
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
+_LAZY = {"MODEL_NAMES": "sim.models.registry", "build_model": "sim.models.registry",
+         "compose": "sim.models.registry", "CTRModel": "sim.models.sim", "SIM": "sim.models.sim",
+         "hash_ids": "sim.models.layers"}
 
-
-def build_model(name: str, cfg: Mapping[str, Any] | None = None) -> CTRModel:
-    """Build a model by its registry name.
-
-    Args:
-        name: one of ``MODEL_NAMES``.
-        cfg: overrides of ``model_defaults()``.
-
-    Raises:
-        ValueError: unknown name (the message lists the known ones) or unknown / invalid config.
-    """
-    if name not in MODEL_SPECS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    return CTRModel(MODEL_SPECS[name], cfg, name=name)
+if TYPE_CHECKING:
+    from sim.models.layers import hash_ids
+    from sim.models.registry import MODEL_NAMES, build_model, compose
+    from sim.models.sim import SIM, CTRModel
 
 
-__all__ = ["MODEL_NAMES", "build_model", "model_defaults", "CTRModel", "SIM", "ModelSpec",
-           "hash_ids"]
+def __getattr__(name: str) -> Any:
+    """The torch-backed names, imported on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MODEL_NAMES", "build_model", "compose", "model_defaults", "ModelConfig", "CTRModel",
+           "SIM", "hash_ids"]

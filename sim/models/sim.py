@@ -1,318 +1,140 @@
 """SIM (Pi et al., CIKM 2020, Figure 1) and the paper's baselines as compositions of one model class.
 
-``CTRModel`` = a short-term branch + an optional long-term branch + the Embedding&MLP over-arch.
-Which branches (Section 5 "Competitors" / Table 2-4) is a ``ModelSpec``:
-
-| name             | short-term branch | long-term branch                                            |
-|------------------|-------------------|-------------------------------------------------------------|
-| din              | DIN               | none                                                        |
-| dien             | DIEN              | none (the industrial baseline of Table 4)                   |
-| avgpool_long_din | DIN               | masked mean of the long sequence                            |
-| mimn             | DIN               | MIMN memory + MIU written in behavior order, read by target |
-| gsu_only_hard    | DIN               | hard GSU, its K behaviors avg-pooled ("only first stage")   |
-| gsu_only_soft    | DIN               | soft GSU (+ aux CTR head), K behaviors avg-pooled           |
-| sim_hard         | DIN               | hard GSU -> ESU                                             |
-| sim_soft         | DIN               | soft GSU (+ aux CTR head) -> ESU                            |
-| sim_hard_time    | DIN               | hard GSU -> ESU with time-gap embeddings                    |
-| sim_soft_time    | DIN               | soft GSU (+ aux CTR head) -> ESU with time-gap embeddings   |
-
-"Only First Stage (soft)" (Table 3) in the paper searches with embeddings fixed after a pre-training
-run; ``gsu_only_soft`` trains the search and the embeddings jointly with the CTR loss (one run, as SIM
-soft itself), so it is the paper's ablation without the separate pre-training (docs/RESULTS.md).
+``CTRModel`` = a short-term part + an optional long-term part (``sim.models.parts``) + the Embedding&MLP
+over-arch: [U_lt, short-term interest, e_a] -> MLP -> CTR logit. The model knows no part by name: it
+calls the parts it is given through their common interface, as torchrec's DLRM composes the arches
+it is passed. Which parts each named model has (Section 5 "Competitors", Tables 2-4) is the registry's
+table, ``sim.models.registry``.
 
 Loss (Equation 5): alpha * L_GSU + beta * L_ESU, alpha = beta = 1 with soft search; hard search is
-non-parametric, so alpha = 0 and no GSU term exists at all. DIEN adds its next-behavior auxiliary loss
-(``dien_aux_weight``), MIMN its memory utilisation regulariser (``mimn_util_reg``); see
-``sim.models.baselines``.
+non-parametric, so alpha = 0 and no GSU term exists at all. Each part adds its own terms (soft search
+its GSU aux loss, DIEN its next-behavior auxiliary loss, MIMN its utilisation regulariser); the model
+adds beta * the main CTR loss and the ``embedding_l2`` penalty.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sim.models.baselines import DIEN, MIMN
-from sim.models.layers import Behaviors, FeatureEmbedding, MLP, TargetAttention, masked_mean
-from sim.models.search import ExactSearchUnit, GeneralSearchUnit
+from sim.models.layers import MLP, FeatureEmbedding
+from sim.models.parts import InterestArch, LongTermArch, ShortTermArch
 
-LONG_BRANCHES = ("none", "avgpool", "mimn", "gsu_pool", "esu", "din_long")
-SHORT_BRANCHES = ("din", "dien")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which parts a model is made of.
-
-    Attributes:
-        long_branch: "none", "avgpool" (mean of long_*), "mimn" (memory over long_*),
-            "gsu_pool" (GSU output avg-pooled), "esu" (GSU -> ESU), "din_long" (DIN target
-            attention over all of long_*; not a paper model, the cost reference of the benchmark).
-        gsu_mode: "hard" or "soft" for the gsu_pool / esu branches, else None.
-        with_time: ESU z_j carries the time-gap embedding.
-        short_branch: "din" (DIN target attention over short_*) or "dien" (DIEN: GRU interest
-            extractor + auxiliary loss + AUGRU over short_*).
-    """
-
-    long_branch: str = "none"
-    gsu_mode: str | None = None
-    with_time: bool = False
-    short_branch: str = "din"
-
-    def __post_init__(self) -> None:
-        if self.short_branch not in SHORT_BRANCHES:
-            raise ValueError(f"short_branch must be one of {SHORT_BRANCHES}, got {self.short_branch!r}")
-        if self.long_branch not in LONG_BRANCHES:
-            raise ValueError(f"long_branch must be one of {LONG_BRANCHES}, got {self.long_branch!r}")
-        needs_gsu = self.long_branch in ("gsu_pool", "esu")
-        if needs_gsu != (self.gsu_mode in ("hard", "soft")):
-            raise ValueError(f"long_branch {self.long_branch!r} and gsu_mode {self.gsu_mode!r} "
-                             "do not fit: gsu_pool/esu need 'hard' or 'soft', others None")
-        if self.with_time and self.long_branch != "esu":
-            raise ValueError("with_time needs the ESU branch")
-
-
-MODEL_SPECS: dict[str, ModelSpec] = {
-    "din": ModelSpec(),
-    "dien": ModelSpec(short_branch="dien"),
-    "avgpool_long_din": ModelSpec("avgpool"),
-    "mimn": ModelSpec("mimn"),
-    "gsu_only_hard": ModelSpec("gsu_pool", "hard"),
-    "gsu_only_soft": ModelSpec("gsu_pool", "soft"),
-    "sim_hard": ModelSpec("esu", "hard"),
-    "sim_soft": ModelSpec("esu", "soft"),
-    "sim_hard_time": ModelSpec("esu", "hard", with_time=True),
-    "sim_soft_time": ModelSpec("esu", "soft", with_time=True),
-}
-
-
-def model_defaults() -> dict[str, Any]:
-    """Every config key a model reads, with its default.
-
-    Keys:
-        item_buckets: rows of the item embedding table (the memory knob: rows * emb_dim floats).
-        category_buckets: rows of the category table.
-        time_gap_buckets: rows of the time-gap table; must match the pipeline's ``time_gap_buckets``.
-        emb_dim: D per id field (the paper's public runs use 4).
-        mlp_dims: hidden widths of the over-arch and of the soft-search aux head; a 1-logit layer follows.
-        attention_dims: hidden widths of the DIN score MLP.
-        esu_heads: q, ESU heads.
-        esu_proj_dim: P, per-head projection dim of W_b^i / W_a^i.
-        soft_k: K behaviors soft search keeps.
-        gsu_proj_dim: dim of W_b e_i and W_a e_a in soft search.
-        gsu_aux_pooling: "softmax" (default: U_r = sum_i softmax(r)_i e_i) or "sum" (Equation 2 as
-            written, U_r = sum_i r_i e_i); see ``GeneralSearchUnit`` for why the default differs.
-        gsu_init: "identity" (default: W_b, W_a start as identity projections, so soft search starts
-            from the inner product of the embeddings, which ranks the candidate's category first) or
-            "random" (PyTorch's default init). Measured on the demo data (docs/RESULTS.md): with
-            "identity" soft search's picks reached 78% of hard search's after one epoch, against 56%.
-        din_normalization: "none" (default: DIN's unnormalised attention weights, which keep the
-            intensity of an interest) or "softmax", for the short-term branch and ``din_long``.
-        hard_k: cap on behaviors the hard GSU keeps from the hard_* columns (None = all given).
-        mimn_slots: m, memory slots of the mimn baseline (the MIMN paper uses 4 or 8).
-        mimn_controller_dim: H, state dim of MIMN's GRU controller.
-        mimn_miu_topk: slots whose Memory Induction Unit state each behavior updates (those read most).
-        mimn_util_reg: weight of MIMN's Memory Utilization Regularization term (variance across slots
-            of each row's share of the write mass) in the loss.
-        dien_aux_weight: weight of DIEN's next-behavior auxiliary loss in the loss.
-        dropout: dropout in the MLPs.
-        embedding_l2: weight of the L2 penalty on the embeddings a batch looks up (the candidate's,
-            the short sequence's and the long branch's), per sample: the regularisation CTR models
-            use on sparse ids, touching only the rows a batch uses (as DIN's mini-batch aware
-            regulariser; DIN also divides by each id's frequency, we do not).
-        gsu_alpha: weight of the GSU aux loss (None = 1 with soft search; must stay 0/None otherwise).
-        esu_beta: weight of the main CTR loss (None = 1).
-    """
-    return {
-        "item_buckets": 1_000_003,
-        "category_buckets": 10_007,
-        "time_gap_buckets": 64,
-        "emb_dim": 8,
-        "mlp_dims": [200, 80],
-        "attention_dims": [80, 40],
-        "esu_heads": 2,
-        "esu_proj_dim": 16,
-        "soft_k": 50,
-        "gsu_proj_dim": 16,
-        "gsu_aux_pooling": "softmax",
-        "gsu_init": "identity",
-        "din_normalization": "none",
-        "hard_k": None,
-        "mimn_slots": 4,
-        "mimn_controller_dim": 32,
-        "mimn_miu_topk": 1,
-        "mimn_util_reg": 1.0,
-        "dien_aux_weight": 1.0,
-        "dropout": 0.0,
-        "embedding_l2": 0.0,
-        "gsu_alpha": None,
-        "esu_beta": None,
-    }
-
-
-def _sequence(batch: Mapping[str, Tensor], name: str) -> Behaviors:
-    """One sequence of the batch; without its ``*_gaps`` column (a model without time information
-    need not read it) the gaps are all padding."""
-    items = batch[f"{name}_items"]
-    gaps = batch.get(f"{name}_gaps")
-    return Behaviors(items, batch[f"{name}_cats"], torch.zeros_like(items) if gaps is None else gaps)
+# Attribute names of the model's own modules, which a part's sub-modules may not take.
+_OWN = ("embedding", "over_arch")
 
 
 class CTRModel(nn.Module):
     """SIM and its baselines: [U_lt, short-term interest, e_a] -> MLP -> CTR logit.
 
+    The parts' sub-modules are registered on the model under their own names (``short_attention``,
+    ``dien``, ``gsu``, ``esu``, ``memory``, ``long_attention``), not under a part's prefix, so the
+    state-dict keys are those of the models before they were composed from parts (old checkpoints
+    load) and ``model.gsu`` is the search unit. The parts themselves are ``short_term`` and
+    ``long_term`` (plain attributes: registering them too would list every parameter twice).
+
     Args:
-        spec: which long-term branch (see ``ModelSpec``).
-        cfg: config overrides of ``model_defaults()``; unknown keys raise ValueError.
+        embedding: the id tables every part shares (e_a = item ⊕ category, E = 2D).
+        short_term: the short-term part (reads ``short_*``).
+        long_term: the long-term part, or None for a short-term-only model (din, dien).
+        mlp_dims: hidden widths of the over-arch; a 1-logit layer follows.
+        dropout: dropout of the over-arch.
+        embedding_l2: weight of the L2 penalty on the embeddings a batch looks up, per sample.
+        esu_beta: beta, weight of the main CTR loss.
         name: the model's registry name (for logs and checkpoints).
 
     Shape legend: B batch, S short length, K hard/soft-search length, L long length, E = 2 * emb_dim,
     H ESU heads.
     """
 
-    def __init__(self, spec: ModelSpec, cfg: Mapping[str, Any] | None = None, name: str = "") -> None:
+    def __init__(self, embedding: FeatureEmbedding, short_term: ShortTermArch,
+                 long_term: LongTermArch | None = None, *, mlp_dims: Sequence[int] = (200, 80),
+                 dropout: float = 0.0, embedding_l2: float = 0.0, esu_beta: float = 1.0,
+                 name: str = "") -> None:
         super().__init__()
-        unknown = set(cfg or {}) - set(model_defaults())
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; "
-                             f"known: {sorted(model_defaults())}")
-        c = {**model_defaults(), **(cfg or {})}
-        self.cfg = c
-        self.spec = spec
+        if embedding_l2 < 0 or esu_beta < 0:
+            raise ValueError(f"embedding_l2 and esu_beta must be >= 0, got {embedding_l2}, {esu_beta}")
         self.name = name
-        soft = spec.gsu_mode == "soft"
-        alpha = c["gsu_alpha"]
-        if not soft and alpha not in (None, 0, 0.0):
-            raise ValueError(f"gsu_alpha={alpha} needs a soft-search model; {name or spec} has no "
-                             "GSU loss (hard search is non-parametric, alpha = 0)")
-        self.gsu_alpha = (1.0 if alpha is None else float(alpha)) if soft else 0.0
-        self.esu_beta = 1.0 if c["esu_beta"] is None else float(c["esu_beta"])
-        for key in ("mimn_util_reg", "dien_aux_weight"):
-            if float(c[key]) < 0:
-                raise ValueError(f"{key} must be >= 0, got {c[key]}")
-        self.mimn_util_reg = float(c["mimn_util_reg"]) if spec.long_branch == "mimn" else 0.0
-        self.dien_aux_weight = float(c["dien_aux_weight"]) if spec.short_branch == "dien" else 0.0
+        self.embedding_l2, self.esu_beta = float(embedding_l2), float(esu_beta)
+        self.embedding = embedding
+        for part in (short_term, long_term):
+            if part is not None:
+                self._adopt(part)
+        # Plain attributes (see the class docstring); nn.Module.__setattr__ would register them.
+        self.__dict__["short_term"] = short_term
+        self.__dict__["long_term"] = long_term
+        long_dim = 0 if long_term is None else long_term.out_dim
+        self.over_arch = MLP(long_dim + short_term.out_dim + embedding.behavior_dim, mlp_dims,
+                             out_dim=1, dropout=dropout)
 
-        self.embedding = FeatureEmbedding(c["item_buckets"], c["category_buckets"],
-                                          c["time_gap_buckets"], c["emb_dim"])
-        e_dim = self.embedding.behavior_dim
-        self.embedding_l2 = float(c["embedding_l2"])
-        self.short_attention: TargetAttention | None = None
-        self.dien: DIEN | None = None
-        if spec.short_branch == "dien":
-            self.dien = DIEN(e_dim)
-        else:
-            self.short_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
+    def _adopt(self, part: InterestArch) -> None:
+        """Register the part's sub-modules on the model under their own names."""
+        own = [*part.parameters(recurse=False), *part.buffers(recurse=False)]
+        if own:
+            raise ValueError(f"{type(part).__name__} holds parameters of its own; a part keeps them "
+                             "in sub-modules")
+        for child_name, child in part.named_children():
+            if child_name in _OWN or child_name in self._modules:
+                raise ValueError(f"two modules named {child_name!r}: parts' sub-modules need distinct "
+                                 f"names other than {_OWN}")
+            self.add_module(child_name, child)
 
-        self.gsu: GeneralSearchUnit | None = None
-        self.esu: ExactSearchUnit | None = None
-        self.memory: MIMN | None = None
-        self.long_attention: TargetAttention | None = None
-        long_dim = 0
-        if spec.long_branch in ("gsu_pool", "esu"):
-            if soft:
-                self.gsu = GeneralSearchUnit("soft", k=c["soft_k"], behavior_dim=e_dim,
-                                             proj_dim=c["gsu_proj_dim"], aux_hidden=c["mlp_dims"],
-                                             aux_pooling=c["gsu_aux_pooling"], dropout=c["dropout"],
-                                             init=c["gsu_init"])
-            else:
-                self.gsu = GeneralSearchUnit("hard", k=c["hard_k"])
-            long_dim = e_dim
-        if spec.long_branch == "esu":
-            self.esu = ExactSearchUnit(e_dim, c["emb_dim"], c["esu_heads"], c["esu_proj_dim"],
-                                       spec.with_time)
-            long_dim = self.esu.out_dim
-        elif spec.long_branch == "avgpool":
-            long_dim = e_dim
-        elif spec.long_branch == "mimn":
-            self.memory = MIMN(e_dim, c["mimn_slots"], c["mimn_controller_dim"], c["mimn_miu_topk"],
-                               c["attention_dims"])
-            long_dim = self.memory.out_dim
-        elif spec.long_branch == "din_long":
-            self.long_attention = TargetAttention(e_dim, c["attention_dims"], c["din_normalization"])
-            long_dim = e_dim
-        self.over_arch = MLP(long_dim + 2 * e_dim, c["mlp_dims"], out_dim=1, dropout=c["dropout"])
+    @property
+    def parts(self) -> tuple[InterestArch, ...]:
+        """The short-term part, then the long-term one if any."""
+        return (self.short_term,) if self.long_term is None else (self.short_term, self.long_term)
+
+    def train(self, mode: bool = True) -> "CTRModel":
+        super().train(mode)
+        for part in self.parts:  # their sub-modules are ours already; this sets the parts' own flag
+            part.train(mode)
+        return self
 
     @property
     def sequences(self) -> tuple[str, ...]:
-        """The samples' sequences this model reads: short always (DIN or DIEN), then the long-term branch's own
+        """The samples' sequences this model reads: short (DIN or DIEN), then the long-term part's own
         (``hard`` for hard search, ``long`` for soft search and the whole-sequence baselines)."""
-        if self.gsu is not None:
-            return ("short", "long" if self.gsu.mode == "soft" else "hard")
-        return ("short",) if self.spec.long_branch == "none" else ("short", "long")
+        return tuple(s for part in self.parts for s in part.sequences)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
         """Columns of the samples table ``forward`` reads (a reader need not load the others): item and
-        category ids of each sequence, and the time-gap buckets only where the ESU embeds them."""
-        timed = self.spec.with_time
-        return ("item_id", "category_id",
-                *(f"{s}_{f}" for s in self.sequences
-                  for f in ("items", "cats", "gaps") if f != "gaps" or (timed and s != "short")))
+        category ids of the candidate and of each sequence, time-gap buckets only where a part embeds
+        them."""
+        return ("item_id", "category_id", *(c for part in self.parts for c in part.input_columns))
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Args:
             batch: the samples-table columns as tensors (:mod:`sim.samples.contract`): ``item_id``,
                 ``category_id`` (B), ``short_*`` (B X S), ``hard_*`` (B X K), ``long_*`` (B X L);
-                a model reads only the sequences it uses.
+                a model reads only ``input_columns``.
 
         Returns:
-            dict with
-            ``logit`` B, the main (ESU / over-arch) CTR logit;
-            ``short_attention`` B X S, DIN weights of the short branch (DIEN: the AUGRU's a_t);
+            dict with ``logit`` B, the main (ESU / over-arch) CTR logit; ``embedding_sq`` scalar, the
+            squared norm of the looked-up embeddings per sample (only with ``embedding_l2`` > 0); and
+            the parts' outputs (``sim.models.parts``):
+            ``short_attention`` B X S, DIN weights of the short part (DIEN: the AUGRU's a_t);
             ``dien_aux_loss`` scalar, DIEN's next-behavior auxiliary loss (dien);
             ``gsu_logit`` B, soft-search aux CTR logit (soft models only);
             ``gsu_scores`` B X L, ``gsu_index`` B X K and ``gsu_mask`` B X K (GSU models: positions
             kept in the searched sequence, ``long_*`` for soft search, ``hard_*`` for hard search);
-            ``embedding_sq`` scalar, the squared norm of the looked-up embeddings per sample (only
-            with ``embedding_l2`` > 0);
             ``esu_attention`` B X H X K (ESU models); ``long_attention`` B X L (din_long);
             ``memory_read`` B X slots and ``miu_read`` B X slots, the target's attention over the
             memory slots and the MIU states, ``memory_usage`` B X slots, each slot's share of the
             write mass, ``mimn_util_loss`` scalar, the utilisation regulariser (mimn).
         """
         out: dict[str, Tensor] = {}
-        emb = self.embedding
-        target = emb.items_and_cats(batch["item_id"], batch["category_id"])
-        short = _sequence(batch, "short")
-        e_short = emb.behaviors(short)
-        if self.dien is not None:
-            u_short, out["short_attention"], out["dien_aux_loss"] = self.dien(target, e_short, short.mask)
-        else:
-            assert self.short_attention is not None
-            u_short, out["short_attention"] = self.short_attention(target, e_short, short.mask)
+        target = self.embedding.items_and_cats(batch["item_id"], batch["category_id"])
+        u_short, extra, looked_up = self.short_term(self.embedding, batch, target)
+        out.update(extra)
         features = [u_short, target]
-        looked_up = [target, e_short]
-        branch = self.spec.long_branch
-        if self.gsu is not None:
-            source = _sequence(batch, "long" if self.gsu.mode == "soft" else "hard")
-            found = self.gsu(emb, source, batch["category_id"], target)
-            out["gsu_index"], out["gsu_mask"] = found.index, found.mask
-            looked_up.append(found.embeddings)
-            if found.scores is not None:
-                out["gsu_scores"] = found.scores
-            if found.aux_logit is not None:
-                out["gsu_logit"] = found.aux_logit
-            if self.esu is not None:
-                u_long, out["esu_attention"] = self.esu(emb, found, target)
-            else:
-                u_long = masked_mean(found.embeddings, found.mask)
-            features.insert(0, u_long)
-        elif branch != "none":
-            long = _sequence(batch, "long")
-            e_long = emb.behaviors(long)
-            looked_up.append(e_long)
-            if branch == "avgpool":
-                u_long = masked_mean(e_long, long.mask)
-            elif branch == "mimn":
-                assert self.memory is not None
-                u_long, extra = self.memory(target, e_long, long.mask)
-                out.update(extra)
-            else:
-                assert self.long_attention is not None
-                u_long, out["long_attention"] = self.long_attention(target, e_long, long.mask)
+        looked_up = [target, *looked_up]
+        if self.long_term is not None:
+            u_long, extra, looked = self.long_term(self.embedding, batch, target)
+            out.update(extra)
+            looked_up.extend(looked)
             features.insert(0, u_long)
         out["logit"] = self.over_arch(torch.cat(features, dim=-1)).squeeze(-1)
         if self.embedding_l2 > 0:
@@ -320,9 +142,11 @@ class CTRModel(nn.Module):
         return out
 
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> Tensor:
-        """Equation (5): alpha * BCE(gsu_logit) + beta * BCE(logit), plus ``embedding_l2`` times the
-        squared norm of the embeddings the batch looked up (per sample), plus the baselines' own terms:
-        ``dien_aux_weight`` * DIEN's auxiliary loss, ``mimn_util_reg`` * MIMN's utilisation regulariser.
+        """Equation (5): beta * BCE(logit) plus the parts' terms (soft search: alpha * BCE(gsu_logit);
+        DIEN: ``dien_aux_weight`` * its auxiliary loss; MIMN: ``mimn_util_reg`` * its regulariser), plus
+        ``embedding_l2`` times the squared norm of the embeddings the batch looked up (per sample). The
+        parts' terms are added before the L2 term (before the composition from parts, DIEN's and MIMN's
+        came after it), so with ``embedding_l2`` > 0 their float sum may differ in its last bit.
 
         Args:
             outputs: what ``forward`` returned.
@@ -333,16 +157,11 @@ class CTRModel(nn.Module):
         """
         y = labels.to(outputs["logit"].dtype)
         total = self.esu_beta * F.binary_cross_entropy_with_logits(outputs["logit"], y)
-        # Hard search and the non-search baselines have no GSU term at all, not a zero-weighted one.
-        if self.gsu_alpha > 0:
-            total = total + self.gsu_alpha * F.binary_cross_entropy_with_logits(
-                outputs["gsu_logit"], y)
+        for part in self.parts:
+            for term in part.loss_terms(outputs, y):
+                total = total + term
         if self.embedding_l2 > 0:
             total = total + self.embedding_l2 * outputs["embedding_sq"]
-        if self.dien_aux_weight > 0:
-            total = total + self.dien_aux_weight * outputs["dien_aux_loss"]
-        if self.mimn_util_reg > 0:
-            total = total + self.mimn_util_reg * outputs["mimn_util_loss"]
         return total
 
     def attention_weights(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -357,5 +176,5 @@ class CTRModel(nn.Module):
         return {k: v for k, v in out.items() if k in keys}
 
 
-# The paper's name for the full model; the baselines are the same class with other specs.
+# The paper's name for the full model; the baselines are the same class with other parts.
 SIM = CTRModel
