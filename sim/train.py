@@ -34,6 +34,7 @@ from typing import Sequence
 
 from sim.config import ConfigError
 from sim.adapters.delta_io import MissingTableError
+from sim.config.experiment import check_model_builds
 from sim.training.experiment import DataManifest, load_experiment, resolve_data
 from sim.training.loop import train
 
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_experiment(args.config, args.expid, args.overrides)
+        if "HOROVOD_RANK" not in os.environ:
+            check_model_builds(cfg)  # before data is read or any worker starts
         if args.np:
             return launch(args, cfg)
         manifest = DataManifest.from_json(Path(args.manifest).read_text()) if args.manifest else None

@@ -85,7 +85,7 @@ def test_paper_tables_put_our_runs_beside_the_papers_and_mark_missing_models():
                           "auc_mean": [0.7, 0.75, 0.8], "auc_std": [0.001, 0.002, 0.0], "runs": [3, 3, 1]})
     text = compare.format_paper_tables(table)
     blocks = text.split("\n\n")
-    assert [b.splitlines()[0] for b in blocks] == [t for t, _, _ in compare.PAPER_TABLES]
+    assert [b.splitlines()[0] for b in blocks] == [t for t, *_ in compare.PAPER_TABLES]
     t2 = {line[:28].strip(): line for line in blocks[0].splitlines()[3:]}
     assert "0.7000 ± 0.0010 (n=3)" in t2["DIN"] and "0.8000 ± 0.0000 (n=1)" in t2["DIN"]
     assert "0.9214 ± 0.00017" in t2["DIN"] and t2["MIMN"].count("no runs") == 2

@@ -59,6 +59,18 @@ def test_cli_refuses_a_bad_value_before_any_work(tmp_path):
     assert "launching" not in proc.stderr and "no Delta table" not in proc.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.gsu_alpha=0.5", "model (sim_hard): gsu_alpha=0.5 needs a soft-search model"),
+    ("model.mimn_miu_topk=9", "model (sim_hard): need slots >= 1 and 1 <= miu_topk <= slots"),
+])
+def test_rules_of_the_model_parts_are_checked_before_work(override, message):
+    from sim.config.experiment import check_model_builds
+    cfg = load_experiment(CONF, "sim_hard", [override] + (["model.name=mimn"] if "mimn" in override else []))
+    with pytest.raises(ConfigError) as e:
+        check_model_builds(cfg)
+    assert message.replace("sim_hard", cfg["model"]["name"]) in str(e.value), str(e.value)
+
+
 def _write_samples(path, sizes: dict | None) -> list[int]:
     """A samples table of the four dates written by delta-rs, one commit per date recording ``sizes``
     as the samples job does (userMetadata); returns the versions."""

@@ -124,6 +124,17 @@ def load_experiment(config_path: str | os.PathLike, expid: str, overrides: Seque
     return ExperimentConfig.parse(cfg, where=f"{config_path} (expid {expid})").as_mapping()
 
 
+def check_model_builds(cfg: dict) -> None:
+    """Rules across a model's keys and its parts (``gsu_alpha`` needs soft search, MIMN's
+    ``mimn_miu_topk <= mimn_slots``) are the parts' own: build the model once, on the CPU, before any
+    worker starts, and report what it refuses as a configuration error."""
+    from sim.models import build_model
+    try:
+        build_model(cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})
+    except ValueError as e:
+        raise ConfigError(f"model ({cfg['model']['name']}): {e}") from None
+
+
 def date_range(cfg: dict, split: str) -> tuple[str, str]:
     """``(first, last)`` ISO dates of a split of a loaded experiment."""
     first, last = cfg[f"{split}_dates"]
