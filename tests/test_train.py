@@ -61,6 +61,7 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     r = runs.iloc[0]
     assert r.status == "FINISHED"
     assert r["params.horovod.size"] == "2"
+    assert r["params.data.steps_per_epoch"] == "5"  # 600 train rows: 300 per rank, batches of 64
     assert r["params.data.samples_version"] == str(version)
     pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet",
                                                       uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ import yaml
 
 from sim.config import ConfigError
 from sim.training.experiment import DataManifest, _date_range, _to_tensors, load_item_topics, resolve_data
+from sim.training.loader import ShardedLoader
 
 log = logging.getLogger("sim.train")
 
@@ -82,35 +82,26 @@ class Best:
     state: dict | None = None
 
 
-def _train_epoch(model, optimizer, scheduler, files: list[str], columns: list[str], *, rank: int,
-                 size: int, batch_size: int, steps: int, seed: int, epoch: int, desc: str,
-                 bucket_batches: int = 0) -> float:
-    """One epoch of ``steps`` optimizer steps over this rank's shard; returns its mean loss. Batches are
-    cut to their longest real sequence, and rows of similar length share batches (``bucket_batches``)."""
+def _train_epoch(model, optimizer, scheduler, loader: ShardedLoader, *, rank: int, epoch: int,
+                 desc: str) -> float:
+    """One epoch of ``loader.steps_per_epoch`` optimizer steps over this rank's shard; returns its mean
+    loss. Batches are cut to their longest real sequence, and rows of similar length share batches."""
     from tqdm import tqdm
-
-    from sim.adapters import petastorm_io
 
     model.train()
     losses = []
-    stride = not petastorm_io.rows_sharded_by_reader(files, size)
-    with petastorm_io.open_reader(files, columns, rank=rank, size=size, num_epochs=None,
-                                  shuffle=True, seed=seed + epoch) as reader:
-        batches = petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                            stride_rows=stride, shuffle_seed=seed * 100003 + epoch * 101 + rank,
-                                            trim=model.sequences, bucket_batches=bucket_batches)
-        # A bar only on an interactive terminal: under horovodrun or in a log it is thousands of lines.
-        with tqdm(total=steps, desc=desc, disable=rank != 0 or not sys.stderr.isatty(), file=sys.stderr,
-                  leave=False) as bar:
-            for _ in range(steps):
-                batch = _to_tensors(next(batches))
-                loss = model.loss(model(batch), batch["label"].float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                bar.update(1)
+    # A bar only on an interactive terminal: under horovodrun or in a log it is thousands of lines.
+    with tqdm(total=loader.steps_per_epoch, desc=desc, disable=rank != 0 or not sys.stderr.isatty(),
+              file=sys.stderr, leave=False) as bar:
+        for batch in loader.epoch(epoch):
+            batch = _to_tensors(batch)
+            loss = model.loss(model(batch), batch["label"].float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
     return float(np.mean(losses))
 
 
@@ -177,7 +168,9 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
     columns = list(dict.fromkeys([*model.input_columns, "label"]))
     batch_size, epochs, patience = int(t["batch_size"]), int(t["epochs"]), int(t.get("patience", 0))
     eval_batch = int(t.get("eval_batch_size", 1024))
-    steps_per_epoch = max(1, math.ceil(manifest.rows("train") / (size * batch_size)))
+    loader = ShardedLoader(manifest.files["train"], columns, rank=rank, size=size, batch_size=batch_size,
+                           seed=seed, trim=model.sequences, bucket_batches=int(t.get("length_buckets") or 0))
+    steps_per_epoch = loader.steps_per_epoch
     item_topic = load_item_topics(cfg["lakehouse"])
     mode = _search_mode(model)
 
@@ -191,13 +184,11 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
         epoch = start_epoch
         while epoch < epochs and not (patience and since_best >= patience):
             started = time.perf_counter()
-            loss = _train_epoch(model, optimizer, scheduler, manifest.paths("train"), columns, rank=rank,
-                                size=size, batch_size=batch_size, steps=steps_per_epoch, seed=seed,
-                                epoch=epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}",
-                                bucket_batches=int(t.get("length_buckets") or 0))
+            loss = _train_epoch(model, optimizer, scheduler, loader, rank=rank, epoch=epoch,
+                                desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}")
             elapsed = time.perf_counter() - started
             train_loss = hvd.allreduce_mean(loss, name=f"train_loss.{epoch}")
-            ev = evaluate(model, manifest.paths("valid"), eval_batch, rank, size, item_topic)
+            ev = evaluate(model, manifest.files["valid"], eval_batch, rank, size, item_topic)
             epoch += 1
             decision = None
             if rank == 0:
@@ -205,7 +196,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
                 decision = (val["val_auc"] > best.val_auc, val["val_auc"])
                 epoch_metrics = {**val, **search_metrics(ev, mode, item_topic is not None),
                                  "train_loss": train_loss,
-                                 "samples_per_sec": steps_per_epoch * batch_size * size / elapsed,
+                                 "samples_per_sec": loader.rows / elapsed,
                                  "lr": scheduler.get_last_lr()[0]}
                 tracking.log_metrics(epoch_metrics, step=epoch)
                 # stdout, not logging: MLflow's database migrations (alembic fileConfig) disable the
@@ -228,7 +219,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
         # The reported figures: the test impressions scored by the epoch validation picked.
         if best.state is not None:
             model.load_state_dict(best.state)
-        test = evaluate(model, manifest.paths("test"), eval_batch, rank, size, item_topic)
+        test = evaluate(model, manifest.files["test"], eval_batch, rank, size, item_topic)
         if rank == 0:
             metrics = {**ctr_metrics(test.pred), "best_epoch": float(best.epoch),
                        "best_val_auc": best.val_auc, "epochs_run": float(epoch),
