@@ -151,3 +151,24 @@ def test_batch_sizes():
     assert batch_sizes(386, 3, 129) == [129, 129, 128]
     with pytest.raises(ValueError):
         batch_sizes(10, 2, 4)
+
+
+@pytest.mark.slow
+def test_horovod_ranks_take_equal_steps_over_uneven_files(uneven_files, tmp_path):
+    """Three real ranks under horovodrun, one collective per batch: none waits for a batch that never
+    comes, and the gathered rows are every row once per epoch, in another order the next epoch."""
+    import json
+    import sys
+
+    from conftest import ROOT, horovodrun_cmd, run
+    (tmp_path / "files.json").write_text(json.dumps(uneven_files))
+    out = tmp_path / "out.json"
+    run(horovodrun_cmd(3, "--gloo-timeout-seconds", "300", sys.executable,
+                       str(ROOT / "tests/helpers/hvd_loader.py"), str(tmp_path / "files.json"), "50", str(out)),
+        timeout=600)
+    res = json.loads(out.read_text())
+    assert res["steps_per_epoch"] == math.ceil(math.ceil(ROWS / 3) / 50) == 8
+    for e in res["epochs"]:
+        assert e["steps"] == [8, 8, 8]
+        assert sorted(e["rows"]) == list(range(ROWS))
+    assert res["epochs"][0]["rows"] != res["epochs"][1]["rows"]
