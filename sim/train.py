@@ -16,9 +16,15 @@ item popularity).
 
 The data (files of the samples snapshot for the three date ranges, with row counts and the table
 version) is resolved once, from the Delta log (no JVM), before training: by the ``--np`` launcher before
-any worker starts, otherwise by rank 0, which broadcasts it. Every rank takes the same number of steps
-per epoch (ceil(rows / (ranks * batch))), wrapping around its shard if it is the smaller one, so no rank
-waits in a collective for a batch that never comes. A reader loads only the columns the model reads.
+any worker starts, otherwise by rank 0, which broadcasts it. Shards are balanced by rows
+(:class:`sim.training.loader.ShardedLoader`): each epoch the row groups of the train files are laid end
+to end in an order drawn from the seed and the epoch, and each rank takes the next rows // ranks rows
+(one more for the first rows % ranks ranks), a row group on a border being read by both ranks, each
+keeping its own rows. So every row is trained on exactly once per epoch, by one rank. Every rank takes
+the same number of steps per epoch, ceil(ceil(rows / ranks) / batch), its last batch or two smaller
+(never empty, never repeating a row), so no rank waits in a collective for a batch that never comes.
+Validation and test files are split the same way, unshuffled, and every row is scored once. A reader
+loads only the columns the model reads.
 """
 from __future__ import annotations
 

@@ -52,3 +52,123 @@ def test_bucketing_groups_similar_lengths():
     # Batches of one window come in shuffled order, not sorted by length.
     maxima = [b["long_len"].max() for b in batches[:8]]
     assert maxima != sorted(maxima)
+
+
+# ------------------------------------------------------------------------------- sharding over the ranks
+import math  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+from sim.training.loader import ShardedLoader, batch_sizes  # noqa: E402
+
+# Uneven files, row groups of different sizes: 7 (one group), 150 (40, 40, 40, 30), 1003 (300 x 3, 103).
+FILES = ((7, 7), (150, 40), (1003, 300))
+ROWS = sum(n for n, _ in FILES)
+
+
+@pytest.fixture(scope="module")
+def uneven_files(tmp_path_factory) -> list[tuple[str, int]]:
+    d = tmp_path_factory.mktemp("uneven")
+    out, start = [], 0
+    for i, (n, group_rows) in enumerate(FILES):
+        g = groups(sizes=(n,), seed=i)[0]
+        table = pa.table({"row": g.row + start, "long_items": list(g.long_items), "long_cats": list(g.long_cats),
+                          "long_len": g.long_len})
+        path = str(d / f"part-{i}.parquet")
+        pq.write_table(table, path, row_group_size=group_rows)
+        out.append((path, n))
+        start += n
+    assert [pq.ParquetFile(p).metadata.num_row_groups for p, _ in out] == [1, 4, 4]
+    return out
+
+
+def epoch_rows(files, size: int, batch: int, epoch: int, seed: int = 3, **kw) -> list[list[np.ndarray]]:
+    """Per rank, the row ids of each batch of ``epoch``."""
+    out = []
+    for rank in range(size):
+        loader = ShardedLoader(files, COLUMNS, rank=rank, size=size, batch_size=batch, seed=seed, **kw)
+        out.append([b["row"] for b in loader.epoch(epoch)])
+    return out
+
+
+@pytest.mark.parametrize("size, batch", [(2, 58), (2, 64), (2, 1000), (3, 43), (3, 129), (3, 193), (3, 50)])
+def test_every_rank_same_steps_and_every_row_once_per_epoch(uneven_files, size, batch):
+    steps = math.ceil(math.ceil(ROWS / size) / batch)
+    first = None
+    for epoch in (0, 1):
+        ranks = epoch_rows(uneven_files, size, batch, epoch, trim=("long",), bucket_batches=2)
+        assert [len(r) for r in ranks] == [steps] * size  # the same number of optimizer steps
+        assert all(0 < len(b) <= batch for r in ranks for b in r)
+        shard_rows = [sum(len(b) for b in r) for r in ranks]
+        assert max(shard_rows) - min(shard_rows) <= 1  # balanced by rows, not by files
+        seen = np.concatenate([b for r in ranks for b in r])
+        assert sorted(seen.tolist()) == list(range(ROWS))  # every row once: none twice, none dropped
+        if first is None:
+            first = seen
+        else:
+            assert seen.tolist() != first.tolist()  # another order in the next epoch
+    again = epoch_rows(uneven_files, size, batch, 1, trim=("long",), bucket_batches=2)
+    assert [[b.tolist() for b in r] for r in again] == [[b.tolist() for b in r] for r in ranks]
+    other_seed = epoch_rows(uneven_files, size, batch, 1, seed=4, trim=("long",), bucket_batches=2)
+    assert [[b.tolist() for b in r] for r in other_seed] != [[b.tolist() for b in r] for r in ranks]
+
+
+def test_shards_change_between_epochs_but_the_batches_keep_their_rows_whole(uneven_files):
+    loader = ShardedLoader(uneven_files, COLUMNS, rank=0, size=2, batch_size=64, seed=3, trim=("long",))
+    a, b = (set(np.concatenate([x["row"] for x in loader.epoch(e)]).tolist()) for e in (0, 1))
+    assert a != b  # the row groups are dealt out again each epoch
+    for batch in loader.epoch(2):
+        assert batch["long_items"].shape[1] == max(1, int(batch["long_len"].max()))
+        assert (np.count_nonzero(batch["long_items"], axis=1) == batch["long_len"]).all()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_evaluation_reads_every_row_once_in_file_order(uneven_files, size):
+    ranks = epoch_rows(uneven_files, size, 100, 0, shuffle=False, same_steps=False)
+    seen = np.concatenate([b for r in ranks for b in r])
+    assert seen.tolist() == list(range(ROWS))
+
+
+def test_more_ranks_than_rows(uneven_files):
+    small = uneven_files[:1]  # 7 rows
+    ranks = epoch_rows(small, 9, 4, 0, shuffle=False, same_steps=False)
+    assert sorted(np.concatenate([b for r in ranks for b in r]).tolist()) == list(range(7))
+    with pytest.raises(ValueError, match="cannot make 1 non-empty batches"):
+        ShardedLoader(small, COLUMNS, rank=8, size=9, batch_size=4)  # training would hang a collective
+
+
+def test_snapshot_row_counts_are_checked_against_the_files(uneven_files):
+    path, rows = uneven_files[1]
+    with pytest.raises(ValueError, match="holds 150 rows but the snapshot lists 151"):
+        ShardedLoader([(path, rows + 1)], COLUMNS, batch_size=8)
+
+
+def test_batch_sizes():
+    assert batch_sizes(580, 10, 58) == [58] * 10
+    assert batch_sizes(386, 3, 193) == [193, 97, 96]  # one row short of the longest shard: no empty batch
+    assert batch_sizes(386, 3, 129) == [129, 129, 128]
+    with pytest.raises(ValueError):
+        batch_sizes(10, 2, 4)
+
+
+@pytest.mark.slow
+def test_horovod_ranks_take_equal_steps_over_uneven_files(uneven_files, tmp_path):
+    """Three real ranks under horovodrun, one collective per batch: none waits for a batch that never
+    comes, and the gathered rows are every row once per epoch, in another order the next epoch."""
+    import json
+    import sys
+
+    from conftest import ROOT, horovodrun_cmd, run
+    (tmp_path / "files.json").write_text(json.dumps(uneven_files))
+    out = tmp_path / "out.json"
+    run(horovodrun_cmd(3, "--gloo-timeout-seconds", "300", sys.executable,
+                       str(ROOT / "tests/helpers/hvd_loader.py"), str(tmp_path / "files.json"), "50", str(out)),
+        timeout=600)
+    res = json.loads(out.read_text())
+    assert res["steps_per_epoch"] == math.ceil(math.ceil(ROWS / 3) / 50) == 8
+    for e in res["epochs"]:
+        assert e["steps"] == [8, 8, 8]
+        assert sorted(e["rows"]) == list(range(ROWS))
+    assert res["epochs"][0]["rows"] != res["epochs"][1]["rows"]

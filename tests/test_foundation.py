@@ -78,19 +78,17 @@ def test_log_snapshot_listing_matches_spark_and_refuses_deletion_vectors(spark, 
 
 
 def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
-    from sim.adapters import petastorm_io
+    from sim.training.loader import ShardedLoader
     path = str(tmp_path / "shards")
     spark.range(0, 40).repartition(4).write.format("delta").save(path)
-    files = [f.path for f in delta_io.snapshot_files(spark, path)]
+    files = [(f.path, f.num_rows) for f in delta_io.snapshot_files(spark, path)]
     seen = []
     for rank in range(2):
-        stride = not petastorm_io.rows_sharded_by_reader(files, 2)
-        with petastorm_io.open_reader(files, ["id"], rank=rank, size=2) as reader:
-            ids = [int(i) for b in petastorm_io.iter_batches(reader, ["id"], 7, rank=rank, size=2,
-                                                              stride_rows=stride) for i in b["id"]]
-        seen.append(set(ids))
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(40))
+        loader = ShardedLoader(files, ["id"], rank=rank, size=2, batch_size=7, seed=1)
+        seen.append([int(i) for b in loader.epoch(0) for i in b["id"]])
+    assert len(seen[0]) == len(seen[1]) == 20
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(40))
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     r = runs.iloc[0]
     assert r.status == "FINISHED"
     assert r["params.horovod.size"] == "2"
+    assert r["params.data.steps_per_epoch"] == "5"  # 600 train rows: 300 per rank, batches of 64
     assert r["params.data.samples_version"] == str(version)
     pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet",
                                                       uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
@@ -68,6 +69,8 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
     history = dict(tracking.metric_history(r.run_id, "val_auc", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert sorted(history) == [1, 2]
+    losses = dict(tracking.metric_history(r.run_id, "train_loss", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert losses[2] < losses[1]  # every row once per epoch, and the model learns from them
     # The reported test AUC is that of the epoch with the best validation AUC.
     assert r["metrics.best_epoch"] == max(history, key=lambda e: (history[e], -e))
     assert r["metrics.best_val_auc"] == pytest.approx(max(history.values()))

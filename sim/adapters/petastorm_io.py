@@ -1,17 +1,18 @@
-"""Petastorm behind one small module: a reader over an explicit list of Parquet files, sharded by rank,
-turned into dense torch batches. Nothing else in the code imports petastorm.
+"""Petastorm behind one small module: readers over an explicit list of Parquet files or one row group of
+one file, the row groups of a file list (from the footers), and the re-batching of what they read into
+dense numpy batches (trimmed, optionally length-bucketed). Nothing else in the code imports petastorm.
 
 The file list always comes from a Delta snapshot (:func:`sim.adapters.delta_io.snapshot_files`), never from a
-directory listing, so files an overwrite removed are never read. Petastorm shards by row group; a rank
-whose shard is smaller simply wraps around its shard (``num_epochs=None``) while the caller takes the same
-number of steps on every rank, so no rank waits forever in a collective.
+directory listing, so files an overwrite removed are never read. Which rank reads which rows is decided
+in one place, :class:`sim.training.loader.ShardedLoader`, from :func:`row_groups`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,36 +30,63 @@ def file_urls(paths: Sequence[str]) -> list[str]:
     return [p if "://" in p else "file://" + str(Path(p).resolve()) for p in paths]
 
 
-def row_group_count(paths: Sequence[str]) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_row_groups for p in paths)
+def local_path(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
 
 
-def open_reader(paths: Sequence[str], columns: Sequence[str], *, rank: int = 0, size: int = 1,
-                num_epochs: int | None = 1, shuffle: bool = False, seed: int = 0):
-    """A Petastorm batch reader over ``paths`` for the shard of ``rank`` out of ``size``.
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    """One row group of one Parquet file: the unit Petastorm reads."""
+    path: str
+    index: int    # position of the group in its file
+    groups: int   # row groups in the file
+    rows: int
 
-    When there are fewer row groups than ranks, sharding by row group would leave a rank empty, so every
-    rank then reads all row groups and :func:`iter_batches` keeps every ``size``-th row instead.
-    """
+
+def row_groups(files: Sequence[tuple[str, int]]) -> list[RowGroup]:
+    """The row groups of ``files`` ((path, rows) pairs, as a snapshot lists them), in file order, from the
+    Parquet footers. A file whose footer disagrees with the snapshot's row count fails here, before any
+    rank has read (and counted on) a row of it."""
+    out = []
+    for path, rows in files:
+        meta = pq.ParquetFile(local_path(path)).metadata
+        if meta.num_rows != rows:
+            raise ValueError(f"{path} holds {meta.num_rows} rows but the snapshot lists {rows}; "
+                             "was the file rewritten after the snapshot was resolved?")
+        out.extend(RowGroup(path, i, meta.num_row_groups, meta.row_group(i).num_rows)
+                   for i in range(meta.num_row_groups) if meta.row_group(i).num_rows)
+    return out
+
+
+def open_reader(paths: Sequence[str], columns: Sequence[str], *, num_epochs: int | None = 1):
+    """A Petastorm batch reader over all row groups of ``paths``, in the order given (sharding is
+    :class:`sim.training.loader.ShardedLoader`'s, through :func:`read_row_group`)."""
     from petastorm import make_batch_reader
 
     if not paths:
         raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
-    shard = size > 1 and row_group_count(paths) >= size
-    if shuffle:
-        # Our own seeded file order, not Petastorm's shuffle_row_groups: Petastorm's order of row groups
-        # after the first pass depends on the process's hash seed, so runs would not be reproducible
-        # (and a resumed run would not continue like an uninterrupted one). Same seed on every rank:
-        # the row-group shards stay disjoint.
-        paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
-    return make_batch_reader(
-        file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
-        cur_shard=rank if shard else None, shard_count=size if shard else None,
-        shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1)
+    return make_batch_reader(file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
+                             shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1)
 
 
-def rows_sharded_by_reader(paths: Sequence[str], size: int) -> bool:
-    return size > 1 and row_group_count(paths) >= size
+def read_row_group(group: RowGroup, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The dense columns of one row group, read by Petastorm (its row-group shard ``index`` of
+    ``groups``, which is exactly that group). Fails unless it holds the rows the footer promised."""
+    from petastorm import make_batch_reader
+
+    parts = []
+    with make_batch_reader(file_urls([group.path]), schema_fields=list(columns), num_epochs=1,
+                           cur_shard=group.index, shard_count=group.groups, shuffle_row_groups=False,
+                           reader_pool_type="dummy", workers_count=1) as reader:
+        for batch in reader:
+            parts.append({c: _dense(getattr(batch, c)) for c in columns})
+    arrays = (parts[0] if len(parts) == 1 else
+              {c: np.concatenate([p[c] for p in parts]) for c in columns} if parts else {})
+    got = len(arrays[columns[0]]) if arrays else 0
+    if got != group.rows:
+        raise RuntimeError(f"read {got} rows from row group {group.index} of {group.path}, expected "
+                           f"{group.rows}")
+    return arrays
 
 
 def _dense(column: np.ndarray) -> np.ndarray:
@@ -100,16 +128,24 @@ def _bucketed(idx: np.ndarray, lengths: np.ndarray, batch_size: int, window_batc
     return np.concatenate(out) if out else idx
 
 
-def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int = 0, size: int = 1,
-                 stride_rows: bool = False, shuffle_seed: int | None = None, drop_last: bool = False,
-                 trim: Sequence[str] = (), bucket_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Re-batch Petastorm's row-group batches into dicts of dense numpy arrays of ``batch_size`` rows.
+def _arrays(group, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    if isinstance(group, dict):
+        return {c: group[c] for c in columns}
+    return {c: _dense(getattr(group, c)) for c in columns}  # a Petastorm batch (a namedtuple)
 
-    A row group may hold tens of thousands of rows: each batch gathers its own rows from the group (one
-    copy per row, batch by batch), so a shuffled group is never copied whole.
+
+def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
+                 sizes: Sequence[int] | None = None, shuffle_seed=None, trim: Sequence[str] = (),
+                 bucket_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Re-batch row groups into dicts of dense numpy arrays of ``batch_size`` rows (the last one smaller).
+
+    ``groups`` are a Petastorm reader's batches (one per row group) or dicts of arrays. A row group may
+    hold tens of thousands of rows: each batch gathers its own rows from the group (one copy per row,
+    batch by batch), so a shuffled group is never copied whole.
 
     Args:
-        stride_rows: keep rows ``rank::size`` of each row group (see :func:`open_reader`).
+        sizes: the size of every batch instead (they must add up to the rows of ``groups``, so nothing is
+            dropped and exactly ``len(sizes)`` batches come out).
         shuffle_seed: shuffle rows inside each row group with this seed (deterministic order).
         trim: sequences (``short``, ``hard``, ``long``) whose columns are cut to the batch's longest real
             length, so a batch of short histories does not pay for the cap.
@@ -119,6 +155,8 @@ def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int =
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # (a row group's arrays, rows to take)
     buffered = 0
+    planned = iter(sizes) if sizes is not None else None
+    want = next(planned, None) if planned is not None else batch_size
 
     def take(n: int) -> dict[str, np.ndarray]:
         nonlocal buffered
@@ -136,11 +174,9 @@ def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int =
         batch = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in columns}
         return _trim(batch, trim) if trim else batch
 
-    for group in reader:
-        arrays = {c: _dense(getattr(group, c)) for c in columns}
+    for group in groups:
+        arrays = _arrays(group, columns)
         idx = np.arange(len(arrays[columns[0]]))
-        if stride_rows:
-            idx = idx[rank::size]
         if rng is not None:
             idx = rng.permutation(idx)
             if bucket_batches and trim:
@@ -148,7 +184,11 @@ def iter_batches(reader, columns: Sequence[str], batch_size: int, *, rank: int =
         if len(idx):
             pending.append((arrays, idx))
             buffered += len(idx)
-        while buffered >= batch_size:
-            yield take(batch_size)
-    if buffered and not drop_last:
-        yield take(buffered)
+        while want is not None and buffered >= want:
+            yield take(want)
+            want = next(planned, None) if planned is not None else batch_size
+    if planned is None:
+        if buffered:
+            yield take(buffered)
+    elif buffered or want is not None:
+        raise ValueError(f"planned batch sizes {list(sizes)} do not add up to the rows read")

@@ -41,24 +41,27 @@ def _float_column(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def evaluate(model, files: Sequence[str], batch_size: int, rank: int, size: int,
+def evaluate(model, files: Sequence[tuple[str, int]], batch_size: int, rank: int, size: int,
              item_topic=None) -> Evaluation:
-    """Predict this rank's shard of ``files`` and gather every rank's predictions and tallies."""
+    """Predict this rank's shard of ``files`` ((path, rows) of a snapshot) and gather every rank's
+    predictions and tallies: the shards of :class:`~sim.training.loader.ShardedLoader` are disjoint and
+    cover every row, so each row is scored exactly once over the ranks."""
     import torch
 
-    from sim.adapters import hvd, petastorm_io
+    from sim.adapters import hvd
+    from sim.training.loader import ShardedLoader
 
     columns = list(dict.fromkeys([*model.input_columns, *PREDICTION_COLUMNS, *ORACLE_COLUMNS]))
-    stride = not petastorm_io.rows_sharded_by_reader(files, size)
+    loader = ShardedLoader(files, columns, rank=rank, size=size, batch_size=batch_size, shuffle=False,
+                           same_steps=False, trim=model.sequences)
     mode = model.gsu.mode if getattr(model, "gsu", None) is not None else None
     soft = mode == "soft"
     keys = (*PREDICTION_COLUMNS, *ORACLE_COLUMNS, "score", *(["gsu_score"] if soft else []))
     out: dict[str, list[np.ndarray]] = {c: [] for c in keys}
     tally = diagnostics.empty_tally()
     model.eval()
-    with torch.no_grad(), petastorm_io.open_reader(files, columns, rank=rank, size=size) as reader:
-        for batch in petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                               stride_rows=stride, trim=model.sequences):
+    with torch.no_grad():
+        for batch in loader.epoch():
             tensors = {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in model.input_columns}
             result = model(tensors)
             out["score"].append(torch.sigmoid(result["logit"]).double().numpy())

@@ -1,4 +1,7 @@
-"""The training loop: epochs over the rank's shard, checkpoints, evaluation per epoch, MLflow logging.
+"""The training loop, in parts that read alone: :func:`setup` (model, optimizer, schedule, loader, restored
+checkpoint), :func:`run_epoch`, :func:`validate_and_pick`, :func:`save_checkpoint` and
+:func:`final_test_and_log`, put together by :func:`train`. Which rows a rank reads, and in how many steps,
+is the :class:`~sim.training.loader.ShardedLoader`'s alone.
 """
 from __future__ import annotations
 
@@ -8,20 +11,20 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
 
 from sim.config import ConfigError
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
+from sim.training.loader import ShardedLoader
 
 log = logging.getLogger("sim.train")
 
@@ -82,36 +85,163 @@ class Best:
     state: dict | None = None
 
 
-def _train_epoch(model, optimizer, scheduler, files: list[str], columns: list[str], *, rank: int,
-                 size: int, batch_size: int, steps: int, seed: int, epoch: int, desc: str,
-                 bucket_batches: int = 0) -> float:
-    """One epoch of ``steps`` optimizer steps over this rank's shard; returns its mean loss. Batches are
-    cut to their longest real sequence, and rows of similar length share batches (``bucket_batches``)."""
+@dataclasses.dataclass
+class Session:
+    """One rank's training: what :func:`setup` builds, and the state the epochs advance."""
+    cfg: dict
+    manifest: DataManifest
+    rank: int
+    size: int
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: ShardedLoader  # the rank's shard of the train files, its batches and steps per epoch
+    ckpt_dir: Path
+    item_topic: Any = None
+    start_epoch: int = 0
+    run_id: str | None = None
+    best: Best = dataclasses.field(default_factory=Best)
+    since_best: int = 0
+
+    @property
+    def eval_batch(self) -> int:
+        return int(self.cfg["train"].get("eval_batch_size", 1024))
+
+
+def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
+    """Join the Horovod job, seed, build the model, its optimizer and learning-rate schedule and the train
+    loader; restore the run's checkpoint with ``resume`` (else clear it), then start every rank from rank
+    0's weights and optimizer state. Without ``manifest``, rank 0 resolves the data and broadcasts it."""
+    import torch
+
+    from sim.adapters import hvd
+    from sim.models import build_model
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    if manifest is None:
+        manifest = hvd.broadcast_object(resolve_data(cfg) if rank == 0 else None, name="manifest")
+    t = cfg["train"]
+    torch.set_num_threads(int(t.get("threads") or max(1, (os.cpu_count() or 2) // size)))
+    seed = int(t["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    model = build_model(cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})
+    optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model)
+    rate, decay_steps = float(t.get("lr_decay_rate", 1.0)), float(t.get("lr_decay_steps", 1000))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
+    loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
+                           rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
+                           trim=model.sequences, bucket_batches=int(t.get("length_buckets") or 0))
+    s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
+                load_item_topics(cfg["lakehouse"]))
+    if resume:
+        state = _load_checkpoint(s.ckpt_dir)
+        if state is None:
+            raise ConfigError(f"--resume given but no checkpoint in {s.ckpt_dir}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        s.start_epoch, s.run_id = int(state["epoch"]), state.get("run_id")
+        s.best = Best(**state["best"])
+        s.since_best = int(state.get("since_best", 0))
+    elif rank == 0 and s.ckpt_dir.exists():
+        shutil.rmtree(s.ckpt_dir)
+    hvd.broadcast_model_and_optimizer(model, optimizer)
+    return s
+
+
+def run_epoch(s: Session, epoch: int) -> tuple[float, float]:
+    """Epoch ``epoch`` (from 0) over the rank's shard: ``loader.steps_per_epoch`` optimizer steps on every
+    rank, each row of the train files once over all ranks. Returns (mean loss over the ranks, seconds)."""
     from tqdm import tqdm
 
-    from sim.adapters import petastorm_io
+    from sim.adapters import hvd
 
-    model.train()
+    started = time.perf_counter()
+    s.model.train()
     losses = []
-    stride = not petastorm_io.rows_sharded_by_reader(files, size)
-    with petastorm_io.open_reader(files, columns, rank=rank, size=size, num_epochs=None,
-                                  shuffle=True, seed=seed + epoch) as reader:
-        batches = petastorm_io.iter_batches(reader, columns, batch_size, rank=rank, size=size,
-                                            stride_rows=stride, shuffle_seed=seed * 100003 + epoch * 101 + rank,
-                                            trim=model.sequences, bucket_batches=bucket_batches)
-        # A bar only on an interactive terminal: under horovodrun or in a log it is thousands of lines.
-        with tqdm(total=steps, desc=desc, disable=rank != 0 or not sys.stderr.isatty(), file=sys.stderr,
-                  leave=False) as bar:
-            for _ in range(steps):
-                batch = _to_tensors(next(batches))
-                loss = model.loss(model(batch), batch["label"].float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                bar.update(1)
-    return float(np.mean(losses))
+    desc = f"{s.cfg['expid']} epoch {epoch + 1}/{s.cfg['train']['epochs']}"
+    # A bar only on an interactive terminal: under horovodrun or in a log it is thousands of lines.
+    with tqdm(total=s.loader.steps_per_epoch, desc=desc, disable=s.rank != 0 or not sys.stderr.isatty(),
+              file=sys.stderr, leave=False) as bar:
+        for batch in s.loader.epoch(epoch):
+            batch = _to_tensors(batch)
+            loss = s.model.loss(s.model(batch), batch["label"].float())
+            s.optimizer.zero_grad()
+            loss.backward()
+            s.optimizer.step()
+            s.scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+    elapsed = time.perf_counter() - started
+    return hvd.allreduce_mean(float(np.mean(losses)), name=f"train_loss.{epoch}"), elapsed
+
+
+def validate_and_pick(s: Session, epoch: int, train_loss: float, elapsed: float) -> None:
+    """Score the validation files after ``epoch`` epochs; rank 0 logs the epoch's metrics and decides
+    whether it beats the best validation AUC so far, every rank keeps that epoch's weights if so."""
+    from sim.adapters import hvd, tracking
+    from sim.training.evaluation import ctr_metrics, evaluate, search_metrics
+
+    ev = evaluate(s.model, s.manifest.files["valid"], s.eval_batch, s.rank, s.size, s.item_topic)
+    decision = None
+    if s.rank == 0:
+        val = {f"val_{k}": v for k, v in ctr_metrics(ev.pred).items()}
+        decision = (val["val_auc"] > s.best.val_auc, val["val_auc"])
+        epoch_metrics = {**val, **search_metrics(ev, _search_mode(s.model), s.item_topic is not None),
+                         "train_loss": train_loss, "samples_per_sec": s.loader.rows / elapsed,
+                         "lr": s.scheduler.get_last_lr()[0]}
+        tracking.log_metrics(epoch_metrics, step=epoch)
+        # stdout, not logging: MLflow's database migrations (alembic fileConfig) disable the loggers
+        # that exist when a store is first created.
+        print(f"{s.cfg['expid']} epoch {epoch}/{s.cfg['train']['epochs']}: "
+              + ", ".join(f"{k}={v:.4f}" for k, v in epoch_metrics.items()), flush=True)
+    improved, val_auc = hvd.broadcast_object(decision, name=f"improved.{epoch}")
+    if improved:
+        s.best = Best(epoch, float(val_auc), {k: v.detach().clone() for k, v in s.model.state_dict().items()})
+    s.since_best = 0 if improved else s.since_best + 1
+
+
+def save_checkpoint(s: Session, epoch: int, run_id: str | None) -> None:
+    """Rank 0 writes the state after ``epoch`` epochs (weights, optimizer, schedule, best epoch, patience
+    count, MLflow run) to the run's checkpoint directory; every rank waits for it."""
+    from sim.adapters import hvd
+    if s.rank == 0:
+        _save_checkpoint(s.ckpt_dir, {"epoch": epoch, "model": s.model.state_dict(),
+                                      "optimizer": s.optimizer.state_dict(),
+                                      "scheduler": s.scheduler.state_dict(),
+                                      "best": dataclasses.asdict(s.best), "since_best": s.since_best,
+                                      "run_id": run_id})
+    hvd.barrier()
+
+
+def final_test_and_log(s: Session, epochs_run: int) -> dict[str, float]:
+    """The reported figures: the test files scored by the epoch validation picked. Rank 0 logs them with
+    the reference rows, the test predictions, the model and a weight checksum, and returns them."""
+    import torch
+
+    from sim.adapters import tracking
+    from sim.training.evaluation import ctr_metrics, evaluate
+
+    if s.best.state is not None:
+        s.model.load_state_dict(s.best.state)
+    test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic)
+    if s.rank != 0:
+        return {}
+    metrics = {**ctr_metrics(test.pred), "best_epoch": float(s.best.epoch),
+               "best_val_auc": s.best.val_auc, "epochs_run": float(epochs_run),
+               **_reference_metrics(s.cfg, s.manifest, test.pred)}
+    tracking.log_metrics(metrics)
+    print(f"{s.cfg['expid']} test (epoch {s.best.epoch} picked on validation): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    import pandas as pd
+    tracking.log_table(pd.DataFrame(test.pred), "test_predictions.parquet")
+    tracking.log_torch_model(s.model, _input_example(s.manifest.paths("test"), s.model.input_columns))
+    weights = torch.cat([p.detach().flatten() for p in s.model.parameters()]).numpy()
+    tracking.log_metrics({"final_weight_checksum": float(np.abs(weights).sum())})
+    return metrics
 
 
 def _search_mode(model) -> str | None:
@@ -135,113 +265,31 @@ def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.nda
 def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
           config_path: str | None = None) -> dict[str, float]:
     """Train one experiment on every rank of the Horovod job; returns the test metrics of the epoch
-    validation picked (on rank 0; other ranks return an empty dict)."""
-    import torch
+    validation picked (on rank 0; other ranks return an empty dict).
 
-    from sim.adapters import hvd, tracking
-    from sim.training.evaluation import ctr_metrics, evaluate, search_metrics
-    from sim.models import build_model
+    Epochs run until ``train.epochs`` or until ``train.patience`` epochs bring no better validation AUC;
+    each is checkpointed, so ``resume`` continues the run (and its MLflow run) after the last one."""
+    from sim.adapters import tracking
 
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    if manifest is None:
-        manifest = hvd.broadcast_object(resolve_data(cfg) if rank == 0 else None, name="manifest")
+    s = setup(cfg, manifest, resume)
     t = cfg["train"]
-    torch.set_num_threads(int(t.get("threads") or max(1, (os.cpu_count() or 2) // size)))
-    seed = int(t["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = build_model(cfg["model"]["name"], model_cfg)
-    optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model)
-    rate, decay_steps = float(t.get("lr_decay_rate", 1.0)), float(t.get("lr_decay_steps", 1000))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate ** (s / decay_steps))
-
-    ckpt_dir = checkpoint_dir(cfg)
-    start_epoch, run_id, best, since_best = 0, None, Best(), 0
-    if resume:
-        state = _load_checkpoint(ckpt_dir)
-        if state is None:
-            raise ConfigError(f"--resume given but no checkpoint in {ckpt_dir}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, run_id = int(state["epoch"]), state.get("run_id")
-        best = Best(**state["best"])
-        since_best = int(state.get("since_best", 0))
-    elif rank == 0 and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    hvd.broadcast_model_and_optimizer(model, optimizer)
-
-    columns = list(dict.fromkeys([*model.input_columns, "label"]))
-    batch_size, epochs, patience = int(t["batch_size"]), int(t["epochs"]), int(t.get("patience", 0))
-    eval_batch = int(t.get("eval_batch_size", 1024))
-    steps_per_epoch = max(1, math.ceil(manifest.rows("train") / (size * batch_size)))
-    item_topic = load_item_topics(cfg["lakehouse"])
-    mode = _search_mode(model)
-
+    epochs, patience = int(t["epochs"]), int(t.get("patience", 0))
     run_ctx = (tracking.run(cfg["experiment"], run_name=cfg["expid"], uri=cfg.get("tracking_uri"),
-                            run_id=run_id, tags={"model": cfg["model"]["name"]})
-               if rank == 0 else contextlib.nullcontext())
-    metrics: dict[str, float] = {}
+                            run_id=s.run_id, tags={"model": cfg["model"]["name"]})
+               if s.rank == 0 else contextlib.nullcontext())
     with run_ctx as active_run_id:
-        if rank == 0 and not resume:
-            _log_run_params(cfg, manifest, size, steps_per_epoch, config_path)
-        epoch = start_epoch
-        while epoch < epochs and not (patience and since_best >= patience):
-            started = time.perf_counter()
-            loss = _train_epoch(model, optimizer, scheduler, manifest.paths("train"), columns, rank=rank,
-                                size=size, batch_size=batch_size, steps=steps_per_epoch, seed=seed,
-                                epoch=epoch, desc=f"{cfg['expid']} epoch {epoch + 1}/{epochs}",
-                                bucket_batches=int(t.get("length_buckets") or 0))
-            elapsed = time.perf_counter() - started
-            train_loss = hvd.allreduce_mean(loss, name=f"train_loss.{epoch}")
-            ev = evaluate(model, manifest.paths("valid"), eval_batch, rank, size, item_topic)
+        if s.rank == 0 and not resume:
+            _log_run_params(cfg, s.manifest, s.size, s.loader.steps_per_epoch, config_path)
+        epoch = s.start_epoch
+        while epoch < epochs and not (patience and s.since_best >= patience):
+            train_loss, elapsed = run_epoch(s, epoch)
             epoch += 1
-            decision = None
-            if rank == 0:
-                val = {f"val_{k}": v for k, v in ctr_metrics(ev.pred).items()}
-                decision = (val["val_auc"] > best.val_auc, val["val_auc"])
-                epoch_metrics = {**val, **search_metrics(ev, mode, item_topic is not None),
-                                 "train_loss": train_loss,
-                                 "samples_per_sec": steps_per_epoch * batch_size * size / elapsed,
-                                 "lr": scheduler.get_last_lr()[0]}
-                tracking.log_metrics(epoch_metrics, step=epoch)
-                # stdout, not logging: MLflow's database migrations (alembic fileConfig) disable the
-                # loggers that exist when a store is first created.
-                print(f"{cfg['expid']} epoch {epoch}/{epochs}: "
-                      + ", ".join(f"{k}={v:.4f}" for k, v in epoch_metrics.items()), flush=True)
-            improved, val_auc = hvd.broadcast_object(decision, name=f"improved.{epoch}")
-            if improved:
-                best = Best(epoch, float(val_auc), {k: v.detach().clone() for k, v in model.state_dict().items()})
-            since_best = 0 if improved else since_best + 1
-            if rank == 0:
-                _save_checkpoint(ckpt_dir, {"epoch": epoch, "model": model.state_dict(),
-                                            "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(),
-                                            "best": dataclasses.asdict(best), "since_best": since_best,
-                                            "run_id": active_run_id})
-            hvd.barrier()
+            validate_and_pick(s, epoch, train_loss, elapsed)
+            save_checkpoint(s, epoch, active_run_id)
             if int(t.get("fail_after_epoch") or 0) == epoch:
                 raise RuntimeError(f"fault injected after epoch {epoch} (train.fail_after_epoch)")
-        # The reported figures: the test impressions scored by the epoch validation picked.
-        if best.state is not None:
-            model.load_state_dict(best.state)
-        test = evaluate(model, manifest.paths("test"), eval_batch, rank, size, item_topic)
-        if rank == 0:
-            metrics = {**ctr_metrics(test.pred), "best_epoch": float(best.epoch),
-                       "best_val_auc": best.val_auc, "epochs_run": float(epoch),
-                       **_reference_metrics(cfg, manifest, test.pred)}
-            tracking.log_metrics(metrics)
-            print(f"{cfg['expid']} test (epoch {best.epoch} picked on validation): "
-                  + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-            import pandas as pd
-            tracking.log_table(pd.DataFrame(test.pred), "test_predictions.parquet")
-            tracking.log_torch_model(model, _input_example(manifest.paths("test"), model.input_columns))
-            weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
-            tracking.log_metrics({"final_weight_checksum": float(np.abs(weights).sum())})
-        _dump_weights(model, cfg, rank)
+        metrics = final_test_and_log(s, epoch)
+        _dump_weights(s.model, cfg, s.rank)
     return metrics
 
 
