@@ -104,18 +104,14 @@ def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None
                                                     n=sum(i.counts.rejected for i in report.inputs),
                                                     fingerprint=fp)
     report.dates[REJECTS_TABLE] = (run_date, run_date)
-    if behaviors is not None and behavior_dates:
-        label = f"{behavior_dates[0]}..{behavior_dates[1]}"
-        report.committed[BEHAVIORS_TABLE] = write_log_table(
-            to_behaviors(behaviors), lakehouse, BEHAVIORS_TABLE, job=job, label=label,
-            replace_where=date_range_predicate(*behavior_dates), fp=fp)
-        report.dates[BEHAVIORS_TABLE] = behavior_dates
-    if impressions is not None and impression_dates:
-        label = f"{impression_dates[0]}..{impression_dates[1]}"
-        report.committed[IMPRESSIONS_TABLE] = write_log_table(
-            to_impressions(impressions), lakehouse, IMPRESSIONS_TABLE, job=job, label=label,
-            replace_where=date_range_predicate(*impression_dates), fp=fp)
-        report.dates[IMPRESSIONS_TABLE] = impression_dates
+    logs = ((BEHAVIORS_TABLE, to_behaviors, behaviors, behavior_dates),
+            (IMPRESSIONS_TABLE, to_impressions, impressions, impression_dates))
+    for table, to_canonical, df, dates in logs:  # in this order: behaviors, then impressions
+        if df is not None and dates:
+            report.committed[table] = write_log_table(
+                to_canonical(df), lakehouse, table, job=job, label=f"{dates[0]}..{dates[1]}",
+                replace_where=date_range_predicate(*dates), fp=fp)
+            report.dates[table] = dates
 
 
 def _union(dfs: Sequence[DataFrame]) -> DataFrame:
