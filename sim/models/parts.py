@@ -81,9 +81,15 @@ class InterestArch(nn.Module):
 
 
 class ShortTermArch(InterestArch):
-    """A short-term part: reads the ``short_*`` columns (never their gaps)."""
+    """A short-term part: reads the ``short_*`` columns (never their gaps); its interest has the
+    behaviors' width ``dim`` (E)."""
 
     sequences = ("short",)
+    dim: int
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim
 
 
 class LongTermArch(InterestArch):
@@ -101,10 +107,6 @@ class DINShort(ShortTermArch):
         super().__init__()
         self.dim = dim
         self.short_attention = TargetAttention(dim, attention_dims, normalization)
-
-    @property
-    def out_dim(self) -> int:
-        return self.dim
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
@@ -128,10 +130,6 @@ class DIENShort(ShortTermArch):
             raise ValueError(f"dien_aux_weight must be >= 0, got {aux_weight}")
         self.dim, self.aux_weight = dim, float(aux_weight)
         self.dien = DIEN(dim)
-
-    @property
-    def out_dim(self) -> int:
-        return self.dim
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
