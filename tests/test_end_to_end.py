@@ -3,10 +3,11 @@
 (horovodrun, two ranks) and ``python -m sim.compare`` on the run it tracked.
 
 Each stage is checked against the tables it read and wrote (read here with delta-rs, no JVM):
-the generator's reported counts are the rows of its tables; UBT(D) holds exactly the behaviors of its
-window; every impression of a samples date is either a samples row or a reject of build_samples; the
-run read those samples rows, its logged ``auc`` is sklearn's AUC of its logged test predictions, and
-the comparison prints that AUC for the model.
+the generator's reported counts are the rows of its tables and its re-run with the same config
+commits nothing (this is the generator CLI's test; the README's jobs block runs it too); UBT(D) holds
+exactly the behaviors of its window; every impression of a samples date is either a samples row or a
+reject of build_samples; the run read those samples rows, its logged ``auc`` is sklearn's AUC of its
+logged test predictions, and the comparison prints that AUC for the model.
 """
 from __future__ import annotations
 
@@ -60,6 +61,14 @@ def _table(lake: Path, name: str, columns: list[str] | None = None):
     return DeltaTable(str(lake / name)).to_pandas(columns=columns)
 
 
+LOG_TABLES = ("behaviors", "impressions", "rejects", "item_topics")
+
+
+def _versions(lake: Path) -> dict[str, int]:
+    from deltalake import DeltaTable
+    return {t: DeltaTable(str(lake / t)).version() for t in LOG_TABLES}
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict:
     """Every stage run once, in order; the outputs the tests read."""
@@ -67,6 +76,8 @@ def pipeline(tmp_path_factory) -> dict:
     lake, uri = work / "lakehouse", f"sqlite:///{work / 'mlflow.db'}"
     out = {"lake": lake, "uri": uri}
     out["generate"] = _job("sim-generate-logs", lake)
+    out["versions"] = _versions(lake)
+    out["generate_again"] = _job("sim-generate-logs", lake)  # same config: a no-op
     out["ubt"] = _job("sim-build-ubt", lake, "--date", UBT_TO, "--backfill", UBT_FROM)
     out["samples"] = _job("sim-build-samples", lake, "--date", DATES[-1], "--backfill", DATES[0])
     run([sys.executable, "-m", "sim.train", "--config", str(ROOT / "conf" / "experiments.yaml"),
@@ -95,6 +106,14 @@ def test_generator_reports_the_rows_of_its_tables(pipeline):
     assert len(beh) == n_beh and beh.user_id.nunique() == USERS
     assert imp.dt.value_counts().to_dict() == {d: USERS * PER_USER_DAY for d in DATES}
     assert rej.source.str.startswith("generator:").sum() == n_rej
+
+
+def test_generator_rerun_with_the_same_config_writes_nothing(pipeline):
+    first = pipeline["generate"].strip().splitlines()[-1]
+    again = pipeline["generate_again"].strip().splitlines()[-1]
+    assert again.count("(unchanged, skipped)") == len(LOG_TABLES), again
+    assert again.split("|")[1] == first.split("|")[1]  # the same counts read
+    assert pipeline["versions"] == _versions(pipeline["lake"])  # and no commit
 
 
 def test_ubt_holds_exactly_the_behaviors_of_its_window(pipeline):
