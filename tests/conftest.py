@@ -20,6 +20,25 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+# `make test` runs the files on two pytest-xdist workers with --dist loadfile: a file stays on one worker
+# and a worker takes the next file when it is free, so the run lasts at least as long as the start of
+# the last file plus its duration. The files that take minutes (setup included, from --durations of
+# the suite) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
+# of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
+SLOW_FILES_FIRST = ("test_readme.py", "test_end_to_end.py", "test_nightly_jobs.py", "test_generator.py",
+                    "test_train.py", "test_importers.py", "test_samples.py", "test_ubt.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

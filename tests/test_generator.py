@@ -4,7 +4,6 @@ determinism, validation counts)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from sim.inputs.generator.settings import DAY, GeneratorConfig
 from sim.inputs.generator.impressions import auc_by_date, click_truth, impression_candidates
 from sim.inputs.generator.behaviors import generate_behaviors, topic_of, user_profiles
 from sim.inputs.ingest import run_generator
-from tests.conftest import ROOT, run
 
 SMALL = dict(users=150, impression_days=2, impressions_per_user_day=10, max_behaviors_per_user=3000,
              heavy_users=1)
@@ -211,18 +209,3 @@ def test_config_errors():
         GeneratorConfig.parse({"userz": 3})
     with pytest.raises(ConfigError, match="revisit"):
         GeneratorConfig.parse({"revisit_min_days": 7})
-
-
-def test_generate_logs_cli(tmp_path):
-    lake = tmp_path / "lake"
-    cmd = [sys.executable, str(ROOT / "jobs" / "generate_logs.py"), "--lakehouse", str(lake),
-           "--set", "generator.users=40", "--set", "generator.max_behaviors_per_user=2000",
-           "--set", "generator.history_days=30", "--set", "generator.impression_days=3",
-           "--set", "generator.impressions_per_user_day=10",
-           "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--master", "local[2]"]
-    first = run(cmd).stdout.strip().splitlines()[-1]
-    assert first.startswith("generate_logs: behaviors=") and "impressions=1200 [2024-06-29..2024-07-01]" in first
-    assert "generator:behaviors read=" in first and "max_behaviors_per_user=2000" in first
-    again = run(cmd).stdout.strip().splitlines()[-1]
-    assert "(unchanged, skipped)" in again
-    assert again.split("|")[1] == first.split("|")[1]  # same counts

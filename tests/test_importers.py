@@ -4,6 +4,7 @@ negative)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 
@@ -262,25 +263,22 @@ def test_amazon(spark, tmp_path):
 
 
 # CLI -----------------------------------------------------------------------------------------------
-def test_import_cli_recbole(tmp_path):
+def test_import_cli_fails_on_too_many_rejects(tmp_path):
+    """The CLI exits 1 naming the reason when rejects exceed validation.max_reject_ratio (default 0.05),
+    before writing anything. (Its success path, summary line included, is the README's "Public datasets"
+    block in tests/test_readme.py; the RecBole layout's rows and rejects: test_movielens_recbole.)"""
     d = tmp_path / "ml"
     d.mkdir()
     _write(d / "ml-100k.inter", RECBOLE_INTER)
     _write(d / "ml-100k.item", RECBOLE_ITEM)
     lake = tmp_path / "lake"
     proc = run([sys.executable, str(ROOT / "jobs" / "import_dataset.py"), "--format", "movielens",
-                "--input", str(d), "--lakehouse", str(lake), "--set", "validation.max_reject_ratio=0.9",
-                "--set", "spark.conf.spark.sql.shuffle.partitions=2", "--master", "local[2]"])
-    line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith("import_dataset.movielens: behaviors=5")
-    assert "impressions=4" in line and "rejects=7" in line
-    assert "movielens:ratings read=9 accepted=5 rejected=4" in line
-    # The default max_reject_ratio (0.05) makes the job fail, naming the top reasons.
-    proc = run([sys.executable, str(ROOT / "jobs" / "import_dataset.py"), "--format", "movielens",
-                "--input", str(d), "--lakehouse", str(tmp_path / "lake2"), "--master", "local[2]"],
-               check=False)
-    assert proc.returncode == 1
-    assert "exceeds validation.max_reject_ratio=0.05" in proc.stdout
+                "--input", str(d), "--lakehouse", str(lake), "--master", "local[1]",
+                "--set", "spark.conf.spark.sql.shuffle.partitions=1"], check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert re.search(r"import_dataset\.movielens: FAILED: movielens:(items: 3 of 7|ratings: 4 of 9) rows rejected "
+                     r"\(\d+\.\d%\) exceeds validation\.max_reject_ratio=0\.05; top reasons: \w+", proc.stdout), proc.stdout
+    assert not (lake / "behaviors").exists() and not (lake / "impressions").exists()
 
 
 def test_movielens_100k_from_the_recbole_wheel_to_replayed_samples(spark, tmp_path):

@@ -1,6 +1,7 @@
 """The nightly jobs as real ``spark-submit`` subprocesses on the generator's demo data: a kill in the
 middle of the UBT write leaves the previous version readable and a re-run succeeds, re-runs of
-committed dates change nothing, and the same jobs on the standalone cluster give the same samples."""
+committed dates change nothing, and the same jobs on the standalone cluster give the same samples as
+the same jobs run in this process's local Spark session (``local_samples``, computed in this module)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ from sim.ubt.transforms import aggregate_ubt, ubt_view
 from sim.ubt.dates import retention_first_date
 from test_ubt import rows_of, small_delta_snapshots  # noqa: F401  (fixture re-used)
 
-pytestmark = pytest.mark.slow
+# spark-submit JVMs, a standalone cluster and the local reference; the machine that runs them may be busy.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 # Demo data small enough for two cores: 20 days of history, impressions on 06-30 and 07-01.
 SETS = ["generator.users=16", "generator.history_days=20", "generator.impression_days=2",
@@ -33,7 +35,6 @@ SETS = ["generator.users=16", "generator.history_days=20", "generator.impression
         "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
 WINDOWS = Windows(long_days=10, short_days=3)
 CAPS = Caps(short_cap=10, hard_k=20, long_cap=40)
-LOCAL_SAMPLES: dict = {}  # samples of the local spark-submit run, compared with the cluster's
 
 
 def job_args(lakehouse: Path, *args: str) -> list[str]:
@@ -63,6 +64,26 @@ def demo_logs(spark, tmp_path_factory) -> Path:
     return lake
 
 
+@pytest.fixture(scope="module")
+def local_samples(spark, demo_logs, tmp_path_factory) -> list[tuple]:
+    """The reference: UBT 06-29..06-30 and the samples of 06-30 and 07-01 built in this session's
+    local Spark (the jobs' functions, the jobs' config) from a copy of the demo logs; sorted rows."""
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples
+    from sim.ubt.job import build_ubt
+    lake = _copy_logs(demo_logs, tmp_path_factory.mktemp("local") / "lakehouse")
+    cfg = load_pipeline_conf(overrides=SETS)
+    build_ubt(spark, str(lake), "2024-06-30", cfg.windows, cfg.caps,
+              backfill_from="2024-06-29", backfill_days=cfg.retention.backfill_days)
+    spec = SampleSpec.from_conf(cfg)
+    for d in ("2024-06-30", "2024-07-01"):
+        build_samples(spark, str(lake), d, spec)
+    rows = rows_of(read_table(spark, str(lake / "samples")))
+    assert len(rows) == read_table(spark, str(lake / "impressions")).count() > 0
+    return rows
+
+
 def _copy_logs(src: Path, dst: Path) -> Path:
     for t in ("behaviors", "impressions"):
         shutil.copytree(src / t, dst / t)
@@ -78,7 +99,7 @@ def _uncommitted_files(table: Path) -> list[str]:
     return [p.name for p in table.rglob("*.parquet") if p.name not in referenced]
 
 
-def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
+def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, local_samples, tmp_path):
     lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
     ubt = lake / "ubt"
     from sim.ubt.job import build_ubt
@@ -130,11 +151,13 @@ def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, tmp_path):
                     F.size("long_cats").alias("l")).distinct().collect()
     assert [tuple(r) for r in lens] == [(10, 20, 40)]
     assert s.where("hard_len > 0").count() > 0 and s.where("long_len > 0").count() > 0
-    LOCAL_SAMPLES["rows"] = rows_of(s)
+    # The killed and re-run UBT gives the samples of an uninterrupted build.
+    assert rows_of(s) == local_samples
 
 
-def test_nightly_jobs_on_standalone_cluster(spark, demo_logs, standalone_cluster, tmp_path):
-    """Same jobs with --master spark://...: two executors on other JVMs, same samples as local[2]."""
+def test_nightly_jobs_on_standalone_cluster(spark, demo_logs, local_samples, standalone_cluster, tmp_path):
+    """Same jobs with --master spark://...: two executors on other JVMs, the same samples as the
+    same jobs in local Spark (the ``local_samples`` reference, always computed)."""
     lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
     out = submit("build_ubt.py", lake, "--date", "2024-06-30", "--backfill", "2024-06-29",
                  master=standalone_cluster).stdout
@@ -144,5 +167,4 @@ def test_nightly_jobs_on_standalone_cluster(spark, demo_logs, standalone_cluster
     assert out.count("action=written") == 2
     cluster_rows = rows_of(read_table(spark, str(lake / "samples")))
     assert len(cluster_rows) == read_table(spark, str(lake / "impressions")).count()
-    if "rows" in LOCAL_SAMPLES:  # the local[2] run of the other test: identical rows
-        assert cluster_rows == LOCAL_SAMPLES["rows"]
+    assert cluster_rows == local_samples

@@ -16,7 +16,8 @@ lakehouse) runs alongside the other blocks, which run in README order.
 - the spark-submit block, with the Delta jars ``make setup`` cached (``$SIM_CACHE`` or
   ``~/.cache/sim-pipeline``; a ``~`` bash would not expand fails test_no_tilde_left_unexpanded first);
 - "Public datasets": import_dataset of a small MovieLens-100k written to ``./DIR`` (the README's
-  placeholder, created under that name), then the count-mode replay over ml-100k's dates;
+  placeholder, created under that name; the counts of its summary line are checked: this is the
+  import CLI's success test), then the count-mode replay over ml-100k's dates;
 - "Training": ``.venv/bin/horovodrun -np 2``, ``sim.train --np 2`` and the one-process run, on the
   samples the jobs wrote for the dates of conf/experiments.yaml; each prints its test figures;
 - "MLflow": ``mlflow ui`` started in the background, asked over HTTP for the runs of the training
@@ -61,6 +62,7 @@ SMALL = ["generator.users=24", "generator.history_days=20", "generator.mean_beha
          "spark.conf.spark.driver.memory=1g", "spark.conf.spark.sql.codegen.wholeStage=false",
          "spark.conf.spark.sql.shuffle.partitions=1", "spark.conf.spark.databricks.delta.snapshotPartitions=1"]
 ML_USERS = 30  # users of the small MovieLens in ./DIR; one target each: two impressions per user
+ML_RATINGS = 12  # ratings per user
 # Blocks that read and write nothing the others do (./DIR, ./lakehouse_ml-100k): run alongside them.
 ALONGSIDE = ("Public datasets",)
 
@@ -132,7 +134,7 @@ def walkthrough(tmp_path_factory):
     if any(rule_for(c) is None for c in readme_commands()):
         pytest.fail("README commands without a check: see test_every_readme_command_has_a_check")
     root = scratch_checkout(tmp_path_factory.mktemp("readme") / "checkout", SMALL)
-    write_movielens(root / "DIR", users=ML_USERS)
+    write_movielens(root / "DIR", users=ML_USERS, ratings_per_user=ML_RATINGS)
     env = scratch_env(root)
     runs: dict[int, BlockRun] = {}
     with ThreadPoolExecutor(1) as pool:
@@ -184,6 +186,16 @@ def test_jobs_write_the_samples_the_training_commands_read(walkthrough):
     ml = root / "lakehouse_ml-100k"
     assert sum(_rows_by_date(ml / "samples").values()) == sum(_rows_by_date(ml / "impressions").values()) \
         == 2 * ML_USERS
+    # The import's summary line reports what it read and wrote (the CLI's failure on too many rejects:
+    # test_importers.test_import_cli_fails_on_too_many_rejects).
+    (out,) = [c.output for r in runs.values() for c in r.commands
+              if re.match(r"\.venv/bin/python jobs/import_dataset\.py ", c.command.line)]
+    m = re.search(r"import_dataset\.movielens: behaviors=(\d+) .*impressions=(\d+) .*"
+                  r"movielens:ratings read=(\d+) accepted=(\d+) rejected=(\d+)", out)
+    assert m, out
+    behaviors, impressions, read, accepted, rejected = map(int, m.groups())
+    assert (impressions, read) == (2 * ML_USERS, ML_USERS * ML_RATINGS) and read == accepted + rejected
+    assert behaviors == sum(_rows_by_date(ml / "behaviors").values()) > 0
 
 
 # ------------------------------------------------------------------------------------------ mlflow ui

@@ -1,7 +1,8 @@
 """Write a small samples table with the pipeline's schema and a learnable signal, straight from numpy.
 
-Tests of training use it to stay independent of the nightly jobs; the end-to-end demo test covers the
-real pipeline. Clicks are more likely when the user has history in the candidate's category.
+Tests of training use it to stay independent of the nightly jobs; tests/test_end_to_end.py covers the
+real pipeline (generator, UBT and samples jobs, horovodrun training, comparison). Clicks are more
+likely when the user has history in the candidate's category.
 """
 from __future__ import annotations
 
