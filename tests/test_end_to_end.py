@@ -184,3 +184,15 @@ def test_compare_prints_the_run_auc_for_the_model(pipeline):
     rows = [line for line in pipeline["compare"].splitlines() if line.startswith(EXPID + " ")]
     assert rows, pipeline["compare"]
     assert re.match(rf"{EXPID}\s+{auc:.4f} ± 0\.0000 \(n=1\)$", rows[0]), rows[0]
+
+
+def test_a_model_that_does_not_fit_the_samples_is_refused_before_training(pipeline):
+    """Each samples commit records the sizes it was built with; a model whose time-gap table is smaller
+    than the samples' bucket ids (an index error at the first step, once) is refused before horovodrun."""
+    proc = run([sys.executable, "-m", "sim.train", "--config", str(ROOT / "conf" / "experiments.yaml"),
+                "--expid", EXPID, "--np", "2",
+                *_sets(TRAIN_SETS + [f"lakehouse={pipeline['lake']}", "model.time_gap_buckets=8"])],
+               check=False, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.time_gap_buckets=8 but the samples hold time-gap bucket ids up to 63" in proc.stderr
+    assert "launching" not in proc.stderr
