@@ -44,7 +44,7 @@ def resolve_data(cfg: dict) -> DataManifest:
     version, or ``samples_version`` when the experiment pins one; then check the model fits them."""
     from sim.adapters import delta_io
 
-    path = delta_io.table_path(cfg["lakehouse"], cfg.get("samples_table", "samples"))
+    path = delta_io.table_path(cfg["lakehouse"], cfg["samples_table"])
     hint = "build it with `python jobs/build_samples.py --date D` (or check `lakehouse` in the config)"
     pinned = cfg.get("samples_version")
     try:

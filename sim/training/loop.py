@@ -49,7 +49,7 @@ def checkpoint_dir(cfg: dict) -> Path:
         for k in keys:
             target.pop(k, None)
     digest = hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    root = Path(cfg["train"].get("checkpoint_dir", "./checkpoints"))
+    root = Path(cfg["train"]["checkpoint_dir"])
     return root / cfg["experiment"] / cfg["expid"] / f"seed{cfg['train']['seed']}-{digest}"
 
 
@@ -71,7 +71,7 @@ def _load_checkpoint(ckpt_dir: Path) -> dict | None:
 def make_optimizer(model, t: dict):
     """Adam (the paper's optimizer); with ``train.weight_decay`` > 0, AdamW's decoupled weight decay."""
     import torch
-    lr, wd = float(t["lr"]), float(t.get("weight_decay") or 0.0)
+    lr, wd = t["lr"], t["weight_decay"]
     if wd > 0:
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     return torch.optim.Adam(model.parameters(), lr=lr)
@@ -105,7 +105,7 @@ class Session:
 
     @property
     def eval_batch(self) -> int:
-        return int(self.cfg["train"].get("eval_batch_size", 1024))
+        return self.cfg["train"]["eval_batch_size"]
 
 
 def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
@@ -129,11 +129,11 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
 
     model = build_model(cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})
     optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model)
-    rate, decay_steps = float(t.get("lr_decay_rate", 1.0)), float(t.get("lr_decay_steps", 1000))
+    rate, decay_steps = t["lr_decay_rate"], t["lr_decay_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
-                           trim=model.sequences, bucket_batches=int(t.get("length_buckets") or 0))
+                           trim=model.sequences, bucket_batches=t["length_buckets"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 load_item_topics(cfg["lakehouse"]))
     if resume:
@@ -273,7 +273,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
 
     s = setup(cfg, manifest, resume)
     t = cfg["train"]
-    epochs, patience = int(t["epochs"]), int(t.get("patience", 0))
+    epochs, patience = t["epochs"], t["patience"]
     run_ctx = (tracking.run(cfg["experiment"], run_name=cfg["expid"], uri=cfg.get("tracking_uri"),
                             run_id=s.run_id, tags={"model": cfg["model"]["name"]})
                if s.rank == 0 else contextlib.nullcontext())
@@ -286,7 +286,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
             epoch += 1
             validate_and_pick(s, epoch, train_loss, elapsed)
             save_checkpoint(s, epoch, active_run_id)
-            if int(t.get("fail_after_epoch") or 0) == epoch:
+            if t["fail_after_epoch"] == epoch:
                 raise RuntimeError(f"fault injected after epoch {epoch} (train.fail_after_epoch)")
         metrics = final_test_and_log(s, epoch)
         _dump_weights(s.model, cfg, s.rank)
