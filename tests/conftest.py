@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.readme import SHORT_JVM_OPTS
+
 # torch's OpenMP threads spin while waiting; on a shared two-core machine that starves Spark and the
 # other ranks. Must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -25,7 +27,7 @@ VENV_BIN = Path(sys.executable).parent
 # the last file plus its duration. The files that take minutes (setup included, from --durations of
 # the suite) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
-SLOW_FILES_FIRST = ("test_readme.py", "test_end_to_end.py", "test_nightly_jobs.py", "test_generator.py",
+SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_generator.py",
                     "test_train.py", "test_importers.py", "test_samples.py", "test_ubt.py")
 
 
@@ -87,11 +89,14 @@ def spark_submit_cmd(*args: str, packages: bool = False, master: str | None = No
     else:
         from sim.adapters.spark import delta_jars
         cmd += ["--jars", ",".join(delta_jars())]
-    cmd += ["--conf", "spark.ui.enabled=false", "--driver-memory", "2g"]
+    cmd += ["--conf", "spark.ui.enabled=false", "--driver-memory", "2g",
+            "--conf", f"spark.executor.extraJavaOptions={SHORT_JVM_OPTS}"]
     return cmd + list(args)
 
 
 def run(cmd: list[str], timeout: int = 900, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """``cmd`` in the checkout with :func:`subprocess_env`; a JVM it starts uses :data:`SHORT_JVM_OPTS`."""
+    env.setdefault("SPARK_SUBMIT_OPTS", SHORT_JVM_OPTS)
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

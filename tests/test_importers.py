@@ -266,7 +266,7 @@ def test_amazon(spark, tmp_path):
 def test_import_cli_fails_on_too_many_rejects(tmp_path):
     """The CLI exits 1 naming the reason when rejects exceed validation.max_reject_ratio (default 0.05),
     before writing anything. (Its success path, summary line included, is the README's "Public datasets"
-    block in tests/test_readme.py; the RecBole layout's rows and rejects: test_movielens_recbole.)"""
+    block in tests/test_end_to_end.py; the RecBole layout's rows and rejects: test_movielens_recbole.)"""
     d = tmp_path / "ml"
     d.mkdir()
     _write(d / "ml-100k.inter", RECBOLE_INTER)

@@ -32,7 +32,8 @@ SETS = ["generator.users=16", "generator.history_days=20", "generator.impression
         "generator.categories=20", "generator.topics=4", "validation.max_reject_ratio=0.5",
         "windows.long_days=10", "windows.short_days=3",
         "caps.long_cap=40", "caps.hard_k=20", "caps.short_cap=10",
-        "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
+        "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2",
+        "spark.conf.spark.sql.codegen.wholeStage=false"]  # tiny data: no whole-stage code generation
 WINDOWS = Windows(long_days=10, short_days=3)
 CAPS = Caps(short_cap=10, hard_k=20, long_cap=40)
 

@@ -1,70 +1,27 @@
-"""README.md as a user runs it: every command of its fenced code blocks, as written, and the
-prerequisite check of ``make setup`` (scripts/setup.sh).
+"""README.md's commands: each has a check, and those not run by tests/test_end_to_end.py (which runs
+every runnable block as written) are checked here, with the prerequisite check of ``make setup``
+(scripts/setup.sh).
 
 Each README command must match a rule of ``helpers.readme.RULES`` (test_every_readme_command_has_a_check
-fails otherwise: a new command needs a check before it ships). How each is checked:
-
-Run fully, exactly as written, each block pasted into ``bash`` (one shell per block, so its variables
-reach its later lines) from the root of a scratch checkout: ``sim/``, ``jobs/`` and ``conf/`` copied,
-``.venv`` linked, the venv not on PATH, no SPARK_HOME / PYSPARK_* / MLflow settings, PYTHONPATH naming
-the copy (as the venv's editable install names the real checkout). Its ``conf/pipeline.yaml`` is the
-checkout's with ``SMALL`` applied (24 users, 20 days of history, small windows and caps, Spark settings
-for tiny data), so the commands run on little data; the JVMs start with the C1 JIT only
-(``SPARK_SUBMIT_OPTS``); outputs stay in the scratch directory. "Public datasets" (its own input and
-lakehouse) runs alongside the other blocks, which run in README order.
-- "Running the jobs": generate_logs, build_ubt and build_samples (backfills); their success lines;
-- the spark-submit block, with the Delta jars ``make setup`` cached (``$SIM_CACHE`` or
-  ``~/.cache/sim-pipeline``; a ``~`` bash would not expand fails test_no_tilde_left_unexpanded first);
-- "Public datasets": import_dataset of a small MovieLens-100k written to ``./DIR`` (the README's
-  placeholder, created under that name; the counts of its summary line are checked: this is the
-  import CLI's success test), then the count-mode replay over ml-100k's dates;
-- "Training": ``.venv/bin/horovodrun -np 2``, ``sim.train --np 2`` and the one-process run, on the
-  samples the jobs wrote for the dates of conf/experiments.yaml; each prints its test figures;
-- "MLflow": ``mlflow ui`` started in the background, asked over HTTP for the runs of the training
-  block (every expid, FINISHED, with its number of ranks), stopped in teardown. If port 5000 is taken on
-  this machine it runs on a free port instead, with a warning saying so.
-
-Checked without running them (``make demo`` takes 15 minutes, ``make test`` is the whole suite):
-``make -n`` of the exact line must succeed, and every recipe line make would run
-(``bash scripts/setup.sh``, ``python -m sim.demo``, ``python -m pytest -n 2 --dist loadfile``) must run
-with ``--help`` appended, exit 0 and print its usage: the targets, programs and options exist as written.
+fails otherwise: a new command needs a check before it ships). ``make demo`` takes 15 minutes and
+``make test`` is the whole suite, so they are checked without running them: ``make -n`` of the exact
+line must succeed, and every recipe line make would run (``bash scripts/setup.sh``, ``python -m
+sim.demo``, ``python -m pytest -n 2 --dist loadfile``) must run with ``--help`` appended, exit 0 and
+print its usage: the targets, programs and options exist as written.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import stat
 import subprocess
-import time
-import urllib.error
-import urllib.request
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
-from helpers.readme import (BlockRun, port_free, readme_blocks, readme_commands, rule_for, run_block,
-                            scratch_checkout, scratch_env, stop_group, tilde_left_unexpanded, user_env,
-                            write_movielens)
-
-# conf/pipeline.yaml of the scratch checkout: the checkout's with these overrides.
-SMALL = ["generator.users=24", "generator.history_days=20", "generator.mean_behaviors_per_user=40",
-         "generator.max_behaviors_per_user=200", "generator.heavy_users=1",
-         "generator.impressions_per_user_day=4", "generator.items=2000", "generator.categories=20",
-         "generator.topics=4", "validation.max_reject_ratio=0.5",
-         "windows.long_days=10", "windows.short_days=3", "windows.long_count=40", "windows.short_count=10",
-         "caps.long_cap=40", "caps.hard_k=20", "caps.short_cap=10",
-         # Tiny data: no whole-stage code generation, one partition (the JVMs: SHORT_JVM_OPTS).
-         "spark.conf.spark.driver.memory=1g", "spark.conf.spark.sql.codegen.wholeStage=false",
-         "spark.conf.spark.sql.shuffle.partitions=1", "spark.conf.spark.databricks.delta.snapshotPartitions=1"]
-ML_USERS = 30  # users of the small MovieLens in ./DIR; one target each: two impressions per user
-ML_RATINGS = 12  # ratings per user
-# Blocks that read and write nothing the others do (./DIR, ./lakehouse_ml-100k): run alongside them.
-ALONGSIDE = ("Public datasets",)
+from conftest import ROOT
+from helpers.readme import readme_blocks, readme_commands, rule_for, tilde_left_unexpanded, user_env
 
 BLOCKS = readme_blocks()
 
@@ -73,7 +30,6 @@ def _kinds(block) -> set:
     return {r.kind if r else None for r in map(rule_for, block.commands)}
 
 
-RUN_BLOCKS = [b for b in BLOCKS if _kinds(b) == {"run"}]
 MAKE_COMMANDS = [c for b in BLOCKS for c in b.commands if _kinds(b) == {"make"}]
 SERVER_COMMANDS = [c for b in BLOCKS for c in b.commands if _kinds(b) == {"server"}]
 
@@ -87,7 +43,7 @@ def test_every_readme_command_has_a_check():
                          "tests/helpers/readme.py RULES and a check here:\n" + "\n".join(unknown))
     mixed = [f"README.md:{b.lineno}: {sorted(_kinds(b))}" for b in BLOCKS if len(_kinds(b)) != 1]
     assert not mixed, f"a block mixes commands that are checked differently: {mixed}"
-    assert len(SERVER_COMMANDS) == 1, "test_mlflow_ui_serves_the_training_runs knows one server command"
+    assert len(SERVER_COMMANDS) == 1, "test_end_to_end.test_mlflow_ui_serves_the_training_runs knows one server command"
 
 
 def test_no_tilde_left_unexpanded():
@@ -121,158 +77,6 @@ def test_make_command_parses_and_its_recipe_programs_run(cmd):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "usage:" in proc.stdout.lower(), (
             f"{cmd}: `{line} --help` exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-
-
-# ------------------------------------------------------------------------- the blocks, run as written
-@pytest.fixture(scope="module")
-def walkthrough(tmp_path_factory):
-    """The scratch checkout after every runnable block ran: those of ALONGSIDE in a second worker, the
-    others in README order, none after one of them failed. (root, {README line of a block: BlockRun})"""
-    from sim.adapters.spark import delta_jars
-    if not delta_jars():
-        pytest.fail("the Delta jars are not cached: run `make setup`")
-    if any(rule_for(c) is None for c in readme_commands()):
-        pytest.fail("README commands without a check: see test_every_readme_command_has_a_check")
-    root = scratch_checkout(tmp_path_factory.mktemp("readme") / "checkout", SMALL)
-    write_movielens(root / "DIR", users=ML_USERS, ratings_per_user=ML_RATINGS)
-    env = scratch_env(root)
-    runs: dict[int, BlockRun] = {}
-    with ThreadPoolExecutor(1) as pool:
-        alongside = {b.lineno: pool.submit(run_block, b, root, env, 1200) for b in RUN_BLOCKS
-                     if b.section in ALONGSIDE}
-        failed = False
-        for block in RUN_BLOCKS:
-            if block.lineno not in alongside:
-                runs[block.lineno] = BlockRun(block) if failed else run_block(block, root, env, timeout=1200)
-                failed = failed or runs[block.lineno].returncode != 0
-        runs.update({k: f.result() for k, f in alongside.items()})
-    for b in RUN_BLOCKS:
-        print(f"README.md:{b.lineno} ({b.section}): exit {runs[b.lineno].returncode} "
-              f"in {runs[b.lineno].seconds:.0f} s")
-    return root, runs
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # the walkthrough's Spark jobs and trainings, on a machine that may be busy
-@pytest.mark.parametrize("lineno", [b.lineno for b in RUN_BLOCKS],
-                         ids=[f"{b.section}@{b.lineno}" for b in RUN_BLOCKS])
-def test_readme_block_runs_as_written(walkthrough, lineno):
-    res = walkthrough[1][lineno]
-    assert res.returncode is not None, "not run: an earlier block failed"
-    assert res.returncode == 0, res.describe()
-    for c in res.commands:
-        marker = rule_for(c.command).marker
-        assert c.ran and (marker is None or re.search(marker, c.output)), (
-            f"{c.command}: no line matching {marker!r} in its output\n{res.describe()}")
-
-
-def _rows_by_date(table: Path) -> dict[str, int]:
-    from deltalake import DeltaTable
-    dts = DeltaTable(str(table)).to_pyarrow_table(columns=["dt"]).column("dt").to_pylist()
-    return {d: dts.count(d) for d in sorted(set(dts))}
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # the walkthrough's Spark jobs and trainings, on a machine that may be busy
-def test_jobs_write_the_samples_the_training_commands_read(walkthrough):
-    import yaml
-    root, runs = walkthrough
-    assert all(r.returncode == 0 for r in runs.values()), "a block failed: see test_readme_block_runs_as_written"
-    base = yaml.safe_load((root / "conf" / "experiments.yaml").read_text())["Base"]
-    first, last = str(base["train_dates"][0]), str(base["test_dates"][1])
-    samples, impressions = _rows_by_date(root / "lakehouse" / "samples"), _rows_by_date(root / "lakehouse" / "impressions")
-    wanted = {d: n for d, n in impressions.items() if first <= d <= last}
-    assert len(wanted) >= 3 and samples == wanted  # one sample per impression of every training date
-    ml = root / "lakehouse_ml-100k"
-    assert sum(_rows_by_date(ml / "samples").values()) == sum(_rows_by_date(ml / "impressions").values()) \
-        == 2 * ML_USERS
-    # The import's summary line reports what it read and wrote (the CLI's failure on too many rejects:
-    # test_importers.test_import_cli_fails_on_too_many_rejects).
-    (out,) = [c.output for r in runs.values() for c in r.commands
-              if re.match(r"\.venv/bin/python jobs/import_dataset\.py ", c.command.line)]
-    m = re.search(r"import_dataset\.movielens: behaviors=(\d+) .*impressions=(\d+) .*"
-                  r"movielens:ratings read=(\d+) accepted=(\d+) rejected=(\d+)", out)
-    assert m, out
-    behaviors, impressions, read, accepted, rejected = map(int, m.groups())
-    assert (impressions, read) == (2 * ML_USERS, ML_USERS * ML_RATINGS) and read == accepted + rejected
-    assert behaviors == sum(_rows_by_date(ml / "behaviors").values()) > 0
-
-
-# ------------------------------------------------------------------------------------------ mlflow ui
-def _training_runs() -> dict[str, int]:
-    """expid -> ranks, from the README's training commands."""
-    out = {}
-    for b in RUN_BLOCKS:
-        for c in b.commands:
-            m = re.search(r"-m sim\.train .*--expid (\S+)", c.line)
-            if m:
-                n = re.search(r"(?:^|\s)--?np (\d+)", c.line)
-                out[m.group(1)] = int(n.group(1)) if n else 1
-    return out
-
-
-@pytest.fixture
-def mlflow_ui(walkthrough):
-    """The README's ``mlflow ui`` command started in the scratch checkout; yields its base URL and
-    stops the server (its whole process group) afterwards."""
-    root, runs = walkthrough
-    assert all(r.returncode == 0 for r in runs.values()), "a block failed: see test_readme_block_runs_as_written"
-    (cmd,) = SERVER_COMMANDS
-    text = cmd.text
-    port = int(m.group(1)) if (m := re.search(r"--port (\d+)", cmd.line)) else 5000
-    if not port_free(port):
-        new = free_port()
-        warnings.warn(f"port {port} is taken on this machine: ran `{cmd.line}` with --port {new}")
-        text = re.sub(r"--port \d+", f"--port {new}", text) if m else f"{text} --port {new}"
-        port = new
-    log = open(root / "mlflow-ui.log", "w")
-    proc = subprocess.Popen(["bash", "-c", text], cwd=root, env=scratch_env(root), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`{cmd.line}` exited {proc.returncode}:\n{(root / 'mlflow-ui.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"`{cmd.line}` did not answer on {url} within 240 s:\n"
-                            f"{(root / 'mlflow-ui.log').read_text()[-4000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        stop_group(proc)
-        log.close()
-
-
-def _api(url: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.load(r)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # the walkthrough's Spark jobs and trainings, on a machine that may be busy
-def test_mlflow_ui_serves_the_training_runs(mlflow_ui):
-    with urllib.request.urlopen(mlflow_ui + "/", timeout=60) as r:
-        assert r.status == 200 and "<html" in r.read().decode().lower()
-    expected = _training_runs()
-    assert expected, "no sim.train command in the README"
-    exp = _api(mlflow_ui, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sim-synthetic")
-    runs = _api(mlflow_ui, "/api/2.0/mlflow/runs/search",
-                {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100})["runs"]
-    got = {}
-    for r in runs:
-        params = {p["key"]: p["value"] for p in r["data"].get("params", [])}
-        metrics = {m["key"] for m in r["data"].get("metrics", [])}
-        got[r["info"]["run_name"]] = (r["info"]["status"], int(params.get("horovod.size", 0)), "auc" in metrics)
-    assert got == {expid: ("FINISHED", ranks, True) for expid, ranks in expected.items()}
 
 
 # ------------------------------------------------------------------------ make setup's prerequisites
