@@ -5,6 +5,8 @@ the predictions of all ranks together, and rank 0 tracks everything in MLflow.
     horovodrun -np 2 python -m sim.train --config conf/experiments.yaml --expid sim_soft_time
     python -m sim.train --config conf/experiments.yaml --expid din --np 2   # validates, then horovodrun
     python -m sim.train --config conf/experiments.yaml --expid din          # one process
+    python -m sim.train --config conf/experiments.yaml --expid din --np 2 --spark-master spark://host:7077
+                                                        # the ranks as Spark tasks (horovod.spark.run)
 
 Dates are split three ways: ``train_dates`` train, ``valid_dates`` pick the epoch (the one with the best
 validation AUC; ``train.patience`` epochs without improvement end training early), and ``test_dates``
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 
+from sim.adapters import tracking
 from sim.config import ConfigError
 from sim.adapters.delta_io import MissingTableError
 from sim.config.experiment import check_model_builds
@@ -59,6 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--np", type=int, default=0,
                    help="launch horovodrun with this many processes after validating the config and data")
+    p.add_argument("--spark-master", default=None, metavar="URL",
+                   help="with --np: run the ranks as Spark tasks of this cluster (Horovod's Spark runner) "
+                        "instead of horovodrun, e.g. spark://host:7077")
     p.add_argument("--manifest", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -86,6 +92,23 @@ def launch(args: argparse.Namespace, cfg: dict) -> int:
         return subprocess.call(cmd)
 
 
+def _spark_rank(cfg: dict, manifest_json: str, resume: bool, config_path: str) -> dict:
+    """One rank, in a Spark task: the same training as under horovodrun."""
+    from sim.cli import setup_logging
+    setup_logging()
+    return train(cfg, DataManifest.from_json(manifest_json), resume=resume, config_path=config_path)
+
+
+def launch_on_spark(args: argparse.Namespace, cfg: dict) -> int:
+    """Validate data, then run ``--np`` ranks as tasks of the Spark cluster at ``--spark-master``."""
+    from sim.adapters import hvd
+    manifest = resolve_data(cfg)
+    log.info("launching %d ranks on %s (Horovod's Spark runner)", args.np, args.spark_master)
+    results = hvd.run_on_spark(_spark_rank, (cfg, manifest.to_json(), args.resume, args.config), args.np,
+                               args.spark_master, app_name=f"sim-train-{cfg['expid']}")
+    return 0 if results and results[0] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from sim.cli import setup_logging
     setup_logging()
@@ -94,13 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_experiment(args.config, args.expid, args.overrides)
         if "HOROVOD_RANK" not in os.environ:
             check_model_builds(cfg)  # before data is read or any worker starts
+            tracking.check_reachable(cfg.get("tracking_uri"))
+        if args.spark_master and not args.np:
+            raise ConfigError("--spark-master needs --np N: the number of ranks (Spark tasks) to run")
         if args.np:
-            return launch(args, cfg)
+            return launch_on_spark(args, cfg) if args.spark_master else launch(args, cfg)
         manifest = DataManifest.from_json(Path(args.manifest).read_text()) if args.manifest else None
         if manifest is None and "HOROVOD_RANK" not in os.environ:
             manifest = resolve_data(cfg)  # one process: fail on missing data before anything starts
         train(cfg, manifest, resume=args.resume, config_path=args.config)
-    except (ConfigError, MissingTableError) as e:
+    except (ConfigError, MissingTableError, tracking.TrackingUnreachable) as e:
         log.error("%s", e)
         return 2
     return 0

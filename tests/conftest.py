@@ -138,6 +138,21 @@ def standalone_cluster(tmp_path_factory):
                 p.kill()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """An MLflow tracking server on 127.0.0.1 (``mlflow server``: SQLite backend store, artifacts uploaded
+    to and served by the server from a local directory, one worker); yields its http URL and stops its
+    process group in teardown."""
+    from helpers.servers import server
+    work = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+           "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    with server(cmd, f"http://127.0.0.1:{port}", work / "server.log", cwd=work, env=subprocess_env()) as url:
+        yield url
+
+
 def _wait_for(cond, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -26,11 +26,8 @@ refused before horovodrun starts.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import subprocess
-import time
-import urllib.error
 import urllib.request
 import warnings
 from collections import Counter
@@ -41,7 +38,8 @@ import pytest
 
 from conftest import free_port
 from helpers.readme import (BlockRun, port_free, readme_blocks, readme_commands, rule_for, run_block,
-                            scratch_checkout, scratch_env, stop_group, write_movielens)
+                            scratch_checkout, scratch_env, write_movielens)
+from helpers.servers import post_json, server
 
 # Cold JVMs and two-rank trainings, one after the other; the machine that runs the tests may be busy.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -323,36 +321,8 @@ def mlflow_ui(done):
         warnings.warn(f"port {port} is taken on this machine: ran `{cmd.line}` with --port {new}")
         text = re.sub(r"--port \d+", f"--port {new}", text) if m else f"{text} --port {new}"
         port = new
-    log = open(root / "mlflow-ui.log", "w")
-    proc = subprocess.Popen(["bash", "-c", text], cwd=root, env=scratch_env(root), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`{cmd.line}` exited {proc.returncode}:\n{(root / 'mlflow-ui.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"`{cmd.line}` did not answer on {url} within 240 s:\n"
-                            f"{(root / 'mlflow-ui.log').read_text()[-4000:]}")
-            time.sleep(1)
+    with server(text, f"http://127.0.0.1:{port}", root / "mlflow-ui.log", cwd=root, env=scratch_env(root)) as url:
         yield url
-    finally:
-        stop_group(proc)
-        log.close()
-
-
-def _api(url: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.load(r)
 
 
 def test_mlflow_ui_serves_the_training_runs(mlflow_ui):
@@ -360,9 +330,9 @@ def test_mlflow_ui_serves_the_training_runs(mlflow_ui):
         assert r.status == 200 and "<html" in r.read().decode().lower()
     expected = _training_runs()
     assert expected, "no sim.train command in the README"
-    exp = _api(mlflow_ui, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sim-synthetic")
-    runs = _api(mlflow_ui, "/api/2.0/mlflow/runs/search",
-                {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100})["runs"]
+    exp = post_json(mlflow_ui + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sim-synthetic")
+    runs = post_json(mlflow_ui + "/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100})["runs"]
     got = {}
     for r in runs:
         tags = {t["key"]: t["value"] for t in r["data"].get("tags", [])}

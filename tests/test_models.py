@@ -412,3 +412,26 @@ def test_a_model_takes_any_long_term_part_it_is_given() -> None:
     assert not model.long_term.training and not model.short_term.training
     with pytest.raises(ValueError, match="two modules named 'short_attention'"):
         CTRModel(emb, DINShort(e_dim, [8]), DINShort(e_dim, [8]))
+
+
+@pytest.mark.parametrize("name", ["din", "sim_soft_time", "mimn"])
+def test_pyfunc_scores_rows_as_lists_like_the_dense_batch(name) -> None:
+    """The logged model's pyfunc takes samples rows with sequences as lists of any length (here cut to
+    their real length) and scores them as the model scores the padded batch training reads."""
+    import numpy as np
+    from sim.adapters.serving import dense_batch, rows_as_lists, score
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).eval()
+    batch = pad_more(make_batch())
+    cols = list(model.input_columns)
+    rows = rows_as_lists({c: batch[c].numpy() for c in cols}, len(batch["item_id"]))
+    seq = next(c for c in cols if c.endswith("_items"))
+    width = batch[seq].shape[1] - 7  # pad_more's padding is cut from the lists
+    assert rows[seq].map(len).max() == width and rows[seq].map(len).min() == 0
+    dense = dense_batch(rows, cols)
+    assert dense[seq].shape == (16, width) and dense[seq].dtype == np.int64
+    with torch.no_grad():
+        want = torch.sigmoid(model({c: batch[c] for c in cols})["logit"].double()).numpy()
+    assert score(model, rows) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="lack the samples column"):
+        score(model, rows.drop(columns=[seq]))

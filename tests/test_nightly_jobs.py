@@ -1,7 +1,12 @@
-"""The nightly jobs as real ``spark-submit`` subprocesses on the generator's demo data: a kill in the
-middle of the UBT write leaves the previous version readable and a re-run succeeds, re-runs of
-committed dates change nothing, and the same jobs on the standalone cluster give the same samples as
-the same jobs run in this process's local Spark session (``local_samples``, computed in this module)."""
+"""The nightly jobs as real ``spark-submit`` subprocesses on the generator's demo data, in one flow:
+
+- locally: a kill in the middle of the UBT write leaves the previous version readable; the re-run
+  skips the committed date and builds the killed one; the samples of both impression days follow
+  (Delta resolved by ``spark-submit --packages``);
+- on the standalone cluster (two executors on other JVMs), uninterrupted, from the same logs;
+- the two give the same samples rows: the cluster is the uninterrupted reference of the killed run,
+  and the killed run the local reference of the cluster.
+"""
 from __future__ import annotations
 
 import os
@@ -20,7 +25,7 @@ from sim.samples.contract import SAMPLES_COLUMNS
 from sim.ubt.settings import UBT_COLUMNS, Caps, Windows
 from sim.ubt.transforms import aggregate_ubt, ubt_view
 from sim.ubt.dates import retention_first_date
-from test_ubt import rows_of, small_delta_snapshots  # noqa: F401  (fixture re-used)
+from test_ubt import rows_of
 
 # spark-submit JVMs, a standalone cluster and the local reference; the machine that runs them may be busy.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -65,26 +70,6 @@ def demo_logs(spark, tmp_path_factory) -> Path:
     return lake
 
 
-@pytest.fixture(scope="module")
-def local_samples(spark, demo_logs, tmp_path_factory) -> list[tuple]:
-    """The reference: UBT 06-29..06-30 and the samples of 06-30 and 07-01 built in this session's
-    local Spark (the jobs' functions, the jobs' config) from a copy of the demo logs; sorted rows."""
-    from sim.config import load_pipeline_conf
-    from sim.samples.contract import SampleSpec
-    from sim.samples.job import build_samples
-    from sim.ubt.job import build_ubt
-    lake = _copy_logs(demo_logs, tmp_path_factory.mktemp("local") / "lakehouse")
-    cfg = load_pipeline_conf(overrides=SETS)
-    build_ubt(spark, str(lake), "2024-06-30", cfg.windows, cfg.caps,
-              backfill_from="2024-06-29", backfill_days=cfg.retention.backfill_days)
-    spec = SampleSpec.from_conf(cfg)
-    for d in ("2024-06-30", "2024-07-01"):
-        build_samples(spark, str(lake), d, spec)
-    rows = rows_of(read_table(spark, str(lake / "samples")))
-    assert len(rows) == read_table(spark, str(lake / "impressions")).count() > 0
-    return rows
-
-
 def _copy_logs(src: Path, dst: Path) -> Path:
     for t in ("behaviors", "impressions"):
         shutil.copytree(src / t, dst / t)
@@ -100,8 +85,10 @@ def _uncommitted_files(table: Path) -> list[str]:
     return [p.name for p in table.rglob("*.parquet") if p.name not in referenced]
 
 
-def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, local_samples, tmp_path):
+def test_nightly_jobs_killed_locally_and_on_the_cluster_give_the_same_samples(spark, demo_logs,
+                                                                               standalone_cluster, tmp_path):
     lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
+    cluster_lake = _copy_logs(demo_logs, tmp_path / "cluster" / "lakehouse")
     ubt = lake / "ubt"
     from sim.ubt.job import build_ubt
     build_ubt(spark, str(lake), "2024-06-29", WINDOWS, CAPS, backfill_from="2024-06-29")  # full build
@@ -152,20 +139,12 @@ def test_nightly_jobs_spark_submit_kill_and_rerun(spark, demo_logs, local_sample
                     F.size("long_cats").alias("l")).distinct().collect()
     assert [tuple(r) for r in lens] == [(10, 20, 40)]
     assert s.where("hard_len > 0").count() > 0 and s.where("long_len > 0").count() > 0
-    # The killed and re-run UBT gives the samples of an uninterrupted build.
-    assert rows_of(s) == local_samples
 
-
-def test_nightly_jobs_on_standalone_cluster(spark, demo_logs, local_samples, standalone_cluster, tmp_path):
-    """Same jobs with --master spark://...: two executors on other JVMs, the same samples as the
-    same jobs in local Spark (the ``local_samples`` reference, always computed)."""
-    lake = _copy_logs(demo_logs, tmp_path / "lakehouse")
-    out = submit("build_ubt.py", lake, "--date", "2024-06-30", "--backfill", "2024-06-29",
+    # The same jobs on the standalone cluster, uninterrupted: the same samples rows.
+    out = submit("build_ubt.py", cluster_lake, "--date", "2024-06-30", "--backfill", "2024-06-29",
                  master=standalone_cluster).stdout
     assert "2024-06-29:full, 2024-06-30:nightly" in out
-    out = submit("build_samples.py", lake, "--date", "2024-07-01", "--backfill", "2024-06-30",
+    out = submit("build_samples.py", cluster_lake, "--date", "2024-07-01", "--backfill", "2024-06-30",
                  master=standalone_cluster).stdout
     assert out.count("action=written") == 2
-    cluster_rows = rows_of(read_table(spark, str(lake / "samples")))
-    assert len(cluster_rows) == read_table(spark, str(lake / "impressions")).count()
-    assert cluster_rows == local_samples
+    assert rows_of(read_table(spark, str(cluster_lake / "samples"))) == rows_of(s)

@@ -2,8 +2,10 @@
 checkpoint / resume, and configuration errors that stop before any worker starts."""
 from __future__ import annotations
 
+import json
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -45,31 +47,50 @@ def train_cmd(expid: str, root, tmp_path, *extra: str, np_: int = 0) -> list[str
     return cmd
 
 
+@pytest.fixture(scope="module")
+def two_ranks(lakehouse, mlflow_server, tmp_path_factory) -> dict:
+    """sim_soft_time trained for 2 epochs by ``sim.train --np 2`` (horovodrun, two ranks), tracked on a
+    real MLflow server over HTTP; every rank dumps its final weights."""
+    root, eval_ids, version = lakehouse
+    work = tmp_path_factory.mktemp("two_ranks")
+    run(train_cmd("sim_soft_time", root, work, "train.epochs=2", f"tracking_uri={mlflow_server}", np_=2),
+        timeout=900, SIM_DUMP_WEIGHTS=str(work / "weights"))
+    runs = tracking.search_runs(["sim-synthetic"], uri=mlflow_server)
+    assert len(runs) == 1
+    r = runs.iloc[0]
+    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet", uri=mlflow_server))
+    return {"root": root, "eval_ids": eval_ids, "version": version, "work": work, "uri": mlflow_server,
+            "run": r, "pred": pred}
+
+
+def _eval_rows(root, n: int = 32) -> pd.DataFrame:
+    """The first ``n`` rows of the test date's first file, sequences as lists (trailing padding cut)."""
+    import pyarrow.parquet as pq
+    from sim.adapters.serving import rows_as_lists
+    from sim.samples.contract import TRAINING_COLUMNS
+    path = delta_io.log_snapshot_files(str(root / "samples"), EVAL_DATE, EVAL_DATE)[1][0].path
+    table = pq.read_table(path, columns=list(TRAINING_COLUMNS)).slice(0, n).to_pandas()
+    return rows_as_lists({c: (table[c].to_numpy() if table[c].dtype != object else np.stack(table[c]))
+                          for c in table.columns}, n)
+
+
 @pytest.mark.slow
-def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_path):
+def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(two_ranks):
     import torch
-    lakehouse, eval_ids, version = lakehouse
-    dump = tmp_path / "weights"
-    run(train_cmd("sim_soft_time", lakehouse, tmp_path, "train.epochs=2", np_=2), timeout=900,
-        SIM_DUMP_WEIGHTS=str(dump))
-    w0, w1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    w0, w1 = (torch.load(two_ranks["work"] / "weights" / f"rank{i}.pt") for i in (0, 1))
     assert w0.keys() == w1.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    runs = tracking.search_runs(["sim-synthetic"], uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(runs) == 1
-    r = runs.iloc[0]
-    assert r.status == "FINISHED"
+    r, pred, uri = two_ranks["run"], two_ranks["pred"], two_ranks["uri"]
+    assert uri.startswith("http://") and r.status == "FINISHED"
     assert r["params.horovod.size"] == "2"
     assert r["params.data.steps_per_epoch"] == "5"  # 600 train rows: 300 per rank, batches of 64
-    assert r["params.data.samples_version"] == str(version)
-    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet",
-                                                      uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
-    assert len(pred) == 250 and set(pred.impression_id) == eval_ids  # every eval row once, across ranks
+    assert r["params.data.samples_version"] == str(two_ranks["version"])
+    assert len(pred) == 250 and set(pred.impression_id) == two_ranks["eval_ids"]  # every eval row once
     assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
-    history = dict(tracking.metric_history(r.run_id, "val_auc", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    history = dict(tracking.metric_history(r.run_id, "val_auc", uri=uri))
     assert sorted(history) == [1, 2]
-    losses = dict(tracking.metric_history(r.run_id, "train_loss", uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    losses = dict(tracking.metric_history(r.run_id, "train_loss", uri=uri))
     assert losses[2] < losses[1]  # every row once per epoch, and the model learns from them
     # The reported test AUC is that of the epoch with the best validation AUC.
     assert r["metrics.best_epoch"] == max(history, key=lambda e: (history[e], -e))
@@ -77,18 +98,67 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     # Soft search logs its diagnostics per epoch.
     for name in ("gsu_auc", "topk_same_category", "hard_soft_overlap"):
         assert 0.0 <= r[f"metrics.{name}"] <= 1.0, name
-    # The logged model loads back and scores the eval rows as the run did.
-    import mlflow.pytorch
-    from sim.adapters import petastorm_io
-    from sim.samples.contract import TRAINING_COLUMNS
-    from sim.training.experiment import _to_tensors
-    model = mlflow.pytorch.load_model(f"runs:/{r.run_id}/model")
-    files = [f.path for f in delta_io.log_snapshot_files(str(lakehouse / "samples"), EVAL_DATE, EVAL_DATE)[1]]
-    with torch.no_grad(), petastorm_io.open_reader(files, list(TRAINING_COLUMNS)) as reader:
-        batch = next(petastorm_io.iter_batches(reader, list(TRAINING_COLUMNS), 32))
-        scores = torch.sigmoid(model.eval()(_to_tensors(batch))["logit"]).double().numpy()
-    logged = pred.set_index("impression_id").score
-    assert scores == pytest.approx(logged.loc[batch["impression_id"]].to_numpy(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_logged_model_loads_as_pyfunc_and_scores_rows_as_the_run_did(two_ranks):
+    """The model is a pyfunc over samples rows with a signature and an input example."""
+    import mlflow
+    from mlflow.models import Model
+    mlflow.set_tracking_uri(two_ranks["uri"])
+    uri = two_ranks["run"]["tags.model_uri"]
+    assert uri.startswith("models:/")
+    info = Model.load(uri)
+    assert info.signature is not None and "long_items" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+    rows = _eval_rows(two_ranks["root"])
+    scores = mlflow.pyfunc.load_model(uri).predict(rows)
+    logged = two_ranks["pred"].set_index("impression_id").score
+    assert np.asarray(scores) == pytest.approx(logged.loc[rows.impression_id].to_numpy(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_logged_scores(two_ranks, tmp_path):
+    """`mlflow models serve` of the run's model, a real HTTP endpoint on 127.0.0.1."""
+    from conftest import VENV_BIN, free_port, subprocess_env
+    from helpers.servers import post_json, server
+    port = free_port()
+    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", two_ranks["run"]["tags.model_uri"],
+           "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local", "-w", "1"]
+    rows = _eval_rows(two_ranks["root"], 16)
+    body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    with server(cmd, f"http://127.0.0.1:{port}", tmp_path / "serve.log", cwd=tmp_path, ready="/ping",
+                env=subprocess_env(MLFLOW_TRACKING_URI=two_ranks["uri"])) as url:
+        answer = post_json(url + "/invocations", body)
+    logged = two_ranks["pred"].set_index("impression_id").score
+    assert answer["predictions"] == pytest.approx(logged.loc[rows.impression_id].tolist(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ranks_as_spark_tasks_of_the_standalone_cluster(lakehouse, standalone_cluster, tmp_path):
+    """``--np 2 --spark-master spark://...``: Horovod's Spark runner starts the two ranks as tasks of the
+    cluster's executors (other JVMs); they train in lockstep as under horovodrun."""
+    import torch
+    root, eval_ids, _ = lakehouse
+    proc = run(train_cmd("sim_hard", root, tmp_path, "train.epochs=1", np_=2)
+               + ["--spark-master", standalone_cluster], timeout=900, SIM_DUMP_WEIGHTS=str(tmp_path / "weights"))
+    assert f"launching 2 ranks on {standalone_cluster}" in proc.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (r,) = [r for _, r in tracking.search_runs(["sim-synthetic"], uri=uri).iterrows()]
+    assert r.status == "FINISHED" and r["params.horovod.size"] == "2" and r["params.data.steps_per_epoch"] == "5"
+    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet", uri=uri))
+    assert len(pred) == 250 and set(pred.impression_id) == eval_ids
+    w0, w1 = (torch.load(tmp_path / "weights" / f"rank{i}.pt") for i in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_unreachable_tracking_server_fails_before_training(lakehouse, tmp_path):
+    from conftest import free_port
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = run(train_cmd("din", lakehouse[0], tmp_path, f"tracking_uri={dead}", np_=2), check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"no MLflow tracking server answers at {dead}" in proc.stderr
+    assert "launching: " not in proc.stderr
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Horovod behind one small module: init, rank/size, distributed optimizer, broadcast, allreduce and
-allgather of metrics. Nothing else in the code imports horovod.
+allgather of metrics, and the launch of ranks as Spark tasks (:func:`run_on_spark`). Nothing else in the
+code imports horovod.
 
 Without ``horovodrun`` Horovod still initialises as a single process (size 1), so training code has one
 path for one and for N processes.
@@ -81,3 +82,35 @@ def allgather(tensor: torch.Tensor, name: str) -> torch.Tensor:
 
 def barrier() -> None:
     _hvd.allreduce(torch.zeros(1), name="barrier")
+
+
+FORWARDED_ENV = ("SIM_", "MLFLOW_", "AWS_", "OMP_")
+
+
+def run_on_spark(fn, args: tuple, num_proc: int, master: str, app_name: str,
+                 conf: dict | None = None) -> list:
+    """``fn(*args)`` on ``num_proc`` Horovod ranks, each in a Spark task of the cluster at ``master``
+    (Horovod's Spark runner, ``horovod.spark.run``, over Gloo); the ranks' return values in rank order.
+
+    Each task starts its rank with the executors' Python (``spark.pyspark.python``: ``$PYSPARK_PYTHON``,
+    else this interpreter, whose venv has torch, horovod and ``sim``); the cluster must offer
+    ``num_proc`` task slots at once (one core per task) within ``HOROVOD_SPARK_START_TIMEOUT``
+    (default 600 s). A rank runs in its executor's environment plus the settings of this process it
+    reads: ``SIM_*``, ``MLFLOW_*``, ``AWS_*`` and ``OMP_*`` (not the rest: PATH and the like belong to
+    the worker's machine)."""
+    import os
+    import sys
+
+    import horovod.spark
+
+    from sim.adapters.spark import get_spark
+    python = os.environ.get("PYSPARK_PYTHON") or sys.executable
+    confs = {"spark.pyspark.python": python, "spark.task.cpus": "1", "spark.ui.enabled": "false",
+             **(conf or {})}
+    spark = get_spark(app_name, master=master, conf=confs)
+    try:
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        return horovod.spark.run(fn, args=args, num_proc=num_proc, use_gloo=True, executable=python,
+                                 env=env, verbose=1)
+    finally:
+        spark.stop()

@@ -1,4 +1,5 @@
-"""MLflow behind one small module. Nothing else in the code imports mlflow.
+"""MLflow tracking behind one small module (the logged model's pyfunc is :mod:`sim.adapters.serving`).
+Nothing else in the code imports mlflow.
 
 The tracking URI defaults to a SQLite file in the working directory (``sqlite:///<cwd>/mlflow.db``);
 ``tracking_uri`` in the experiment config or ``MLFLOW_TRACKING_URI`` selects any other store. Only rank 0
@@ -28,6 +29,35 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # A relative SQLite path is relative to the working directory; make it absolute once.
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server of the config does not answer; the message says where we tried."""
+
+
+def check_reachable(uri: str | None, timeout: float = 10.0) -> str:
+    """Fail fast, before any training, when the tracking store is an MLflow server that does not answer
+    (MLflow's own client would retry for minutes, after the epochs ran). Returns the resolved URI.
+    Other stores (a SQLite file, a local directory) are created on first use and need no check."""
+    import urllib.error
+    import urllib.request
+
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            if e.code >= 500 or e.code == 404:
+                raise TrackingUnreachable(f"the MLflow tracking server at {uri} answered {e.code} to {probe}; "
+                                          "is it an MLflow server? Set tracking_uri to one.") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingUnreachable(
+                f"no MLflow tracking server answers at {uri} ({getattr(e, 'reason', e)}; tried {probe} for "
+                f"{timeout:.0f} s): start it (`mlflow server ...`) or set tracking_uri (or "
+                "MLFLOW_TRACKING_URI) to a store that exists") from e
     return uri
 
 
@@ -130,32 +160,6 @@ def log_table(df, name: str) -> None:
         p = Path(d) / name
         df.to_parquet(p, index=False)
         log_artifact(p)
-
-
-def log_torch_model(model, input_example: Mapping[str, Any], name: str = "model") -> None:
-    """Log a torch model with a signature inferred from ``input_example`` (dict of numpy arrays).
-
-    The requirements are given (torch, numpy) and the model's code travels with it (``code_paths``:
-    the ``sim`` package its pickled classes live in), so MLflow neither infers requirements by loading
-    the model in a subprocess (seconds per run) nor needs ``sim`` installed where the model is loaded.
-    The example itself is not stored: MLflow's pyfunc serving takes one tensor or DataFrame, not the
-    dict of sequences the model reads, and would only warn that it cannot validate it.
-    """
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-    import numpy as np
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        out = model({k: torch.as_tensor(v) for k, v in input_example.items()})
-    logits = out["logit"] if isinstance(out, Mapping) else out
-    signature = infer_signature(dict(input_example), logits.numpy())
-    torch_version = torch.__version__.split("+")[0]
-    mlflow.pytorch.log_model(model, name=name, signature=signature,
-                             pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],
-                             code_paths=[str(Path(__file__).resolve().parent)])
 
 
 def search_runs(experiments: list[str], uri: str | None = None, filter_string: str = ""):
