@@ -25,6 +25,9 @@ the same number of steps per epoch, ceil(ceil(rows / ranks) / batch), its last b
 (never empty, never repeating a row), so no rank waits in a collective for a batch that never comes.
 Validation and test files are split the same way, unshuffled, and every row is scored once. A reader
 loads only the columns the model reads.
+
+Each rank trains on the CPU or, with ``train.device`` ``auto`` / ``cuda`` and a GPU, on the GPU of its
+local rank (:mod:`sim.training.device`); ``cuda`` without one is refused before any worker starts.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from typing import Sequence
 from sim.config import ConfigError
 from sim.adapters.delta_io import MissingTableError
 from sim.config.experiment import check_model_builds
+from sim.training.device import check_device
 from sim.training.experiment import DataManifest, load_experiment, resolve_data
 from sim.training.loop import train
 
@@ -94,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_experiment(args.config, args.expid, args.overrides)
         if "HOROVOD_RANK" not in os.environ:
             check_model_builds(cfg)  # before data is read or any worker starts
+            check_device(cfg["train"]["device"], processes_per_host=max(args.np, 1))
         if args.np:
             return launch(args, cfg)
         manifest = DataManifest.from_json(Path(args.manifest).read_text()) if args.manifest else None
