@@ -1,4 +1,5 @@
-"""Run under horovodrun: a few Adam steps of one model with Horovod's DistributedOptimizer and of a copy
+"""Run under horovodrun: a few SGD steps (with momentum; unlike Adam's, its steps scale with the
+gradients, so a wrong average shows) of one model with Horovod's DistributedOptimizer and of a copy
 with the through-host averaging (the path of a model on a GPU with a CPU build of Horovod, here on CPU
 tensors); rank 0 writes how far apart the two are, and the ranks, at the end."""
 import json
@@ -30,8 +31,8 @@ torch.manual_seed(7)
 a = Net()
 b = Net()
 b.load_state_dict(a.state_dict())
-opt_a = hvd.distributed_optimizer(torch.optim.Adam(a.parameters(), lr=0.05), a)
-opt_b = hvd.distributed_optimizer(torch.optim.Adam(b.parameters(), lr=0.05), b, through_host=True)
+opt_a = hvd.distributed_optimizer(torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), a)
+opt_b = hvd.distributed_optimizer(torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9), b, through_host=True)
 start = torch.cat([p.detach().flatten() for p in a.parameters()]).clone()
 gen = torch.Generator().manual_seed(100 + r)  # different data per rank
 for step in range(3):
