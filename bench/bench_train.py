@@ -53,7 +53,9 @@ def reader_rows_per_sec(files: list[str], batch_size: int, passes: int = 10) -> 
         return rows / (time.perf_counter() - first), first - started
 
 
-def train_samples_per_sec(np_: int, model: str, epochs: int, lakehouse: str, d: dict, batch: int) -> float:
+def train_samples_per_sec(np_: int, model: str, epochs: int, lakehouse: str, d: dict,
+                          batch: int) -> tuple[float, str]:
+    """(the best epoch's samples/s, the device the run resolved ``train.device=auto`` to)."""
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         cmd = [sys.executable, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model]
@@ -67,7 +69,7 @@ def train_samples_per_sec(np_: int, model: str, epochs: int, lakehouse: str, d: 
         subprocess.run(cmd, cwd=ROOT, check=True, env=env, stdout=subprocess.DEVNULL)
         runs = tracking.search_runs(["sim-synthetic"], uri=uri)
         hist = tracking.metric_history(runs.run_id.iloc[0], "samples_per_sec", uri=uri)
-        return max(v for _, v in hist)
+        return max(v for _, v in hist), runs["params.device.type"].iloc[0]
 
 
 def main() -> None:
@@ -82,9 +84,10 @@ def main() -> None:
     files = [f.path for f in delta_io.log_snapshot(delta_io.table_path(lakehouse, "samples"))
              .between(d["train_from"], d["train_to"])]
     reader, reader_open = reader_rows_per_sec(files, args.batch_size)
-    one = train_samples_per_sec(1, args.model, args.epochs, lakehouse, d, args.batch_size)
-    two = train_samples_per_sec(2, args.model, args.epochs, lakehouse, d, args.batch_size)
-    print(f"model {args.model}, batch {args.batch_size}, {len(files)} files, machine cores {os.cpu_count()}")
+    one, device = train_samples_per_sec(1, args.model, args.epochs, lakehouse, d, args.batch_size)
+    two, _ = train_samples_per_sec(2, args.model, args.epochs, lakehouse, d, args.batch_size)
+    print(f"model {args.model}, batch {args.batch_size}, {len(files)} files, machine cores {os.cpu_count()}, "
+          f"training on {device} (train.device=auto)")
     print(f"{'what':<36}{'rows/s':>12}")
     print(f"{'petastorm reader alone (1 proc)':<36}{reader:>12.0f}   (opening it: {reader_open:.1f}s, not counted)")
     print(f"{'training, 1 process':<36}{one:>12.0f}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent setup for `make demo`, `make test` and CI: a Python 3.11 venv with the pinned stack,
-# Horovod built from its sdist (CPU, Gloo, PyTorch) and cached as a wheel, and the Delta jars cached.
+# Horovod built from its sdist (Gloo, PyTorch; with its NCCL GPU operations where the CUDA toolkit and NCCL
+# are found) and cached as a wheel, and the Delta jars cached.
 # Everything expensive is cached outside the checkout under $SIM_CACHE, keyed by version.
 # Before anything is installed it checks the prerequisites and names any that is missing.
 set -euo pipefail
@@ -15,9 +16,15 @@ still has to be built), Java 17 or later and, only while what they make is not c
 jars), a C/C++ compiler and cmake (Horovod). If one is missing it names it with the package that
 provides it and exits 1 before installing anything.
 
-  --check   only check the prerequisites (exit 0 when all are there)
+Horovod is built with its GPU operations (HOROVOD_GPU_OPERATIONS=NCCL) when the CUDA toolkit's nvcc (on
+PATH, or in $CUDA_HOME/bin or /usr/local/cuda/bin) and NCCL (nccl.h and libnccl.so, under $NCCL_HOME or
+the system's directories) are found, for CPUs only otherwise; the two wheels are cached apart.
 
-Environment: PYTHON (default python3.11), VENV (default .venv), SIM_CACHE, JAVA_HOME, CC, CXX.
+  --check   only check the prerequisites (exit 0 when all are there) and say which Horovod it builds
+
+Environment: PYTHON (default python3.11), VENV (default .venv), SIM_CACHE, JAVA_HOME, CC, CXX, CUDA_HOME,
+NCCL_HOME, HOROVOD_BUILD_CUDA_CC_LIST (GPU build: compute capabilities, default those of torch's build),
+SIM_HOROVOD_GPU=0 (build for CPUs only even where CUDA and NCCL are found).
 EOF
 }
 CHECK_ONLY=0
@@ -34,7 +41,53 @@ PY=${PYTHON:-python3.11}
 CACHE=${SIM_CACHE:-$HOME/.cache/sim-pipeline}
 pin() { sed -n "s/^$1==\(.*\)$/\1/p" constraints.txt; }
 HVD_VER=$(pin horovod); TORCH_VER=$(pin torch); DELTA_VER=$(pin delta-spark)
-HVD_CACHE=$CACHE/horovod-$HVD_VER-torch-$TORCH_VER
+
+# Horovod's GPU operations: built with NCCL where nvcc and NCCL are found (SIM_HOROVOD_GPU=0: never). The
+# wheel's cache directory names the build (and the CUDA release), so a CPU wheel never stands in for a
+# GPU build, nor one CUDA release's wheel for another's.
+find_nvcc() {
+  local c
+  for c in "$(command -v nvcc 2>/dev/null || true)" ${CUDA_HOME:+"$CUDA_HOME/bin/nvcc"} /usr/local/cuda/bin/nvcc; do
+    if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+find_nccl() {  # prints "<include dir> <lib dir>"
+  local d inc lib
+  for d in ${NCCL_HOME:+"$NCCL_HOME"} ${CUDA_HOME:+"$CUDA_HOME"} /usr/local/cuda /usr/local /usr; do
+    inc=$d/include
+    [ -f "$inc/nccl.h" ] || continue
+    for lib in "$d/lib" "$d/lib64" "$d/lib/$(uname -m)-linux-gnu"; do
+      if ls "$lib"/libnccl.so* >/dev/null 2>&1; then echo "$inc $lib"; return 0; fi
+    done
+  done
+  return 1
+}
+HVD_GPU=0; HVD_WHY="no nvcc (CUDA toolkit) found"
+if [ "${SIM_HOROVOD_GPU:-}" = 0 ]; then
+  HVD_WHY="SIM_HOROVOD_GPU=0"
+elif NVCC=$(find_nvcc); then
+  if NCCL_DIRS=$(find_nccl); then
+    CUDA_VER=$("$NVCC" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p' | head -1 || true)
+    HVD_GPU=1; HVD_WHY="$NVCC (CUDA ${CUDA_VER:-unknown}) and NCCL in ${NCCL_DIRS%% *}"
+  else
+    HVD_WHY="$NVCC found but not NCCL (nccl.h and libnccl.so; NCCL_HOME names where it is)"
+  fi
+fi
+if [ "$HVD_GPU" = 1 ]; then
+  HVD_KIND="GPU (NCCL) and CPU (Gloo)"
+  HVD_CACHE=$CACHE/horovod-$HVD_VER-torch-$TORCH_VER-cuda${CUDA_VER:-unknown}-nccl
+else
+  HVD_KIND="CPU (Gloo)"
+  HVD_CACHE=$CACHE/horovod-$HVD_VER-torch-$TORCH_VER
+fi
+HVD_KEY=$(basename "$HVD_CACHE")
+# The Horovod in the venv is of this build: its stamp says so (a venv set up before stamps were written
+# holds the CPU build, the only one setup made then).
+hvd_installed() {
+  [ -d "$VENV/lib/python3.11/site-packages/horovod" ] || return 1
+  [ "$(cat "$VENV/.sim-horovod" 2>/dev/null || echo "horovod-$HVD_VER-torch-$TORCH_VER")" = "$HVD_KEY" ]
+}
 JAR_CACHE=$CACHE/delta-$DELTA_VER
 UV_VER=0.9.9
 start=$(date +%s)
@@ -70,7 +123,7 @@ check_prerequisites() {
      && ! command -v mvn >/dev/null 2>&1; then
     missing+=("Maven (mvn): fetches the Delta $DELTA_VER jars once into $JAR_CACHE"); pkgs+=(maven)
   fi
-  if ! ls "$HVD_CACHE"/horovod-*.whl >/dev/null 2>&1 && [ ! -d "$VENV/lib/python3.11/site-packages/horovod" ]; then
+  if ! ls "$HVD_CACHE"/horovod-*.whl >/dev/null 2>&1 && ! hvd_installed; then
     why="builds Horovod $HVD_VER once (the wheel is then cached in $HVD_CACHE)"
     if [ -z "${CC:-}" ] && ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
       missing+=("a C compiler (gcc): $why"); pkgs+=(gcc)
@@ -98,6 +151,7 @@ sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Pyth
     return 1
   fi
   say "prerequisites: Python $("$PY" -c 'import platform; print(platform.python_version())'), Java $v"
+  say "horovod: $HVD_KIND build ($HVD_WHY), wheel cached in $HVD_CACHE"
 }
 check_prerequisites || exit 1
 if [ "$CHECK_ONLY" = 1 ]; then exit 0; fi
@@ -126,35 +180,51 @@ else
   say "skipped: package install (constraints unchanged)"
 fi
 
-# 2. Horovod: build once from the sdist, patched for torch >= 2.1 (C++17) and a CUDA build of torch
-#    without the CUDA toolkit; install the cached wheel afterwards.
-if "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
-  say "skipped: horovod $HVD_VER already installed"
+# 2. Horovod: build once from the sdist, patched for torch >= 2.1 (C++17) and, for the CPU build, a CUDA
+#    build of torch without the CUDA toolkit; install the cached wheel afterwards.
+if hvd_installed && "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
+  say "skipped: horovod $HVD_VER already installed ($HVD_KIND)"
 else
   WHEEL=$(ls "$HVD_CACHE"/horovod-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$WHEEL" ]; then
-    say "building horovod $HVD_VER (torch $TORCH_VER, CPU, Gloo); takes a few minutes"
+    say "building horovod $HVD_VER (torch $TORCH_VER, $HVD_KIND: $HVD_WHY); takes a few minutes"
     BUILD=$(mktemp -d)
     "$VENV/bin/pip" download -q --no-deps --no-binary :all: -d "$BUILD" "horovod==$HVD_VER"
     tar -xzf "$BUILD"/horovod-"$HVD_VER".tar.gz -C "$BUILD"
     SRC=$BUILD/horovod-$HVD_VER
     sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
-    # torch from PyPI reports CUDA; Horovod would then demand the CUDA toolkit. We build for CPU only.
-    sed -i '/string(TOUPPER "${Pytorch_CUDA}" Pytorch_CUDA)/a set(Pytorch_CUDA FALSE)' \
-      "$SRC/cmake/Modules/FindPytorch.cmake"
-    grep -q "^set(Pytorch_CUDA FALSE)" "$SRC/cmake/Modules/FindPytorch.cmake" \
-      || { echo "[setup] could not patch FindPytorch.cmake" >&2; exit 1; }
     mkdir -p "$HVD_CACHE"
-    ( cd "$SRC" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-      HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_GPU_OPERATIONS= HOROVOD_CPU_OPERATIONS=GLOO \
-      MAKEFLAGS=-j2 CUDA_HOME=/nonexistent \
-      "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$HVD_CACHE" . )
+    if [ "$HVD_GPU" = 1 ]; then
+      # Untested here (no GPU machine): the CUDA kernels for the compute capabilities torch was built for,
+      # unless HOROVOD_BUILD_CUDA_CC_LIST names them.
+      CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-$("$VENV/bin/python" -c "import torch
+print(','.join(a.split('_')[1] for a in torch.cuda.get_arch_list() if a.startswith('sm_')))" 2>/dev/null || true)}
+      ( cd "$SRC"
+        if [ -n "$CC_LIST" ]; then export HOROVOD_BUILD_CUDA_CC_LIST=$CC_LIST; fi
+        HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+        HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
+        HOROVOD_GPU=CUDA HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED \
+        HOROVOD_CUDA_HOME="$(dirname "$(dirname "$NVCC")")" \
+        HOROVOD_NCCL_INCLUDE="${NCCL_DIRS%% *}" HOROVOD_NCCL_LIB="${NCCL_DIRS#* }" MAKEFLAGS=-j2 \
+        "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$HVD_CACHE" . )
+    else
+      # torch from PyPI reports CUDA; Horovod would then demand the CUDA toolkit. Build for CPU only.
+      sed -i '/string(TOUPPER "${Pytorch_CUDA}" Pytorch_CUDA)/a set(Pytorch_CUDA FALSE)' \
+        "$SRC/cmake/Modules/FindPytorch.cmake"
+      grep -q "^set(Pytorch_CUDA FALSE)" "$SRC/cmake/Modules/FindPytorch.cmake" \
+        || { echo "[setup] could not patch FindPytorch.cmake" >&2; exit 1; }
+      ( cd "$SRC" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+        HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_GPU_OPERATIONS= HOROVOD_CPU_OPERATIONS=GLOO \
+        MAKEFLAGS=-j2 CUDA_HOME=/nonexistent \
+        "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$HVD_CACHE" . )
+    fi
     rm -rf "$BUILD"
     WHEEL=$(ls "$HVD_CACHE"/horovod-*.whl | head -1)
   else
     say "using cached horovod wheel $WHEEL"
   fi
-  "$UV" pip install -q --python "$VENV/bin/python" --no-deps "$WHEEL"
+  "$UV" pip install -q --python "$VENV/bin/python" --no-deps --reinstall-package horovod "$WHEEL"
+  echo "$HVD_KEY" > "$VENV/.sim-horovod"
   # horovod's own runtime deps (cloudpickle, psutil, pyyaml, packaging) come from the package extras.
 fi
 

@@ -27,6 +27,9 @@ the same number of steps per epoch, ceil(ceil(rows / ranks) / batch), its last b
 (never empty, never repeating a row), so no rank waits in a collective for a batch that never comes.
 Validation and test files are split the same way, unshuffled, and every row is scored once. A reader
 loads only the columns the model reads.
+
+Each rank trains on the CPU or, with ``train.device`` ``auto`` / ``cuda`` and a GPU, on the GPU of its
+local rank (:mod:`sim.training.device`); ``cuda`` without one is refused before any worker starts.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from sim.adapters import tracking
 from sim.config import ConfigError
 from sim.adapters.delta_io import MissingTableError
 from sim.config.experiment import check_model_builds
+from sim.training.device import check_device
 from sim.training.experiment import DataManifest, load_experiment, resolve_data
 from sim.training.loop import train
 
@@ -118,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "HOROVOD_RANK" not in os.environ:
             check_model_builds(cfg)  # before data is read or any worker starts
             tracking.check_reachable(cfg.get("tracking_uri"))
+            # horovodrun -H localhost:N puts every rank on this host; Spark tasks spread over the workers.
+            check_device(cfg["train"]["device"], processes_per_host=1 if args.spark_master else max(args.np, 1))
         if args.spark_master and not args.np:
             raise ConfigError("--spark-master needs --np N: the number of ranks (Spark tasks) to run")
         if args.np:

@@ -174,3 +174,47 @@ def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
     assert proc.returncode == 1
     for named in ("Maven (mvn)", "a C compiler (gcc)", "a C++ compiler (g++)", "cmake:"):
         assert named in proc.stderr, proc.stderr
+
+
+def test_setup_builds_horovod_for_gpus_where_cuda_and_nccl_are_found(tmp_path):
+    """A CUDA toolkit (a stand-in nvcc) and NCCL (its header and library) make setup build Horovod with
+    its GPU operations, cached apart: the cached CPU wheel does not stand in for it, so the build tools
+    are needed again; once a GPU wheel is cached they are not. SIM_HOROVOD_GPU=0 keeps the CPU build."""
+    pins = _pins()
+    cuda, nccl = tmp_path / "cuda", tmp_path / "nccl"
+    (cuda / "bin").mkdir(parents=True)
+    (cuda / "bin" / "nvcc").write_text('#!/bin/sh\necho "Cuda compilation tools, release 12.4, V12.4.131"\n')
+    (cuda / "bin" / "nvcc").chmod(stat.S_IRWXU)
+    (nccl / "include").mkdir(parents=True)
+    (nccl / "include" / "nccl.h").touch()
+    (nccl / "lib").mkdir()
+    (nccl / "lib" / "libnccl.so").touch()
+    cache = tmp_path / "cache"
+    jars = cache / f"delta-{pins['delta-spark']}"
+    jars.mkdir(parents=True)
+    for name in (f"delta-spark_2.13-{pins['delta-spark']}.jar", f"delta-storage-{pins['delta-spark']}.jar"):
+        (jars / name).touch()
+    cpu_wheels = cache / f"horovod-{pins['horovod']}-torch-{pins['torch']}"
+    cpu_wheels.mkdir()
+    (cpu_wheels / f"horovod-{pins['horovod']}-cp311-cp311-linux_x86_64.whl").touch()
+    tools = {"mvn", "cmake", "gcc", "cc", "g++", "c++", "clang", "clang++"}
+
+    def check(name: str, **env: str) -> subprocess.CompletedProcess:
+        (tmp_path / name).mkdir()
+        return run_setup(tmp_path / name, "--check", without=tools, cache=cache, CUDA_HOME=str(cuda),
+                         NCCL_HOME=str(nccl), **env)
+
+    proc = check("gpu")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    gpu_cache = re.search(rf"({re.escape(str(cache))}/horovod-{re.escape(pins['horovod'])}-torch-"
+                          rf"{re.escape(pins['torch'])}-cuda[0-9.]+-nccl)\b", proc.stderr)
+    assert gpu_cache and "cmake: builds Horovod" in proc.stderr, proc.stderr
+    gpu_wheels = Path(gpu_cache.group(1))
+    gpu_wheels.mkdir()
+    (gpu_wheels / f"horovod-{pins['horovod']}-cp311-cp311-linux_x86_64.whl").touch()
+    proc = check("gpu_cached")
+    assert proc.returncode == 0, proc.stderr
+    assert "horovod: GPU (NCCL) and CPU (Gloo) build" in proc.stdout and str(gpu_wheels) in proc.stdout
+    proc = check("cpu", SIM_HOROVOD_GPU="0")
+    assert proc.returncode == 0, proc.stderr
+    assert f"horovod: CPU (Gloo) build (SIM_HOROVOD_GPU=0), wheel cached in {cpu_wheels}\n" in proc.stdout

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT, run
 from helpers.samples_table import write_samples
@@ -84,6 +85,9 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(two_ranks):
     r, pred, uri = two_ranks["run"], two_ranks["pred"], two_ranks["uri"]
     assert uri.startswith("http://") and r.status == "FINISHED"
     assert r["params.horovod.size"] == "2"
+    assert r["params.train.device"] == "auto"
+    if not torch.cuda.is_available():  # the resolved device
+        assert (r["params.device.type"], r["params.device.gradients"]) == ("cpu", "cpu")
     assert r["params.data.steps_per_epoch"] == "5"  # 600 train rows: 300 per rank, batches of 64
     assert r["params.data.samples_version"] == str(two_ranks["version"])
     assert len(pred) == 250 and set(pred.impression_id) == two_ranks["eval_ids"]  # every eval row once
@@ -191,6 +195,9 @@ def test_resume_after_crash_matches_uninterrupted_run(lakehouse, tmp_path):
     ([f"valid_dates=[{EVAL_DATE},{EVAL_DATE}]"], "valid_dates 2024-03-04..2024-03-04 must end before test_dates"),
     (["eval_dates=[2024-03-03,2024-03-03]"], "eval_dates is split into valid_dates"),
     (["lakehouse=/nonexistent/lakehouse"], "no Delta table at /nonexistent/lakehouse/samples"),
+    (["train.device=gpu"], "train.device: Input should be 'auto', 'cpu' or 'cuda' (got 'gpu')"),
+    pytest.param(["train.device=cuda"], "train.device=cuda but", id="cuda-without-gpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_config_fails_before_any_worker_starts(lakehouse, tmp_path, extra, message):
     lakehouse = lakehouse[0]

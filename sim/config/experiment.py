@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, \
     model_validator
@@ -48,6 +48,9 @@ class TrainSettings(Settings):
     patience: NonNegativeInt = 0
     length_buckets: NonNegativeInt = 0
     fail_after_epoch: NonNegativeInt = 0
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: the GPU of each rank's local rank when torch sees one, else the CPU "
+                            "(sim.training.device)")
 
 
 class DateRange(Settings):

@@ -45,10 +45,12 @@ def evaluate(model, files: Sequence[tuple[str, int]], batch_size: int, rank: int
              item_topic=None) -> Evaluation:
     """Predict this rank's shard of ``files`` ((path, rows) of a snapshot) and gather every rank's
     predictions and tallies: the shards of :class:`~sim.training.loader.ShardedLoader` are disjoint and
-    cover every row, so each row is scored exactly once over the ranks."""
+    cover every row, so each row is scored exactly once over the ranks. The model scores on its own
+    device (``item_topic`` must be there too); scores come back to the host per batch."""
     import torch
 
     from sim.adapters import hvd
+    from sim.training.device import to_device
     from sim.training.loader import ShardedLoader
 
     columns = list(dict.fromkeys([*model.input_columns, *PREDICTION_COLUMNS, *ORACLE_COLUMNS]))
@@ -59,14 +61,16 @@ def evaluate(model, files: Sequence[tuple[str, int]], batch_size: int, rank: int
     keys = (*PREDICTION_COLUMNS, *ORACLE_COLUMNS, "score", *(["gsu_score"] if soft else []))
     out: dict[str, list[np.ndarray]] = {c: [] for c in keys}
     tally = diagnostics.empty_tally()
+    device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         for batch in loader.epoch():
-            tensors = {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in model.input_columns}
+            host = {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in model.input_columns}
+            tensors = to_device(host, device)
             result = model(tensors)
-            out["score"].append(torch.sigmoid(result["logit"]).double().numpy())
+            out["score"].append(torch.sigmoid(result["logit"]).double().cpu().numpy())
             if soft:
-                out["gsu_score"].append(torch.sigmoid(result["gsu_logit"]).double().numpy())
+                out["gsu_score"].append(torch.sigmoid(result["gsu_logit"]).double().cpu().numpy())
             if mode is not None:
                 tally += diagnostics.tally_batch(tensors, result, mode, item_topic)
             for c in PREDICTION_COLUMNS:

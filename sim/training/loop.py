@@ -1,7 +1,8 @@
 """The training loop, in parts that read alone: :func:`setup` (model, optimizer, schedule, loader, restored
 checkpoint), :func:`run_epoch`, :func:`validate_and_pick`, :func:`save_checkpoint` and
 :func:`final_test_and_log`, put together by :func:`train`. Which rows a rank reads, and in how many steps,
-is the :class:`~sim.training.loader.ShardedLoader`'s alone.
+is the :class:`~sim.training.loader.ShardedLoader`'s alone; on which device a rank trains,
+:mod:`sim.training.device`'s.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 
 from sim.config import ConfigError
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
+from sim.training.device import Placement, place, to_device
 from sim.training.loader import ShardedLoader
 
 log = logging.getLogger("sim.train")
@@ -32,8 +34,9 @@ SPLITS = ("train", "valid", "test")
 
 
 # -------------------------------------------------------------------------------------------- training
-# Settings a --resume may change without making it another run.
-_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads"), "": ("tracking_uri",)}
+# Settings a --resume may change without making it another run (a GPU run may continue on the CPU).
+_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "device"),
+                   "": ("tracking_uri",)}
 
 
 def checkpoint_dir(cfg: dict) -> Path:
@@ -55,9 +58,11 @@ def checkpoint_dir(cfg: dict) -> Path:
 
 def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
     import torch
+
+    from sim.adapters import hvd
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / "last.pt.tmp"
-    torch.save(state, tmp)
+    torch.save(hvd.to_cpu(state), tmp)  # host tensors: the run continues on a GPU or on the CPU
     shutil.copyfile(tmp, ckpt_dir / f"epoch_{state['epoch']}.pt")
     os.replace(tmp, ckpt_dir / "last.pt")  # atomic: a crash never leaves a half-written checkpoint
 
@@ -97,6 +102,7 @@ class Session:
     scheduler: Any
     loader: ShardedLoader  # the rank's shard of the train files, its batches and steps per epoch
     ckpt_dir: Path
+    placement: Placement  # the rank's device and how its gradients are averaged
     item_topic: Any = None
     start_epoch: int = 0
     run_id: str | None = None
@@ -109,9 +115,10 @@ class Session:
 
 
 def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
-    """Join the Horovod job, seed, build the model, its optimizer and learning-rate schedule and the train
-    loader; restore the run's checkpoint with ``resume`` (else clear it), then start every rank from rank
-    0's weights and optimizer state. Without ``manifest``, rank 0 resolves the data and broadcasts it."""
+    """Join the Horovod job, take the rank's device, seed, build the model on it, its optimizer and
+    learning-rate schedule and the train loader; restore the run's checkpoint with ``resume`` (else clear
+    it), then start every rank from rank 0's weights and optimizer state. Without ``manifest``, rank 0
+    resolves the data and broadcasts it."""
     import torch
 
     from sim.adapters import hvd
@@ -122,26 +129,30 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     if manifest is None:
         manifest = hvd.broadcast_object(resolve_data(cfg) if rank == 0 else None, name="manifest")
     t = cfg["train"]
+    placement = place(t["device"], hvd.local_rank(), hvd.gpu_operations())
     torch.set_num_threads(int(t.get("threads") or max(1, (os.cpu_count() or 2) // size)))
     seed = int(t["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
 
     model = build_model(cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})
-    optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model)
+    model.to(placement.device)  # before the optimizer: its state follows the parameters' device
+    optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model,
+                                          through_host=placement.through_host)
     rate, decay_steps = t["lr_decay_rate"], t["lr_decay_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
                            trim=model.sequences, bucket_batches=t["length_buckets"])
+    item_topic = load_item_topics(cfg["lakehouse"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
-                load_item_topics(cfg["lakehouse"]))
+                placement, item_topic.to(placement.device) if item_topic is not None else None)
     if resume:
-        state = _load_checkpoint(s.ckpt_dir)
+        state = _load_checkpoint(s.ckpt_dir)  # host tensors, whichever device wrote them
         if state is None:
             raise ConfigError(f"--resume given but no checkpoint in {s.ckpt_dir}")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves the state to the parameters' device
         scheduler.load_state_dict(state["scheduler"])
         s.start_epoch, s.run_id = int(state["epoch"]), state.get("run_id")
         s.best = Best(**state["best"])
@@ -155,6 +166,7 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
 def run_epoch(s: Session, epoch: int) -> tuple[float, float]:
     """Epoch ``epoch`` (from 0) over the rank's shard: ``loader.steps_per_epoch`` optimizer steps on every
     rank, each row of the train files once over all ranks. Returns (mean loss over the ranks, seconds)."""
+    import torch
     from tqdm import tqdm
 
     from sim.adapters import hvd
@@ -167,16 +179,17 @@ def run_epoch(s: Session, epoch: int) -> tuple[float, float]:
     with tqdm(total=s.loader.steps_per_epoch, desc=desc, disable=s.rank != 0 or not sys.stderr.isatty(),
               file=sys.stderr, leave=False) as bar:
         for batch in s.loader.epoch(epoch):
-            batch = _to_tensors(batch)
+            batch = to_device(_to_tensors(batch), s.placement.device)
             loss = s.model.loss(s.model(batch), batch["label"].float())
             s.optimizer.zero_grad()
             loss.backward()
             s.optimizer.step()
             s.scheduler.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # no host synchronisation per step on a GPU
             bar.update(1)
+    mean_loss = float(np.mean(torch.stack(losses).double().cpu().numpy())) if losses else float("nan")
     elapsed = time.perf_counter() - started
-    return hvd.allreduce_mean(float(np.mean(losses)), name=f"train_loss.{epoch}"), elapsed
+    return hvd.allreduce_mean(mean_loss, name=f"train_loss.{epoch}"), elapsed
 
 
 def validate_and_pick(s: Session, epoch: int, train_loss: float, elapsed: float) -> None:
@@ -230,6 +243,7 @@ def final_test_and_log(s: Session, epochs_run: int) -> dict[str, float]:
     test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic)
     if s.rank != 0:
         return {}
+    s.model.cpu()  # training is over: the logged model and its checksum are the same from any device
     metrics = {**ctr_metrics(test.pred), "best_epoch": float(s.best.epoch),
                "best_val_auc": s.best.val_auc, "epochs_run": float(epochs_run),
                **_reference_metrics(s.cfg, s.manifest, test.pred)}
@@ -281,7 +295,7 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
                if s.rank == 0 else contextlib.nullcontext())
     with run_ctx as active_run_id:
         if s.rank == 0 and not resume:
-            _log_run_params(cfg, s.manifest, s.size, s.loader.steps_per_epoch, config_path)
+            _log_run_params(cfg, s.manifest, s.size, s.loader.steps_per_epoch, s.placement, config_path)
         epoch = s.start_epoch
         while epoch < epochs and not (patience and s.since_best >= patience):
             train_loss, elapsed = run_epoch(s, epoch)
@@ -296,9 +310,9 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
 
 
 def _log_run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
-                    config_path: str | None) -> None:
+                    placement: Placement, config_path: str | None) -> None:
     from sim.adapters import tracking
-    tracking.log_params({**cfg, "horovod": {"size": size},
+    tracking.log_params({**cfg, "horovod": {"size": size}, "device": placement.params(),
                          "data": {"samples_version": manifest.samples_version,
                                   "samples_path": manifest.samples_path,
                                   **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
@@ -323,7 +337,9 @@ def _dump_weights(model, cfg: dict, rank: int) -> None:
     out = os.environ.get("SIM_DUMP_WEIGHTS")
     if out:
         import torch
+
+        from sim.adapters import hvd
         Path(out).mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
+        torch.save(hvd.to_cpu(model.state_dict()), Path(out) / f"rank{rank}.pt")
 
 
