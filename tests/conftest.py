@@ -138,6 +138,16 @@ def standalone_cluster(tmp_path_factory):
                 p.kill()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """s3proxy on 127.0.0.1 at a free port, buckets in a temporary directory, one bucket (``lake``)
+    created; yields a :class:`helpers.s3.S3Server` (endpoint, bucket, credentials). Stopped at the end of
+    the session, also on failure."""
+    from helpers.s3 import s3proxy
+    with s3proxy(tmp_path_factory.mktemp("s3"), free_port()) as server:
+        yield server
+
+
 def _wait_for(cond, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
