@@ -70,7 +70,8 @@ def command(properties_file: str | os.PathLike, java: str = "java", jvm_opts: Se
 
 def prepare(basedir: str | os.PathLike, port: int, access_key: str, secret_key: str,
             buckets: Sequence[str] = ()) -> Path:
-    """Create ``basedir`` with ``buckets`` in it and write ``s3proxy.properties`` there; its path."""
+    """Create ``basedir`` with ``buckets`` in it and write s3proxy's properties (and logging configuration)
+    beside it; the properties file's path."""
     base = Path(basedir)
     for b in buckets:
         (base / b).mkdir(parents=True, exist_ok=True)
