@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent setup for `make demo`, `make test` and CI: a Python 3.11 venv with the pinned stack,
 # Horovod built from its sdist (Gloo, PyTorch; with its NCCL GPU operations where the CUDA toolkit and NCCL
-# are found) and cached as a wheel, and the Delta jars cached.
+# are found) and cached as a wheel, the Delta jars cached, and the object-storage jars cached: Hadoop's S3A
+# connector for Spark and the s3proxy S3 server of the tests.
 # Everything expensive is cached outside the checkout under $SIM_CACHE, keyed by version.
 # Before anything is installed it checks the prerequisites and names any that is missing.
 set -euo pipefail
@@ -10,10 +11,11 @@ usage() {
 usage: bash scripts/setup.sh [--check]   (what `make setup` runs)
 
 Creates .venv (Python 3.11) with the pinned stack of constraints.txt, builds Horovod once and fetches
-the Delta jars once; the caches live in $SIM_CACHE (default ~/.cache/sim-pipeline). Safe to run again.
-It first checks the prerequisites: Python 3.11 (with its venv module, and its headers while Horovod
-still has to be built), Java 17 or later and, only while what they make is not cached, Maven (Delta
-jars), a C/C++ compiler and cmake (Horovod). If one is missing it names it with the package that
+the Delta jars and the object-storage jars (hadoop-aws + AWS SDK bundle for s3a://, about 560 MB, and
+the s3proxy server the tests run) once; the caches live in $SIM_CACHE (default ~/.cache/sim-pipeline).
+Safe to run again. It first checks the prerequisites: Python 3.11 (with its venv module, and its
+headers while Horovod still has to be built), Java 17 or later and, only while what they make is not
+cached, Maven (jars), a C/C++ compiler and cmake (Horovod). If one is missing it names it with the package that
 provides it and exits 1 before installing anything.
 
 Horovod is built with its GPU operations (HOROVOD_GPU_OPERATIONS=NCCL) when the CUDA toolkit's nvcc (on
@@ -89,12 +91,21 @@ hvd_installed() {
   [ "$(cat "$VENV/.sim-horovod" 2>/dev/null || echo "horovod-$HVD_VER-torch-$TORCH_VER")" = "$HVD_KEY" ]
 }
 JAR_CACHE=$CACHE/delta-$DELTA_VER
+# Object storage. hadoop-aws must be the Hadoop of pyspark (pyspark/jars/hadoop-client-api-*.jar) and the
+# AWS SDK bundle the one that hadoop-aws release was built against; sim/adapters/spark.py names the same
+# versions (a test checks that they agree).
+HADOOP_AWS_VER=3.4.1; AWS_SDK_VER=2.24.6; S3PROXY_VER=2.6.0
+S3A_CACHE=$CACHE/hadoop-aws-$HADOOP_AWS_VER-sdk-$AWS_SDK_VER
+S3PROXY_CACHE=$CACHE/s3proxy-$S3PROXY_VER
 UV_VER=0.9.9
 start=$(date +%s)
 say() { echo "[setup] $*"; }
 
 # 0. Prerequisites, all checked before the first install, so that a missing one never stops setup
 #    halfway. Maven, the compilers, cmake and Python's headers only while what they make is not cached.
+delta_cached() { [ -f "$JAR_CACHE/delta-spark_2.13-$DELTA_VER.jar" ] && [ -f "$JAR_CACHE/delta-storage-$DELTA_VER.jar" ]; }
+s3a_cached() { [ -f "$S3A_CACHE/hadoop-aws-$HADOOP_AWS_VER.jar" ] && [ -f "$S3A_CACHE/bundle-$AWS_SDK_VER.jar" ]; }
+s3proxy_cached() { [ -f "$S3PROXY_CACHE/.complete" ]; }
 py311() { "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
 check_prerequisites() {
   local missing=() pkgs=() v java why
@@ -119,9 +130,9 @@ check_prerequisites() {
       pkgs+=(openjdk-17-jdk-headless)
     fi
   fi
-  if ! { [ -f "$JAR_CACHE/delta-spark_2.13-$DELTA_VER.jar" ] && [ -f "$JAR_CACHE/delta-storage-$DELTA_VER.jar" ]; } \
-     && ! command -v mvn >/dev/null 2>&1; then
-    missing+=("Maven (mvn): fetches the Delta $DELTA_VER jars once into $JAR_CACHE"); pkgs+=(maven)
+  if ! { delta_cached && s3a_cached && s3proxy_cached; } && ! command -v mvn >/dev/null 2>&1; then
+    missing+=("Maven (mvn): fetches the Delta $DELTA_VER, hadoop-aws $HADOOP_AWS_VER and s3proxy $S3PROXY_VER jars once into $CACHE")
+    pkgs+=(maven)
   fi
   if ! ls "$HVD_CACHE"/horovod-*.whl >/dev/null 2>&1 && ! hvd_installed; then
     why="builds Horovod $HVD_VER once (the wheel is then cached in $HVD_CACHE)"
@@ -229,14 +240,57 @@ print(','.join(a.split('_')[1] for a in torch.cuda.get_arch_list() if a.startswi
 fi
 
 # 3. Delta jars from Maven Central, copied to a versioned cache handed to Spark via spark.jars.
-if [ -f "$JAR_CACHE/delta-spark_2.13-$DELTA_VER.jar" ] && [ -f "$JAR_CACHE/delta-storage-$DELTA_VER.jar" ]; then
+M2=${MAVEN_REPO:-$HOME/.m2/repository}
+if delta_cached; then
   say "skipped: delta jars in $JAR_CACHE"
 else
   say "fetching io.delta:delta-spark_2.13:$DELTA_VER with Maven"
   mvn -q -B dependency:get -Dartifact="io.delta:delta-spark_2.13:$DELTA_VER"
-  M2=${MAVEN_REPO:-$HOME/.m2/repository}
   mkdir -p "$JAR_CACHE"
   cp "$M2/io/delta/delta-spark_2.13/$DELTA_VER/delta-spark_2.13-$DELTA_VER.jar" \
      "$M2/io/delta/delta-storage/$DELTA_VER/delta-storage-$DELTA_VER.jar" "$JAR_CACHE/"
+fi
+
+# 4. Object storage, fetched by every setup (once; about 600 MB) rather than on request: CI runs the
+#    object-storage tests through `make test`, and a lakehouse on s3a:// then needs no second setup step.
+#    hadoop-aws + the AWS SDK bundle go on Spark's classpath (sim.adapters.spark). Each is fetched without
+#    its transitive dependencies: Hadoop's own are in pyspark already, the bundle shades the SDK's, and
+#    resolving hadoop-aws transitively fails on one of its test-scoped dependencies.
+if s3a_cached; then
+  say "skipped: hadoop-aws jars in $S3A_CACHE"
+else
+  say "fetching org.apache.hadoop:hadoop-aws:$HADOOP_AWS_VER and the AWS SDK $AWS_SDK_VER bundle (~560 MB) with Maven"
+  mvn -q -B dependency:get -Dtransitive=false -Dartifact="org.apache.hadoop:hadoop-aws:$HADOOP_AWS_VER"
+  mvn -q -B dependency:get -Dtransitive=false -Dartifact="software.amazon.awssdk:bundle:$AWS_SDK_VER"
+  mkdir -p "$S3A_CACHE"
+  # Copied under a temporary name and renamed, so an interrupted copy never looks cached.
+  for jar in "org/apache/hadoop/hadoop-aws/$HADOOP_AWS_VER/hadoop-aws-$HADOOP_AWS_VER.jar" \
+             "software/amazon/awssdk/bundle/$AWS_SDK_VER/bundle-$AWS_SDK_VER.jar"; do
+    cp "$M2/$jar" "$S3A_CACHE/.tmp.jar" && mv "$S3A_CACHE/.tmp.jar" "$S3A_CACHE/$(basename "$jar")"
+  done
+fi
+#    s3proxy: an S3 server (Apache jclouds behind it) for the tests and a local cluster, run from its jars
+#    with `java -cp "$SIM_CACHE/s3proxy-<ver>/lib/*" org.gaul.s3proxy.Main --properties FILE`. Maven
+#    Central has no runnable s3proxy jar, so a throw-away pom copies its runtime dependencies.
+if s3proxy_cached; then
+  say "skipped: s3proxy jars in $S3PROXY_CACHE"
+else
+  say "fetching org.gaul:s3proxy:$S3PROXY_VER and its dependencies with Maven"
+  POM=$(mktemp -d)
+  cat > "$POM/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>sim-pipeline.setup</groupId><artifactId>s3proxy-jars</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.gaul</groupId><artifactId>s3proxy</artifactId><version>$S3PROXY_VER</version></dependency>
+  </dependencies>
+</project>
+EOF
+  rm -rf "$S3PROXY_CACHE"
+  mvn -q -B -f "$POM/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$S3PROXY_CACHE/lib"
+  rm -rf "$POM"
+  touch "$S3PROXY_CACHE/.complete"
 fi
 say "done in $(( $(date +%s) - start ))s"

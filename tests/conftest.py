@@ -27,7 +27,7 @@ VENV_BIN = Path(sys.executable).parent
 # the last file plus its duration. The files that take minutes (setup included, from --durations of
 # the suite) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
-SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_generator.py",
+SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_object_storage.py", "test_generator.py",
                     "test_train.py", "test_importers.py", "test_samples.py", "test_ubt.py")
 
 
@@ -151,6 +151,16 @@ def mlflow_server(tmp_path_factory):
            "--workers", "1"]
     with server(cmd, f"http://127.0.0.1:{port}", work / "server.log", cwd=work, env=subprocess_env()) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """s3proxy on 127.0.0.1 at a free port, buckets in a temporary directory, one bucket (``lake``)
+    created; yields a :class:`helpers.s3.S3Server` (endpoint, bucket, credentials). Stopped at the end of
+    the session, also on failure."""
+    from helpers.s3 import s3proxy
+    with s3proxy(tmp_path_factory.mktemp("s3"), free_port()) as server:
+        yield server
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:

@@ -154,7 +154,8 @@ def test_setup_names_a_java_too_old(tmp_path):
 
 
 def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
-    """With the Delta jars and the Horovod wheel cached, Maven, the compilers and cmake are not needed."""
+    """With the jars (Delta, hadoop-aws, s3proxy) and the Horovod wheel cached, Maven, the compilers and
+    cmake are not needed."""
     pins = _pins()
     cache = tmp_path / "cache"
     jars = cache / f"delta-{pins['delta-spark']}"
@@ -164,6 +165,14 @@ def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
     wheels = cache / f"horovod-{pins['horovod']}-torch-{pins['torch']}"
     wheels.mkdir()
     (wheels / f"horovod-{pins['horovod']}-cp311-cp311-linux_x86_64.whl").touch()
+    hadoop_aws, sdk, s3proxy = re.search(r"HADOOP_AWS_VER=(\S+); AWS_SDK_VER=(\S+); S3PROXY_VER=(\S+)\n",
+                                         SETUP.read_text()).groups()
+    s3a = cache / f"hadoop-aws-{hadoop_aws}-sdk-{sdk}"
+    s3a.mkdir()
+    for name in (f"hadoop-aws-{hadoop_aws}.jar", f"bundle-{sdk}.jar"):
+        (s3a / name).touch()
+    (cache / f"s3proxy-{s3proxy}").mkdir()
+    (cache / f"s3proxy-{s3proxy}" / ".complete").touch()
     tools = {"mvn", "cmake", "gcc", "cc", "g++", "c++", "clang", "clang++"}
     proc = run_setup(tmp_path, "--check", without=tools, cache=cache)
     assert proc.returncode == 0, proc.stderr

@@ -8,6 +8,13 @@ Rules from DESIGN.md ("Data model"):
   run committed for a date is found later by :func:`version_for_date` and read by time travel.
 - Petastorm reads Parquet files directly, so it gets the file list of the Delta snapshot
   (:func:`snapshot_files`), never a directory listing that would include files an overwrite removed.
+- a lakehouse is a local directory or an S3 URI (:mod:`sim.adapters.storage`): table paths are joined
+  there and handed to Spark as ``s3a://``, to delta-rs as ``s3://`` with the ``AWS_*`` settings.
+
+Delta on S3 assumes a single writer per table: S3 has no atomic put-if-absent rename that Delta's
+default S3 LogStore could use, so two clusters committing to one table at the same moment can overwrite
+each other's commit. Our jobs are one writer per table and date (the scheduler runs one job per table at
+a time); concurrent writers would need a LogStore with mutual exclusion (README "Object storage").
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from typing import Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from sim.adapters import storage
+
 log = logging.getLogger(__name__)
 
 
@@ -29,12 +38,24 @@ class MissingTableError(RuntimeError):
 
 
 def table_path(lakehouse: str, name: str) -> str:
-    return os.path.join(os.path.abspath(lakehouse), name)
+    """The table ``name`` under ``lakehouse``: an absolute local path, or an ``s3a://`` URI (Spark's
+    spelling, whichever S3 scheme the lakehouse was given with)."""
+    return storage.spark_uri(storage.join(lakehouse, name))
+
+
+def _has_log(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` holds a ``_delta_log`` directory, asked of the file system Spark uses (on S3,
+    with Spark's S3A settings)."""
+    if not storage.is_remote(path):
+        return os.path.isdir(os.path.join(path, "_delta_log"))
+    jvm = spark._jvm
+    log_dir = jvm.org.apache.hadoop.fs.Path(storage.join(storage.spark_uri(path), "_delta_log"))
+    return bool(log_dir.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(log_dir))
 
 
 def is_delta_table(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
-    return os.path.isdir(os.path.join(path, "_delta_log")) and DeltaTable.isDeltaTable(spark, path)
+    return _has_log(spark, path) and DeltaTable.isDeltaTable(spark, path)
 
 
 def require_table(spark: SparkSession, path: str, hint: str) -> None:
@@ -248,12 +269,11 @@ def log_snapshot(path: str, version: int | None = None) -> LogSnapshot:
     Row counts come from the log's file statistics, or from the Parquet footer when a writer left
     them out.
     """
-    from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
-    if not os.path.isdir(os.path.join(path, "_delta_log")):
+    if not log_exists(path):
         raise MissingTableError(f"no Delta table at {path}")
     try:
-        table = DeltaTable(path, version=version)
+        table = open_log(path, version)
     except TableNotFoundError as e:
         raise MissingTableError(f"no Delta table at {path}: {e}") from None
     except DeltaError as e:
@@ -272,20 +292,35 @@ def log_snapshot(path: str, version: int | None = None) -> LogSnapshot:
 
     files = []
     for f, dt, n in zip(paths, column("partition.dt"), column("num_records")):
-        local = _local_path(os.path.join(path, f))
+        if storage.is_remote(path):
+            local = storage.object_path(path, f)
+        else:
+            local = _local_path(os.path.join(path, f))
         if n is None:
-            import pyarrow.parquet as pq
-            n = pq.ParquetFile(local).metadata.num_rows
+            n = storage.parquet_metadata(local).num_rows
         files.append((dt, SnapshotFile(local, int(n))))
     return LogSnapshot(int(table.version()), tuple(files))
+
+
+def log_exists(path: str) -> bool:
+    """Whether ``path`` holds a ``_delta_log`` directory, without a JVM (on S3: with the ``AWS_*``
+    settings)."""
+    return storage.is_dir(storage.join(storage.arrow_uri(path), "_delta_log"))
+
+
+def open_log(path: str, version: int | None = None):
+    """The Delta table at ``path`` (local or S3, either spelling) opened by delta-rs, at ``version`` or
+    the latest one, with the ``AWS_*`` settings for S3."""
+    from deltalake import DeltaTable
+    return DeltaTable(storage.arrow_uri(path), version=version,
+                      storage_options=storage.delta_storage_options(path))
 
 
 def log_commit_metadata(path: str, version: int | None = None) -> list[tuple[int, dict]]:
     """``(version, userMetadata)`` of the commits up to ``version`` that recorded JSON metadata (our
     jobs' commits), oldest first, read from the log by delta-rs (no JVM)."""
-    from deltalake import DeltaTable
     out = []
-    for c in DeltaTable(path, version=version).history():
+    for c in open_log(path, version).history():
         try:
             meta = json.loads(c.get("userMetadata") or "")
         except ValueError:
@@ -306,6 +341,8 @@ def log_snapshot_files(path: str, first: str | None = None, last: str | None = N
 def _local_path(uri: str) -> str:
     from urllib.parse import unquote, urlparse
     u = urlparse(uri)
+    if storage.is_remote(uri):
+        return unquote(uri)  # an object key, URL-encoded once by Spark
     if u.scheme not in ("", "file"):
         return uri
     # Spark reports file paths URL-encoded, and partition directories (dt=...) may be encoded twice.

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from sim.adapters import storage
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastor
 
 def file_urls(paths: Sequence[str]) -> list[str]:
     # Not Path.as_uri(): Petastorm does not decode URLs, and as_uri() would encode `dt=` as `dt%3D`.
-    return [p if "://" in p else "file://" + str(Path(p).resolve()) for p in paths]
+    # S3 files are read through pyarrow's S3 file system (sim.adapters.storage.petastorm_filesystem).
+    return [storage.petastorm_url(p) if "://" in p else "file://" + str(Path(p).resolve()) for p in paths]
 
 
 def local_path(path: str) -> str:
@@ -49,7 +51,7 @@ def row_groups(files: Sequence[tuple[str, int]]) -> list[RowGroup]:
     rank has read (and counted on) a row of it."""
     out = []
     for path, rows in files:
-        meta = pq.ParquetFile(local_path(path)).metadata
+        meta = storage.parquet_metadata(path)
         if meta.num_rows != rows:
             raise ValueError(f"{path} holds {meta.num_rows} rows but the snapshot lists {rows}; "
                              "was the file rewritten after the snapshot was resolved?")
@@ -66,7 +68,8 @@ def open_reader(paths: Sequence[str], columns: Sequence[str], *, num_epochs: int
     if not paths:
         raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
     return make_batch_reader(file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
-                             shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1)
+                             shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1,
+                             filesystem=storage.petastorm_filesystem(paths[0]))
 
 
 def read_row_group(group: RowGroup, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -77,7 +80,8 @@ def read_row_group(group: RowGroup, columns: Sequence[str]) -> dict[str, np.ndar
     parts = []
     with make_batch_reader(file_urls([group.path]), schema_fields=list(columns), num_epochs=1,
                            cur_shard=group.index, shard_count=group.groups, shuffle_row_groups=False,
-                           reader_pool_type="dummy", workers_count=1) as reader:
+                           reader_pool_type="dummy", workers_count=1,
+                           filesystem=storage.petastorm_filesystem(group.path)) as reader:
         for batch in reader:
             parts.append({c: _dense(getattr(batch, c)) for c in columns})
     arrays = (parts[0] if len(parts) == 1 else

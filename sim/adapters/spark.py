@@ -6,6 +6,12 @@ Three ways a job runs, with no code change between them:
 - ``spark-submit --packages io.delta:delta-spark_2.13:4.0.1 jobs/x.py``: spark-submit already started
   the JVM with Delta on the classpath and owns master and jars, so we only add the Delta SQL confs;
 - a standalone cluster: ``--master spark://host:port`` / ``SIM_SPARK_MASTER`` / config.
+
+A lakehouse on S3 (``s3a://bucket/prefix``) needs Hadoop's S3A connector: the hadoop-aws jar of
+pyspark's Hadoop and the AWS SDK bundle it was built against, cached by ``make setup`` and put on the
+driver's and executors' class path (under spark-submit, pass them with ``--jars``). Endpoint and credentials are settings,
+never code: ``spark.hadoop.fs.s3a.*`` in ``spark.conf``, else derived from ``AWS_*`` variables
+(:func:`sim.adapters.storage.spark_s3a_conf`).
 """
 from __future__ import annotations
 
@@ -16,10 +22,16 @@ from typing import Mapping
 
 from pyspark.sql import SparkSession
 
+from sim.adapters import storage
+
 log = logging.getLogger(__name__)
 
 DELTA_VERSION = "4.0.1"
 DELTA_PACKAGE = f"io.delta:delta-spark_2.13:{DELTA_VERSION}"
+# hadoop-aws must match pyspark's Hadoop (pyspark/jars/hadoop-client-api-<version>.jar); the SDK bundle is
+# the one that hadoop-aws release was built against. scripts/setup.sh caches the same versions.
+HADOOP_AWS_VERSION = "3.4.1"
+AWS_SDK_VERSION = "2.24.6"
 DELTA_CONFS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -49,6 +61,14 @@ def delta_jars() -> list[str]:
     return [str(j) for j in jars] if all(j.is_file() for j in jars) else []
 
 
+def s3a_jars() -> list[str]:
+    """hadoop-aws and the AWS SDK bundle cached by ``make setup`` (Spark's ``s3a://``); empty when not
+    cached."""
+    d = cache_dir() / f"hadoop-aws-{HADOOP_AWS_VERSION}-sdk-{AWS_SDK_VERSION}"
+    jars = [d / f"hadoop-aws-{HADOOP_AWS_VERSION}.jar", d / f"bundle-{AWS_SDK_VERSION}.jar"]
+    return [str(j) for j in jars] if all(j.is_file() for j in jars) else []
+
+
 def under_spark_submit() -> bool:
     """True when spark-submit launched this Python process (it then owns the JVM, master and jars)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ and "SIM_NOT_SPARK_SUBMIT" not in os.environ
@@ -66,17 +86,25 @@ def get_spark(app_name: str = "sim-pipeline", master: str | None = None,
     """
     builder = SparkSession.builder.appName(app_name)
     confs: dict[str, str] = dict(DEFAULT_CONFS)
+    confs.update(storage.spark_s3a_conf())  # AWS_* variables, below what the caller's conf says
     confs.update({k: str(v) for k, v in (conf or {}).items()})
     confs.update(DELTA_CONFS)
     if not under_spark_submit():
         master = master or os.environ.get("SIM_SPARK_MASTER") or "local[*]"
         builder = builder.master(master)
         jars = delta_jars()
-        if jars:
-            confs.setdefault("spark.jars", ",".join(jars))
-        else:
+        if not jars:
             log.warning("Delta jars not cached (run `make setup`); resolving %s with Ivy", DELTA_PACKAGE)
             confs.setdefault("spark.jars.packages", DELTA_PACKAGE)
+        else:
+            confs.setdefault("spark.jars", ",".join(jars))
+        # The S3A jars go on the JVMs' class path rather than into spark.jars: spark.jars are copied
+        # into every session's (and every executor's) scratch directory, 560 MB each time here. So
+        # the executors of a cluster need them at the same path (true on one machine; elsewhere
+        # install them on the nodes or pass them with --jars).
+        s3a = s3a_jars()
+        for key in ("spark.driver.extraClassPath", "spark.executor.extraClassPath") if s3a else ():
+            confs[key] = os.pathsep.join([p for p in (confs.get(key), *s3a) if p])
     for key, value in confs.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -121,9 +121,9 @@ def item_popularity(behaviors_path: str, before: str) -> tuple[np.ndarray, np.nd
     """(item ids, behavior counts) of the behaviors table's rows with ``dt`` < ``before``, read from the
     Delta snapshot with delta-rs (no JVM)."""
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
+    from sim.adapters.delta_io import open_log
 
-    table = DeltaTable(behaviors_path).to_pyarrow_dataset().to_table(
+    table = open_log(behaviors_path).to_pyarrow_dataset().to_table(
         columns=["item_id"], filter=pc.field("dt") < before)
     counts = pc.value_counts(table.column("item_id").combine_chunks())
     return (counts.field("values").to_numpy(zero_copy_only=False),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import numpy as np
 
@@ -50,7 +49,7 @@ def resolve_data(cfg: dict) -> DataManifest:
     try:
         snap = delta_io.log_snapshot(path, pinned)
     except MissingTableError as e:
-        if pinned is not None and os.path.isdir(os.path.join(path, "_delta_log")):
+        if pinned is not None and delta_io.log_exists(path):
             raise ConfigError(f"samples_version={pinned}: the log of {path} cannot give it ({e}); unset it "
                               "to train on the latest version, or name one the log still holds") from None
         raise MissingTableError(f"{e}; {hint}") from None
@@ -107,10 +106,9 @@ def load_item_topics(lakehouse: str):
     from sim.inputs.generator.settings import ITEM_TOPICS_TABLE
 
     path = delta_io.table_path(lakehouse, ITEM_TOPICS_TABLE)
-    if not os.path.isdir(os.path.join(path, "_delta_log")):
+    if not delta_io.log_exists(path):
         return None
-    from deltalake import DeltaTable
-    t = DeltaTable(path).to_pyarrow_table(columns=["item_id", "topic_id"])
+    t = delta_io.open_log(path).to_pyarrow_table(columns=["item_id", "topic_id"])
     return item_topic_lookup(t.column("item_id").to_numpy(), t.column("topic_id").to_numpy())
 
 
