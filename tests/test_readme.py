@@ -153,11 +153,13 @@ def test_setup_names_a_java_too_old(tmp_path):
     assert proc.returncode == 1 and re.search(r"Java 17: \S+/jdk11/bin/java is version 11;", proc.stderr), proc.stderr
 
 
-def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
-    """With the jars (Delta, hadoop-aws, s3proxy) and the Horovod wheel cached, Maven, the compilers and
-    cmake are not needed."""
+BUILD_TOOLS = {"mvn", "cmake", "gcc", "cc", "g++", "c++", "clang", "clang++"}
+
+
+def cached_products(cache: Path) -> Path:
+    """A cache directory holding (empty stand-ins for) everything setup builds or fetches: the Delta,
+    hadoop-aws and s3proxy jars and the CPU Horovod wheel."""
     pins = _pins()
-    cache = tmp_path / "cache"
     jars = cache / f"delta-{pins['delta-spark']}"
     jars.mkdir(parents=True)
     for name in (f"delta-spark_2.13-{pins['delta-spark']}.jar", f"delta-storage-{pins['delta-spark']}.jar"):
@@ -173,13 +175,19 @@ def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
         (s3a / name).touch()
     (cache / f"s3proxy-{s3proxy}").mkdir()
     (cache / f"s3proxy-{s3proxy}" / ".complete").touch()
-    tools = {"mvn", "cmake", "gcc", "cc", "g++", "c++", "clang", "clang++"}
-    proc = run_setup(tmp_path, "--check", without=tools, cache=cache)
+    return cache
+
+
+def test_setup_needs_no_build_tools_once_their_products_are_cached(tmp_path):
+    """With the jars (Delta, hadoop-aws, s3proxy) and the Horovod wheel cached, Maven, the compilers and
+    cmake are not needed."""
+    cache = cached_products(tmp_path / "cache")
+    proc = run_setup(tmp_path, "--check", without=BUILD_TOOLS, cache=cache)
     assert proc.returncode == 0, proc.stderr
     # The same PATH without those products cached names all four.
     uncached = tmp_path / "uncached"
     uncached.mkdir()
-    proc = run_setup(uncached, "--check", without=tools)
+    proc = run_setup(uncached, "--check", without=BUILD_TOOLS)
     assert proc.returncode == 1
     for named in ("Maven (mvn)", "a C compiler (gcc)", "a C++ compiler (g++)", "cmake:"):
         assert named in proc.stderr, proc.stderr
@@ -198,19 +206,12 @@ def test_setup_builds_horovod_for_gpus_where_cuda_and_nccl_are_found(tmp_path):
     (nccl / "include" / "nccl.h").touch()
     (nccl / "lib").mkdir()
     (nccl / "lib" / "libnccl.so").touch()
-    cache = tmp_path / "cache"
-    jars = cache / f"delta-{pins['delta-spark']}"
-    jars.mkdir(parents=True)
-    for name in (f"delta-spark_2.13-{pins['delta-spark']}.jar", f"delta-storage-{pins['delta-spark']}.jar"):
-        (jars / name).touch()
+    cache = cached_products(tmp_path / "cache")  # the CPU wheel among them
     cpu_wheels = cache / f"horovod-{pins['horovod']}-torch-{pins['torch']}"
-    cpu_wheels.mkdir()
-    (cpu_wheels / f"horovod-{pins['horovod']}-cp311-cp311-linux_x86_64.whl").touch()
-    tools = {"mvn", "cmake", "gcc", "cc", "g++", "c++", "clang", "clang++"}
 
     def check(name: str, **env: str) -> subprocess.CompletedProcess:
         (tmp_path / name).mkdir()
-        return run_setup(tmp_path / name, "--check", without=tools, cache=cache, CUDA_HOME=str(cuda),
+        return run_setup(tmp_path / name, "--check", without=BUILD_TOOLS, cache=cache, CUDA_HOME=str(cuda),
                          NCCL_HOME=str(nccl), **env)
 
     proc = check("gpu")
