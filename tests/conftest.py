@@ -177,6 +177,15 @@ def horovodrun_cmd(np: int, *args: str) -> list[str]:
             *args]
 
 
+def hvd_script(np: int, script: str, out: Path, *args: str, timeout: int = 600) -> dict:
+    """``tests/helpers/<script>`` under ``horovodrun -np np`` (Gloo timeout 300 s: a busy machine);
+    the JSON its rank 0 writes to ``out`` (its last argument)."""
+    import json
+    run(horovodrun_cmd(np, "--gloo-timeout-seconds", "300", sys.executable, str(ROOT / "tests" / "helpers" / script),
+                       *args, str(out)), timeout=timeout)
+    return json.loads(out.read_text())
+
+
 @pytest.fixture
 def clean_dir(tmp_path):
     yield tmp_path

@@ -158,15 +158,10 @@ def test_horovod_ranks_take_equal_steps_over_uneven_files(uneven_files, tmp_path
     """Three real ranks under horovodrun, one collective per batch: none waits for a batch that never
     comes, and the gathered rows are every row once per epoch, in another order the next epoch."""
     import json
-    import sys
 
-    from conftest import ROOT, horovodrun_cmd, run
+    from conftest import hvd_script
     (tmp_path / "files.json").write_text(json.dumps(uneven_files))
-    out = tmp_path / "out.json"
-    run(horovodrun_cmd(3, "--gloo-timeout-seconds", "300", sys.executable,
-                       str(ROOT / "tests/helpers/hvd_loader.py"), str(tmp_path / "files.json"), "50", str(out)),
-        timeout=600)
-    res = json.loads(out.read_text())
+    res = hvd_script(3, "hvd_loader.py", tmp_path / "out.json", str(tmp_path / "files.json"), "50")
     assert res["steps_per_epoch"] == math.ceil(math.ceil(ROWS / 3) / 50) == 8
     for e in res["epochs"]:
         assert e["steps"] == [8, 8, 8]

@@ -4,13 +4,11 @@ through-host averaging runs here on CPU tensors (its copies are then no-ops); wh
 not tested (see sim.training.device)."""
 from __future__ import annotations
 
-import json
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, horovodrun_cmd, run
+from conftest import hvd_script
 from sim.config import ConfigError
 from sim.training.device import check_device, place, to_device
 
@@ -43,10 +41,7 @@ def test_cuda_without_a_gpu_is_refused_saying_what_to_do():
 
 @pytest.mark.slow
 def test_through_host_averaging_matches_horovods_distributed_optimizer(tmp_path):
-    out = tmp_path / "through_host.json"
-    run(horovodrun_cmd(2, sys.executable, str(ROOT / "tests/helpers/hvd_through_host.py"), str(out)),
-        timeout=300)
-    res = json.loads(out.read_text())
+    res = hvd_script(2, "hvd_through_host.py", tmp_path / "through_host.json")
     assert res["size"] == 2 and res["optimizer"] == "HostStagedSGD"
     assert res["moved"] > 0
     assert res["ranks_b"] == 0.0  # the ranks stay identical

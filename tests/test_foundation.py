@@ -2,13 +2,11 @@
 spark-submit, a standalone Spark cluster, Petastorm over a Delta snapshot, horovodrun, MLflow."""
 from __future__ import annotations
 
-import json
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, horovodrun_cmd, run
+from conftest import hvd_script
 from sim.adapters import delta_io
 
 
@@ -93,10 +91,7 @@ def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
 
 @pytest.mark.slow
 def test_horovodrun_two_ranks_allreduce_and_identical_weights(tmp_path):
-    out = tmp_path / "hvd.json"
-    run(horovodrun_cmd(2, sys.executable, str(ROOT / "tests/helpers/hvd_two_ranks.py"), str(out)),
-        timeout=300)
-    res = json.loads(out.read_text())
+    res = hvd_script(2, "hvd_two_ranks.py", tmp_path / "hvd.json")
     assert res["size"] == 2
     assert res["rank_sum"] == 3.0
     assert res["weights_changed"]
