@@ -9,6 +9,8 @@ data, same rows (target: the UBT path at least 10x faster at 20M behaviors).
 2. UBT(D-1), a full build of its 180 days (timed and reported apart: the nightly path pays for it
    once per day, amortised over the day's samples; see bench_nightly for the nightly update);
 3. build_samples(D): the job as it runs at night, Delta write of the samples included;
+   with ``--transforms`` also its transforms alone (build_sequences + to_samples on UBT(D-1) read by
+   time travel), written like the join: what the job costs beyond its commit checks and rejects;
 4. the join: the same impressions joined to the raw behaviors, written to a Delta table the same way;
 5. the rows compared: per impression an xxhash64 of all columns of the samples contract, the two tables
    joined on impression_id, every missing or differing row counted (``same_rows``: none); with
@@ -85,6 +87,8 @@ def main() -> int:
     p.add_argument("--shuffle-partitions", type=int, default=8)
     p.add_argument("--join-timeout", type=float, default=3600.0, help="seconds before the join is cancelled")
     p.add_argument("--exact", action="store_true", help="also compare the full rows with exceptAll")
+    p.add_argument("--transforms", action="store_true",
+                   help="also time the job's transforms alone, written the way the join is")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline config overrides (windows, caps)")
     args = p.parse_args()
@@ -106,7 +110,7 @@ def main() -> int:
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-    for t in ("samples", "samples_join", "rejects"):
+    for t in ("samples", "samples_join", "samples_transforms", "rejects"):
         shutil.rmtree(lh / t, ignore_errors=True)
     spark = get_spark("bench-samples-join", master="local[2]", conf={
         "spark.driver.memory": args.driver_memory,
@@ -138,6 +142,25 @@ def main() -> int:
     fig["samples"] = res.impressions
     print(f"build_samples {D} (UBT): {fig['ubt_s']:.1f}s wall, {fig['ubt_cpu_s']:.0f} CPU-s, "
           f"peak {fig['ubt_peak_bytes'] / 2**30:.2f} GiB, {res.impressions:,} samples", flush=True)
+
+    # -- the same transforms without the job's bookkeeping (commit checks, rejects, retention) ------
+    def run_transforms():
+        from sim.adapters.delta_io import version_for_date
+        from sim.samples.transforms import build_sequences, to_samples
+        from sim.ubt.transforms import missing_key
+        ubt_path = table_path(str(lh), "ubt")
+        ubt = read_table(spark, ubt_path, version_for_date(spark, ubt_path, "build_ubt", prev))
+        imps = read_table(spark, table_path(str(lh), "impressions")).where(f"dt = '{D}'")
+        b = read_table(spark, table_path(str(lh), "behaviors")).where(~missing_key())
+        first = b.where(f"dt = '{shift_date(D, -spec.windows.long_days)}'")
+        seqs = build_sequences(split_impressions(imps, D)[0], ubt, b.where(f"dt = '{D}'"), first, spec, D)
+        (to_samples(seqs, spec).write.format("delta").mode("overwrite").partitionBy("dt")
+         .save(table_path(str(lh), "samples_transforms")))
+
+    if args.transforms:
+        _, fig["ubt_transforms_s"], fig["ubt_transforms_cpu_s"], _ = timed(run_transforms)
+        print(f"build_sequences + to_samples {D} alone (UBT, no commit checks or rejects): "
+              f"{fig['ubt_transforms_s']:.1f}s wall, {fig['ubt_transforms_cpu_s']:.0f} CPU-s", flush=True)
 
     # -- the join: impressions x raw behaviors of the window ----------------------------------------
     join_path = table_path(str(lh), "samples_join")
@@ -175,6 +198,9 @@ def main() -> int:
               f"{cmp['differing']} differing [{cmp['method']}] -> same_rows={fig['same_rows']}")
         print(f"speed-up of the UBT path over the join: {fig['speedup']}x wall, {fig['speedup_cpu']}x CPU "
               f"(target >= 10x); load average {os.getloadavg()[0]:.1f}")
+        if args.transforms:
+            fig["speedup_transforms"] = round(fig["join_s"] / fig["ubt_transforms_s"], 2)
+            print(f"  the job's transforms alone: {fig['speedup_transforms']}x wall")
     fig["load_avg"] = round(os.getloadavg()[0], 1)
     spark.stop()
     print(json.dumps(fig, sort_keys=True))
