@@ -148,7 +148,8 @@ def generate(spark, lakehouse: Path, n_behaviors: int, users: int, impressions_p
                  (icat * 100000 + 1).alias("item_id"), icat.alias("category_id"),
                  (F.lit(d0) + F.floor(u01(F.lit(9), "user_id", "j") * 86400).cast("long")).alias("ts"),
                  (u01(F.lit(10), "user_id", "j") < 0.1).cast("int").alias("label"),
-                 F.lit(None).cast("double").alias("p_click"), F.lit(D).alias("dt"))
+                 *[F.lit(None).cast("double").alias(p) for p in ("p_click", "p_click_short")],
+                 F.lit(D).alias("dt"))
     i = i.select(*[F.col(f.name).cast(f.dataType) for f in IMPRESSIONS.fields])
     i.write.format("delta").mode("overwrite").partitionBy("dt").save(str(lakehouse / "impressions"))
     from sim.adapters.delta_io import read_table
