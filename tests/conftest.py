@@ -27,8 +27,9 @@ VENV_BIN = Path(sys.executable).parent
 # the last file plus its duration. The files that take minutes (setup included, from --durations of
 # the suite) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
-SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_object_storage.py", "test_generator.py",
-                    "test_train.py", "test_importers.py", "test_samples.py", "test_ubt.py")
+SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_object_storage.py", "test_train.py",
+                    "test_samples_join.py", "test_generator.py", "test_importers.py", "test_samples.py",
+                    "test_ubt.py")
 
 
 def pytest_configure(config):
