@@ -1,0 +1,149 @@
+"""How the samples table stores a sequence, and how it is read back in numpy (no Spark, no pyspark import:
+the training processes decode with this module alone). The Spark half and the table's schema are in
+:mod:`sim.samples.contract`.
+
+Format. Each sequence field (``short_items``, ``long_gaps``, ...) is one ``binary`` value per row holding
+only the real elements, newest first, as big-endian int32: 4 bytes per element, no padding. The number of
+elements is the value's length / 4 (so a row's stored long length, ``min(long_len, long_cap)``, needs no
+column of its own and cannot disagree with the data). The fields of one sequence always have the same
+number of elements.
+
+Why. The former layout (lists padded to the cap, int64 ids) cost ~24 KB a row for ``long_items`` alone,
+and Petastorm turns a list column into one numpy array per row before stacking them. A binary value is
+one Python ``bytes`` object per row in Petastorm's batch: the loader joins them (one copy) and reads the
+joined buffer with ``np.frombuffer`` (no copy); rows are padded per batch, to the batch's longest row, in
+vectorized numpy (:class:`Ragged`). Big-endian because Spark's ``hex`` writes the most significant byte
+first; numpy reads ``>i4`` as cheaply as ``<i4`` (the byte swap happens in the copy that pads a batch).
+
+Limit. Ids and buckets must be in ``0 .. ID_MAX`` (2**31 - 1); the samples job fails with a clear error
+naming the impression otherwise (:func:`sim.samples.transforms.to_samples`), it never truncates.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ID_MAX = 2**31 - 1
+PACKED = np.dtype(">i4")  # the stored element
+ELEMENT_BYTES = PACKED.itemsize
+
+SEQUENCES = ("short", "hard", "long")
+SEQ_FIELDS = ("items", "cats", "gaps")
+# What a batch holds for each field once padded (unchanged from the padded-list layout the models read).
+FIELD_DTYPES = {"items": np.dtype(np.int64), "cats": np.dtype(np.int64), "gaps": np.dtype(np.int32)}
+
+
+def seq_columns(name: str) -> tuple[str, str, str]:
+    """Column names (items, cats, gaps) of one sequence of the samples table."""
+    return tuple(f"{name}_{f}" for f in SEQ_FIELDS)  # type: ignore[return-value]
+
+
+# Every packed column, and the dtype its padded batches have.
+PACKED_COLUMNS = {c: FIELD_DTYPES[c.rsplit("_", 1)[1]] for s in SEQUENCES for c in seq_columns(s)}
+
+
+def pack(values: Iterable[int]) -> bytes:
+    """The stored bytes of one sequence field (tests and numpy writers; the samples job packs in Spark)."""
+    a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64)
+    if a.size and (a.min() < 0 or a.max() > ID_MAX):
+        raise ValueError(f"sequence values must be in 0..{ID_MAX} to be stored as int32, got "
+                         f"{int(a.min())}..{int(a.max())}")
+    return a.astype(PACKED).tobytes()
+
+
+def unpack(value: bytes, dtype=np.int64) -> np.ndarray:
+    """The elements of one stored value (a pandas cell, a row read with pyarrow)."""
+    if len(value) % ELEMENT_BYTES:
+        raise ValueError(f"a packed sequence has {len(value)} bytes, not a multiple of {ELEMENT_BYTES}")
+    return np.frombuffer(value, dtype=PACKED).astype(dtype)
+
+
+def unpack_series(values: Sequence[bytes], dtype=np.int64) -> list[np.ndarray]:
+    """One array per row of a packed column (e.g. a pandas column of the samples table)."""
+    return [unpack(v, dtype) for v in values]
+
+
+class Ragged:
+    """Rows of one packed column: the flat elements (``>i4``, possibly shared with other views), each row's
+    start in them and its length. Indexing by a slice or an index array gives another view of the same
+    elements; :meth:`dense` pads rows into a ``B x width`` array of ``dtype``."""
+
+    __slots__ = ("values", "starts", "lengths", "dtype")
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype=np.int64):
+        self.values, self.starts, self.lengths, self.dtype = values, starts, lengths, np.dtype(dtype)
+
+    @classmethod
+    def from_bytes(cls, objects: Sequence[bytes], dtype=np.int64, name: str = "column") -> "Ragged":
+        """From one ``bytes`` object per row (a Petastorm batch's binary column): one join, no per-row
+        arrays."""
+        objects = objects.tolist() if isinstance(objects, np.ndarray) else list(objects)
+        try:
+            nbytes = np.fromiter(map(len, objects), dtype=np.int64, count=len(objects))
+        except TypeError:
+            raise ValueError(f"{name}: a row holds no packed sequence (null?)") from None
+        if (nbytes % ELEMENT_BYTES).any():
+            raise ValueError(f"{name}: a packed sequence's length is not a multiple of {ELEMENT_BYTES} bytes")
+        lengths = nbytes // ELEMENT_BYTES
+        values = np.frombuffer(b"".join(objects), dtype=PACKED)
+        return cls(values, np.cumsum(lengths) - lengths, lengths, dtype)
+
+    @classmethod
+    def from_arrow(cls, array, dtype=np.int64) -> "Ragged":
+        """From a pyarrow ``binary`` array, straight from its offset and data buffers (no Python objects)."""
+        import pyarrow as pa
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if array.null_count:
+            raise ValueError("a row holds no packed sequence (null)")
+        _, offsets_buf, data_buf = array.buffers()
+        wide = pa.types.is_large_binary(array.type)
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64 if wide else np.int32)
+        offsets = offsets[array.offset:array.offset + len(array) + 1].astype(np.int64)
+        lengths = np.diff(offsets)
+        if (lengths % ELEMENT_BYTES).any():
+            raise ValueError(f"a packed sequence's length is not a multiple of {ELEMENT_BYTES} bytes")
+        base, end = int(offsets[0]), int(offsets[-1])
+        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                else np.zeros(0, dtype=np.uint8))
+        return cls(data[base:end].view(PACKED), (offsets[:-1] - base) // ELEMENT_BYTES,
+                   lengths // ELEMENT_BYTES, dtype)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, rows) -> "Ragged":
+        return Ragged(self.values, self.starts[rows], self.lengths[rows], self.dtype)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.lengths.max(initial=0))
+
+    def dense(self, width: int | None = None) -> np.ndarray:
+        """The rows padded with 0 to ``width`` (default: the longest row, at least 1) as ``dtype``; rows
+        longer than ``width`` fail (a batch is never cut)."""
+        width = max(1, self.max_len) if width is None else int(width)
+        n = len(self)
+        out = np.zeros((n, width), dtype=self.dtype)
+        total = int(self.lengths.sum())
+        if not total:
+            return out
+        if self.max_len > width:
+            raise ValueError(f"a row of {self.max_len} elements does not fit width {width}")
+        ends = np.cumsum(self.lengths)
+        shift = np.repeat(ends - self.lengths, self.lengths)  # per element: its row's first position
+        within = np.arange(total) - shift                      # per element: its position in its row
+        src = np.repeat(self.starts, self.lengths) + within
+        dst = np.repeat(np.arange(n) * width, self.lengths) + within
+        out.reshape(-1)[dst] = self.values[src]
+        return out
+
+
+def dense_batch(parts: Sequence[Ragged]) -> np.ndarray:
+    """The rows of ``parts`` (views of one column from several row groups) in one padded array, as wide
+    as the longest row (at least 1)."""
+    width = max(1, max(p.max_len for p in parts))
+    if len(parts) == 1:
+        return parts[0].dense(width)
+    return np.concatenate([p.dense(width) for p in parts])
