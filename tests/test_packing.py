@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.adapters.petastorm_io import iter_batches, read_row_group, row_groups
-from sim.samples.packing import ID_MAX, Ragged, pack, unpack, unpack_series
+from sim.samples.packing import ID_MAX, PACKED_COLUMNS, Ragged, pack, unpack, unpack_series
 from sim.training.loader import ShardedLoader
 
 
@@ -132,3 +132,37 @@ def test_misaligned_fields_are_refused():
              "long_cats": Ragged.from_bytes([pack([1]), pack([3, 4])])}
     with pytest.raises(ValueError, match="different numbers of elements"):
         list(iter_batches([group], ["row", "long_items", "long_cats"], 2))
+
+
+def test_packed_files_give_the_batches_the_padded_lists_gave(tmp_path):
+    """The same rows written in the former layout (int64 lists padded to the caps) and packed: the loader
+    yields the same batches from both, value for value, dtype for dtype, width for width."""
+    rng = np.random.default_rng(4)
+    n, caps = 700, {"short": 6, "hard": 4, "long": 40}
+    columns = ["row", "label", "long_len"]
+    old = {"row": np.arange(n), "label": rng.integers(0, 2, n).astype(np.int32)}
+    new = dict(old)
+    lengths = {s: rng.integers(0, cap + 1, n) for s, cap in caps.items()}
+    old["long_len"] = new["long_len"] = (lengths["long"] + rng.integers(0, 3, n)).astype(np.int32)
+    for s, cap in caps.items():
+        for field, high in (("items", 10**6), ("cats", 300), ("gaps", 64)):
+            c = f"{s}_{field}"
+            rows = [rng.integers(1, high, k).tolist() for k in lengths[s]]
+            dtype = np.int32 if field == "gaps" else np.int64
+            old[c] = pa.array([r + [0] * (cap - len(r)) for r in rows], pa.list_(pa.from_numpy_dtype(dtype)))
+            new[c] = pa.array([pack(r) for r in rows], pa.binary())
+            columns.append(c)
+    files = []
+    for name, table in (("padded", old), ("packed", new)):
+        pq.write_table(pa.table(table), str(tmp_path / f"{name}.parquet"), row_group_size=300)
+        files.append([(str(tmp_path / f"{name}.parquet"), n)])
+    for kw in ({"trim": ("short", "hard", "long"), "bucket_batches": 3}, {"shuffle": False, "same_steps": False}):
+        a, b = (list(ShardedLoader(f, columns, rank=1, size=2, batch_size=64, seed=2, **kw).epoch(1)) for f in files)
+        assert len(a) == len(b) > 1
+        for x, y in zip(a, b):
+            for c in columns:
+                if "trim" in kw or c not in PACKED_COLUMNS:
+                    assert x[c].dtype == y[c].dtype and np.array_equal(x[c], y[c]), (kw, c)
+                else:  # untrimmed padded lists keep the cap; packed columns come at the batch's width
+                    width = y[c].shape[1]
+                    assert np.array_equal(x[c][:, :width], y[c]) and not x[c][:, width:].any(), c

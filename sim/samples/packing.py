@@ -64,6 +64,15 @@ def unpack_series(values: Sequence[bytes], dtype=np.int64) -> list[np.ndarray]:
     return [unpack(v, dtype) for v in values]
 
 
+def unpack_frame(frame, columns: Sequence[str] | None = None):
+    """A copy of a pandas frame of samples rows with each stored sequence column (or ``columns``) as one
+    array per row (int64 ids, int32 gap buckets), e.g. after ``DeltaTable(path).to_pandas()``."""
+    out = frame.copy()
+    for c in (columns if columns is not None else [c for c in frame.columns if c in PACKED_COLUMNS]):
+        out[c] = unpack_series(frame[c].tolist(), PACKED_COLUMNS.get(c, np.dtype(np.int64)))
+    return out
+
+
 class Ragged:
     """Rows of one packed column: the flat elements (``>i4``, possibly shared with other views), each row's
     start in them and its length. Indexing by a slice or an index array gives another view of the same
