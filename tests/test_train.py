@@ -83,6 +83,9 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(lakehouse, tmp_p
     from sim.samples.contract import TRAINING_COLUMNS
     from sim.training.experiment import _to_tensors
     model = mlflow.pytorch.load_model(f"runs:/{r.run_id}/model")
+    # Batches are padded to their longest row: the signature's sequences take any length.
+    inputs = {s.name: s.shape for s in mlflow.models.get_model_info(f"runs:/{r.run_id}/model").signature.inputs.inputs}
+    assert inputs["long_items"] == (-1, -1) and inputs["item_id"] == (-1,), inputs
     files = [f.path for f in delta_io.log_snapshot_files(str(lakehouse / "samples"), EVAL_DATE, EVAL_DATE)[1]]
     with torch.no_grad(), petastorm_io.open_reader(files, list(TRAINING_COLUMNS)) as reader:
         batch = next(petastorm_io.iter_batches(reader, list(TRAINING_COLUMNS), 32))

@@ -221,11 +221,16 @@ def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
                 pending[0] = (arrays, idx[k:])
             n -= k
             buffered -= k
-        batch = {}
+        batch, packed = {}, {}
         for c in columns:
             cols = [p[c] for p in parts]
-            batch[c] = (dense_batch(cols) if isinstance(cols[0], Ragged) else
-                        cols[0] if len(cols) == 1 else np.concatenate(cols))
+            if isinstance(cols[0], Ragged):  # padded below, the fields of one sequence together
+                packed.setdefault(c.rsplit("_", 1)[0], []).append(c)
+            else:
+                batch[c] = cols[0] if len(cols) == 1 else np.concatenate(cols)
+        for names in packed.values():
+            batch.update(zip(names, dense_batch([[p[c] for p in parts] for c in names])))
+        batch = {c: batch[c] for c in columns}
         dense_trim = [s for s in trim if not isinstance(parts[0].get(f"{s}_items"), Ragged)]
         return _trim(batch, dense_trim) if dense_trim else batch
 

@@ -139,11 +139,14 @@ def log_torch_model(model, input_example: Mapping[str, Any], name: str = "model"
     the ``sim`` package its pickled classes live in), so MLflow neither infers requirements by loading
     the model in a subprocess (seconds per run) nor needs ``sim`` installed where the model is loaded.
     The example itself is not stored: MLflow's pyfunc serving takes one tensor or DataFrame, not the
-    dict of sequences the model reads, and would only warn that it cannot validate it.
+    dict of sequences the model reads, and would only warn that it cannot validate it. The sequence
+    inputs are declared ``(-1, -1)``: any batch size, any length (batches are padded to their longest
+    row, so the example's width says nothing).
     """
     import mlflow
     import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import Schema, TensorSpec
     import numpy as np
     import torch
 
@@ -152,6 +155,8 @@ def log_torch_model(model, input_example: Mapping[str, Any], name: str = "model"
         out = model({k: torch.as_tensor(v) for k, v in input_example.items()})
     logits = out["logit"] if isinstance(out, Mapping) else out
     signature = infer_signature(dict(input_example), logits.numpy())
+    signature = ModelSignature(Schema([TensorSpec(s.type, (-1,) * len(s.shape), s.name)
+                                       for s in signature.inputs.inputs]), signature.outputs)
     torch_version = torch.__version__.split("+")[0]
     mlflow.pytorch.log_model(model, name=name, signature=signature,
                              pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}"],

@@ -129,30 +129,46 @@ class Ragged:
     def max_len(self) -> int:
         return int(self.lengths.max(initial=0))
 
-    def dense(self, width: int | None = None) -> np.ndarray:
-        """The rows padded with 0 to ``width`` (default: the longest row, at least 1) as ``dtype``; rows
-        longer than ``width`` fail (a batch is never cut)."""
-        width = max(1, self.max_len) if width is None else int(width)
-        n = len(self)
-        out = np.zeros((n, width), dtype=self.dtype)
+    def plan(self, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions in ``values``, positions in the flattened ``len(self) x width`` output) of every
+        element (None when there is none): the same for every field of one sequence, so computed once."""
         total = int(self.lengths.sum())
         if not total:
-            return out
+            return None
         if self.max_len > width:
             raise ValueError(f"a row of {self.max_len} elements does not fit width {width}")
         ends = np.cumsum(self.lengths)
-        shift = np.repeat(ends - self.lengths, self.lengths)  # per element: its row's first position
-        within = np.arange(total) - shift                      # per element: its position in its row
+        within = np.arange(total) - np.repeat(ends - self.lengths, self.lengths)  # position in its row
         src = np.repeat(self.starts, self.lengths) + within
-        dst = np.repeat(np.arange(n) * width, self.lengths) + within
-        out.reshape(-1)[dst] = self.values[src]
+        dst = np.repeat(np.arange(len(self)) * width, self.lengths) + within
+        return src, dst
+
+    def dense(self, width: int | None = None, plan=False) -> np.ndarray:
+        """The rows padded with 0 to ``width`` (default: the longest row, at least 1) as ``dtype``; rows
+        longer than ``width`` fail (a batch is never cut). ``plan``: :meth:`plan` of this width, of this
+        or an aligned view (same starts and lengths)."""
+        width = max(1, self.max_len) if width is None else int(width)
+        out = np.zeros((len(self), width), dtype=self.dtype)
+        if plan is False:
+            plan = self.plan(width)
+        if plan is not None:
+            src, dst = plan
+            out.reshape(-1)[dst] = self.values[src]
         return out
 
 
-def dense_batch(parts: Sequence[Ragged]) -> np.ndarray:
-    """The rows of ``parts`` (views of one column from several row groups) in one padded array, as wide
-    as the longest row (at least 1)."""
-    width = max(1, max(p.max_len for p in parts))
-    if len(parts) == 1:
-        return parts[0].dense(width)
-    return np.concatenate([p.dense(width) for p in parts])
+def _aligned(a: Ragged, b: Ragged) -> bool:
+    return a.starts is b.starts or (np.array_equal(a.starts, b.starts) and np.array_equal(a.lengths, b.lengths))
+
+
+def dense_batch(fields: Sequence[Sequence[Ragged]]) -> list[np.ndarray]:
+    """The rows of each field of one sequence (each field: its views from one or more row groups, the
+    same rows for every field) in one padded array per field, as wide as the longest row (at least 1).
+    The element positions are computed once for the fields that share their layout."""
+    width = max(1, max(p.max_len for f in fields for p in f))
+    plans = [p.plan(width) for p in fields[0]]
+    out = []
+    for parts in fields:
+        dense = [p.dense(width, plans[i] if _aligned(p, fields[0][i]) else False) for i, p in enumerate(parts)]
+        out.append(dense[0] if len(dense) == 1 else np.concatenate(dense))
+    return out
