@@ -19,10 +19,12 @@ Measured, in this order, in this process:
   re-batching and trimming, with training's settings (batch 256, shuffled, trimmed, 16-batch buckets);
 - ``loader``: the same loader over the packed files, with 1, 2 and 3 reader threads (the best counts);
 - ``pyarrow``: ``pq.read_table`` of the packed files and the numpy views of their flat buffers
-  (:meth:`~sim.samples.packing.Ragged.from_arrow`), no Petastorm, no batches; ``pyarrow+batches`` adds
-  the per-batch padding the loader does (for reference);
-- ``training``: forward + backward + optimizer step of each model on the loader's batches already in
-  memory (as ``sim.training.loop.run_epoch`` does, torch threads = cores), samples/s.
+  (:meth:`~sim.samples.packing.Ragged.from_arrow`), no Petastorm, no batches; ``pyarrow_batches`` adds
+  the loader's batching (shuffle, length buckets, per-batch padding), i.e. the loader without
+  Petastorm (for reference);
+- ``training``: forward + backward + optimizer step of each model on the loader's first 40 batches,
+  already in memory (as ``sim.training.loop.run_epoch`` does, torch threads = cores), samples/s; each
+  pass stops after 15 s.
 
 Every throughput is the best of ``--passes`` passes (the machine is shared and noisy). The last line is
 JSON with ``loader_rows_per_s``, ``baseline_rows_per_s``, ``pyarrow_rows_per_s``,
@@ -174,23 +176,29 @@ def loader_epoch(files, workers: int, columns, batch: int, keep: list | None = N
     return rows
 
 
-def pyarrow_decode(files, columns, batch: int = 0) -> int:
-    """Read and decode the packed files with pyarrow alone; with ``batch``, also pad shuffled batches."""
-    rows = 0
-    for path, _ in files:
-        t = pq.read_table(path, columns=list(columns))
-        cols = {c: Ragged.from_arrow(t.column(c), PACKED_COLUMNS[c]) if c in PACKED_COLUMNS
-                else t.column(c).to_numpy() for c in columns}
-        rows += t.num_rows
-        if batch:
-            order = np.random.default_rng(0).permutation(t.num_rows)
-            for i in range(0, t.num_rows, batch):
-                idx = order[i:i + batch]
-                {c: v[idx].dense() if isinstance(v, Ragged) else v[idx] for c, v in cols.items()}
-    return rows
+def _arrow_columns(path: str, columns) -> dict:
+    t = pq.read_table(path, columns=list(columns))
+    return {c: Ragged.from_arrow(t.column(c), PACKED_COLUMNS[c]) if c in PACKED_COLUMNS
+            else t.column(c).to_numpy() for c in columns}
 
 
-def training_samples_per_s(expid: str, batches: list, warmup: int = 3, passes: int = 2) -> float:
+def pyarrow_decode(files, columns) -> int:
+    """Read the packed files with pyarrow alone and view their flat buffers in numpy."""
+    return sum(len(_arrow_columns(path, columns)["label"]) for path, _ in files)
+
+
+def pyarrow_batches(files, columns, batch: int) -> int:
+    """:func:`pyarrow_decode`, then the loader's batching (shuffle, length buckets, per-batch padding)."""
+    from sim.adapters.petastorm_io import iter_batches
+    groups = (_arrow_columns(path, columns) for path, _ in files)
+    return sum(len(b["label"]) for b in iter_batches(groups, columns, batch, shuffle_seed=[1, 0, 0],
+                                                      trim=SEQUENCES, bucket_batches=16))
+
+
+def training_samples_per_s(expid: str, batches: list, warmup: int = 2, passes: int = 2,
+                           budget_s: float = 15.0) -> float:
+    """Samples/s of ``expid``'s training step on ``batches`` (after ``warmup`` of them), each pass
+    stopping after ``budget_s`` seconds (at least 3 steps: MIMN takes seconds per step)."""
     import torch
 
     from sim.config.experiment import load_experiment
@@ -217,9 +225,13 @@ def training_samples_per_s(expid: str, batches: list, warmup: int = 3, passes: i
     timed = batches[warmup:]
 
     def run() -> int:
-        for b in timed:
+        start, rows = time.perf_counter(), 0
+        for i, b in enumerate(timed):
             step(b)
-        return sum(len(b["label"]) for b in timed)
+            rows += len(b["label"])
+            if i >= 2 and time.perf_counter() - start > budget_s:
+                break
+        return rows
     return best_of(passes, run)
 
 
@@ -255,7 +267,7 @@ def main() -> None:
         res["loader_rows_per_s"], res["loader_workers"] = per_workers[best_w], best_w
         res["loader_rows_per_s_by_workers"] = {str(k): round(v) for k, v in per_workers.items()}
         res["pyarrow_rows_per_s"] = best_of(args.passes, lambda: pyarrow_decode(new, columns))
-        res["pyarrow_batches_rows_per_s"] = best_of(args.passes, lambda: pyarrow_decode(new, columns, args.batch_size))
+        res["pyarrow_batches_rows_per_s"] = best_of(args.passes, lambda: pyarrow_batches(new, columns, args.batch_size))
         batches: list = []
         loader_epoch(new, best_w, columns, args.batch_size, keep=batches)
         train = {m: training_samples_per_s(m, batches) for m in args.models}
@@ -274,7 +286,7 @@ def main() -> None:
     for w, v in per_workers.items():
         print(f"{f'loader: packed, ShardedLoader, {w} reader thread(s)':<52}{v:>10.0f}")
     print(f"{'pyarrow: read + decode packed files (no batches)':<52}{res['pyarrow_rows_per_s']:>10.0f}")
-    print(f"{'pyarrow + per-batch padding (reference)':<52}{res['pyarrow_batches_rows_per_s']:>10.0f}")
+    print(f"{'pyarrow + the loader batching (no Petastorm)':<52}{res['pyarrow_batches_rows_per_s']:>10.0f}")
     for m, v in train.items():
         print(f"{f'training step: {m}':<52}{v:>10.0f}   loader / training = {res['loader_rows_per_s'] / v:.1f}")
     print(f"loader / baseline = {res['loader_vs_baseline']:.2f} (target >= 5); loader / pyarrow = "
