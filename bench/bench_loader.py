@@ -19,7 +19,7 @@ Measured, in this order, in this process:
   re-batching and trimming, with training's settings (batch 256, shuffled, trimmed, 16-batch buckets);
 - ``loader``: the same loader over the packed files, with 1, 2 and 3 reader threads (the best counts);
 - ``pyarrow``: ``pq.read_table`` of the packed files and the numpy views of their flat buffers
-  (:meth:`~sim.samples.packing.Ragged.from_arrow`), no Petastorm, no batches; ``pyarrow_batches`` adds
+  (:meth:`~sim.samples.packing.Ragged.from_arrow` without conversion), no Petastorm, no batches; ``pyarrow_batches`` adds
   the loader's batching (shuffle, length buckets, per-batch padding), i.e. the loader without
   Petastorm (for reference);
 - ``training``: forward + backward + optimizer step of each model on the loader's first 40 batches,
@@ -176,15 +176,15 @@ def loader_epoch(files, workers: int, columns, batch: int, keep: list | None = N
     return rows
 
 
-def _arrow_columns(path: str, columns) -> dict:
+def _arrow_columns(path: str, columns, convert: bool = True) -> dict:
     t = pq.read_table(path, columns=list(columns))
-    return {c: Ragged.from_arrow(t.column(c), PACKED_COLUMNS[c]) if c in PACKED_COLUMNS
+    return {c: Ragged.from_arrow(t.column(c), PACKED_COLUMNS[c], convert) if c in PACKED_COLUMNS
             else t.column(c).to_numpy() for c in columns}
 
 
 def pyarrow_decode(files, columns) -> int:
-    """Read the packed files with pyarrow alone and view their flat buffers in numpy."""
-    return sum(len(_arrow_columns(path, columns)["label"]) for path, _ in files)
+    """Read the packed files with pyarrow alone and view their flat buffers in numpy (no copy)."""
+    return sum(len(_arrow_columns(path, columns, convert=False)["label"]) for path, _ in files)
 
 
 def pyarrow_batches(files, columns, batch: int) -> int:

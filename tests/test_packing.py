@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sim.adapters.petastorm_io import iter_batches, read_row_group, row_groups
+from sim.adapters.petastorm_io import _concat, iter_batches, read_row_group, row_groups
 from sim.samples.packing import ID_MAX, PACKED_COLUMNS, Ragged, pack, unpack, unpack_series
 from sim.training.loader import ShardedLoader
 
@@ -48,6 +48,10 @@ def test_ragged_from_bytes_and_from_arrow_pad_like_the_lists():
         assert np.array_equal(r.dense(), _padded(rows))
     sliced = Ragged.from_arrow(pa.array(list(objects), pa.binary()).slice(7, 9))
     assert np.array_equal(sliced.dense(), _padded(rows[7:16]))
+    raw = Ragged.from_arrow(pa.array(list(objects), pa.binary()), convert=False)  # a view, converted lazily
+    assert not raw.padded and np.array_equal(raw[idx := np.array([4, 1])].dense(), _padded([rows[4], rows[1]]))
+    joined = _concat([a[:30], Ragged.from_bytes(objects[30:]), raw[np.arange(50)]])  # a group read in parts
+    assert np.array_equal(joined.dense(), _padded(rows + rows))
     idx = np.array([5, 3, 40, 3])
     assert np.array_equal(a[idx].dense(), _padded([rows[i] for i in idx]))
     assert np.array_equal(a[10:12].dense(40)[:, :max(1, len(rows[10]), len(rows[11]))],

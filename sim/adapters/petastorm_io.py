@@ -116,9 +116,9 @@ def _column(name: str, column):
 def _concat(parts: list):
     if not isinstance(parts[0], Ragged):
         return np.concatenate(parts)
-    sizes = [len(p.values) for p in parts]
-    offsets = np.cumsum([0] + sizes[:-1])
-    return Ragged(np.concatenate([p.values for p in parts]),
+    parts = [p.converted() for p in parts]
+    offsets = np.cumsum([0] + [len(p.values) - 1 for p in parts[:-1]])  # each ends with its padding slot
+    return Ragged(np.concatenate([p.values[:-1] for p in parts] + [np.zeros(1, parts[0].dtype)]),
                   np.concatenate([p.starts + o for p, o in zip(parts, offsets)]),
                   np.concatenate([p.lengths for p in parts]), parts[0].dtype)
 

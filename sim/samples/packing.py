@@ -74,14 +74,37 @@ def unpack_frame(frame, columns: Sequence[str] | None = None):
 
 
 class Ragged:
-    """Rows of one packed column: the flat elements (``>i4``, possibly shared with other views), each row's
-    start in them and its length. Indexing by a slice or an index array gives another view of the same
-    elements; :meth:`dense` pads rows into a ``B x width`` array of ``dtype``."""
+    """Rows of one packed column: the flat elements (possibly shared with other views), each row's start
+    in them and its length. Indexing by a slice or an index array gives another view of the same
+    elements; :meth:`dense` pads rows into a ``B x width`` array of ``dtype``.
 
-    __slots__ = ("values", "starts", "lengths", "dtype")
+    ``values`` normally holds the elements already in ``dtype`` followed by one 0, the slot every padding
+    position of a batch gathers from: a batch is then one ``np.take`` per field over an index computed
+    once per sequence (the element conversion happens once per row group, in the reader's thread).
+    ``from_arrow(..., convert=False)`` gives the stored big-endian values as they are (``padded`` false),
+    converted only when a batch is asked for.
+    """
 
-    def __init__(self, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype=np.int64):
-        self.values, self.starts, self.lengths, self.dtype = values, starts, lengths, np.dtype(dtype)
+    __slots__ = ("values", "starts", "lengths", "dtype", "padded")
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype=np.int64,
+                 padded: bool = True):
+        self.values, self.starts, self.lengths = values, starts, lengths
+        self.dtype, self.padded = np.dtype(dtype), padded
+
+    @staticmethod
+    def _with_pad_slot(stored: np.ndarray, dtype) -> np.ndarray:
+        out = np.empty(len(stored) + 1, dtype=dtype)
+        out[:-1] = stored
+        out[-1] = 0
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: np.ndarray, lengths: np.ndarray, dtype=np.int64, convert: bool = True):
+        starts = np.cumsum(lengths) - lengths
+        if not convert:
+            return cls(stored, starts, lengths, dtype, padded=False)
+        return cls(cls._with_pad_slot(stored, dtype), starts, lengths, dtype)
 
     @classmethod
     def from_bytes(cls, objects: Sequence[bytes], dtype=np.int64, name: str = "column") -> "Ragged":
@@ -94,13 +117,12 @@ class Ragged:
             raise ValueError(f"{name}: a row holds no packed sequence (null?)") from None
         if (nbytes % ELEMENT_BYTES).any():
             raise ValueError(f"{name}: a packed sequence's length is not a multiple of {ELEMENT_BYTES} bytes")
-        lengths = nbytes // ELEMENT_BYTES
-        values = np.frombuffer(b"".join(objects), dtype=PACKED)
-        return cls(values, np.cumsum(lengths) - lengths, lengths, dtype)
+        return cls.from_stored(np.frombuffer(b"".join(objects), dtype=PACKED), nbytes // ELEMENT_BYTES, dtype)
 
     @classmethod
-    def from_arrow(cls, array, dtype=np.int64) -> "Ragged":
-        """From a pyarrow ``binary`` array, straight from its offset and data buffers (no Python objects)."""
+    def from_arrow(cls, array, dtype=np.int64, convert: bool = True) -> "Ragged":
+        """From a pyarrow ``binary`` array, straight from its offset and data buffers (no Python objects;
+        without ``convert``, no copy either)."""
         import pyarrow as pa
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
@@ -116,59 +138,58 @@ class Ragged:
         base, end = int(offsets[0]), int(offsets[-1])
         data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
                 else np.zeros(0, dtype=np.uint8))
-        return cls(data[base:end].view(PACKED), (offsets[:-1] - base) // ELEMENT_BYTES,
-                   lengths // ELEMENT_BYTES, dtype)
+        return cls.from_stored(data[base:end].view(PACKED), lengths // ELEMENT_BYTES, dtype, convert)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, rows) -> "Ragged":
-        return Ragged(self.values, self.starts[rows], self.lengths[rows], self.dtype)
+        return Ragged(self.values, self.starts[rows], self.lengths[rows], self.dtype, self.padded)
 
     @property
     def max_len(self) -> int:
         return int(self.lengths.max(initial=0))
 
-    def plan(self, width: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(positions in ``values``, positions in the flattened ``len(self) x width`` output) of every
-        element (None when there is none): the same for every field of one sequence, so computed once."""
-        total = int(self.lengths.sum())
-        if not total:
-            return None
+    def converted(self) -> "Ragged":
+        """This view over elements in ``dtype`` with the padding slot (itself when it has them)."""
+        if self.padded:
+            return self
+        return Ragged(self._with_pad_slot(self.values, self.dtype), self.starts, self.lengths, self.dtype)
+
+    def index(self, width: int) -> np.ndarray:
+        """The ``len(self) x width`` positions in ``values`` a batch gathers: each row's elements, then
+        the padding slot. The same for every field of one sequence, so computed once."""
         if self.max_len > width:
             raise ValueError(f"a row of {self.max_len} elements does not fit width {width}")
-        ends = np.cumsum(self.lengths)
-        within = np.arange(total) - np.repeat(ends - self.lengths, self.lengths)  # position in its row
-        src = np.repeat(self.starts, self.lengths) + within
-        dst = np.repeat(np.arange(len(self)) * width, self.lengths) + within
-        return src, dst
+        pos = np.arange(width)
+        index = self.starts[:, None] + pos
+        index[pos >= self.lengths[:, None]] = len(self.values) - 1
+        return index
 
-    def dense(self, width: int | None = None, plan=False) -> np.ndarray:
+    def dense(self, width: int | None = None, index: np.ndarray | None = None) -> np.ndarray:
         """The rows padded with 0 to ``width`` (default: the longest row, at least 1) as ``dtype``; rows
-        longer than ``width`` fail (a batch is never cut). ``plan``: :meth:`plan` of this width, of this
-        or an aligned view (same starts and lengths)."""
-        width = max(1, self.max_len) if width is None else int(width)
-        out = np.zeros((len(self), width), dtype=self.dtype)
-        if plan is False:
-            plan = self.plan(width)
-        if plan is not None:
-            src, dst = plan
-            out.reshape(-1)[dst] = self.values[src]
-        return out
+        longer than ``width`` fail (a batch is never cut). ``index``: :meth:`index` of this width, of
+        this view or an aligned one (same starts, lengths and number of elements)."""
+        r = self.converted()
+        width = max(1, r.max_len) if width is None else int(width)
+        return r.values.take(r.index(width) if index is None or r is not self else index)
 
 
 def _aligned(a: Ragged, b: Ragged) -> bool:
-    return a.starts is b.starts or (np.array_equal(a.starts, b.starts) and np.array_equal(a.lengths, b.lengths))
+    return (a.padded and b.padded and len(a.values) == len(b.values)
+            and (a.starts is b.starts or np.array_equal(a.starts, b.starts))
+            and (a.lengths is b.lengths or np.array_equal(a.lengths, b.lengths)))
 
 
 def dense_batch(fields: Sequence[Sequence[Ragged]]) -> list[np.ndarray]:
     """The rows of each field of one sequence (each field: its views from one or more row groups, the
     same rows for every field) in one padded array per field, as wide as the longest row (at least 1).
-    The element positions are computed once for the fields that share their layout."""
+    The gather index is computed once for the fields that share their layout."""
+    fields = [[p.converted() for p in f] for f in fields]
     width = max(1, max(p.max_len for f in fields for p in f))
-    plans = [p.plan(width) for p in fields[0]]
+    indexes = [p.index(width) for p in fields[0]]
     out = []
     for parts in fields:
-        dense = [p.dense(width, plans[i] if _aligned(p, fields[0][i]) else False) for i, p in enumerate(parts)]
+        dense = [p.dense(width, indexes[i] if _aligned(p, fields[0][i]) else None) for i, p in enumerate(parts)]
         out.append(dense[0] if len(dense) == 1 else np.concatenate(dense))
     return out
