@@ -33,7 +33,8 @@ SPLITS = ("train", "valid", "test")
 
 # -------------------------------------------------------------------------------------------- training
 # Settings a --resume may change without making it another run.
-_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads"), "": ("tracking_uri",)}
+_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "loader_workers"),
+                   "": ("tracking_uri",)}
 
 
 def checkpoint_dir(cfg: dict) -> Path:
@@ -133,7 +134,8 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
-                           trim=model.sequences, bucket_batches=t["length_buckets"])
+                           trim=model.sequences, bucket_batches=t["length_buckets"],
+                           workers=t["loader_workers"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 load_item_topics(cfg["lakehouse"]))
     if resume:
@@ -185,7 +187,8 @@ def validate_and_pick(s: Session, epoch: int, train_loss: float, elapsed: float)
     from sim.adapters import hvd, tracking
     from sim.training.evaluation import ctr_metrics, evaluate, search_metrics
 
-    ev = evaluate(s.model, s.manifest.files["valid"], s.eval_batch, s.rank, s.size, s.item_topic)
+    ev = evaluate(s.model, s.manifest.files["valid"], s.eval_batch, s.rank, s.size, s.item_topic,
+                  s.cfg["train"]["loader_workers"])
     decision = None
     if s.rank == 0:
         val = {f"val_{k}": v for k, v in ctr_metrics(ev.pred).items()}
@@ -227,7 +230,8 @@ def final_test_and_log(s: Session, epochs_run: int) -> dict[str, float]:
 
     if s.best.state is not None:
         s.model.load_state_dict(s.best.state)
-    test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic)
+    test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic,
+                    s.cfg["train"]["loader_workers"])
     if s.rank != 0:
         return {}
     metrics = {**ctr_metrics(test.pred), "best_epoch": float(s.best.epoch),
