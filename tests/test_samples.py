@@ -10,9 +10,10 @@ from pyspark.sql import functions as F
 from sim.config import ConfigError
 from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, read_table,
                                    table_path, version_for_date)
-from sim.samples.transforms import (LEAK_MARK, build_sequences, first_leak, split_impressions,
+from sim.samples.transforms import (ID_MARK, LEAK_MARK, build_sequences, first_leak, split_impressions,
                                     time_gap_bucket, to_samples)
-from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec, SamplesInputError
+from sim.samples.contract import (ID_MAX, PACKED_COLUMNS, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec,
+                                  SamplesInputError, unpack, with_sequence_arrays)
 from sim.samples.job import build_samples, build_samples_replay
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
 from sim.samples.contract import TRAINING_COLUMNS
@@ -79,19 +80,28 @@ def _inputs(spark, rows=BEHAVIOR_ROWS, impressions=IMPRESSION_ROWS, spec=SPEC):
     return i, ubt, b.where(F.col("dt") == D), first
 
 
-def _check(rows, expected):
+def _real(*padded: list[int]) -> tuple[list[int], ...]:
+    """The expectations are written padded to the caps; the table stores the real elements only."""
+    return tuple([v for v in values if v] for values in padded)
+
+
+def _check(rows, expected, long_cap: int = SPEC.caps.long_cap):
+    """``rows``: samples rows as :func:`with_sequence_arrays` reads them back."""
     got = {r.impression_id: r for r in rows}
     assert set(got) == set(expected)
     for iid, e in expected.items():
         r = got[iid]
-        assert (r.short_items, r.short_gaps) == e["short"], iid
-        assert (r.hard_items, r.hard_gaps) == e["hard"], iid
-        assert (r.long_items, r.long_cats, r.long_gaps) == e["long"], iid
+        assert (r.short_items, r.short_gaps) == _real(*e["short"]), iid
+        assert (r.hard_items, r.hard_gaps) == _real(*e["hard"]), iid
+        assert (r.long_items, r.long_cats, r.long_gaps) == _real(*e["long"]), iid
         assert (r.short_len, r.hard_len, r.long_len) == e["lens"], iid
         assert r.d_category == e["d_category"], iid
-        # Categories align with items; the hard sequence holds only the candidate's category.
-        assert all(c == (r.category_id if it else 0) for it, c in zip(r.hard_items, r.hard_cats)), iid
-        assert all((c == 0) == (it == 0) for it, c in zip(r.short_items, r.short_cats)), iid
+        # Stored lengths: the real ones, the long one capped; categories align with items; the hard
+        # sequence holds only the candidate's category.
+        assert (len(r.short_items), len(r.hard_items)) == (r.short_len, r.hard_len), iid
+        assert len(r.long_items) == min(r.long_len, long_cap), iid
+        assert r.hard_cats == [r.category_id] * r.hard_len, iid
+        assert len(r.short_cats) == len(r.short_items) and len(r.long_gaps) == len(r.long_items), iid
 
 
 def test_time_gap_bucket(spark):
@@ -113,25 +123,30 @@ def test_hand_computed_sequences(spark):
     out = to_samples(seqs, SPEC)
     assert tuple(out.columns) == SAMPLES_COLUMNS and set(TRAINING_COLUMNS) <= set(out.columns)
     assert [f.dataType.simpleString() for f in out.schema] == [f.dataType.simpleString() for f in SAMPLES]
-    rows = out.collect()
+    rows = with_sequence_arrays(out).collect()
     _check(rows, EXPECTED)
     one = next(r for r in rows if r.impression_id == 1)
     assert (one.label, one.p_click, one.p_click_short, one.dt, one.item_id) == (1, 0.7, 0.4, D, 900)
-    # Padded to the fixed caps: every row has the same lengths.
-    assert {(len(r.short_items), len(r.hard_gaps), len(r.long_cats)) for r in rows} == {(4, 3, 5)}
+    # The stored bytes: 4 per real element, read the same by numpy (training) as by Spark above.
+    stored = {r.impression_id: r for r in out.collect()}
+    for r in rows:
+        for c in PACKED_COLUMNS:
+            raw = bytes(stored[r.impression_id][c])
+            assert len(raw) == 4 * len(r[c]) and unpack(raw).tolist() == r[c], (r.impression_id, c)
 
 
 def test_count_mode_last_n(spark):
     spec = SampleSpec(Windows(mode="count", long_count=3, short_count=2),
                       Caps(short_cap=2, hard_k=2, long_cap=4))
     imps = [IMPRESSION_ROWS[0]]
-    rows = to_samples(build_sequences(*_inputs(spark, impressions=imps, spec=spec), spec), spec).collect()
+    rows = with_sequence_arrays(
+        to_samples(build_sequences(*_inputs(spark, impressions=imps, spec=spec), spec), spec)).collect()
     r = rows[0]
     # Short = the last 2 before t regardless of time (a, e); long = the 3 before them (d, h, f), disjoint,
-    # padded to long_cap 4; hard = the candidate's category within the long part; the 181-day-old counts.
-    assert r.short_items == [101, 105] and r.long_items == [104, 108, 106, 0]
-    assert not set(r.short_items) & (set(r.long_items) - {0})
-    assert r.hard_items == [108, 0] and (r.long_len, r.d_category) == (7, 0)
+    # below long_cap 4; hard = the candidate's category within the long part; the 181-day-old counts.
+    assert r.short_items == [101, 105] and r.long_items == [104, 108, 106]
+    assert not set(r.short_items) & set(r.long_items)
+    assert r.hard_items == [108] and (r.long_len, r.d_category) == (7, 0)
 
 
 def test_count_mode_caps_smaller_than_windows_are_refused():
@@ -150,6 +165,16 @@ def test_leak_guard_names_first_offending_impression(spark):
     with pytest.raises(Exception, match=LEAK_MARK):
         to_samples(seqs, SPEC).collect()
     assert first_leak(build_sequences(*_inputs(spark), SPEC, D)) is None
+
+
+def test_ids_beyond_int32_fail_the_samples_instead_of_being_truncated(spark):
+    big = BEHAVIOR_ROWS + [beh(3, ID_MAX + 1, 50, T0 - 3 * H)]  # in user 3's sequences
+    with pytest.raises(Exception, match=f"{ID_MARK}: impression_id=6 has an item or category id outside"):
+        to_samples(build_sequences(*_inputs(spark, rows=big), SPEC, D), SPEC, guard=False).collect()
+    edge = BEHAVIOR_ROWS + [beh(3, ID_MAX, 50, T0 - 3 * H)]  # the largest id that fits is kept whole
+    rows = with_sequence_arrays(to_samples(build_sequences(*_inputs(spark, rows=edge), SPEC, D), SPEC)
+                                .where("impression_id = 6")).collect()
+    assert rows[0].short_items[:2] == [ID_MAX, 301]
 
 
 def test_split_impressions_rejects_with_reasons(spark):
@@ -176,7 +201,7 @@ def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
     assert res.ubt_version < latest_version(spark, ubt_path)
     assert (res.impressions, res.rejected) == (6, 1)
     samples = read_table(spark, out)
-    _check(samples.collect(), EXPECTED)
+    _check(with_sequence_arrays(samples).collect(), EXPECTED)
     rej = read_table(spark, table_path(lh, "rejects")).where("source = 'build_samples'").collect()
     assert len(rej) == 1 and '"impression_id":99' in rej[0].raw
     props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{out}`").collect()}

@@ -65,14 +65,17 @@ def two_ranks(lakehouse, mlflow_server, tmp_path_factory) -> dict:
 
 
 def _eval_rows(root, n: int = 32) -> pd.DataFrame:
-    """The first ``n`` rows of the test date's first file, sequences as lists (trailing padding cut)."""
+    """The first ``n`` rows of the test date's first file as a user sends them: the samples columns,
+    sequences as lists of ids (their real elements: the table stores no padding)."""
     import pyarrow.parquet as pq
-    from sim.adapters.serving import rows_as_lists
     from sim.samples.contract import TRAINING_COLUMNS
+    from sim.samples.packing import unpack_frame
     path = delta_io.log_snapshot_files(str(root / "samples"), EVAL_DATE, EVAL_DATE)[1][0].path
-    table = pq.read_table(path, columns=list(TRAINING_COLUMNS)).slice(0, n).to_pandas()
-    return rows_as_lists({c: (table[c].to_numpy() if table[c].dtype != object else np.stack(table[c]))
-                          for c in table.columns}, n)
+    frame = unpack_frame(pq.read_table(path, columns=list(TRAINING_COLUMNS)).slice(0, n).to_pandas())
+    for c in frame.columns:
+        if frame[c].dtype == object:
+            frame[c] = frame[c].map(lambda a: a.tolist())
+    return frame
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ BEHAVIOR_ROWS = [
     (_b("3", "abc", "100", "pv", str(T0)), "bad_id"),
     (_b("3", "10", "-7", "pv", str(T0)), "negative_id"),
     (_b("3", "0", "100", "pv", str(T0)), "zero_id"),
+    (_b("3", "10", str(2**31), "pv", str(T0)), "id_too_large"),  # would not fit the samples' int32
+    (_b(str(2**40), "10", str(2**31 - 1), "pv", str(T0 + 7)), None),  # user ids stay 64-bit
     (_b("3", "10", "100", "pv", "yesterday"), "bad_timestamp"),
     (_b("3", "10", "100", "pv", str(NOW + 3600)), "ts_in_future"),
     (_b("3", "10", "100", "pv", str(T0 - 1)), "ts_outside_run_date"),
@@ -58,6 +60,7 @@ IMPRESSION_ROWS = [
     (_i("4", "1", "10", "100", str(T0 + 60), "yes"), "bad_label"),
     (_i("5", "1", "10", "100", str(T0 + 60), "1", "1.5"), "bad_p_click"),
     (_i(None, "1", "10", "100", str(T0 + 60), "1"), "null_id"),
+    (_i("7", "1", str(2**31), "100", str(T0 + 60), "1"), "id_too_large"),
     (_i("6", "1", "10", "100", str(T0 - 86400 * 3), "1"), "ts_outside_run_date"),
     ((None,) * 7 + ("x|y", "malformed_line"), "malformed_line"),
 ]
@@ -78,14 +81,15 @@ def test_behavior_reasons_and_counts(spark):
         if reason and reason != "duplicate_event":
             assert (row[5], reason) in _by_raw(classified)
     counts = counts_of(raw.count(), reason_counts(classified))
-    assert counts.accepted == 3 and counts.rejected == len(BEHAVIOR_ROWS) - 3
-    assert counts.summary().startswith(f"read={len(BEHAVIOR_ROWS)} accepted=3 rejected={len(BEHAVIOR_ROWS) - 3}")
+    assert counts.accepted == 4 and counts.rejected == len(BEHAVIOR_ROWS) - 4
+    assert counts.summary().startswith(f"read={len(BEHAVIOR_ROWS)} accepted=4 rejected={len(BEHAVIOR_ROWS) - 4}")
     check_counts(counts.read, counts.accepted, counts.rejected)
     accepted, rejects = split(classified)
     assert accepted.columns == ["user_id", "item_id", "category_id", "behavior_type", "ts", "dt"]
     rows = sorted(accepted.collect())
     assert [(r.user_id, r.item_id, r.behavior_type, r.ts, r.dt) for r in rows] == [
-        (1, 10, "pv", T0 + 100, RUN), (1, 11, "pv", T0 + 3600, RUN), (2, 12, "buy", T0 + 9000, RUN)]
+        (1, 10, "pv", T0 + 100, RUN), (1, 11, "pv", T0 + 3600, RUN), (2, 12, "buy", T0 + 9000, RUN),
+        (2**40, 10, "pv", T0 + 7, RUN)]
     assert set(rejects.columns) == {"source", "reason", "raw"}
     assert {r.source for r in rejects.collect()} == {"test"}
     classified.unpersist()

@@ -5,6 +5,11 @@ dense numpy batches (trimmed, optionally length-bucketed). Nothing else in the c
 The file list always comes from a Delta snapshot (:func:`sim.adapters.delta_io.snapshot_files`), never from a
 directory listing, so files an overwrite removed are never read. Which rank reads which rows is decided
 in one place, :class:`sim.training.loader.ShardedLoader`, from :func:`row_groups`.
+
+The samples' sequence columns are packed int32 ``binary`` values (:mod:`sim.samples.packing`): they are
+kept as :class:`~sim.samples.packing.Ragged` views of one joined buffer per row group and padded batch by
+batch, to the batch's longest row. Columns of the older padded-list layout (and plain numpy groups, as
+the tests give) are still read as dense arrays.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from sim.adapters import storage
+
+from sim.samples.packing import PACKED_COLUMNS, Ragged, dense_batch
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +90,9 @@ def read_row_group(group: RowGroup, columns: Sequence[str]) -> dict[str, np.ndar
                            reader_pool_type="dummy", workers_count=1,
                            filesystem=storage.petastorm_filesystem(group.path)) as reader:
         for batch in reader:
-            parts.append({c: _dense(getattr(batch, c)) for c in columns})
+            parts.append(_arrays(batch, columns))
     arrays = (parts[0] if len(parts) == 1 else
-              {c: np.concatenate([p[c] for p in parts]) for c in columns} if parts else {})
+              {c: _concat([p[c] for p in parts]) for c in columns} if parts else {})
     got = len(arrays[columns[0]]) if arrays else 0
     if got != group.rows:
         raise RuntimeError(f"read {got} rows from row group {group.index} of {group.path}, expected "
@@ -100,17 +107,55 @@ def _dense(column: np.ndarray) -> np.ndarray:
     return column
 
 
+def _column(name: str, column):
+    """A column as the batches need it: a packed sequence column (``bytes`` per row) as a
+    :class:`Ragged`, anything else dense."""
+    if isinstance(column, Ragged):
+        return column
+    if name in PACKED_COLUMNS and column.dtype == object and (not len(column) or isinstance(column[0], bytes)):
+        return Ragged.from_bytes(column, PACKED_COLUMNS[name], name)
+    return _dense(column)
+
+
+def _concat(parts: list):
+    if not isinstance(parts[0], Ragged):
+        return np.concatenate(parts)
+    parts = [p.converted() for p in parts]
+    offsets = np.cumsum([0] + [len(p.values) - 1 for p in parts[:-1]])  # each ends with its padding slot
+    return Ragged(np.concatenate([p.values[:-1] for p in parts] + [np.zeros(1, parts[0].dtype)]),
+                  np.concatenate([p.starts + o for p, o in zip(parts, offsets)]),
+                  np.concatenate([p.lengths for p in parts]), parts[0].dtype)
+
+
+def _check_aligned(arrays: dict) -> None:
+    """The packed fields of one sequence hold as many elements per row (items, categories, gaps of the
+    same behaviors): anything else is a broken table, caught before a model pairs the wrong values."""
+    by_seq: dict[str, list[tuple[str, Ragged]]] = {}
+    for c, a in arrays.items():
+        if isinstance(a, Ragged):
+            by_seq.setdefault(c.rsplit("_", 1)[0], []).append((c, a))
+    for fields in by_seq.values():
+        (c0, a0), *rest = fields
+        for c, a in rest:
+            if not np.array_equal(a.lengths, a0.lengths):
+                raise ValueError(f"{c} and {c0} hold different numbers of elements in some rows")
+
+
 def _real_lengths(arrays: dict[str, np.ndarray], sequences: Sequence[str]) -> np.ndarray:
     """Per row, the longest real length among ``sequences`` (padding is 0 and only at the end)."""
-    lengths = [np.count_nonzero(arrays[f"{s}_items"], axis=1) for s in sequences]
+    lengths = [arrays[f"{s}_items"].lengths if isinstance(arrays[f"{s}_items"], Ragged)
+               else np.count_nonzero(arrays[f"{s}_items"], axis=1) for s in sequences]
     return np.max(lengths, axis=0) if lengths else np.zeros(0, dtype=np.int64)
 
 
 def _trim(batch: dict[str, np.ndarray], sequences: Sequence[str]) -> dict[str, np.ndarray]:
     """Cut each sequence's columns to the longest real length in the batch (at least 1 position): the
-    padding every row shares carries nothing, and the models ignore trailing padding."""
+    padding every row shares carries nothing, and the models ignore trailing padding. (Packed columns
+    come out of :func:`iter_batches` at that width already.)"""
     out = dict(batch)
     for s in sequences:
+        if f"{s}_items" not in batch:
+            continue
         width = max(1, int(np.count_nonzero(batch[f"{s}_items"], axis=1).max(initial=0)))
         for c in batch:
             if c.startswith(f"{s}_") and batch[c].ndim == 2:
@@ -132,10 +177,13 @@ def _bucketed(idx: np.ndarray, lengths: np.ndarray, batch_size: int, window_batc
     return np.concatenate(out) if out else idx
 
 
-def _arrays(group, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    if isinstance(group, dict):
-        return {c: group[c] for c in columns}
-    return {c: _dense(getattr(group, c)) for c in columns}  # a Petastorm batch (a namedtuple)
+def _arrays(group, columns: Sequence[str]) -> dict:
+    """The columns of a row group (a dict, or a Petastorm batch: a namedtuple), packed sequences as
+    :class:`Ragged`."""
+    get = group.__getitem__ if isinstance(group, dict) else lambda c: getattr(group, c)
+    arrays = {c: _column(c, get(c)) for c in columns}
+    _check_aligned(arrays)
+    return arrays
 
 
 def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
@@ -143,9 +191,11 @@ def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
                  bucket_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Re-batch row groups into dicts of dense numpy arrays of ``batch_size`` rows (the last one smaller).
 
-    ``groups`` are a Petastorm reader's batches (one per row group) or dicts of arrays. A row group may
-    hold tens of thousands of rows: each batch gathers its own rows from the group (one copy per row,
-    batch by batch), so a shuffled group is never copied whole.
+    ``groups`` are a Petastorm reader's batches (one per row group) or dicts of arrays (packed sequence
+    columns as :class:`Ragged`). A row group may hold tens of thousands of rows: each batch gathers its
+    own rows from the group (one copy per row, batch by batch), so a shuffled group is never copied whole.
+    Packed sequence columns are padded to the batch's longest row (at least 1 position), whatever
+    ``trim`` says.
 
     Args:
         sizes: the size of every batch instead (they must add up to the rows of ``groups``, so nothing is
@@ -175,8 +225,18 @@ def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
                 pending[0] = (arrays, idx[k:])
             n -= k
             buffered -= k
-        batch = parts[0] if len(parts) == 1 else {c: np.concatenate([p[c] for p in parts]) for c in columns}
-        return _trim(batch, trim) if trim else batch
+        batch, packed = {}, {}
+        for c in columns:
+            cols = [p[c] for p in parts]
+            if isinstance(cols[0], Ragged):  # padded below, the fields of one sequence together
+                packed.setdefault(c.rsplit("_", 1)[0], []).append(c)
+            else:
+                batch[c] = cols[0] if len(cols) == 1 else np.concatenate(cols)
+        for names in packed.values():
+            batch.update(zip(names, dense_batch([[p[c] for p in parts] for c in names])))
+        batch = {c: batch[c] for c in columns}
+        dense_trim = [s for s in trim if not isinstance(parts[0].get(f"{s}_items"), Ragged)]
+        return _trim(batch, dense_trim) if dense_trim else batch
 
     for group in groups:
         arrays = _arrays(group, columns)

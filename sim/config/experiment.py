@@ -47,6 +47,7 @@ class TrainSettings(Settings):
     threads: NonNegativeInt = 0
     patience: NonNegativeInt = 0
     length_buckets: NonNegativeInt = 0
+    loader_workers: PositiveInt = Field(3, description="row groups read ahead by threads (batches unchanged)")
     fail_after_epoch: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the GPU of each rank's local rank when torch sees one, else the CPU "

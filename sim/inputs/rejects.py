@@ -22,8 +22,8 @@ from sim.inputs.schema import REJECTS
 REJECTS_TABLE = "rejects"
 # The codes of input validation (sim.inputs.validation explains each) ...
 VALIDATION_REASONS = (
-    "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "bad_timestamp", "ts_in_future",
-    "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "bad_rating",
+    "malformed_line", "null_id", "bad_id", "negative_id", "zero_id", "id_too_large", "bad_timestamp",
+    "ts_in_future", "ts_outside_run_date", "unknown_behavior_type", "bad_label", "bad_p_click", "bad_rating",
     "unknown_item", "duplicate_event", "duplicate_impression_id", "missing_category", "duplicate_item",
 )
 # ... and the one only the nightly jobs use: a row whose ts is not inside its own dt partition.

@@ -19,6 +19,8 @@ Each row gets the first reason that applies, in this order (:data:`REASONS`):
 ``bad_id``                    an id is not an integer
 ``negative_id``               an id is below 0
 ``zero_id``                   an id is 0 (0 is the padding id downstream)
+``id_too_large``              an item or category id above 2**31 - 1: the samples table stores sequence
+                              ids as int32 (:mod:`sim.samples.packing`); remap such ids before import
 ``bad_timestamp``             ``ts`` is neither epoch seconds nor ``yyyy-MM-dd[ HH:mm:ss]``, or < 0
 ``ts_in_future``              ``ts`` after the run's ``now``
 ``ts_outside_run_date``       ``dt`` of ``ts`` outside the run's date (range)
@@ -52,6 +54,7 @@ from pyspark.sql import types as T
 from sim.inputs.rejects import VALIDATION_REASONS as REASONS  # noqa: F401  (the codes explained above)
 
 from sim.inputs.canonical import dt_of
+from sim.samples.packing import ID_MAX
 from sim.inputs.schema import BEHAVIOR_TYPES
 
 log = logging.getLogger(__name__)
@@ -106,12 +109,17 @@ def _id_stage(df: DataFrame, name: str) -> dict[str, Column]:
             f"_bad_{name}": F.coalesce(~ok, F.lit(True))}
 
 
+# Ids that end up in the samples' int32 sequences (user and impression ids stay 64-bit scalars).
+SEQUENCE_IDS = ("item_id", "category_id")
+
+
 def _id_problem(name: str) -> Column:
     v = F.col(f"_v_{name}")
-    return (F.when(F.col(f"_blank_{name}"), F.lit("null_id"))
-            .when(F.col(f"_bad_{name}"), F.lit("bad_id"))
-            .when(v < 0, F.lit("negative_id"))
-            .when(v == 0, F.lit("zero_id")))
+    out = (F.when(F.col(f"_blank_{name}"), F.lit("null_id"))
+           .when(F.col(f"_bad_{name}"), F.lit("bad_id"))
+           .when(v < 0, F.lit("negative_id"))
+           .when(v == 0, F.lit("zero_id")))
+    return out.when(v > ID_MAX, F.lit("id_too_large")) if name in SEQUENCE_IDS else out
 
 
 def _keep(df: DataFrame) -> list[str]:

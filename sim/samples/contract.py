@@ -1,27 +1,39 @@
 """The samples table's contract, written once: its schema, the columns training reads, the errors and
 the spec of the job (DESIGN.md "Data model").
 
-One row is an impression with its label and three behavior sequences, each padded with 0 to a fixed cap:
+One row is an impression with its label and three behavior sequences, each of at most a fixed cap:
 
 - short_*  the short-term window (DIN branch), newest first, cap ``short_cap``
 - hard_*   hard-search GSU output: the candidate category's behaviors in the long window, cap ``hard_k``
 - long_*   the newest ``long_cap`` behaviors of the long window across categories (soft search, avg pooling)
 
 Each sequence has ``*_items`` (item ids), ``*_cats`` (category ids) and ``*_gaps`` (time-gap buckets of
-impression time minus behavior time) (``short_len`` and ``hard_len`` give the real lengths). Id 0 and bucket 0 mean padding.
-``long_len`` is the uncapped number of behaviors in the long window, ``d_category`` the days since the
-user's last behavior in the candidate's category (-1 if none).
+impression time minus behavior time), stored packed: one ``binary`` value per row holding only the real
+elements as big-endian int32 (:mod:`sim.samples.packing` says why and how it is decoded; ids must be in
+0..2**31-1, the job fails otherwise). ``short_len`` and ``hard_len`` are the real lengths; ``long_len``
+is the uncapped number of behaviors in the long window (the stored long sequence holds
+``min(long_len, long_cap)``), ``d_category`` the days since the user's last behavior in the candidate's
+category (-1 if none). Id 0 and bucket 0 mean padding in the dense batches training reads.
+
+Reading the sequences back as arrays: in Spark :func:`with_sequence_arrays` (or :func:`unpack_ids` on
+one column), in pandas :func:`sim.samples.packing.unpack_frame`, in numpy
+:func:`sim.samples.packing.unpack`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sim.config import ConfigError
 from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
 from sim.ubt.settings import long_seq_len, recent_seq_len, short_seq_len
+# The packed sequence format is defined once, in numpy (the training processes need no pyspark).
+from sim.samples.packing import (ID_MAX, PACKED_COLUMNS, SEQ_FIELDS, SEQUENCES, seq_columns,  # noqa: F401
+                                 unpack, unpack_frame)
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +51,6 @@ _SEQ_ARRAY = T.ArrayType(SEQ_STRUCT, True)
 # Scalars of an impression as the job reads them from ``impressions``.
 SAMPLES_SCALARS_IN = ("impression_id", "user_id", "item_id", "category_id", "ts", "label", "p_click",
                       "p_click_short", "dt")
-SEQUENCES = ("short", "hard", "long")
-SEQ_FIELDS = ("items", "cats", "gaps")
-
-
-def seq_columns(name: str) -> tuple[str, str, str]:
-    """Column names (items, cats, gaps) of one sequence of the samples table."""
-    return tuple(f"{name}_{f}" for f in SEQ_FIELDS)  # type: ignore[return-value]
 
 
 SAMPLES = T.StructType(
@@ -54,8 +59,7 @@ SAMPLES = T.StructType(
      T.StructField("ts", T.LongType()), T.StructField("label", T.IntegerType()),
      T.StructField("p_click", T.DoubleType()), T.StructField("p_click_short", T.DoubleType()),
      T.StructField("dt", T.StringType())]
-    + [T.StructField(c, T.ArrayType(T.IntegerType() if c.endswith("_gaps") else T.LongType(), True))
-       for s in SEQUENCES for c in seq_columns(s)]
+    + [T.StructField(c, T.BinaryType()) for s in SEQUENCES for c in seq_columns(s)]
     + [T.StructField(c, T.IntegerType()) for c in ("short_len", "hard_len", "long_len", "d_category")])
 # Every column of the table, in order.
 SAMPLES_COLUMNS = tuple(f.name for f in SAMPLES.fields)
@@ -64,6 +68,31 @@ TRAINING_COLUMNS = ("impression_id", "user_id", "item_id", "category_id", "ts", 
                     "d_category") + tuple(c for s in SEQUENCES for c in seq_columns(s))
 # The generator's click probabilities (null for imported logs): read for evaluation only, never trained on.
 ORACLE_COLUMNS = ("p_click", "p_click_short")
+
+
+
+
+def pack_ids(arr: Column) -> Column:
+    """Spark: an array of integers in 0..ID_MAX as its stored bytes (big-endian int32), without a Python
+    UDF: each element as 8 hex digits, joined, unhexed. Values outside the range would be cut silently
+    here, so the samples job checks them first (:func:`sim.samples.transforms.to_samples`)."""
+    return F.unhex(F.array_join(F.transform(arr, lambda x: F.lpad(F.hex(x), 8, "0")), ""))
+
+
+def unpack_ids(packed: Column, dtype: str = "long") -> Column:
+    """Spark: a stored sequence column back as ``array<dtype>`` (the real elements, no padding)."""
+    n = (F.length(packed) / F.lit(4)).cast("int")
+    values = F.transform(F.sequence(F.lit(0), n - 1),
+                         lambda i: F.conv(F.hex(packed.substr(i * 4 + 1, F.lit(4))), 16, 10).cast(dtype))
+    return F.when(n > 0, values).otherwise(F.array().cast(f"array<{dtype}>"))
+
+
+def with_sequence_arrays(df: DataFrame) -> DataFrame:
+    """``df`` (samples rows, any subset of the columns) with each stored sequence column replaced by its
+    array: ``array<bigint>`` for ids and categories, ``array<int>`` for gap buckets, only the real
+    elements. For reading and comparing rows; training decodes in numpy."""
+    return df.select(*[unpack_ids(F.col(c), "int" if c.endswith("_gaps") else "long").alias(c)
+                       if c in PACKED_COLUMNS else F.col(c) for c in df.columns])
 
 
 class LeakError(RuntimeError):

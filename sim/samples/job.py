@@ -17,7 +17,7 @@ from sim.ubt.transforms import missing_key
 from sim.ubt.dates import parse_date, shift_date
 from sim.faults import crash_point
 from sim.inputs.rejects import write_rejects
-from sim.samples.transforms import LEAK_MARK, build_sequences, first_leak, split_impressions, to_samples
+from sim.samples.transforms import ID_MARK, LEAK_MARK, build_sequences, first_leak, split_impressions, to_samples
 from sim.samples.contract import JOB, LeakError, SampleSpec, SamplesInputError
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,10 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
             committed = write_date(to_samples(seqs, spec, guard=True), out, job=JOB, date=label, force=force,
                                    extra_metadata={**meta, "sizes": spec.sizes},
                                    replace_where=replace_where)
-    except Exception as e:  # the guard's raise_error surfaces wrapped in Spark/Py4J exceptions
+    except Exception as e:  # the guards' raise_error surfaces wrapped in Spark/Py4J exceptions
+        if ID_MARK in str(e) and LEAK_MARK not in str(e):
+            detail = str(e).split(ID_MARK, 1)[1].split("\n", 1)[0].lstrip(": ")
+            raise SamplesInputError(f"samples for {label} not written: {detail}") from None
         if LEAK_MARK not in str(e):
             raise
         hit = first_leak(seqs)

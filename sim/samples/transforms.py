@@ -11,7 +11,8 @@ from sim.ubt.settings import (SECONDS_PER_DAY)
 from sim.ubt.transforms import in_window_rows, ts_outside_dt
 from sim.ubt.dates import shift_date, window_start_ts
 from sim.inputs.rejects import tag_rejects
-from sim.samples.contract import JOB, SAMPLES_SCALARS_IN, SECONDS_PER_HOUR, SampleSpec, _SEQ_ARRAY
+from sim.samples.contract import (ID_MAX, JOB, SAMPLES_SCALARS_IN, SECONDS_PER_HOUR, SampleSpec, _SEQ_ARRAY,
+                                  pack_ids)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ def _seq_struct(ts: Column, item: Column, cat: Column) -> Column:
 
 def _empty_seq() -> Column:
     return F.array().cast(_SEQ_ARRAY)
-
-
-def _pad(arr: Column, cap: int, dtype: str) -> Column:
-    """``arr`` followed by zeros up to ``cap`` elements (0 = padding id / bucket)."""
-    return F.concat(arr, F.array_repeat(F.lit(0).cast(dtype), F.lit(cap) - F.size(arr)))
 
 
 # ------------------------------------------------------------------------------ pure transforms
@@ -216,15 +212,25 @@ def leak_condition() -> Column:
             | F.coalesce(F.array_max("hard_ts") >= t, F.lit(False)))
 
 
+def id_range_condition() -> Column:
+    """True for a row of :func:`build_sequences` whose sequences would hold an id that the stored int32
+    cannot (outside 0..ID_MAX, :mod:`sim.samples.packing`): it must fail, never be truncated."""
+    out = (F.col("category_id") < 0) | (F.col("category_id") > ID_MAX)  # the hard sequence's categories
+    for arr in ("all_items", "all_cats", "hard_items"):
+        out = out | F.coalesce((F.array_min(arr) < 0) | (F.array_max(arr) > ID_MAX), F.lit(False))
+    return out
+
+
 LEAK_MARK = "SIM_LEAK_GUARD"
+ID_MARK = "SIM_ID_RANGE"
 
 
 def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFrame:
     """The samples table's rows from :func:`build_sequences`: ids, categories and gap buckets of each
-    sequence padded with 0 to its cap, real lengths. With ``guard`` a row failing
-    :func:`leak_condition` raises an error while it is computed (so nothing gets written)."""
+    sequence, at most its cap, packed (:func:`sim.samples.contract.pack_ids`), and the real lengths.
+    A row whose sequences hold an id outside int32 raises an error while it is computed (``ID_MARK``),
+    and with ``guard`` so does a row failing :func:`leak_condition` (so nothing gets written)."""
     t = F.col("ts")
-    caps = spec.caps
     gaps_all = F.transform("all_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
     hard_gaps = F.transform("hard_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
     n_hard = F.size("hard_ts")
@@ -234,16 +240,19 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
             F.lit(f"{LEAK_MARK}: impression_id="), F.col("impression_id").cast("string"),
             F.lit(" at ts="), t.cast("string"),
             F.lit(" has a behavior at or after its time in a sequence")))).otherwise(d_category)
+    d_category = F.when(id_range_condition(), F.raise_error(F.concat(
+        F.lit(f"{ID_MARK}: impression_id="), F.col("impression_id").cast("string"),
+        F.lit(f" has an item or category id outside 0..{ID_MAX} in its sequences; the samples table "
+              "stores sequence ids as int32 (sim.samples.packing): remap the ids")))).otherwise(d_category)
     seqs = seqs.select("*", gaps_all.alias("_gaps"))
     out = {}
-    for name, cap, start, n in (("short", caps.short_cap, F.lit(1), F.col("n_short")),
-                                ("long", caps.long_cap, F.col("long_from"), F.col("n_long"))):
-        out[f"{name}_items"] = _pad(F.slice("all_items", start, n), cap, "long")
-        out[f"{name}_cats"] = _pad(F.slice("all_cats", start, n), cap, "long")
-        out[f"{name}_gaps"] = _pad(F.slice("_gaps", start, n), cap, "int")
-    out["hard_items"] = _pad(F.col("hard_items"), caps.hard_k, "long")
-    out["hard_cats"] = _pad(F.array_repeat(F.col("category_id"), n_hard), caps.hard_k, "long")
-    out["hard_gaps"] = _pad(hard_gaps, caps.hard_k, "int")
+    for name, start, n in (("short", F.lit(1), F.col("n_short")), ("long", F.col("long_from"), F.col("n_long"))):
+        out[f"{name}_items"] = pack_ids(F.slice("all_items", start, n))
+        out[f"{name}_cats"] = pack_ids(F.slice("all_cats", start, n))
+        out[f"{name}_gaps"] = pack_ids(F.slice("_gaps", start, n))
+    out["hard_items"] = pack_ids(F.col("hard_items"))
+    out["hard_cats"] = pack_ids(F.array_repeat(F.col("category_id"), n_hard))
+    out["hard_gaps"] = pack_ids(hard_gaps)
     seq_cols = [out[f"{s}_{f}"].alias(f"{s}_{f}") for s in ("short", "hard", "long")
                 for f in ("items", "cats", "gaps")]
     return seqs.select(*[F.col(c) for c in SAMPLES_SCALARS_IN], *seq_cols,

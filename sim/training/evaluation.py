@@ -42,7 +42,7 @@ def _float_column(values: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model, files: Sequence[tuple[str, int]], batch_size: int, rank: int, size: int,
-             item_topic=None) -> Evaluation:
+             item_topic=None, workers: int = 1) -> Evaluation:
     """Predict this rank's shard of ``files`` ((path, rows) of a snapshot) and gather every rank's
     predictions and tallies: the shards of :class:`~sim.training.loader.ShardedLoader` are disjoint and
     cover every row, so each row is scored exactly once over the ranks. The model scores on its own
@@ -55,7 +55,7 @@ def evaluate(model, files: Sequence[tuple[str, int]], batch_size: int, rank: int
 
     columns = list(dict.fromkeys([*model.input_columns, *PREDICTION_COLUMNS, *ORACLE_COLUMNS]))
     loader = ShardedLoader(files, columns, rank=rank, size=size, batch_size=batch_size, shuffle=False,
-                           same_steps=False, trim=model.sequences)
+                           same_steps=False, trim=model.sequences, workers=workers)
     mode = model.gsu.mode if getattr(model, "gsu", None) is not None else None
     soft = mode == "soft"
     keys = (*PREDICTION_COLUMNS, *ORACLE_COLUMNS, "score", *(["gsu_score"] if soft else []))

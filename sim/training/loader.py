@@ -12,11 +12,18 @@ For training every rank takes the same number of optimizer steps (each is a coll
 are smaller, never empty, never repeating a row. Within a rank, rows are shuffled inside each row group
 (seeded by seed, epoch and rank), so an epoch's order depends only on those: a resumed run reads epoch
 ``e`` exactly as an uninterrupted one would.
+
+With ``workers`` > 1 the next row groups of the shard are read ahead by a pool of threads, each with
+its own single-group Petastorm reader (Parquet decoding releases the GIL); their results are taken in
+the shard's order, so the batches are the same whatever the number of workers. (Petastorm's own thread
+pool hands row groups over in the order they finish, which would make the order depend on timing.)
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -78,11 +85,14 @@ class ShardedLoader:
         same_steps: every rank yields :attr:`steps_per_epoch` batches (training); without it a rank yields
             as many batches as its shard needs, possibly none (evaluation).
         trim, bucket_batches: see :func:`sim.adapters.petastorm_io.iter_batches`.
+        workers: row groups read at once, ahead of the batches (1 = one after the other, in this
+            thread); the batches do not depend on it.
     """
 
     def __init__(self, files: Sequence[tuple[str, int]], columns: Sequence[str], *, rank: int = 0,
                  size: int = 1, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 same_steps: bool = True, trim: Sequence[str] = (), bucket_batches: int = 0):
+                 same_steps: bool = True, trim: Sequence[str] = (), bucket_batches: int = 0,
+                 workers: int = 1):
         if not files:
             raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
         if not 0 <= rank < size or batch_size < 1:
@@ -92,6 +102,7 @@ class ShardedLoader:
         self.rank, self.size, self.batch_size, self.seed = rank, size, batch_size, int(seed)
         self.shuffle, self.same_steps = shuffle, same_steps
         self.trim, self.bucket_batches = tuple(trim), int(bucket_batches)
+        self.workers = max(1, int(workers))
         self.rows = sum(g.rows for g in self.groups)
         first, last = shard_bounds(self.rows, rank, size)
         self.shard_rows = last - first
@@ -115,12 +126,30 @@ class ShardedLoader:
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """The batches of this rank in ``epoch``: every row of its shard once, ``steps_per_epoch``
         batches with ``same_steps``, in an order that depends only on seed, epoch and rank."""
-        def parts():
-            for p in self.pieces(epoch):
-                arrays = petastorm_io.read_row_group(p.group, self.columns)
-                yield {c: a[p.start:p.stop] for c, a in arrays.items()}
-
         yield from petastorm_io.iter_batches(
-            parts(), self.columns, self.batch_size, sizes=self._sizes if self.same_steps else None,
+            self._parts(self.pieces(epoch)), self.columns, self.batch_size, sizes=self._sizes if self.same_steps else None,
             shuffle_seed=[self.seed, epoch, self.rank] if self.shuffle else None, trim=self.trim,
             bucket_batches=self.bucket_batches)
+
+    def _read(self, p: Piece) -> dict:
+        arrays = petastorm_io.read_row_group(p.group, self.columns)
+        return {c: a[p.start:p.stop] for c, a in arrays.items()}
+
+    def _parts(self, pieces: list[Piece]) -> Iterator[dict]:
+        """The rows of ``pieces`` in order, ``workers`` row groups read ahead."""
+        if self.workers == 1:
+            yield from map(self._read, pieces)
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="sim-loader") as pool:
+            ahead = iter(pieces)
+            pending = collections.deque(pool.submit(self._read, p) for _, p in zip(range(self.workers), ahead))
+            try:
+                while pending:
+                    done = pending.popleft().result()
+                    nxt = next(ahead, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(self._read, nxt))
+                    yield done
+            finally:
+                for f in pending:
+                    f.cancel()

@@ -35,7 +35,7 @@ SPLITS = ("train", "valid", "test")
 
 # -------------------------------------------------------------------------------------------- training
 # Settings a --resume may change without making it another run (a GPU run may continue on the CPU).
-_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "device"),
+_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "device", "loader_workers"),
                    "": ("tracking_uri",)}
 
 
@@ -143,7 +143,8 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
-                           trim=model.sequences, bucket_batches=t["length_buckets"])
+                           trim=model.sequences, bucket_batches=t["length_buckets"],
+                           workers=t["loader_workers"])
     item_topic = load_item_topics(cfg["lakehouse"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 placement, item_topic.to(placement.device) if item_topic is not None else None)
@@ -198,7 +199,8 @@ def validate_and_pick(s: Session, epoch: int, train_loss: float, elapsed: float)
     from sim.adapters import hvd, tracking
     from sim.training.evaluation import ctr_metrics, evaluate, search_metrics
 
-    ev = evaluate(s.model, s.manifest.files["valid"], s.eval_batch, s.rank, s.size, s.item_topic)
+    ev = evaluate(s.model, s.manifest.files["valid"], s.eval_batch, s.rank, s.size, s.item_topic,
+                  s.cfg["train"]["loader_workers"])
     decision = None
     if s.rank == 0:
         val = {f"val_{k}": v for k, v in ctr_metrics(ev.pred).items()}
@@ -240,7 +242,8 @@ def final_test_and_log(s: Session, epochs_run: int) -> dict[str, float]:
 
     if s.best.state is not None:
         s.model.load_state_dict(s.best.state)
-    test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic)
+    test = evaluate(s.model, s.manifest.files["test"], s.eval_batch, s.rank, s.size, s.item_topic,
+                    s.cfg["train"]["loader_workers"])
     if s.rank != 0:
         return {}
     s.model.cpu()  # training is over: the logged model and its checksum are the same from any device

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sim.adapters import delta_io
 from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS
+from sim.samples.packing import pack
 
 
 def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, long: int = 20,
@@ -24,22 +25,22 @@ def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, 
         long_len = int(rng.integers(hard_len, long + 1))
         short_len = int(rng.integers(0, short + 1))
         p = 0.15 + 0.7 * (hard_len > 0)
-        seq = lambda k, cap, vals: [int(v) for v in vals[:k]] + [0] * (cap - k)  # noqa: E731
+        seq = lambda k, vals: pack(vals[:k])  # noqa: E731  (the real elements only, as the job stores them)
         long_cats = np.concatenate([np.full(hard_len, cats[i]), rng.integers(1, 20, long_len - hard_len)])
         rows.append({
             "impression_id": int(seed * 1_000_000 + i), "user_id": int(users[i]),
             "item_id": int(rng.integers(1, 500)), "category_id": int(cats[i]),
             "ts": 1_700_000_000 + i, "label": int(rng.random() < p), "p_click": float(p),
             "p_click_short": 0.5,
-            "short_items": seq(short_len, short, rng.integers(1, 500, short)),
-            "short_cats": seq(short_len, short, rng.integers(1, 20, short)),
-            "short_gaps": seq(short_len, short, rng.integers(1, 10, short).astype(np.int32)),
-            "hard_items": seq(hard_len, hard, rng.integers(1, 500, hard)),
-            "hard_cats": seq(hard_len, hard, np.full(hard, cats[i])),
-            "hard_gaps": seq(hard_len, hard, rng.integers(1, 30, hard).astype(np.int32)),
-            "long_items": seq(long_len, long, rng.integers(1, 500, long)),
-            "long_cats": seq(long_len, long, long_cats),
-            "long_gaps": seq(long_len, long, rng.integers(1, 30, long).astype(np.int32)),
+            "short_items": seq(short_len, rng.integers(1, 500, short)),
+            "short_cats": seq(short_len, rng.integers(1, 20, short)),
+            "short_gaps": seq(short_len, rng.integers(1, 10, short).astype(np.int32)),
+            "hard_items": seq(hard_len, rng.integers(1, 500, hard)),
+            "hard_cats": seq(hard_len, np.full(hard, cats[i])),
+            "hard_gaps": seq(hard_len, rng.integers(1, 30, hard).astype(np.int32)),
+            "long_items": seq(long_len, rng.integers(1, 500, long)),
+            "long_cats": seq(long_len, long_cats),
+            "long_gaps": seq(long_len, rng.integers(1, 30, long).astype(np.int32)),
             "short_len": short_len, "hard_len": hard_len, "long_len": long_len,
             "d_category": int(rng.integers(0, 100)) if hard_len else -1, "dt": date,
         })
