@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from sim.inputs.canonical import day_start_ts, stable_id
+from sim.inputs.canonical import SEQUENCE_ID_MAX, day_start_ts, stable_id
 from sim.adapters.delta_io import read_table, table_path
 from sim.inputs.ingest import run_import
 from sim.inputs.validation import ValidationError
@@ -141,7 +141,8 @@ RECBOLE_ITEM = [
 
 
 def _category_ids(spark, names):
-    row = spark.range(1).select(*[stable_id(F.lit(n)).alias(str(i)) for i, n in enumerate(names)]).first()
+    row = spark.range(1).select(*[stable_id(F.lit(n), SEQUENCE_ID_MAX).alias(str(i))
+                                  for i, n in enumerate(names)]).first()
     return {n: row[str(i)] for i, n in enumerate(names)}
 
 

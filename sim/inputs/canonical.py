@@ -10,7 +10,8 @@ Conventions:
 - ``ts`` is epoch seconds (UTC); ``dt`` is the UTC ``yyyy-MM-dd`` of ``ts``, computed without the
   session time zone (:func:`dt_of`), so a job run under any ``spark.sql.session.timeZone`` agrees.
 - ids are positive longs; 0 is the padding id downstream and never a real id (:func:`stable_id`
-  hashes string ids such as Amazon ASINs onto positive longs, deterministically).
+  hashes string ids such as Amazon ASINs onto positive ids, deterministically); item and category ids
+  fit in 31 bits (:data:`SEQUENCE_ID_MAX`), user and impression ids may use 63.
 - Writes go through :func:`sim.adapters.delta_io.write_date` (txnAppId, userMetadata ``{"job", "date"}``).
   :func:`write_log_table` adds a content fingerprint to the metadata: a re-run with the same inputs and
   options is skipped, a re-run with other ones replaces the same range (``replaceWhere``).
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 BEHAVIORS_TABLE = "behaviors"
 IMPRESSIONS_TABLE = "impressions"
 _MAX_LONG = 0x7FFFFFFFFFFFFFFF
+# Item and category ids: sequence elements of the samples, stored as int32 (sim.samples.packing.ID_MAX).
+SEQUENCE_ID_MAX = 0x7FFFFFFF
 
 
 def dt_of(ts: Column) -> Column:
@@ -48,11 +51,13 @@ def day_start_ts(date: str) -> int:
     return int(_dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp())
 
 
-def stable_id(value: Column) -> Column:
-    """A positive long id from a string (xxhash64, sign bit cleared; 0 mapped to 1). Null stays null,
-    and so does an empty or blank string."""
+def stable_id(value: Column, max_id: int = _MAX_LONG) -> Column:
+    """A positive id from a string (xxhash64 masked to ``max_id``, a power of two minus one; 0 mapped
+    to 1). Null stays null, and so does an empty or blank string. Item and category ids use
+    :data:`SEQUENCE_ID_MAX` (the samples store them as int32): 31 bits, where the models hash ids into
+    far fewer rows anyway (``model.item_buckets``), so the extra collisions cost nothing there."""
     v = F.trim(value.cast("string"))
-    h = F.xxhash64(v).bitwiseAND(F.lit(_MAX_LONG))
+    h = F.xxhash64(v).bitwiseAND(F.lit(max_id))
     return F.when(v.isNull() | (v == ""), F.lit(None).cast("long")).when(h == 0, F.lit(1).cast("long")) \
         .otherwise(h)
 

@@ -19,8 +19,9 @@ with item metadata, :class:`ImportInputs`) is :mod:`sim.inputs.importers.common`
 Mapping onto the canonical schema
 ---------------------------------
 - Integer ids are kept (MovieLens, Taobao); string ids (Amazon reviewer ids and ASINs) and category names
-  (genres, Amazon categories) become positive longs by :func:`sim.inputs.canonical.stable_id` (xxhash64 of the
-  string, so no driver-side dictionary; 0 is never produced, it means padding).
+  (genres, Amazon categories) become positive ids by :func:`sim.inputs.canonical.stable_id` (xxhash64 of the
+  string, so no driver-side dictionary; 0 is never produced, it means padding; items and categories in 31
+  bits, as the samples store them).
 - behavior_type: Taobao keeps its type. A rating or review becomes ``fav`` when the rating is >= 4 (an
   explicit "liked it") and ``pv`` otherwise; a rating that is not a number is rejected (``bad_rating``).
 - A behavior whose item has no accepted metadata row is rejected (``unknown_item``).

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.inputs.canonical import stable_id
+from sim.inputs.canonical import SEQUENCE_ID_MAX, stable_id
 from sim.inputs.importers.common import (ImportInputs, _join_categories, _rating_type, _split, _union_lines,
                                          read_lines)
 from sim.inputs.validation import MALFORMED, classify_behaviors, classify_items
@@ -46,7 +46,7 @@ def amazon_meta_raw(lines: DataFrame) -> DataFrame:
     j = _json(lines, _META_JSON)
     path = F.coalesce(F.col("j.categories").getItem(0), F.col("j.category"))
     last = F.when(F.size(path) > 0, F.element_at(path, -1))
-    return j.select(stable_id(F.col("j.asin")).alias("item_id"), last.alias("category"), "raw", "pre_reason")
+    return j.select(stable_id(F.col("j.asin"), SEQUENCE_ID_MAX).alias("item_id"), last.alias("category"), "raw", "pre_reason")
 
 
 def import_amazon(spark: SparkSession, files: list[str], *, date_range, now_ts) -> ImportInputs:
@@ -67,7 +67,7 @@ def import_amazon(spark: SparkSession, files: list[str], *, date_range, now_ts) 
         raw = raw.unionByName(p)
     # The rating is optional in Amazon files: missing -> a plain review (pv).
     raw = raw.withColumn("rating", F.coalesce(F.col("rating"), F.lit("0")))
-    raw = raw.select(stable_id(F.col("user")).alias("user_id"), stable_id(F.col("item")).alias("item_id"),
+    raw = raw.select(stable_id(F.col("user")).alias("user_id"), stable_id(F.col("item"), SEQUENCE_ID_MAX).alias("item_id"),
                      "rating", "ts", "raw", "pre_reason")
     ratings = _join_categories(_rating_type(raw), items_classified, F.col("item_id"))
     classified = classify_behaviors(ratings, source="amazon:reviews", date_range=date_range, now_ts=now_ts,

@@ -16,7 +16,7 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.inputs.canonical import stable_id
+from sim.inputs.canonical import SEQUENCE_ID_MAX, stable_id
 from sim.config import ConfigError
 from sim.inputs.validation import MALFORMED
 
@@ -89,7 +89,7 @@ def _rating_type(df: DataFrame, rating: str = "rating") -> DataFrame:
 def _join_categories(ratings: DataFrame, items_classified: DataFrame, key: Column) -> DataFrame:
     """Attach category_id (hashed category name) from accepted items; no match -> ``unknown_item``."""
     items = items_classified.where(F.col("reason").isNull()).select(
-        F.col("item_id").alias("_meta_item"), stable_id(F.col("category")).alias("category_id"))
+        F.col("item_id").alias("_meta_item"), stable_id(F.col("category"), SEQUENCE_ID_MAX).alias("category_id"))
     joined = ratings.withColumn("_key", key).join(items, F.col("_key") == F.col("_meta_item"), "left")
     joined = _merge_pre(joined, F.when(F.col("_meta_item").isNull(), F.lit("unknown_item")))
     return joined.drop("_key", "_meta_item")
