@@ -140,9 +140,10 @@ RECBOLE_ITEM = [
 ]
 
 
-def _category_ids(spark, names):
-    row = spark.range(1).select(*[stable_id(F.lit(n), SEQUENCE_ID_MAX).alias(str(i))
-                                  for i, n in enumerate(names)]).first()
+def _category_ids(spark, names, max_id: int | None = SEQUENCE_ID_MAX):
+    """The ids stable_id gives ``names``: 31 bits for items and categories, ``max_id=None`` for users."""
+    ids = [stable_id(F.lit(n)) if max_id is None else stable_id(F.lit(n), max_id) for n in names]
+    row = spark.range(1).select(*[c.alias(str(i)) for i, c in enumerate(ids)]).first()
     return {n: row[str(i)] for i, n in enumerate(names)}
 
 
@@ -253,13 +254,15 @@ def test_amazon(spark, tmp_path):
     assert _reasons(rej, "amazon:meta") == Counter({"missing_category": 1, "malformed_line": 1})
     assert _reasons(rej, "amazon:reviews") == Counter({"unknown_item": 1, "null_id": 1, "bad_timestamp": 1,
                                                        "malformed_line": 1})
-    ids = _category_ids(spark, ["A1", "B001", "Literature & Fiction", "History", "Science"])
+    ids = {**_category_ids(spark, ["B001", "Literature & Fiction", "History", "Science"]),
+           **_category_ids(spark, ["A1", "A2"], max_id=None)}
     rows = {(r.user_id, r.item_id): r for r in beh.collect()}
     assert rows[(ids["A1"], ids["B001"])].category_id == ids["Literature & Fiction"]
     assert rows[(ids["A1"], ids["B001"])].behavior_type == "fav"
     assert {r.category_id for r in rows.values()} >= {ids["History"], ids["Science"]}
     assert all(r.user_id > 0 and r.item_id > 0 for r in rows.values())
-    _check_protocol(beh, imp, users_with_targets=[ids["A1"], _category_ids(spark, ["A2"])["A2"]])
+    assert max(r.item_id for r in rows.values()) <= SEQUENCE_ID_MAX  # the samples store items as int32
+    _check_protocol(beh, imp, users_with_targets=[ids["A1"], ids["A2"]])
     assert imp.count() == 4
 
 
