@@ -1,5 +1,6 @@
-"""MLflow tracking behind one small module (the logged model's pyfunc is :mod:`sim.adapters.serving`).
-Nothing else in the code imports mlflow.
+"""MLflow behind one small module: tracking, and the logged model as a pyfunc that scores samples rows
+(:func:`log_scoring_model`; the scoring itself is :mod:`sim.adapters.serving`). Nothing else in the code
+imports mlflow.
 
 The tracking URI defaults to a SQLite file in the working directory (``sqlite:///<cwd>/mlflow.db``);
 ``tracking_uri`` in the experiment config or ``MLFLOW_TRACKING_URI`` selects any other store. Only rank 0
@@ -8,6 +9,7 @@ of a Horovod job calls into this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as _dt
 import logging
 import os
@@ -160,6 +162,69 @@ def log_table(df, name: str) -> None:
         p = Path(d) / name
         df.to_parquet(p, index=False)
         log_artifact(p)
+
+
+def __getattr__(name: str):
+    """``SamplesScorer``, built on first access (it subclasses MLflow's PythonModel, and importing this
+    module must not import mlflow); a logged model unpickles it by this name."""
+    if name == "SamplesScorer":
+        return _scorer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _scorer_class():
+    import mlflow.pyfunc
+
+    class SamplesScorer(mlflow.pyfunc.PythonModel):
+        """Scores samples rows (:func:`sim.adapters.serving.score`) with the torch model saved as the
+        ``torch_model`` artifact."""
+
+        def load_context(self, context) -> None:
+            import torch
+            self.model = torch.load(context.artifacts["torch_model"], map_location="cpu", weights_only=False)
+
+        def predict(self, context, model_input, params=None):
+            from sim.adapters.serving import score
+            return score(self.model, model_input)
+
+    SamplesScorer.__module__, SamplesScorer.__qualname__ = __name__, "SamplesScorer"
+    globals()["SamplesScorer"] = SamplesScorer
+    return SamplesScorer
+
+
+def log_scoring_model(model, example: Mapping[str, Any], name: str = "model", rows: int = 4) -> str:
+    """Log ``model`` (a :class:`sim.models.CTRModel`) as a ``SamplesScorer`` pyfunc, with the signature
+    and input example of ``rows`` rows of ``example`` (a dense batch of its input columns); the torch
+    module is pickled next to the ``sim`` package it is made of (``code_paths``), so loading needs
+    neither ``sim`` installed nor MLflow to infer requirements. Returns its URI (``models:/<model id>``;
+    MLflow 3 keeps a logged model apart from the run's artifacts, and that URI loads it from any
+    tracking store, a server's proxied artifacts included)."""
+    import tempfile
+
+    import mlflow
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    import pydantic
+    import torch
+    from mlflow.models import infer_signature
+
+    from sim.adapters.serving import SIM_PACKAGE, rows_as_lists, score
+
+    example_rows = rows_as_lists({c: example[c] for c in model.input_columns}, rows)
+    signature = infer_signature(example_rows, score(model, example_rows))
+    torch_version = torch.__version__.split("+")[0]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.pt"
+        torch.save(model, path)
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=_scorer_class()(), artifacts={"torch_model": str(path)},
+            signature=signature, input_example=example_rows, code_paths=[str(SIM_PACKAGE)],
+            pip_requirements=[f"torch=={torch_version}", f"numpy=={np.__version__}",
+                              f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}",
+                              f"pydantic=={pydantic.__version__}"])
+    return info.model_uri
 
 
 def search_runs(experiments: list[str], uri: str | None = None, filter_string: str = ""):

@@ -255,8 +255,7 @@ def final_test_and_log(s: Session, epochs_run: int) -> dict[str, float]:
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
     import pandas as pd
     tracking.log_table(pd.DataFrame(test.pred), "test_predictions.parquet")
-    from sim.adapters import serving
-    model_uri = serving.log_scoring_model(s.model, _input_example(s.manifest.paths("test"), s.model.input_columns))
+    model_uri = tracking.log_scoring_model(s.model, _input_example(s.manifest.paths("test"), s.model.input_columns))
     tracking.set_tags({"model_uri": model_uri})  # what `mlflow models serve -m` and pyfunc.load_model take
     weights = torch.cat([p.detach().flatten() for p in s.model.parameters()]).numpy()
     tracking.log_metrics({"final_weight_checksum": float(np.abs(weights).sum())})
