@@ -39,10 +39,6 @@ def file_urls(paths: Sequence[str]) -> list[str]:
     return [storage.petastorm_url(p) if "://" in p else "file://" + str(Path(p).resolve()) for p in paths]
 
 
-def local_path(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
 @dataclasses.dataclass(frozen=True)
 class RowGroup:
     """One row group of one Parquet file: the unit Petastorm reads."""

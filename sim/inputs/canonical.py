@@ -29,14 +29,14 @@ from pyspark.sql import types as T
 
 from sim.adapters import delta_io
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS, REJECTS
+# Item and category ids are sequence elements of the samples, stored as int32: they fit in 31 bits.
+from sim.samples.packing import ID_MAX as SEQUENCE_ID_MAX  # noqa: F401  (the importers use it)
 
 log = logging.getLogger(__name__)
 
 BEHAVIORS_TABLE = "behaviors"
 IMPRESSIONS_TABLE = "impressions"
 _MAX_LONG = 0x7FFFFFFFFFFFFFFF
-# Item and category ids: sequence elements of the samples, stored as int32 (sim.samples.packing.ID_MAX).
-SEQUENCE_ID_MAX = 0x7FFFFFFF
 
 
 def dt_of(ts: Column) -> Column:

@@ -70,8 +70,6 @@ TRAINING_COLUMNS = ("impression_id", "user_id", "item_id", "category_id", "ts", 
 ORACLE_COLUMNS = ("p_click", "p_click_short")
 
 
-
-
 def pack_ids(arr: Column) -> Column:
     """Spark: an array of integers in 0..ID_MAX as its stored bytes (big-endian int32), without a Python
     UDF: each element as 8 hex digits, joined, unhexed. Values outside the range would be cut silently
