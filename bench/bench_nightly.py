@@ -170,13 +170,19 @@ def gb(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def data_args(description: str, work: str) -> argparse.ArgumentParser:
+    """The options of the data :func:`generate` makes, shared by the benchmarks that use it."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--behaviors", type=int, default=20_000_000)
     p.add_argument("--users", type=int, default=50_000)
     p.add_argument("--impressions-per-user", type=int, default=4)
-    p.add_argument("--work", default="/tmp/sim-bench-nightly")
+    p.add_argument("--work", default=work)
     p.add_argument("--driver-memory", default="6g")
+    return p
+
+
+def main() -> int:
+    p = data_args(__doc__.splitlines()[0], "/tmp/sim-bench-nightly")
     p.add_argument("--heavy", type=int, default=50_000, help="behaviors of a heavy user (samples bench)")
     p.add_argument("--light", type=int, default=1_000, help="behaviors of a light user (samples bench)")
     p.add_argument("--group-users", type=int, default=10, help="users per group (samples bench)")

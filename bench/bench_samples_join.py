@@ -26,7 +26,6 @@ The last line is JSON of all figures.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_nightly import D, LONG_DAYS, generate  # noqa: E402
+from bench_nightly import D, LONG_DAYS, data_args, generate  # noqa: E402
 from measure import Resources  # noqa: E402
 
 
@@ -77,13 +76,8 @@ def compare(spark, a_path: str, b_path: str, exact: bool) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--behaviors", type=int, default=20_000_000)
-    p.add_argument("--users", type=int, default=50_000)
-    p.add_argument("--impressions-per-user", type=int, default=4)
-    p.add_argument("--work", default="/tmp/sim-bench-samples-join")
+    p = data_args(__doc__.splitlines()[0], "/tmp/sim-bench-samples-join")
     p.add_argument("--reuse", action="store_true", help="keep the data and UBT of a previous run in --work")
-    p.add_argument("--driver-memory", default="6g")
     p.add_argument("--shuffle-partitions", type=int, default=8)
     p.add_argument("--join-timeout", type=float, default=3600.0, help="seconds before the join is cancelled")
     p.add_argument("--exact", action="store_true", help="also compare the full rows with exceptAll")
