@@ -24,12 +24,12 @@ VENV_BIN = Path(sys.executable).parent
 
 # `make test` runs the files on two pytest-xdist workers with --dist loadfile: a file stays on one worker
 # and a worker takes the next file when it is free, so the run lasts at least as long as the start of
-# the last file plus its duration. The files that take minutes (setup included, from --durations of
-# the suite) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
+# the last file plus its duration. The files that take longest (the "seconds per test file" section
+# the run prints at its end) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
-SLOW_FILES_FIRST = ("test_end_to_end.py", "test_nightly_jobs.py", "test_object_storage.py", "test_train.py",
-                    "test_samples_join.py", "test_generator.py", "test_importers.py", "test_samples.py",
-                    "test_ubt.py")
+SLOW_FILES_FIRST = ("test_nightly_jobs.py", "test_end_to_end.py", "test_train.py", "test_object_storage.py",
+                    "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
+                    "test_samples_join.py", "test_generator.py")
 
 
 def pytest_configure(config):
@@ -40,6 +40,24 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
+
+
+FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    # On the xdist controller too: each worker's reports carry their durations.
+    name = report.nodeid.split("::", 1)[0]
+    FILE_SECONDS[name] = FILE_SECONDS.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Seconds per test file (setup, call and teardown of its tests): the order SLOW_FILES_FIRST keeps."""
+    slowest = sorted(FILE_SECONDS.items(), key=lambda kv: -kv[1])[:12]
+    if slowest:
+        terminalreporter.section("seconds per test file")
+        for name, secs in slowest:
+            terminalreporter.write_line(f"{secs:8.1f}s  {name}")
 
 
 def free_port() -> int:
