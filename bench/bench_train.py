@@ -1,7 +1,7 @@
 """Steady-state training samples/s per process of every model of conf/experiments.yaml, on one process
 and under ``horovodrun -np 2``, on full-length sequences.
 
-    python bench/bench_train.py [--models din sim_hard ...] [--steps 30] [--slow-steps 3] [--quick]
+    python bench/bench_train.py [--models din sim_hard ...] [--steps 40] [--budget 15] [--quick]
 
 Rows: the worst case, the one that sizes a machine. Every row has a long sequence of exactly
 ``caps.long_cap`` = 1,000 real behaviors, a hard-search sequence of ``caps.hard_k`` = 200 and a short one
@@ -17,8 +17,9 @@ schedule, the :class:`~sim.training.loader.ShardedLoader` over the files), then
 and the epochs replay them (:class:`Replay`), so the timed steps are training alone (the loader is
 measured apart, on the same files, one process: its rows/s and rows per CPU-second are printed). An
 epoch of ``--warmup`` steps comes first (allocations, first Horovod cycles), then one of ``--steps``
-timed steps; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets
-``--slow-steps``.
+timed steps, fewer (at least 3) when the warm-up's pace says they would take more than ``--budget``
+seconds; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets ``--slow-steps``.
+About 15 minutes for every model at both process counts on a quiet two-core machine.
 
 Threads: one process uses the machine's cores (``train.threads`` = cores, 2 here); under ``-np 2`` each
 rank uses cores / 2 = 1 thread, so the two ranks do not compete for a core. ``OMP_WAIT_POLICY=PASSIVE``.
@@ -111,11 +112,17 @@ class Replay:
 
 
 def measure(expid: str, files: list[tuple[str, int]], steps: int, warmup: int = 2, batch_size: int = 256,
-            threads: int = 0, workdir: str | None = None) -> dict:
+            threads: int = 0, workdir: str | None = None, budget_s: float | None = None,
+            min_steps: int = 3) -> dict:
     """One model's training on this rank (a Horovod job of any size, or this process alone): samples/s
-    over ``steps`` optimizer steps after ``warmup`` of them, and samples per CPU-second of the process."""
+    over ``steps`` optimizer steps after ``warmup`` of them, and samples per CPU-second of the process.
+
+    With ``budget_s``, fewer timed steps when the warm-up's seconds per step (the mean over the ranks, so
+    every rank takes the same number of steps) say ``steps`` would take longer, but at least
+    ``min_steps``."""
     import torch
 
+    from sim.adapters import hvd
     from sim.config.experiment import load_experiment
     from sim.training.experiment import DataManifest
     from sim.training.loop import run_epoch, setup
@@ -126,7 +133,10 @@ def measure(expid: str, files: list[tuple[str, int]], steps: int, warmup: int = 
         manifest = DataManifest(str(Path(files[0][0]).parent), 0, {s: list(files) for s in ("train", "valid", "test")})
         s = setup(cfg, manifest, resume=False)
         s.loader = Replay(list(itertools.islice(s.loader.epoch(0), POOL)), warmup)
-        run_epoch(s, 0)
+        _, warm = run_epoch(s, 0)
+        if budget_s is not None:
+            per_step = hvd.allreduce_mean(warm / warmup, name=f"bench.step.{expid}")
+            steps = max(min(steps, min_steps), min(steps, int(budget_s / per_step)))
         s.loader.steps_per_epoch = steps
         rows = sum(len(b["label"]) for b in s.loader.epoch(1))
         cpu = time.process_time()
@@ -147,7 +157,8 @@ def worker(spec: dict) -> None:
     for expid in spec["models"]:
         slow = expid in SLOW
         r = measure(expid, [tuple(f) for f in spec["files"]], spec["slow_steps"] if slow else spec["steps"],
-                    spec["slow_warmup"] if slow else spec["warmup"], spec["batch_size"], spec["threads"])
+                    spec["slow_warmup"] if slow else spec["warmup"], spec["batch_size"], spec["threads"],
+                    budget_s=spec["budget_s"])
         per_rank = hvd.allgather(torch.tensor([[r["samples_per_s"], r["samples_per_cpu_s"]]], dtype=torch.float64),
                                  name=f"bench.{expid}")
         if hvd.rank() == 0:
@@ -164,16 +175,20 @@ def run(np_: int, spec: dict) -> dict[str, dict]:
         cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
                "--gloo", "--gloo-timeout-seconds", "600", *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     out = {}
-    for line in proc.stdout.splitlines():
-        i = line.find(TAG)  # horovodrun prefixes the ranks' lines with "[0]<stdout>:"
-        if i >= 0:
-            r = json.loads(line[i + len(TAG):])
-            out[r["model"]] = r
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"np {np_} failed (rc {proc.returncode}) after {sorted(out)}")
+    with tempfile.TemporaryFile("w+") as err:
+        with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                i = line.find(TAG)  # horovodrun prefixes the ranks' lines with "[0]<stdout>:"
+                if i >= 0:
+                    r = json.loads(line[i + len(TAG):])
+                    out[r["model"]] = r
+                    print(f"  np {np_}: {r['model']}: {np.mean(r['rank_samples_per_s']):,.0f} samples/s per process "
+                          f"({r['steps']} steps, {r['seconds']:.1f}s)", flush=True)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read()[-4000:])
+            raise SystemExit(f"np {np_} failed (rc {proc.returncode}) after {sorted(out)}")
     return out
 
 
@@ -200,9 +215,12 @@ def main() -> None:
     models = experiment_ids()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=models, choices=models)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per model")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per model (at most; see --budget)")
+    p.add_argument("--budget", type=float, default=15.0,
+                   help="seconds of timed steps per model: fewer steps (at least 3) when the warm-up says "
+                        "--steps would take longer; 0 = always --steps")
     p.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
-    p.add_argument("--slow-steps", type=int, default=3, help=f"timed steps of {', '.join(SLOW)}")
+    p.add_argument("--slow-steps", type=int, default=2, help=f"timed steps of {', '.join(SLOW)}")
     p.add_argument("--slow-warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="process counts to run")
@@ -213,19 +231,21 @@ def main() -> None:
         worker(json.loads(args.worker))
         return
     if args.quick:
-        args.steps, args.warmup, args.slow_steps, args.batch_size = 5, 1, 1, 128
+        args.steps, args.warmup, args.slow_steps, args.batch_size, args.budget = 5, 1, 1, 128, 3.0
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench_train_rows_") as tmp:
         files = write_rows(Path(tmp), POOL * args.batch_size * max(args.np))
         loader, loader_cpu = loader_rate(files, args.batch_size)
         spec = {"files": files, "models": args.models, "steps": args.steps, "warmup": args.warmup,
+                "budget_s": args.budget or None,
                 "slow_steps": args.slow_steps, "slow_warmup": args.slow_warmup, "batch_size": args.batch_size}
         res = {n: run(n, {**spec, "threads": max(1, cores // n)}) for n in args.np}
     load = os.getloadavg()[0]
     one, two = res.get(1, {}), res.get(max(args.np), {}) if max(args.np) > 1 else {}
     n2 = max(args.np)
     print(f"training samples/s, full-length rows (long {CAPS['long']}, hard {CAPS['hard']}, short {CAPS['short']}), "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} ({', '.join(SLOW)}: "
+          f"batch {args.batch_size}, up to {args.steps} timed steps or {args.budget:g}s after {args.warmup} "
+          f"({', '.join(SLOW)}: "
           f"{args.slow_steps} after {args.slow_warmup}); {cores} cores: 1 process with {max(1, cores // 1)} "
           f"threads, {n2} processes with {max(1, cores // n2)}; load average {load:.1f}")
     print(f"{'model':<18}{'1 proc':>10}{f'per proc np{n2}':>15}{f'total np{n2}':>13}{'ratio':>8}"
@@ -233,12 +253,12 @@ def main() -> None:
     figures = {}
     for m in args.models:
         a, b = one.get(m), two.get(m)
-        f = {"np1": a["samples_per_s"] if a else None}
+        f = {"np1": a["samples_per_s"] if a else None, "steps_np1": a["steps"] if a else None}
         if b:
             f.update(per_process=float(np.mean(b["rank_samples_per_s"])), total=float(np.sum(b["rank_samples_per_s"])),
-                     per_cpu_s=float(np.mean(b["rank_samples_per_cpu_s"])))
+                     per_cpu_s=float(np.mean(b["rank_samples_per_cpu_s"])), steps_np2=b["steps"])
             f["ratio"] = f["total"] / f["np1"] if a else None
-        figures[m] = {k: (round(v, 2 if k == "ratio" else 1) if v is not None else None) for k, v in f.items()}
+        figures[m] = {k: (round(v, 2 if k == "ratio" else 1) if isinstance(v, float) else v) for k, v in f.items()}
 
         def cell(k: str, width: int, fmt: str = ",.0f") -> str:
             v = f.get(k)
@@ -247,7 +267,7 @@ def main() -> None:
               f"{cell('per_cpu_s', 16)}")
     print(f"loader (ShardedLoader, 1 process) on the same rows: {loader:,.0f} rows/s, {loader_cpu:,.0f} rows per "
           f"CPU-second")
-    print(json.dumps({"bench": "bench_train", "batch_size": args.batch_size, "steps": args.steps,
+    print(json.dumps({"bench": "bench_train", "batch_size": args.batch_size, "steps": args.steps, "budget_s": args.budget,
                       "slow_steps": args.slow_steps, "cores": cores, "np": args.np, "load_avg": round(load, 1),
                       "loader_rows_per_s": round(loader), "loader_rows_per_cpu_s": round(loader_cpu),
                       "samples_per_s": figures}))
