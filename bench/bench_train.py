@@ -15,18 +15,17 @@ distributed optimizer so gradients are averaged over the ranks as ``sim.train`` 
 schedule, the :class:`~sim.training.loader.ShardedLoader` over the files), then
 :func:`sim.training.loop.run_epoch`. The loader's first ``POOL`` batches of the rank are taken into memory
 and the epochs replay them (:class:`Replay`), so the timed steps are training alone (the loader is
-measured apart, on the same files, one process: its rows/s and rows per CPU-second are printed). An
-epoch of ``--warmup`` steps comes first (allocations, first Horovod cycles), then one of ``--steps``
-timed steps, fewer (at least 3) when the warm-up's pace says they would take more than ``--budget``
-seconds; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets ``--slow-steps``.
-About 15 minutes for every model at both process counts on a quiet two-core machine.
+``bench/bench_loader.py``'s). An epoch of ``--warmup`` steps comes first (allocations, first Horovod
+cycles), then one of ``--steps`` timed steps, fewer (at least 3) when the warm-up's pace says they would
+take more than ``--budget`` seconds; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets ``--slow-steps``.
+Every model at both process counts took 12 minutes here (machine at load 9).
 
 Threads: one process uses the machine's cores (``train.threads`` = cores, 2 here); under ``-np 2`` each
 rank uses cores / 2 = 1 thread, so the two ranks do not compete for a core. ``OMP_WAIT_POLICY=PASSIVE``.
 Reported per model: samples/s of the one process; per process at ``-np 2`` (the mean of the ranks'
 rates); the total at ``-np 2`` (the sum); their ratio (total at 2 / one process); and samples per
 CPU-second of a rank at ``-np 2`` (its process CPU time, Horovod's threads included), the per-core rate
-``docs/CAPACITY.md`` uses. The last line is JSON with all of it.
+``docs/CAPACITY.md`` uses (the JSON also has the one process's). The last line is JSON with all of it.
 """
 from __future__ import annotations
 
@@ -101,7 +100,7 @@ def write_rows(out: Path, rows: int, file_rows: int = 2048) -> list[tuple[str, i
 
 # ---------------------------------------------------------------------------------------- measurement
 class Replay:
-    """Stands in for the session's loader in :func:`~sim.training.loop.run_epoch`: ``steps`` batches a
+    """Stands in for the session's loader in :func:`~sim.training.loop.run_epoch`: ``steps`` batches an
     epoch, cycling over batches already in memory."""
 
     def __init__(self, batches: list[dict], steps: int):
@@ -192,25 +191,6 @@ def run(np_: int, spec: dict) -> dict[str, dict]:
     return out
 
 
-def loader_rate(files: list[tuple[str, int]], batch_size: int, passes: int = 3) -> tuple[float, float]:
-    """(rows/s, rows per CPU-second) of the training loader over the files, one process, every training
-    column, ``train.loader_workers`` threads of the config: the best of ``passes`` epochs."""
-    from sim.config.experiment import load_experiment
-    from sim.samples.contract import TRAINING_COLUMNS
-    from sim.training.loader import ShardedLoader
-
-    t = load_experiment(CONFIG, "sim_hard")["train"]
-    loader = ShardedLoader(files, list(TRAINING_COLUMNS), batch_size=batch_size, seed=1, trim=SEQUENCES,
-                           bucket_batches=t["length_buckets"], workers=t["loader_workers"])
-    best = (0.0, 0.0)
-    for e in range(passes):
-        start, cpu = time.perf_counter(), time.process_time()
-        rows = sum(len(b["label"]) for b in loader.epoch(e))
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        best = max(best, (rows / wall, rows / cpu))
-    return best
-
-
 def main() -> None:
     models = experiment_ids()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -224,7 +204,7 @@ def main() -> None:
     p.add_argument("--slow-warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="process counts to run")
-    p.add_argument("--quick", action="store_true", help="5 timed steps (mimn 1), batch 128: about 3 minutes")
+    p.add_argument("--quick", action="store_true", help="a smoke run: batch 128, up to 5 timed steps or 3 s (mimn 1)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -235,7 +215,6 @@ def main() -> None:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench_train_rows_") as tmp:
         files = write_rows(Path(tmp), POOL * args.batch_size * max(args.np))
-        loader, loader_cpu = loader_rate(files, args.batch_size)
         spec = {"files": files, "models": args.models, "steps": args.steps, "warmup": args.warmup,
                 "budget_s": args.budget or None,
                 "slow_steps": args.slow_steps, "slow_warmup": args.slow_warmup, "batch_size": args.batch_size}
@@ -253,7 +232,8 @@ def main() -> None:
     figures = {}
     for m in args.models:
         a, b = one.get(m), two.get(m)
-        f = {"np1": a["samples_per_s"] if a else None, "steps_np1": a["steps"] if a else None}
+        f = {"np1": a["samples_per_s"] if a else None, "per_cpu_s_np1": a["samples_per_cpu_s"] if a else None,
+             "steps_np1": a["steps"] if a else None}
         if b:
             f.update(per_process=float(np.mean(b["rank_samples_per_s"])), total=float(np.sum(b["rank_samples_per_s"])),
                      per_cpu_s=float(np.mean(b["rank_samples_per_cpu_s"])), steps_np2=b["steps"])
@@ -265,11 +245,8 @@ def main() -> None:
             return f"{format(v, fmt) if v is not None else '-':>{width}}"
         print(f"{m:<18}{cell('np1', 10)}{cell('per_process', 15)}{cell('total', 13)}{cell('ratio', 8, '.2f')}"
               f"{cell('per_cpu_s', 16)}")
-    print(f"loader (ShardedLoader, 1 process) on the same rows: {loader:,.0f} rows/s, {loader_cpu:,.0f} rows per "
-          f"CPU-second")
     print(json.dumps({"bench": "bench_train", "batch_size": args.batch_size, "steps": args.steps, "budget_s": args.budget,
                       "slow_steps": args.slow_steps, "cores": cores, "np": args.np, "load_avg": round(load, 1),
-                      "loader_rows_per_s": round(loader), "loader_rows_per_cpu_s": round(loader_cpu),
                       "samples_per_s": figures}))
 
 

@@ -76,7 +76,7 @@ def table(figures: dict[str, dict]) -> str:
 def run_bench(name: str, quick: bool, log: Path) -> tuple[int, str]:
     """Run ``bench/<name>.py``, its stdout shown line by line and written to ``log``."""
     cmd = [sys.executable, "-u", str(BENCH / f"{name}.py"), *(["--quick"] if quick else [])]
-    print(f"== {' '.join(cmd[1:])}", flush=True)
+    print(f"== {' '.join(cmd[2:])}", flush=True)
     lines = []
     with subprocess.Popen(cmd, cwd=BENCH.parent, stdout=subprocess.PIPE, text=True) as proc, open(log, "w") as f:
         for line in proc.stdout:
