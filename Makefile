@@ -15,8 +15,11 @@ TEST_WORKERS ?= 2
 test: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# Every benchmark, then one table of the JSON line each ends with (logs in bench_out/). QUICK=1: each
+# benchmark's --quick (small sizes: a smoke run, not the figures of docs/RESULTS.md); BENCHES="bench_train
+# bench_loader": only those.
 bench: setup
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/summary.py --run $(if $(QUICK),--quick) $(if $(BENCHES),--only $(BENCHES))
 
 clean:
-	rm -rf lakehouse lakehouse_ml-100k mlruns mlflow.db results_*.db spark-warehouse metastore_db derby.log
+	rm -rf bench_out lakehouse lakehouse_ml-100k mlruns mlflow.db results_*.db spark-warehouse metastore_db derby.log

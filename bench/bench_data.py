@@ -1,6 +1,6 @@
 """Data-layer benchmark: generator and importer throughput (behaviors per second) and peak memory.
 
-    python bench/bench_data.py [--behaviors 10000000] [--phases generate,import] [--workdir DIR]
+    python bench/bench_data.py [--behaviors 10000000] [--phases generate,import] [--workdir DIR] [--quick]
 
 1. generate: ``sim.inputs.ingest.run_generator`` with ``users = behaviors / mean_behaviors_per_user`` (validation,
    impressions with the click truth, Delta writes of behaviors / impressions / rejects included).
@@ -9,11 +9,13 @@
 Peak memory is the largest resident set of this process plus its children (the Spark JVM), sampled
 every 0.2 s; CPU is the user+system seconds they consumed. Behaviors per CPU-second does not depend on
 what else runs on the machine (wall-clock throughput does: the load average is printed). Spark runs with
-conf/pipeline.yaml (local[2], driver memory from the config).
+conf/pipeline.yaml (local[2], driver memory from the config). ``--quick``: 500,000 behaviors. The last
+line is JSON of the figures of each phase.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -29,6 +31,12 @@ from sim.inputs.ingest import run_generator, run_import  # noqa: E402
 from sim.adapters.spark import spark_from_conf  # noqa: E402
 
 
+def figures(res: Resources, n: int, secs: float) -> dict:
+    return {"behaviors": n, "seconds": round(secs, 1), "behaviors_per_s": round(n / secs),
+            "behaviors_per_cpu_s": round(n / max(res.cpu, 1e-9)), "cpu_s": round(res.cpu, 1),
+            "peak_gib": round(res.peak / 2**30, 2)}
+
+
 def rate_line(res: Resources, n: int, secs: float) -> str:
     return (f"{n / secs:,.0f} behaviors/s wall; {res.cpu:,.0f} CPU-s = {n / max(res.cpu, 1e-9):,.0f} "
             f"behaviors per CPU-second; peak RSS {res.peak / 2**30:.2f} GiB; "
@@ -41,7 +49,11 @@ def main() -> int:
     ap.add_argument("--phases", default="generate,import")
     ap.add_argument("--workdir", default=None, help="default: a temporary directory, removed afterwards")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--quick", action="store_true", help="500,000 behaviors (about two minutes)")
     args = ap.parse_args()
+    if args.quick:
+        args.behaviors = 500_000
+    fig: dict = {"bench": "bench_data", "target_behaviors": args.behaviors}
     cfg = load_pipeline_conf(overrides=args.overrides)
     users = max(1, round(args.behaviors / cfg.generator.mean_behaviors_per_user))
     gc = GeneratorConfig.parse({**cfg.generator.model_dump(), "users": users})
@@ -59,6 +71,7 @@ def main() -> int:
                 rep = run_generator(spark, gc, lake, max_reject_ratio=0.05)
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
+            fig["generate"] = figures(res, n, secs)
             print(f"generate: {n:,} behaviors + {rep.written['impressions']:,} impressions in {secs:.1f}s: "
                   f"{rate_line(res, n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
@@ -77,6 +90,7 @@ def main() -> int:
                                  max_reject_ratio=0.05, date_range=(None, None))
                 secs = time.time() - t
             n = rep.inputs[0].counts.read
+            fig["import"] = figures(res, n, secs)
             print(f"import taobao: {n:,} lines ({rep.written['impressions']:,} impressions) in {secs:.1f}s: "
                   f"{rate_line(res, n, secs)}", flush=True)
             print(f"  {rep.summary()}", flush=True)
@@ -84,6 +98,8 @@ def main() -> int:
         spark.stop()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    fig["load_avg"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(fig))
     return 0
 
 

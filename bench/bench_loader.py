@@ -2,7 +2,7 @@
 its loader, on the same rows; the raw pyarrow decode of the packed files (the format's limit on this
 machine); and what a training step of each model consumes.
 
-    python bench/bench_loader.py [--lakehouse DIR] [--rows 96000] [--passes 3]
+    python bench/bench_loader.py [--lakehouse DIR] [--rows 96000] [--passes 3] [--quick]
 
 Rows: with ``--lakehouse`` the samples table's rows of the experiments' train dates (either layout: a
 table written before the packed format works too); without it, ``--rows`` rows drawn in numpy with the
@@ -243,7 +243,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--quick", action="store_true", help="24,000 rows, one pass, 3 reader threads only")
     args = p.parse_args()
+    if args.quick:
+        args.rows, args.passes, args.workers = 24_000, 1, [3]
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
 

@@ -21,7 +21,8 @@ The recurrent baselines run only up to ``--recurrent-max-length`` (MIMN's own de
 1,000 behaviors; a Python-level loop over 54,000 steps is not a measurement worth waiting for).
 
 Run: ``python bench/bench_models.py`` (several minutes), ``--quick`` (about a minute), or e.g.
-``--lengths 1000 --models mimn dien`` for some models at one length.
+``--lengths 1000 --models mimn dien`` for some models at one length. The last line is JSON: per model and
+L, samples/s, CPU seconds per step and memory per sample, and sim_hard's throughput over each model's.
 """
 from __future__ import annotations
 
@@ -192,6 +193,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{mem:.2f}x the memory per sample")
     for note in notes:
         print("note:", note)
+    summary: dict[str, Any] = {"bench": "bench_models", "threads": args.threads, "k": args.k, "short": args.short,
+                               "steps": args.steps, "results": {}}
+    for r in rows:
+        key = f"{r['model']}@L={r['length']}"
+        if "error" in r:
+            summary["results"][key] = {"error": r["error"]}
+            continue
+        summary["results"][key] = {"batch": r["batch"], "samples_per_s": round(r["samples_per_s"], 1),
+                                   "cpu_sec_per_step": round(r["cpu_sec_per_step"], 3),
+                                   "mb_per_sample": round(r["delta_mb"] / r["batch"], 3)}
+        if r is not hard and "error" not in hard:
+            summary["results"][key]["sim_hard_speedup"] = round(hard["samples_per_s"] / r["samples_per_s"], 2)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 3. End to end: the nightly run (build_ubt D, then build_samples D) at ``--behaviors`` behaviors on this
    machine, as spark-submit processes: wall time and peak memory (RSS of the process tree).
 
-    .venv/bin/python bench/bench_nightly.py [--behaviors 20000000] [--users 50000] [--work DIR]
+    .venv/bin/python bench/bench_nightly.py [--behaviors 20000000] [--users 50000] [--work DIR] [--quick]
+
+The last line is JSON with every figure printed (seconds in job, wall and CPU of each job).
 
 The data is synthetic and generated here with Spark (deterministic hashes, no driver-side loops), so
 the benchmark does not depend on the generator's model: per-user history lengths are log-normal with
@@ -20,6 +22,7 @@ skewed toward a handful of interests.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -178,7 +181,12 @@ def data_args(description: str, work: str) -> argparse.ArgumentParser:
     p.add_argument("--impressions-per-user", type=int, default=4)
     p.add_argument("--work", default=work)
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--quick", action="store_true", help=f"small data: {QUICK_BEHAVIORS:,} behaviors of "
+                   f"{QUICK_USERS:,} users (minutes, not the figures of docs/RESULTS.md)")
     return p
+
+
+QUICK_BEHAVIORS, QUICK_USERS = 1_000_000, 2_500
 
 
 def main() -> int:
@@ -188,6 +196,9 @@ def main() -> int:
     p.add_argument("--group-users", type=int, default=10, help="users per group (samples bench)")
     p.add_argument("--group-impressions", type=int, default=100, help="impressions per user (samples)")
     args = p.parse_args()
+    if args.quick:
+        args.behaviors, args.users, args.heavy, args.light, args.group_users, args.group_impressions = (
+            QUICK_BEHAVIORS, QUICK_USERS, 5_000, 500, 4, 25)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -217,6 +228,8 @@ def main() -> int:
           f"({info['day_behaviors']:,} on {D}), {info['impressions']:,} impressions on {D}; samples bench: "
           f"{n_group} users x {args.heavy:,} and {n_group} users x {args.light:,} behaviors, "
           f"{args.group_impressions} impressions each ({time.perf_counter() - t:.0f}s)", flush=True)
+    fig: dict = {"bench": "bench_nightly", "behaviors": info["behaviors"], "users": info["users"],
+                 "day_behaviors": info["day_behaviors"], "impressions": info["impressions"]}
 
     # -- 1. UBT: full rebuild of 180 days vs the nightly update of one day -------------------------
     # Wall time on a shared two-core machine depends on what else runs; CPU seconds of the job's
@@ -226,6 +239,7 @@ def main() -> int:
     full = submit("build_ubt.py", big, "--date", before, "--backfill", before, *sets, driver_memory=mem)
     print(f"UBT full rebuild (180 days, {before}): {full.job:.1f}s in job, {full.wall:.1f}s wall, "
           f"{full.cpu:.1f} CPU-s", flush=True)
+    fig.update(ubt_full_job_s=full.job, ubt_full_wall_s=full.wall, ubt_full_cpu_s=full.cpu)
     nights = {}
     for d, kind in ((prev, "ordinary night"), (D, "block's last night, with the rollup")):
         night = nights[d] = submit("build_ubt.py", big, "--date", d, *sets, driver_memory=mem)
@@ -234,7 +248,11 @@ def main() -> int:
         print(f"  speed-up over the full rebuild: {full.job / night.job:.1f}x in job, "
               f"{full.wall / night.wall:.1f}x wall, {full.cpu / night.cpu:.1f}x CPU (target >= 5x)",
               flush=True)
+    for d, key in ((prev, "ubt_night"), (D, "ubt_rollup_night")):
+        fig.update({f"{key}_job_s": nights[d].job, f"{key}_wall_s": nights[d].wall, f"{key}_cpu_s": nights[d].cpu,
+                    f"{key}_speedup_job": full.job / nights[d].job})
     block = (6 * nights[prev].job + nights[D].job) / 7
+    fig.update(ubt_block_mean_job_s=block, ubt_block_speedup_job=full.job / block)
     print(f"UBT nightly, mean over a 7-day block (6 ordinary + 1 rollup): {block:.1f}s in job, "
           f"{full.job / block:.1f}x faster than the full rebuild", flush=True)
     night = nights[D]
@@ -247,6 +265,9 @@ def main() -> int:
           f"{night.wall + samp.wall:.1f}s wall, {night.cpu + samp.cpu:.1f} CPU-s, peak memory "
           f"{gb(max(night.peak, samp.peak))} (build_ubt {gb(night.peak)}, build_samples {gb(samp.peak)}; "
           f"driver heap {mem})", flush=True)
+    fig.update(samples_job_s=samp.job, samples_wall_s=samp.wall, samples_cpu_s=samp.cpu,
+               nightly_wall_s=night.wall + samp.wall, nightly_cpu_s=night.cpu + samp.cpu,
+               nightly_peak_gib=max(night.peak, samp.peak) / 2**30)
 
     # -- 2. samples per impression: ~50,000 vs ~1,000 behaviors per user ----------------------------
     submit("build_ubt.py", mixed, "--date", prev, "--backfill", prev, *sets, driver_memory=mem)
@@ -260,6 +281,10 @@ def main() -> int:
     print(f"samples per-impression ratio heavy/light: {per['heavy'][0] / per['light'][0]:.2f} in job, "
           f"{per['heavy'][1] / per['light'][1]:.2f} wall, {per['heavy'][2] / per['light'][2]:.2f} CPU "
           f"(target <= 2)")
+    fig.update(samples_ms_per_impression_heavy=1000 * per["heavy"][0],
+               samples_ms_per_impression_light=1000 * per["light"][0],
+               samples_heavy_light_ratio=per["heavy"][0] / per["light"][0], load_avg=os.getloadavg()[0])
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in fig.items()}))
     return 0
 
 

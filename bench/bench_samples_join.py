@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_nightly import D, LONG_DAYS, data_args, generate  # noqa: E402
+from bench_nightly import D, LONG_DAYS, QUICK_BEHAVIORS, QUICK_USERS, data_args, generate  # noqa: E402
 from measure import Resources  # noqa: E402
 
 
@@ -86,6 +86,8 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline config overrides (windows, caps)")
     args = p.parse_args()
+    if args.quick:
+        args.behaviors, args.users = QUICK_BEHAVIORS, QUICK_USERS
     from sim.adapters.delta_io import read_table, table_path
     from sim.adapters.spark import get_spark
     from sim.config import load_pipeline_conf

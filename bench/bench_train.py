@@ -1,14 +1,37 @@
-"""Training throughput with 1 and 2 Horovod processes, and Petastorm reader throughput alone.
+"""Steady-state training samples/s per process of every model of conf/experiments.yaml, on one process
+and under ``horovodrun -np 2``, on full-length sequences.
 
-    python bench/bench_train.py [--lakehouse ./lakehouse] [--model sim_hard] [--epochs 3]
+    python bench/bench_train.py [--models din sim_hard ...] [--steps 40] [--budget 15] [--quick]
 
-Reads the samples table of ``--lakehouse`` (``make demo`` leaves one; if there is none, the demo's Spark
-stages build it first). Prints samples/s of training at -np 1 and -np 2 (as logged to MLflow by rank 0),
-the reader's rows/s on one process, and the ratios: the reader must outrun what training consumes.
+Rows: the worst case, the one that sizes a machine. Every row has a long sequence of exactly
+``caps.long_cap`` = 1,000 real behaviors, a hard-search sequence of ``caps.hard_k`` = 200 and a short one
+of ``caps.short_cap`` = 50 (the demo's rows are far shorter: long median ~160, so the loader cuts their
+batches to a few hundred, and training on them is faster than here). Ids are drawn in numpy and the rows
+written as packed Parquet files (the samples table's format, :mod:`sim.samples.packing`).
+
+What runs is the project's training, not a copy of it: for each model,
+:func:`sim.training.loop.setup` (Horovod, the model from ``sim.models``, Adam wrapped by Horovod's
+distributed optimizer so gradients are averaged over the ranks as ``sim.train`` does, the learning-rate
+schedule, the :class:`~sim.training.loader.ShardedLoader` over the files), then
+:func:`sim.training.loop.run_epoch`. The loader's first ``POOL`` batches of the rank are taken into memory
+and the epochs replay them (:class:`Replay`), so the timed steps are training alone (the loader is
+``bench/bench_loader.py``'s). An epoch of ``--warmup`` steps comes first (allocations, first Horovod
+cycles), then one of ``--steps`` timed steps, fewer (at least 3) when the warm-up's pace says they would
+take more than ``--budget`` seconds; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets ``--slow-steps``.
+Every model at both process counts took 12 minutes here (machine at load 9).
+
+Threads: one process uses the machine's cores (``train.threads`` = cores, 2 here); under ``-np 2`` each
+rank uses cores / 2 = 1 thread, so the two ranks do not compete for a core. ``OMP_WAIT_POLICY=PASSIVE``.
+Reported per model: samples/s of the one process; per process at ``-np 2`` (the mean of the ranks'
+rates); the total at ``-np 2`` (the sum); their ratio (total at 2 / one process); and samples per
+CPU-second of a rank at ``-np 2`` (its process CPU time, Horovod's threads included), the per-core rate
+``docs/CAPACITY.md`` uses (the JSON also has the one process's). The last line is JSON with all of it.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import subprocess
 import sys
@@ -16,84 +39,215 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.adapters import delta_io, petastorm_io, tracking  # noqa: E402
-from sim.config import load_pipeline_conf  # noqa: E402
-from sim.demo import plan, split_sets  # noqa: E402
-from sim.samples.contract import TRAINING_COLUMNS  # noqa: E402
+from sim.samples.packing import PACKED, SEQUENCES, seq_columns  # noqa: E402
+
+CONFIG = ROOT / "conf" / "experiments.yaml"
+CAPS = {"short": 50, "hard": 200, "long": 1000}  # conf/pipeline.yaml caps: short_cap, hard_k, long_cap
+SLOW = ("mimn",)  # seconds per step at L = 1,000: timed over --slow-steps
+POOL = 8  # distinct batches a rank replays
+TAG = "bench_train_rank0 "  # prefix of the workers' result lines
 
 
-def ensure_samples(lakehouse: str) -> dict:
-    cfg = load_pipeline_conf(lakehouse=lakehouse)
-    d = plan(cfg)
-    if not (Path(delta_io.table_path(lakehouse, "samples")) / "_delta_log").is_dir():
-        py = sys.executable
-        for cmd in (["jobs/generate_logs.py"],
-                    ["jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"]],
-                    ["jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"]]):
-            subprocess.run([py, *cmd, "--lakehouse", lakehouse], cwd=ROOT, check=True)
-    return d
+def experiment_ids() -> list[str]:
+    from sim.config.experiment import load_yaml
+    return [k for k in load_yaml(CONFIG) if k != "Base"]
 
 
-def reader_rows_per_sec(files: list[str], batch_size: int, passes: int = 10) -> tuple[float, float]:
-    """(steady-state rows/s over ``passes`` passes of one reader, seconds to open the reader).
+# ------------------------------------------------------------------------------------------- the rows
+def full_length_table(n: int, seed: int = 0) -> pa.Table:
+    """``n`` rows of the training columns with every sequence at its cap, packed as the samples table
+    stores them (one binary value per row and field: the elements as big-endian int32)."""
+    rng = np.random.default_rng(seed)
+    cats = rng.integers(1, 201, n)
+    cols = {"impression_id": pa.array(np.arange(n, dtype=np.int64)),
+            "user_id": pa.array(rng.integers(1, 3001, n)), "item_id": pa.array(rng.integers(1, 50_001, n)),
+            "category_id": pa.array(cats), "ts": pa.array(1_719_500_000 + np.arange(n, dtype=np.int64)),
+            "label": pa.array((rng.random(n) < 0.3).astype(np.int32)),
+            "long_len": pa.array(np.full(n, CAPS["long"], dtype=np.int32)),
+            "d_category": pa.array(rng.integers(0, 180, n).astype(np.int32))}
+    for s in SEQUENCES:
+        cap = CAPS[s]
+        items, cat_col, gaps = seq_columns(s)
+        offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * cap * PACKED.itemsize).tobytes())
+        # Hard search keeps the candidate's category only.
+        values = {items: rng.integers(1, 50_001, (n, cap)),
+                  cat_col: np.repeat(cats, cap).reshape(n, cap) if s == "hard" else rng.integers(1, 201, (n, cap)),
+                  gaps: rng.integers(1, 64, (n, cap))}
+        for c, v in values.items():
+            data = pa.py_buffer(v.astype(PACKED).tobytes())
+            cols[c] = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets, data])
+    return pa.table(cols)
 
-    Training's samples/s is timed over the epoch's steps with its reader already open, so the reader is
-    timed the same way: from its first batch, the open (Petastorm's metadata scan, worker pool) apart.
-    """
-    started = time.perf_counter()
-    with petastorm_io.open_reader(files, list(TRAINING_COLUMNS), num_epochs=passes) as reader:
-        batches = petastorm_io.iter_batches(reader, list(TRAINING_COLUMNS), batch_size)
-        rows = len(next(batches)["label"])
-        first = time.perf_counter()
-        for b in batches:
-            rows += len(b["label"])
-        return rows / (time.perf_counter() - first), first - started
+
+def write_rows(out: Path, rows: int, file_rows: int = 2048) -> list[tuple[str, int]]:
+    """Full-length rows in Parquet files of ``file_rows`` rows (one row group each) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, lo in enumerate(range(0, rows, file_rows)):
+        n = min(file_rows, rows - lo)
+        path = out / f"part-{i}.parquet"
+        pq.write_table(full_length_table(n, seed=i), path, compression="snappy", row_group_size=n)
+        files.append((str(path), n))
+    return files
 
 
-def train_samples_per_sec(np_: int, model: str, epochs: int, lakehouse: str, d: dict,
-                          batch: int) -> tuple[float, str]:
-    """(the best epoch's samples/s, the device the run resolved ``train.device=auto`` to)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        cmd = [sys.executable, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model]
-        for s in (f"lakehouse={lakehouse}", f"tracking_uri={uri}", f"train.epochs={epochs}",
-                  f"train.batch_size={batch}", f"train.checkpoint_dir={tmp}/ckpt",
-                  *split_sets(d)):
-            cmd += ["--set", s]
-        if np_ > 1:
-            cmd += ["--np", str(np_)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE")
-        subprocess.run(cmd, cwd=ROOT, check=True, env=env, stdout=subprocess.DEVNULL)
-        runs = tracking.search_runs(["sim-synthetic"], uri=uri)
-        hist = tracking.metric_history(runs.run_id.iloc[0], "samples_per_sec", uri=uri)
-        return max(v for _, v in hist), runs["params.device.type"].iloc[0]
+# ---------------------------------------------------------------------------------------- measurement
+class Replay:
+    """Stands in for the session's loader in :func:`~sim.training.loop.run_epoch`: ``steps`` batches an
+    epoch, cycling over batches already in memory."""
+
+    def __init__(self, batches: list[dict], steps: int):
+        self.batches, self.steps_per_epoch = batches, steps
+
+    def epoch(self, epoch: int = 0):
+        return itertools.islice(itertools.cycle(self.batches), self.steps_per_epoch)
+
+
+def measure(expid: str, files: list[tuple[str, int]], steps: int, warmup: int = 2, batch_size: int = 256,
+            threads: int = 0, workdir: str | None = None, budget_s: float | None = None,
+            min_steps: int = 3) -> dict:
+    """One model's training on this rank (a Horovod job of any size, or this process alone): samples/s
+    over ``steps`` optimizer steps after ``warmup`` of them, and samples per CPU-second of the process.
+
+    With ``budget_s``, fewer timed steps when the warm-up's seconds per step (the mean over the ranks, so
+    every rank takes the same number of steps) say ``steps`` would take longer, but at least
+    ``min_steps``."""
+    import torch
+
+    from sim.adapters import hvd
+    from sim.config.experiment import load_experiment
+    from sim.training.experiment import DataManifest
+    from sim.training.loop import run_epoch, setup
+
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="bench_train_") as tmp:
+        cfg = load_experiment(CONFIG, expid, [f"lakehouse={tmp}", f"train.checkpoint_dir={tmp}/ckpt",
+                                              f"train.batch_size={batch_size}", f"train.threads={threads}"])
+        manifest = DataManifest(str(Path(files[0][0]).parent), 0, {s: list(files) for s in ("train", "valid", "test")})
+        s = setup(cfg, manifest, resume=False)
+        s.loader = Replay(list(itertools.islice(s.loader.epoch(0), POOL)), warmup)
+        _, warm = run_epoch(s, 0)
+        if budget_s is not None:
+            per_step = hvd.allreduce_mean(warm / warmup, name=f"bench.step.{expid}")
+            steps = max(min(steps, min_steps), min(steps, int(budget_s / per_step)))
+        s.loader.steps_per_epoch = steps
+        rows = sum(len(b["label"]) for b in s.loader.epoch(1))
+        cpu = time.process_time()
+        loss, seconds = run_epoch(s, 1)
+        cpu = time.process_time() - cpu
+    return {"model": expid, "samples_per_s": rows / seconds, "samples_per_cpu_s": rows / cpu, "steps": steps,
+            "rows": rows, "seconds": seconds, "cpu_s": cpu, "threads": torch.get_num_threads(), "loss": loss}
+
+
+def worker(spec: dict) -> None:
+    """One process of a run (``python bench_train.py --worker SPEC``, alone or under horovodrun): every
+    model of ``spec`` in turn; rank 0 prints one line per model with every rank's figures."""
+    import torch
+
+    from sim.adapters import hvd
+
+    hvd.init()
+    for expid in spec["models"]:
+        slow = expid in SLOW
+        r = measure(expid, [tuple(f) for f in spec["files"]], spec["slow_steps"] if slow else spec["steps"],
+                    spec["slow_warmup"] if slow else spec["warmup"], spec["batch_size"], spec["threads"],
+                    budget_s=spec["budget_s"])
+        per_rank = hvd.allgather(torch.tensor([[r["samples_per_s"], r["samples_per_cpu_s"]]], dtype=torch.float64),
+                                 name=f"bench.{expid}")
+        if hvd.rank() == 0:
+            r.update(np=hvd.size(), rank_samples_per_s=per_rank[:, 0].tolist(),
+                     rank_samples_per_cpu_s=per_rank[:, 1].tolist())
+            print(TAG + json.dumps(r), flush=True)
+
+
+def run(np_: int, spec: dict) -> dict[str, dict]:
+    """``worker`` on ``np_`` processes (one: plain python, as ``sim.train`` runs without ``--np``);
+    the rank-0 lines by model."""
+    cmd = [sys.executable, "-u", __file__, "--worker", json.dumps(spec)]
+    if np_ > 1:
+        cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
+               "--gloo", "--gloo-timeout-seconds", "600", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    out = {}
+    with tempfile.TemporaryFile("w+") as err:
+        with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                i = line.find(TAG)  # horovodrun prefixes the ranks' lines with "[0]<stdout>:"
+                if i >= 0:
+                    r = json.loads(line[i + len(TAG):])
+                    out[r["model"]] = r
+                    print(f"  np {np_}: {r['model']}: {np.mean(r['rank_samples_per_s']):,.0f} samples/s per process "
+                          f"({r['steps']} steps, {r['seconds']:.1f}s)", flush=True)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read()[-4000:])
+            raise SystemExit(f"np {np_} failed (rc {proc.returncode}) after {sorted(out)}")
+    return out
 
 
 def main() -> None:
+    models = experiment_ids()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lakehouse", default=str(ROOT / "lakehouse"))
-    p.add_argument("--model", default="sim_hard")
-    p.add_argument("--epochs", type=int, default=3, help="the best epoch's samples/s is reported")
+    p.add_argument("--models", nargs="+", default=models, choices=models)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per model (at most; see --budget)")
+    p.add_argument("--budget", type=float, default=15.0,
+                   help="seconds of timed steps per model: fewer steps (at least 3) when the warm-up says "
+                        "--steps would take longer; 0 = always --steps")
+    p.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
+    p.add_argument("--slow-steps", type=int, default=2, help=f"timed steps of {', '.join(SLOW)}")
+    p.add_argument("--slow-warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="process counts to run")
+    p.add_argument("--quick", action="store_true", help="a smoke run: batch 128, up to 5 timed steps or 3 s (mimn 1)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
-    lakehouse = str(Path(args.lakehouse).resolve())
-    d = ensure_samples(lakehouse)
-    files = [f.path for f in delta_io.log_snapshot(delta_io.table_path(lakehouse, "samples"))
-             .between(d["train_from"], d["train_to"])]
-    reader, reader_open = reader_rows_per_sec(files, args.batch_size)
-    one, device = train_samples_per_sec(1, args.model, args.epochs, lakehouse, d, args.batch_size)
-    two, _ = train_samples_per_sec(2, args.model, args.epochs, lakehouse, d, args.batch_size)
-    print(f"model {args.model}, batch {args.batch_size}, {len(files)} files, machine cores {os.cpu_count()}, "
-          f"training on {device} (train.device=auto)")
-    print(f"{'what':<36}{'rows/s':>12}")
-    print(f"{'petastorm reader alone (1 proc)':<36}{reader:>12.0f}   (opening it: {reader_open:.1f}s, not counted)")
-    print(f"{'training, 1 process':<36}{one:>12.0f}")
-    print(f"{'training, horovodrun -np 2 (total)':<36}{two:>12.0f}")
-    print(f"ratio 2 processes / 1 process: {two / one:.2f}")
-    print(f"ratio reader / training (1 process): {reader / one:.2f} (> 1: the reader is not the bottleneck)")
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    if args.quick:
+        args.steps, args.warmup, args.slow_steps, args.batch_size, args.budget = 5, 1, 1, 128, 3.0
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="bench_train_rows_") as tmp:
+        files = write_rows(Path(tmp), POOL * args.batch_size * max(args.np))
+        spec = {"files": files, "models": args.models, "steps": args.steps, "warmup": args.warmup,
+                "budget_s": args.budget or None,
+                "slow_steps": args.slow_steps, "slow_warmup": args.slow_warmup, "batch_size": args.batch_size}
+        res = {n: run(n, {**spec, "threads": max(1, cores // n)}) for n in args.np}
+    load = os.getloadavg()[0]
+    one, two = res.get(1, {}), res.get(max(args.np), {}) if max(args.np) > 1 else {}
+    n2 = max(args.np)
+    print(f"training samples/s, full-length rows (long {CAPS['long']}, hard {CAPS['hard']}, short {CAPS['short']}), "
+          f"batch {args.batch_size}, up to {args.steps} timed steps or {args.budget:g}s after {args.warmup} "
+          f"({', '.join(SLOW)}: "
+          f"{args.slow_steps} after {args.slow_warmup}); {cores} cores: 1 process with {max(1, cores // 1)} "
+          f"threads, {n2} processes with {max(1, cores // n2)}; load average {load:.1f}")
+    print(f"{'model':<18}{'1 proc':>10}{f'per proc np{n2}':>15}{f'total np{n2}':>13}{'ratio':>8}"
+          f"{f'per CPU-s np{n2}':>16}")
+    figures = {}
+    for m in args.models:
+        a, b = one.get(m), two.get(m)
+        f = {"np1": a["samples_per_s"] if a else None, "per_cpu_s_np1": a["samples_per_cpu_s"] if a else None,
+             "steps_np1": a["steps"] if a else None}
+        if b:
+            f.update(per_process=float(np.mean(b["rank_samples_per_s"])), total=float(np.sum(b["rank_samples_per_s"])),
+                     per_cpu_s=float(np.mean(b["rank_samples_per_cpu_s"])), steps_np2=b["steps"])
+            f["ratio"] = f["total"] / f["np1"] if a else None
+        figures[m] = {k: (round(v, 2 if k == "ratio" else 1) if isinstance(v, float) else v) for k, v in f.items()}
+
+        def cell(k: str, width: int, fmt: str = ",.0f") -> str:
+            v = f.get(k)
+            return f"{format(v, fmt) if v is not None else '-':>{width}}"
+        print(f"{m:<18}{cell('np1', 10)}{cell('per_process', 15)}{cell('total', 13)}{cell('ratio', 8, '.2f')}"
+              f"{cell('per_cpu_s', 16)}")
+    print(json.dumps({"bench": "bench_train", "batch_size": args.batch_size, "steps": args.steps, "budget_s": args.budget,
+                      "slow_steps": args.slow_steps, "cores": cores, "np": args.np, "load_avg": round(load, 1),
+                      "samples_per_s": figures}))
 
 
 if __name__ == "__main__":
