@@ -1,0 +1,205 @@
+"""The local cluster (``sim.cluster``): ``make cluster-demo``'s flow end to end on tiny data, and two
+faults on a running cluster, each on small data:
+
+- the S3 server stopped in the middle of a nightly job on an ``s3a://`` lakehouse: the job fails
+  (exit 3) with a message naming the store, the table's last version is the one before, intact; with
+  the server back, a re-run builds the date;
+- a Spark worker killed (with the executor it runs: a lost machine) while its executor runs a task of
+  a nightly job on the standalone cluster: the job finishes on the other worker, with the rows the
+  same job gives in one process.
+
+The demo test runs first: it starts and stops its own cluster, before this module's cluster (S3 server,
+master, two workers) is started for the faults.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run, subprocess_env
+from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
+from sim.cluster import SHORT_JVM_OPTS, LocalCluster
+from test_ubt import rows_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+# Tiny demo data: 16 users, 17 days of history, impressions on the last 3 (train, validation, test).
+TINY = ["generator.users=16", "generator.history_days=17", "generator.impression_days=3",
+        "generator.mean_behaviors_per_user=30", "generator.max_behaviors_per_user=200",
+        "generator.heavy_users=1", "generator.impressions_per_user_day=4", "generator.items=500",
+        "generator.categories=10", "generator.topics=4", "validation.max_reject_ratio=0.5",
+        "windows.long_days=8", "windows.short_days=3", "caps.long_cap=20", "caps.hard_k=10",
+        "caps.short_cap=5", "spark.conf.spark.sql.codegen.wholeStage=false"]
+TINY_MODEL = ["model.emb_dim=4", "model.item_buckets=1009", "model.category_buckets=101",
+              "model.mlp_dims=[32,16]", "train.batch_size=32", "train.eval_batch_size=128"]
+
+
+def processes_under(path: Path) -> list[str]:
+    """Processes whose command line or working directory names ``path`` (what the servers, their
+    executors and the stages of a run under ``path`` have)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if str(path) in cmdline or cwd.startswith(str(path)):
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
+
+
+# ------------------------------------------------------------------------------------ the cluster demo
+def test_cluster_demo_runs_the_flow_and_stops_everything(tmp_path):
+    """``python -m sim.cluster_demo`` (what ``make cluster-demo`` runs) on tiny data, one model: it
+    prints the comparison from the tracking server; the tables and the model are objects of the S3
+    server's bucket; afterwards none of the processes it started is left."""
+    work = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "sim.cluster_demo", "--work", str(work), "--models", "din"]
+    for s in TINY:
+        cmd += ["--set", s]
+    for s in TINY_MODEL:
+        cmd += ["--train-set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, out[-8000:]
+    servers = dict(re.findall(r"(\S+)=(\d+)", re.search(r"servers \(process groups\): (.*)", out).group(1)))
+    assert set(servers) == {"s3", "spark-master", "spark-worker-0", "spark-worker-1", "mlflow"}, servers
+    assert "launching 2 ranks on spark://127.0.0.1:" in out  # training as Spark tasks of the cluster
+    assert re.search(r"din\s.*\d\.\d{4} ± \d\.\d{4} \(n=1\)", out), out[-4000:]  # the comparison
+    assert "cluster demo done" in out
+    # The lakehouse and the tracking server's artifacts are in the bucket (s3proxy's directory).
+    bucket = work / "cluster" / "s3" / "lake"
+    assert (bucket / "demo" / "lakehouse" / "samples" / "_delta_log").is_dir()
+    assert list((bucket / "mlflow").rglob("MLmodel")) and list((bucket / "mlflow").rglob("test_predictions.parquet"))
+    # Nothing it started is left: the servers' process groups, executors, stages.
+    for name, pgid in servers.items():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(int(pgid), 0)
+    assert processes_under(work) == []
+
+
+# ---------------------------------------------------------------------------------------------- faults
+# S3A gives up fast on a store that does not answer: one attempt of the SDK, one retry of S3A, short
+# connection timeouts (the defaults retry for minutes).
+FAIL_FAST = [f"spark.conf.spark.hadoop.fs.s3a.{k}={v}" for k, v in (
+    ("attempts.maximum", 1), ("retry.limit", 1), ("retry.interval", "100ms"), ("retry.throttle.limit", 1),
+    ("connection.establish.timeout", "2s"), ("connection.timeout", "5s"), ("connection.request.timeout", "10s"))]
+D0, D1 = "2024-06-29", "2024-06-30"  # UBT(D0) built before the faults; the faulted nightly runs build D1
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The S3 server (bucket ``faults``), a Spark master and two one-core workers."""
+    with LocalCluster(tmp_path_factory.mktemp("faults"), env=subprocess_env(), bucket="faults") as c:
+        c.start_s3()
+        c.start_spark(workers=2)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ubt_lake(spark, tmp_path_factory) -> Path:
+    """A local lakehouse with the tiny logs and UBT(D0), built in this session's JVM."""
+    from sim.config import load_pipeline_conf
+    from sim.inputs.ingest import run_generator
+    from sim.ubt.job import build_ubt
+    lake = tmp_path_factory.mktemp("ubt_lake") / "lakehouse"
+    cfg = load_pipeline_conf(overrides=TINY)
+    run_generator(spark, cfg.generator, str(lake), max_reject_ratio=0.5)
+    build_ubt(spark, str(lake), D0, cfg.windows, cfg.caps, backfill_from=D0)
+    return lake
+
+
+def job_cmd(script: str, lakehouse: str, *args: str) -> list[str]:
+    cmd = [str(ROOT / "jobs" / script), "--lakehouse", lakehouse, *args]
+    for s in TINY + FAIL_FAST:
+        cmd += ["--set", s]
+    return cmd
+
+
+def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_finishes(spark, cluster, ubt_lake):
+    # The lakehouse on the S3 server: the local tables copied into the bucket's directory (s3proxy's
+    # filesystem backend serves the files under it as objects).
+    store = cluster.s3_root / cluster.bucket / "lake"
+    shutil.copytree(ubt_lake, store)
+    lakehouse, ubt = f"s3a://{cluster.bucket}/lake", store / "ubt"
+    v_prev = latest_version(spark, str(ubt))
+    rows_prev = rows_of(read_table(spark, str(ubt)))
+
+    existing = {p.name for p in ubt.rglob("*.parquet")}
+    proc = subprocess.Popen([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], cwd=ROOT,
+                            env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if {p.name for p in ubt.rglob("*.parquet")} - existing:
+            break
+        time.sleep(0.01)
+    cluster.stop_service("s3", kill=True)  # the server dies while the job writes the date's files
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
+    assert re.search(rf"the object store {re.escape(cluster.s3_endpoint)} failed at s3a://{cluster.bucket}/", err), err[-6000:]
+    assert "re-run the job once the store answers" in err
+    # The table (read from the bucket's directory: the server is down) is at its last version, intact.
+    assert latest_version(spark, str(ubt)) == v_prev
+    assert rows_of(read_table(spark, str(ubt))) == rows_prev
+    assert version_for_date(spark, str(ubt), "build_ubt", D1) is None
+
+    cluster.start_s3()  # back on the same port, over the same directory
+    proc = run([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], timeout=600, **cluster.client_env)
+    assert f"BUILD_UBT_OK date={D1}" in proc.stdout and f"{D1}:nightly" in proc.stdout, proc.stdout
+    assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == [D0, D1]
+    assert latest_version(spark, str(ubt)) > v_prev
+
+
+def _executor_logs(worker_dir: Path) -> list[Path]:
+    return list(worker_dir.glob("app-*/*/stderr"))
+
+
+def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark, cluster, ubt_lake, tmp_path):
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples
+    reference, faulted = tmp_path / "reference", tmp_path / "faulted"
+    shutil.copytree(ubt_lake, reference)
+    shutil.copytree(ubt_lake, faulted)
+    assert build_samples(spark, str(reference), D1, SampleSpec.from_conf(load_pipeline_conf(overrides=TINY))).action == "written"
+
+    proc = subprocess.Popen(cluster.spark_submit(*job_cmd("build_samples.py", str(faulted), "--date", D1)),
+                            cwd=ROOT, env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    killed = None
+    deadline = time.monotonic() + 600
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        for i in range(2):
+            for log in _executor_logs(cluster.work / f"worker-{i}"):
+                text = log.read_text(errors="replace")
+                running, finished = text.count("Running task"), text.count("Finished task")
+                # in the middle of a stage: a task running, after this executor finished some
+                if finished >= 2 and running > finished:
+                    cluster.stop_service(f"spark-worker-{i}", kill=True)  # the worker and its executor
+                    killed = i
+                    break
+            if killed is not None:
+                break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=900)
+    assert killed is not None, f"no worker was killed; job exit {proc.returncode}\n{err[-4000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
+    assert "Lost executor" in err or "ExecutorLostFailure" in err, err[-6000:]
+    assert f"date={D1} action=written" in out
+    assert rows_of(read_table(spark, str(faulted / "samples"))) == rows_of(read_table(spark, str(reference / "samples")))
+    cluster.start_worker(killed)  # the cluster as it was, for any test after this one
