@@ -56,6 +56,30 @@ def processes_under(path: Path) -> list[str]:
     return found
 
 
+# ------------------------------------------------------------------------- process groups, no servers
+def test_services_stop_with_their_process_groups_also_when_a_start_fails(tmp_path):
+    """A service's children go with it; a service that exits while starting fails the start, and
+    leaving the block stops the services started before it."""
+    with pytest.raises(RuntimeError, match="broken exited 3 while starting"):
+        with LocalCluster(tmp_path) as c:
+            c._start("sleeper", ["bash", "-c", "sleep 300 & sleep 300 & wait"], lambda: True, 10, os.environ)
+            sleeper = c.service("sleeper").proc.pid
+            time.sleep(0.5)
+            children = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == sleeper]
+            assert len(children) == 3  # bash and its two sleeps, one group
+            c._start("broken", ["bash", "-c", "exit 3"], lambda: False, 10, os.environ)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(sleeper, 0)
+    assert c.services == []
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 # ------------------------------------------------------------------------------------ the cluster demo
 def test_cluster_demo_runs_the_flow_and_stops_everything(tmp_path):
     """``python -m sim.cluster_demo`` (what ``make cluster-demo`` runs) on tiny data, one model: it
