@@ -272,6 +272,11 @@ class LocalCluster:
         env = self.base_env()
         if self.s3_endpoint:
             env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint  # boto3, which MLflow's S3 store uses
+            # boto3 (botocore >= 1.36) sends a CRC32 checksum header with every upload by default, which
+            # s3proxy 2.6 refuses ("Unknown header x-amz-checksum-crc32", 501): checksums only where an
+            # operation requires them. AWS S3 itself needs no such setting.
+            env.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+            env.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
         url = f"http://127.0.0.1:{port}"
         cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
                "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
