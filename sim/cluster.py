@@ -287,19 +287,22 @@ class LocalCluster:
         return url
 
     # --------------------------------------------------------------------------------------- clients
-    def spark_submit(self, *args: str, driver_memory: str = "1g", executor_memory: str = "1g") -> list[str]:
-        """A ``spark-submit --master <this cluster>`` command line with the cached Delta jars and the
-        S3A jars on the driver's and executors' class path (the executors run on this machine, so the
-        same paths hold; on a real cluster the jars are installed on the nodes or passed with --jars)."""
+    def spark_submit(self, *args: str, driver_memory: str = "1g", executor_memory: str = "1g",
+                     s3a: bool = True) -> list[str]:
+        """A ``spark-submit --master <this cluster>`` command line with the cached Delta jars and (with
+        ``s3a``) the S3A jars on the driver's and executors' class path (the executors run on this
+        machine, so the same paths hold; on a real cluster the jars are installed on the nodes or passed
+        with --jars). The AWS SDK bundle carries an slf4j 1 API ahead of Spark's on that class path,
+        which silences the JVMs' logs: leave ``s3a`` off for a lakehouse on a shared file system."""
         from sim.adapters.spark import delta_jars, s3a_jars
         jars = delta_jars()
         if not jars:
             raise FileNotFoundError("the Delta jars are not cached: run `make setup`")
-        s3a = os.pathsep.join(s3a_jars())
+        s3a_path = os.pathsep.join(s3a_jars()) if s3a else ""
         cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", self.spark_master,
                "--jars", ",".join(jars), "--driver-memory", driver_memory, "--executor-memory", executor_memory,
                "--conf", "spark.ui.enabled=false",
                "--conf", f"spark.executor.extraJavaOptions={SHORT_JVM_OPTS}"]
-        if s3a:
-            cmd += ["--driver-class-path", s3a, "--conf", f"spark.executor.extraClassPath={s3a}"]
+        if s3a_path:
+            cmd += ["--driver-class-path", s3a_path, "--conf", f"spark.executor.extraClassPath={s3a_path}"]
         return cmd + list(args)

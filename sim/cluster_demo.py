@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sim.cluster import LocalCluster
-from sim.config import load_pipeline_conf
+from sim.config import ConfigError, load_pipeline_conf
 from sim.demo import compare_stage, data_stages, plan, resolve_models, run_stages, split_sets, train_stages
 
 log = logging.getLogger("sim.cluster_demo")
@@ -103,12 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: the running stage and the servers are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if args.work:
-        work = Path(args.work).resolve()
-        work.mkdir(parents=True, exist_ok=True)
-        return run_demo(args, work)
-    with tempfile.TemporaryDirectory(prefix="sim-cluster-demo-") as d:
-        return run_demo(args, Path(d))
+    try:
+        if args.work:
+            work = Path(args.work).resolve()
+            work.mkdir(parents=True, exist_ok=True)
+            return run_demo(args, work)
+        with tempfile.TemporaryDirectory(prefix="sim-cluster-demo-") as d:
+            return run_demo(args, Path(d))
+    except ConfigError as e:  # a bad --set, before anything started
+        log.error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":
