@@ -96,9 +96,13 @@ def test_cluster_demo_runs_the_flow_and_stops_everything(tmp_path):
     try:
         out, _ = proc.communicate(timeout=1500)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        if proc.poll() is None:  # SIGTERM: the demo stops its stage and its servers, as on any failure
+            proc.terminate()
+            try:
+                proc.wait(180)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
     assert proc.returncode == 0, out[-8000:]
     servers = dict(re.findall(r"(\S+)=(\d+)", re.search(r"servers \(process groups\): (.*)", out).group(1)))
     assert set(servers) == {"s3", "spark-master", "spark-worker-0", "spark-worker-1", "mlflow"}, servers
