@@ -141,7 +141,9 @@ def test_run_artifacts_are_objects_of_the_s3_bucket(two_ranks, s3_server):
     assert objects[pred] > 0
     model_files = {k.rsplit("/", 1)[-1]: v for k, v in objects.items() if f"/models/{model_id}/artifacts/" in k}
     assert {"MLmodel", "input_example.json", "python_model.pkl"} <= set(model_files), sorted(model_files)
-    assert any(k.endswith("/artifacts/torch_model/model.pt") for k in objects if model_id in k), sorted(objects)
+    # the pickled torch module (the pyfunc's "torch_model" artifact) and the sim package beside it
+    assert any(k.endswith("/model.pt") for k in objects if f"/models/{model_id}/" in k), sorted(objects)
+    assert any("/code/sim/" in k for k in objects if f"/models/{model_id}/" in k), sorted(objects)
     # The same bytes the server hands back over HTTP.
     local = tracking.download_artifact(run_id, "test_predictions.parquet", uri=two_ranks["uri"])
     with s3.open_input_file(f"{s3_server.bucket}/{MLFLOW_PREFIX}/{pred}") as f:
