@@ -159,10 +159,14 @@ def job_cmd(script: str, lakehouse: str, *args: str) -> list[str]:
 
 
 def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_finishes(spark, cluster, ubt_lake):
-    # The lakehouse on the S3 server: the local tables copied into the bucket's directory (s3proxy's
-    # filesystem backend serves the files under it as objects).
+    # The lakehouse on the S3 server: the local tables uploaded through the S3 API (objects with ETags,
+    # which S3A's change detection checks); s3proxy keeps them as files under its directory, read
+    # directly below while the server is down.
+    from pyarrow import fs as pafs
+    from sim.adapters.storage import arrow_filesystem
+    pafs.copy_files(str(ubt_lake), f"{cluster.bucket}/lake", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=arrow_filesystem(cluster.client_env))
     store = cluster.s3_root / cluster.bucket / "lake"
-    shutil.copytree(ubt_lake, store)
     lakehouse, ubt = f"s3a://{cluster.bucket}/lake", store / "ubt"
     v_prev = latest_version(spark, str(ubt))
     rows_prev = rows_of(read_table(spark, str(ubt)))
@@ -184,6 +188,7 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     assert proc.returncode == 3, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
     assert re.search(rf"the object store {re.escape(cluster.s3_endpoint)} failed at s3a://{cluster.bucket}/", err), err[-6000:]
     assert "re-run the job once the store answers" in err
+    assert re.search(r"Connection refused|Unable to execute HTTP request|Connect to 127\.0\.0\.1", err), err[-6000:]
     # The table (read from the bucket's directory: the server is down) is at its last version, intact.
     assert latest_version(spark, str(ubt)) == v_prev
     assert rows_of(read_table(spark, str(ubt))) == rows_prev
