@@ -162,10 +162,15 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     # The lakehouse on the S3 server: the local tables uploaded through the S3 API (objects with ETags,
     # which S3A's change detection checks); s3proxy keeps them as files under its directory, read
     # directly below while the server is down.
-    from pyarrow import fs as pafs
-    from sim.adapters.storage import arrow_filesystem
-    pafs.copy_files(str(ubt_lake), f"{cluster.bucket}/lake", source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=arrow_filesystem(cluster.client_env))
+    # (boto3: one PUT per file; pyarrow's S3 writer uses multipart uploads, which stalled on s3proxy.)
+    import boto3
+    from botocore.config import Config
+    client = boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id=cluster.access_key,
+                          aws_secret_access_key=cluster.secret_key, region_name="us-east-1",
+                          config=Config(request_checksum_calculation="when_required",
+                                        s3={"addressing_style": "path"}))
+    for f in sorted(p for p in ubt_lake.rglob("*") if p.is_file()):
+        client.put_object(Bucket=cluster.bucket, Key=f"lake/{f.relative_to(ubt_lake)}", Body=f.read_bytes())
     store = cluster.s3_root / cluster.bucket / "lake"
     lakehouse, ubt = f"s3a://{cluster.bucket}/lake", store / "ubt"
     v_prev = latest_version(spark, str(ubt))
