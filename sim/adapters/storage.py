@@ -270,6 +270,6 @@ def store_failure(exc: BaseException, env: Mapping[str, str] | None = None) -> s
     if not hit:
         return None
     endpoint = _env(env).get("AWS_ENDPOINT_URL") or "S3 (AWS)"
-    paths = sorted({w.strip("'\"():,;") for ln in lines for w in ln.split() if w.startswith(("s3a://", "'s3a://"))})
+    paths = sorted({w.strip("'\"():,;.`") for ln in lines for w in ln.split() if w.startswith(("s3a://", "'s3a://"))})
     where = f" at {paths[0]}" if paths else ""
     return f"the object store {endpoint} failed{where}: {hit[0].lstrip(': ')[:400]}"
