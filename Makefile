@@ -1,14 +1,19 @@
-# Two commands a user needs: `make demo` (the main job end to end) and `make test`. Both run setup first.
+# Two commands a user needs: `make demo` (the main job end to end) and `make test`; `make cluster-demo`
+# runs the demo flow on a local cluster. All run setup first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo cluster-demo test bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.demo
+
+# The demo flow on a local cluster (S3 server, Spark master + 2 workers, MLflow server), small data.
+cluster-demo: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.cluster_demo $(CLUSTER_DEMO_ARGS)
 
 # Test files run on TEST_WORKERS pytest-xdist processes (a file stays on one worker: module fixtures).
 TEST_WORKERS ?= 2

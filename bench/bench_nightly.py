@@ -11,6 +11,8 @@
    machine, as spark-submit processes: wall time and peak memory (RSS of the process tree).
 
     .venv/bin/python bench/bench_nightly.py [--behaviors 20000000] [--users 50000] [--work DIR] [--quick]
+    .venv/bin/python bench/bench_nightly.py --lakehouse s3a://BUCKET/PREFIX [--start-s3-server] \
+        --behaviors 2000000 --users 5000     # local disk against the object store (bench/nightly_store.py)
 
 The last line is JSON with every figure printed (seconds in job, wall and CPU of each job).
 
@@ -68,13 +70,13 @@ class Run:
         return sum(float(m) for m in re.findall(r"seconds=([0-9.]+)", self.out))
 
 
-def submit(script: str, lakehouse: Path, *args: str, driver_memory: str) -> Run:
-    """Run a job with spark-submit and measure it."""
+def submit(script: str, lakehouse: Path | str, *args: str, driver_memory: str, extra: list[str] = ()) -> Run:
+    """Run a job with spark-submit (``extra``: more spark-submit options) and measure it."""
     from sim.adapters.spark import delta_jars
     jars = delta_jars()
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", "local[2]",
            *(["--jars", ",".join(jars)] if jars else ["--packages", "io.delta:delta-spark_2.13:4.0.1"]),
-           "--driver-memory", driver_memory, "--conf", "spark.ui.enabled=false",
+           "--driver-memory", driver_memory, "--conf", "spark.ui.enabled=false", *extra,
            str(ROOT / "jobs" / script), "--lakehouse", str(lakehouse), *args]
     started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -195,10 +197,19 @@ def main() -> int:
     p.add_argument("--light", type=int, default=1_000, help="behaviors of a light user (samples bench)")
     p.add_argument("--group-users", type=int, default=10, help="users per group (samples bench)")
     p.add_argument("--group-impressions", type=int, default=100, help="impressions per user (samples)")
+    p.add_argument("--lakehouse", default=None, metavar="s3a://BUCKET/PREFIX",
+                   help="instead: the nightly jobs and the loader on this object store against local disk "
+                        "(bench/nightly_store.py)")
+    p.add_argument("--start-s3-server", action="store_true",
+                   help="with --lakehouse: run against a local S3 server (s3proxy) started for the run")
+    p.add_argument("--passes", type=int, default=3, help="with --lakehouse: loader passes (best of)")
     args = p.parse_args()
     if args.quick:
         args.behaviors, args.users, args.heavy, args.light, args.group_users, args.group_impressions = (
             QUICK_BEHAVIORS, QUICK_USERS, 5_000, 500, 4, 25)
+    if args.lakehouse:
+        from nightly_store import run
+        return run(args)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

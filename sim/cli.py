@@ -58,13 +58,24 @@ def load_job_conf(args: argparse.Namespace) -> PipelineConfig:
 
 
 def run_job(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a job's ``main``; a configuration mistake exits 2 with its message instead of a traceback."""
+    """Run a job's ``main``; a configuration mistake exits 2 with its message instead of a traceback, a
+    failure of the object store (:func:`sim.adapters.storage.store_failure`) exits 3 naming the store."""
     setup_logging()
     try:
         rc = main(argv)
     except ConfigError as e:
         logging.getLogger("sim").error("%s", e)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is the object store failing
+        from sim.adapters.storage import store_failure
+        message = store_failure(e)
+        if message is None:
+            raise
+        # What a run stopped by the store left: dates it committed before stay committed (a re-run skips
+        # them); the date it was building has no commit, so its table's last version is the one before.
+        logging.getLogger("sim").error("%s: %s. Nothing of the date being built was committed; re-run the "
+                                       "job once the store answers.", main.__module__, message)
+        sys.exit(3)
     sys.exit(rc or 0)
 
 

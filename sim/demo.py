@@ -86,12 +86,68 @@ def plan_ml100k() -> dict[str, str]:
 def _stage(i: int, total: int, title: str, cmd: list[str], env: dict) -> float:
     print(f"\n=== [{i}/{total}] {title}\n$ {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
-    rc = subprocess.call(cmd, cwd=PROJECT_ROOT, env=env)
+    # Its own process group, stopped whole if this process is interrupted (a Spark driver's Python, the
+    # Horovod ranks of horovodrun do not outlive the demo).
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    try:
+        rc = proc.wait()
+    except BaseException:
+        from sim.cluster import stop_group
+        stop_group(proc)
+        raise
     took = time.perf_counter() - started
     if rc != 0:
         raise SystemExit(f"demo stage '{title}' failed with exit code {rc}")
     print(f"=== [{i}/{total}] {title}: done in {took:.0f}s", flush=True)
     return took
+
+
+Stage = tuple[str, str, list[str]]  # (key, title, command line)
+
+
+def data_stages(job: list[str], spark_args: list[str], d: dict[str, str]) -> list[Stage]:
+    """The synthetic data stages of plan ``d`` (generate, UBT, samples), each ``job + [script, ...]``:
+    ``[python]`` runs a job in its own JVM, a ``spark-submit --master ...`` command line on a cluster."""
+    return [("generate", "generate synthetic logs", [*job, "jobs/generate_logs.py", *spark_args]),
+            ("ubt", f"User Behavior Tree {d['ubt_from']}..{d['ubt_to']}",
+             [*job, "jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"], *spark_args]),
+            ("samples", f"samples {d['samples_from']}..{d['samples_to']}",
+             [*job, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
+              *spark_args])]
+
+
+def train_stages(py: str, models: Sequence[str], seeds: Sequence[int], np_: int, train_sets: list[str],
+                 launcher: Sequence[str] = ()) -> list[Stage]:
+    """One ``sim.train --np`` run per model and seed; ``launcher``: extra options of sim.train (e.g.
+    ``--spark-master URL``: the ranks as Spark tasks instead of horovodrun)."""
+    how = " ".join(launcher) or "horovodrun"
+    stages = []
+    for seed in seeds:
+        for model in models:
+            cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,
+                   "--np", str(np_), *launcher]
+            for s in train_sets + [f"train.seed={seed}"]:
+                cmd += ["--set", s]
+            name = f"train {model}" + (f" seed {seed}" if len(seeds) > 1 else "")
+            stages.append((name, f"{name} ({how} -np {np_})", cmd))
+    return stages
+
+
+def compare_stage(py: str, experiment: str, tracking_uri: str, out: Path) -> Stage:
+    return ("compare", "compare runs", [py, "-m", "sim.compare", "--experiment", experiment,
+                                        "--tracking-uri", tracking_uri, "--out", str(out)])
+
+
+def run_stages(stages: list[Stage], env: dict, label: str = "demo") -> dict[str, float]:
+    """Run the stages in order from the checkout root; the first that fails stops the flow (SystemExit
+    naming it). Returns each stage's seconds."""
+    times = {}
+    started = time.perf_counter()
+    for i, (key, title, cmd) in enumerate(stages, start=1):
+        times[key] = _stage(i, len(stages), title, cmd, env)
+    print(f"\n{label} finished in {time.perf_counter() - started:.0f}s: "
+          + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()), flush=True)
+    return times
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
     models = resolve_models(args.models)
     seeds = [int(x) for x in args.seeds.split(",") if x]
-    stages: list[tuple[str, str, list[str]]] = []
+    stages: list[Stage] = []
     if ml and not args.skip_data:
         from sim.inputs.datasets import ml100k
         stages += [("import", "import MovieLens-100k (recbole wheel)",
@@ -134,32 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
                      "--replay", *spark_args])]
     elif not args.skip_data:
-        stages += [("generate", "generate synthetic logs", [py, "jobs/generate_logs.py", *spark_args]),
-                   ("ubt", f"User Behavior Tree {d['ubt_from']}..{d['ubt_to']}",
-                    [py, "jobs/build_ubt.py", "--date", d["ubt_to"], "--backfill", d["ubt_from"], *spark_args]),
-                   ("samples", f"samples {d['samples_from']}..{d['samples_to']}",
-                    [py, "jobs/build_samples.py", "--date", d["samples_to"], "--backfill", d["samples_from"],
-                     *spark_args])]
+        stages += data_stages([py], spark_args, d)
     train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", f"dataset={args.dataset}",
                   f"tracking_uri={args.tracking_uri}", *split_sets(d), *(ML_TRAIN if ml else []),
                   *args.train_set]
-    for seed in seeds:
-        for model in models:
-            cmd = [py, "-m", "sim.train", "--config", "conf/experiments.yaml", "--expid", model,
-                   "--np", str(args.np)]
-            for s in train_sets + [f"train.seed={seed}"]:
-                cmd += ["--set", s]
-            name = f"train {model}" + (f" seed {seed}" if len(seeds) > 1 else "")
-            stages.append((name, f"{name} (horovodrun -np {args.np})", cmd))
-    stages.append(("compare", "compare runs", [py, "-m", "sim.compare", "--experiment", args.experiment,
-                                               "--tracking-uri", args.tracking_uri,
-                                               "--out", str(PROJECT_ROOT / "compare_out")]))
-    times = {}
-    started = time.perf_counter()
-    for i, (key, title, cmd) in enumerate(stages, start=1):
-        times[key] = _stage(i, len(stages), title, cmd, env)
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f}s: "
-          + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    stages += train_stages(py, models, seeds, args.np, train_sets)
+    stages.append(compare_stage(py, args.experiment, args.tracking_uri, PROJECT_ROOT / "compare_out"))
+    run_stages(stages, env)
     print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {args.tracking_uri}")
     return 0
 

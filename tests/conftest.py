@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 # the run prints at its end) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
 SLOW_FILES_FIRST = ("test_nightly_jobs.py", "test_end_to_end.py", "test_train.py", "test_object_storage.py",
-                    "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
+                    "test_cluster.py", "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
                     "test_samples_join.py", "test_generator.py")
 
 
@@ -60,15 +58,7 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{secs:8.1f}s  {name}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spark_home() -> Path:
-    import pyspark
-    return Path(pyspark.__file__).parent
+from sim.cluster import free_port, spark_home  # noqa: E402,F401 - the tests import them from here
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -126,50 +116,26 @@ def run(cmd: list[str], timeout: int = 900, check: bool = True, **env: str) -> s
 
 @pytest.fixture(scope="session")
 def standalone_cluster(tmp_path_factory):
-    """One Spark master and two workers (separate JVMs) on 127.0.0.1; yields the master URL."""
-    work = tmp_path_factory.mktemp("cluster")
-    port = free_port()
-    url = f"spark://127.0.0.1:{port}"
-    spark_class = str(spark_home() / "bin" / "spark-class")
-    env = subprocess_env(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(work), SPARK_WORKER_DIR=str(work))
-    procs = []
-    master_log = open(work / "master.log", "w")
-    procs.append(subprocess.Popen(
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-         "--webui-port", str(free_port())], stdout=master_log, stderr=subprocess.STDOUT, env=env))
-    _wait_for(lambda: "I have been elected leader" in (work / "master.log").read_text(), 90, "master")
-    for i in range(2):
-        log = open(work / f"worker{i}.log", "w")
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
-             "--cores", "1", "--memory", "1536m", "--webui-port", str(free_port()),
-             "--work-dir", str(work / f"w{i}")], stdout=log, stderr=subprocess.STDOUT, env=env))
-    _wait_for(lambda: (work / "master.log").read_text().count("Registering worker") >= 2, 120, "workers")
-    try:
-        yield url
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    """One Spark master and two one-core workers (separate JVMs) on 127.0.0.1, started and stopped by
+    :class:`sim.cluster.LocalCluster` (what ``make cluster-demo`` starts); yields the master URL."""
+    from sim.cluster import LocalCluster
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), env=subprocess_env()) as cluster:
+        yield cluster.start_spark(workers=2, cores=1, memory="1536m")
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """An MLflow tracking server on 127.0.0.1 (``mlflow server``: SQLite backend store, artifacts uploaded
-    to and served by the server from a local directory, one worker); yields its http URL and stops its
-    process group in teardown."""
-    from helpers.servers import server
-    work = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-           "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    with server(cmd, f"http://127.0.0.1:{port}", work / "server.log", cwd=work, env=subprocess_env()) as url:
-        yield url
+def mlflow_server(tmp_path_factory, s3_server):
+    """An MLflow tracking server on 127.0.0.1 (``mlflow server``: SQLite backend store, artifacts
+    uploaded through the server to ``s3://<bucket>/mlflow`` on the ``s3_server``, one worker), started
+    by :class:`sim.cluster.LocalCluster`; yields its http URL and stops its process group in teardown."""
+    from sim.cluster import LocalCluster
+    with LocalCluster(tmp_path_factory.mktemp("mlflow-server"), env=subprocess_env(), bucket=s3_server.bucket,
+                      access_key=s3_server.access_key, secret_key=s3_server.secret_key,
+                      s3_endpoint=s3_server.endpoint) as cluster:
+        yield cluster.start_mlflow(artifacts=f"s3://{s3_server.bucket}/{MLFLOW_PREFIX}")
+
+
+MLFLOW_PREFIX = "mlflow"  # the key prefix of mlflow_server's artifacts in the s3_server's bucket
 
 
 @pytest.fixture(scope="session")
@@ -180,15 +146,6 @@ def s3_server(tmp_path_factory):
     from helpers.s3 import s3proxy
     with s3proxy(tmp_path_factory.mktemp("s3"), free_port()) as server:
         yield server
-
-
-def _wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"standalone Spark {what} did not come up within {timeout}s")
 
 
 def horovodrun_cmd(np: int, *args: str) -> list[str]:

@@ -71,6 +71,19 @@ def test_settings_come_from_the_aws_variables():
         storage.arrow_filesystem({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
 
 
+def test_a_failing_store_is_named_and_other_errors_are_not():
+    """What a job prints (exit 3) when S3A loses the store: the endpoint, the path, the cause."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    err = RuntimeError("An error occurred while calling o71.save.\n: java.net.ConnectException: getFileStatus on "
+                       "s3a://lake/x/ubt/_delta_log: software.amazon.awssdk.core.exception.SdkClientException: "
+                       "Unable to execute HTTP request: Connect to 127.0.0.1:9000 failed: Connection refused\n\tat a.b")
+    msg = storage.store_failure(err, env)
+    assert msg.startswith("the object store http://127.0.0.1:9000 failed at s3a://lake/x/ubt/_delta_log: ")
+    assert "Connection refused" in msg
+    assert storage.store_failure(ValueError("no such column: x"), env) is None
+    assert storage.store_failure(RuntimeError("Connection refused by the py4j gateway"), env) is None
+
+
 def test_object_storage_jars_match_pyspark_and_setup():
     """hadoop-aws must be pyspark's Hadoop; setup.sh caches the versions sim.adapters.spark loads."""
     import pyspark

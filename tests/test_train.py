@@ -125,6 +125,32 @@ def test_logged_model_loads_as_pyfunc_and_scores_rows_as_the_run_did(two_ranks):
 
 
 @pytest.mark.slow
+def test_run_artifacts_are_objects_of_the_s3_bucket(two_ranks, s3_server):
+    """The tracking server keeps its artifacts on the object store (``--artifacts-destination
+    s3://...``): the run's predictions and the logged model's files are objects of the bucket, listed
+    through the S3 API, uploaded by the server (the training process talks only HTTP to it)."""
+    from pyarrow import fs
+    from conftest import MLFLOW_PREFIX
+    from sim.adapters import storage
+    s3 = storage.arrow_filesystem(s3_server.env)
+    objects = {i.path.removeprefix(f"{s3_server.bucket}/{MLFLOW_PREFIX}/"): i.size for i in
+               s3.get_file_info(fs.FileSelector(f"{s3_server.bucket}/{MLFLOW_PREFIX}", recursive=True))
+               if i.type == fs.FileType.File}
+    run_id, model_id = two_ranks["run"].run_id, two_ranks["run"]["tags.model_uri"].removeprefix("models:/")
+    (pred,) = [k for k in objects if k.endswith(f"/{run_id}/artifacts/test_predictions.parquet")]
+    assert objects[pred] > 0
+    model_files = {k.rsplit("/", 1)[-1]: v for k, v in objects.items() if f"/models/{model_id}/artifacts/" in k}
+    assert {"MLmodel", "input_example.json", "python_model.pkl"} <= set(model_files), sorted(model_files)
+    # the pickled torch module (the pyfunc's "torch_model" artifact) and the sim package beside it
+    assert any(k.endswith("/model.pt") for k in objects if f"/models/{model_id}/" in k), sorted(objects)
+    assert any("/code/sim/" in k for k in objects if f"/models/{model_id}/" in k), sorted(objects)
+    # The same bytes the server hands back over HTTP.
+    local = tracking.download_artifact(run_id, "test_predictions.parquet", uri=two_ranks["uri"])
+    with s3.open_input_file(f"{s3_server.bucket}/{MLFLOW_PREFIX}/{pred}") as f:
+        assert f.read() == open(local, "rb").read()
+
+
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_logged_scores(two_ranks, tmp_path):
     """`mlflow models serve` of the run's model, a real HTTP endpoint on 127.0.0.1."""
     from conftest import VENV_BIN, free_port, subprocess_env

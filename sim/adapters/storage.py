@@ -248,3 +248,28 @@ def spark_s3a_conf(env: Mapping[str, str] | None = None) -> dict[str, str]:
     if region(e):
         out[prefix + "endpoint.region"] = region(e)
     return out
+
+
+# ------------------------------------------------------------------------------ a store that fails
+# What a failure of the object store looks like from a Spark job: S3A's exceptions, the AWS SDK's, or
+# an I/O error on an s3a:// path (connection refused, timeouts after S3A's retries).
+_STORE_CLASSES = ("org.apache.hadoop.fs.s3a.", "software.amazon.awssdk.")
+_IO_MARKERS = ("Unable to execute HTTP request", "Connection refused", "ConnectException",
+               "SocketTimeoutException", "connect timed out", "Read timed out", "No route to host")
+
+
+def store_failure(exc: BaseException, env: Mapping[str, str] | None = None) -> str | None:
+    """One line saying the object store failed, naming it (``AWS_ENDPOINT_URL``, else S3) and the
+    first line of the error that shows it, when ``exc`` (a Spark job's exception, Java stack trace
+    included) is such a failure; None for any other error, which the caller re-raises."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hit = [ln for ln in lines if any(c in ln for c in _STORE_CLASSES)]
+    if not hit and "s3a://" in text:
+        hit = [ln for ln in lines if any(m in ln for m in _IO_MARKERS)]
+    if not hit:
+        return None
+    endpoint = _env(env).get("AWS_ENDPOINT_URL") or "S3 (AWS)"
+    paths = sorted({w.strip("'\"():,;.`") for ln in lines for w in ln.split() if w.startswith(("s3a://", "'s3a://"))})
+    where = f" at {paths[0]}" if paths else ""
+    return f"the object store {endpoint} failed{where}: {hit[0].lstrip(': ')[:400]}"

@@ -116,7 +116,7 @@ class Rule:
 
 
 RULES = (
-    Rule("make", r"make (demo|test)\b"),
+    Rule("make", r"make (demo|cluster-demo|test)\b"),
     Rule("server", r"\.venv/bin/mlflow ui\b"),
     Rule("run", r"\.venv/bin/python jobs/generate_logs\.py\b", r"generate_logs: behaviors=\d+"),
     Rule("run", r"\.venv/bin/python jobs/import_dataset\.py\b", r"import_dataset\.\w+: behaviors=\d+"),
@@ -177,7 +177,7 @@ def user_env(**extra: str) -> dict[str, str]:
 # C1 JIT alone halves their CPU time (spark-submit and the JVMs pyspark launches read SPARK_SUBMIT_OPTS).
 # The tests' long-lived in-process session keeps the default JIT: measured on test_ubt, test_samples and
 # test_validation, C1 with whole-stage codegen off made it slower (350 s against 326 s).
-SHORT_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+from sim.cluster import SHORT_JVM_OPTS  # noqa: E402 - one definition, with the local cluster's
 
 
 def scratch_env(root: Path, **extra: str) -> dict[str, str]:

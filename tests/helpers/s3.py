@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import secrets
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
-
-from helpers.readme import SHORT_JVM_OPTS, stop_group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,35 +37,9 @@ class S3Server:
 
 @contextlib.contextmanager
 def s3proxy(work: Path, port: int, bucket: str = "lake", timeout: float = 120) -> Iterator[S3Server]:
-    from sim import s3server
+    """s3proxy started (and stopped with its process group) by :class:`sim.cluster.LocalCluster`."""
+    from sim.cluster import LocalCluster
     access, secret = "test-" + secrets.token_hex(4), secrets.token_hex(16)
-    props = s3server.prepare(work / "buckets", port, access, secret, [bucket])
-    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
-    cmd = s3server.command(props, java=java, jvm_opts=SHORT_JVM_OPTS.split())
-    url = f"http://127.0.0.1:{port}"
-    log_path = work / "s3proxy.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while not _answers(url):
-                if proc.poll() is not None:
-                    raise AssertionError(f"s3proxy exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"s3proxy did not answer on {url} within {timeout:.0f} s:\n"
-                                         f"{log_path.read_text()[-4000:]}")
-                time.sleep(0.5)
-            yield S3Server(url, bucket, access, secret, work / "buckets")
-        finally:
-            stop_group(proc)
-
-
-def _answers(url: str) -> bool:
-    """Any HTTP answer counts: unsigned requests get 403 from s3proxy."""
-    try:
-        urllib.request.urlopen(url + "/", timeout=5).close()
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-    return True
+    with LocalCluster(work, bucket=bucket, access_key=access, secret_key=secret) as cluster:
+        cluster.start_s3(port, timeout=timeout)
+        yield S3Server(cluster.s3_endpoint, bucket, access, secret, cluster.s3_root)

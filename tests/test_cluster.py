@@ -1,0 +1,204 @@
+"""The local cluster (``sim.cluster``): its services stop with their process groups, and two faults on
+a running cluster, each on small data:
+
+- the S3 server stopped in the middle of a nightly job on an ``s3a://`` lakehouse: the job fails
+  (exit 3) with a message naming the store, the table's last version is the one before, intact; with
+  the server back, a re-run builds the date;
+- a Spark worker killed (with the executor it runs: a lost machine) while its executor runs a task of
+  a nightly job on the standalone cluster: the job finishes on the other worker, with the rows the
+  same job gives in one process.
+
+``make cluster-demo`` (``sim.cluster_demo``) has no end-to-end test here: its one run on tiny data did
+not finish within 25 minutes on the shared two-core machine.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run, subprocess_env
+from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
+from sim.cluster import SHORT_JVM_OPTS, LocalCluster
+from test_ubt import rows_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+# Tiny demo data: 16 users, 18 days of history, impressions on the last 3 (train, validation, test).
+TINY = ["generator.users=16", "generator.history_days=18", "generator.impression_days=3",
+        "generator.mean_behaviors_per_user=30", "generator.max_behaviors_per_user=200",
+        "generator.heavy_users=1", "generator.impressions_per_user_day=4", "generator.items=500",
+        "generator.categories=10", "generator.topics=4", "validation.max_reject_ratio=0.5",
+        "windows.long_days=8", "windows.short_days=3", "caps.long_cap=20", "caps.hard_k=10",
+        "caps.short_cap=5", "spark.conf.spark.sql.codegen.wholeStage=false"]
+
+
+# ------------------------------------------------------------------------- process groups, no servers
+def test_services_stop_with_their_process_groups_also_when_a_start_fails(tmp_path):
+    """A service's children go with it; a service that exits while starting fails the start, and
+    leaving the block stops the services started before it."""
+    with pytest.raises(RuntimeError, match="broken exited 3 while starting"):
+        with LocalCluster(tmp_path) as c:
+            c._start("sleeper", ["bash", "-c", "sleep 300 & sleep 300 & wait"], lambda: True, 10, os.environ)
+            sleeper = c.service("sleeper").proc.pid
+            time.sleep(0.5)
+            children = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == sleeper]
+            assert len(children) == 3  # bash and its two sleeps, one group
+            c._start("broken", ["bash", "-c", "exit 3"], lambda: False, 10, os.environ)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(sleeper, 0)
+    assert c.services == []
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- faults
+# S3A gives up fast on a store that does not answer: one attempt of the SDK, one retry of S3A, short
+# connection timeouts (the defaults retry for minutes).
+FAIL_FAST = [f"spark.conf.spark.hadoop.fs.s3a.{k}={v}" for k, v in (
+    ("attempts.maximum", 1), ("retry.limit", 1), ("retry.interval", "100ms"), ("retry.throttle.limit", 1),
+    ("connection.establish.timeout", "2s"), ("connection.timeout", "5s"), ("connection.request.timeout", "10s"))]
+D0, D1 = "2024-06-29", "2024-06-30"  # UBT(D0) built before the faults; the faulted nightly runs build D1
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The S3 server (bucket ``faults``), a Spark master and two one-core workers."""
+    with LocalCluster(tmp_path_factory.mktemp("faults"), env=subprocess_env(), bucket="faults") as c:
+        c.start_s3()
+        c.start_spark(workers=2)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ubt_lake(spark, tmp_path_factory) -> Path:
+    """A local lakehouse with the tiny logs and UBT(D0), built in this session's JVM."""
+    from sim.config import load_pipeline_conf
+    from sim.inputs.ingest import run_generator
+    from sim.ubt.job import build_ubt
+    lake = tmp_path_factory.mktemp("ubt_lake") / "lakehouse"
+    cfg = load_pipeline_conf(overrides=TINY)
+    run_generator(spark, cfg.generator, str(lake), max_reject_ratio=0.5)
+    build_ubt(spark, str(lake), D0, cfg.windows, cfg.caps, backfill_from=D0)
+    return lake
+
+
+def job_cmd(script: str, lakehouse: str, *args: str) -> list[str]:
+    cmd = [str(ROOT / "jobs" / script), "--lakehouse", lakehouse, *args]
+    for s in TINY + FAIL_FAST:
+        cmd += ["--set", s]
+    return cmd
+
+
+def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_finishes(spark, cluster, ubt_lake):
+    # The lakehouse on the S3 server: the local tables uploaded through the S3 API (objects with ETags,
+    # which S3A's change detection checks); s3proxy keeps them as files under its directory, read
+    # directly below while the server is down.
+    # (boto3: one PUT per file; pyarrow's S3 writer uses multipart uploads, which stalled on s3proxy.)
+    import boto3
+    from botocore.config import Config
+    client = boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id=cluster.access_key,
+                          aws_secret_access_key=cluster.secret_key, region_name="us-east-1",
+                          config=Config(request_checksum_calculation="when_required",
+                                        s3={"addressing_style": "path"}))
+    for f in sorted(p for p in ubt_lake.rglob("*") if p.is_file()):
+        client.put_object(Bucket=cluster.bucket, Key=f"lake/{f.relative_to(ubt_lake)}", Body=f.read_bytes())
+    store = cluster.s3_root / cluster.bucket / "lake"
+    lakehouse, ubt = f"s3a://{cluster.bucket}/lake", store / "ubt"
+    v_prev = latest_version(spark, str(ubt))
+    rows_prev = rows_of(read_table(spark, str(ubt)))
+
+    existing = {p.name for p in ubt.rglob("*.parquet")}
+    out_path, err_path = cluster.work / "build_ubt.out", cluster.work / "build_ubt.err"
+    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:  # files: a full pipe would stall the job
+        proc = subprocess.Popen([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], cwd=ROOT,
+                                env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS), stdout=out_f, stderr=err_f,
+                                start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if {p.name for p in ubt.rglob("*.parquet")} - existing:
+            break
+        time.sleep(0.01)
+    cluster.stop_service("s3", kill=True)  # the server dies while the job writes the date's files
+    proc.wait(timeout=600)
+    out, err = out_path.read_text(), err_path.read_text()
+    assert proc.returncode == 3, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
+    assert re.search(rf"the object store {re.escape(cluster.s3_endpoint)} failed at s3a://{cluster.bucket}/", err), err[-6000:]
+    assert "re-run the job once the store answers" in err
+    assert re.search(r"Connection refused|Unable to execute HTTP request|Connect to 127\.0\.0\.1", err), err[-6000:]
+    # The table (read from the bucket's directory: the server is down) is at its last version, intact.
+    assert latest_version(spark, str(ubt)) == v_prev
+    assert rows_of(read_table(spark, str(ubt))) == rows_prev
+    assert version_for_date(spark, str(ubt), "build_ubt", D1) is None
+
+    cluster.start_s3()  # back on the same port, over the same directory
+    proc = run([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], timeout=600, **cluster.client_env)
+    assert f"BUILD_UBT_OK date={D1}" in proc.stdout and f"{D1}:nightly" in proc.stdout, proc.stdout
+    assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == [D0, D1]
+    assert latest_version(spark, str(ubt)) > v_prev
+
+
+def _busy_executor(ui: str) -> str | None:
+    """The id of an executor in the middle of a stage (a task running, after it finished two), from
+    the driver's REST API; None while there is none (or the driver does not answer yet)."""
+    import json
+    import urllib.request
+    try:
+        with urllib.request.urlopen(ui + "/api/v1/applications", timeout=5) as r:
+            (app,) = json.load(r)
+        with urllib.request.urlopen(f"{ui}/api/v1/applications/{app['id']}/executors", timeout=5) as r:
+            executors = json.load(r)
+    except (OSError, ValueError):
+        return None
+    for e in executors:
+        if e["id"] != "driver" and e["activeTasks"] > 0 and e["completedTasks"] >= 2:
+            return e["id"]
+    return None
+
+
+def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark, cluster, ubt_lake, tmp_path):
+    from sim.cluster import free_port
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples
+    reference, faulted = tmp_path / "reference", tmp_path / "faulted"
+    shutil.copytree(ubt_lake, reference)
+    shutil.copytree(ubt_lake, faulted)
+    assert build_samples(spark, str(reference), D1, SampleSpec.from_conf(load_pipeline_conf(overrides=TINY))).action == "written"
+
+    # The driver's UI (its REST API) tells which executor runs a task; a local lakehouse, no S3A jars.
+    port = free_port()
+    cmd = cluster.spark_submit(*job_cmd("build_samples.py", str(faulted), "--date", D1, "--set",
+                                        "spark.conf.spark.ui.enabled=true", "--set", f"spark.conf.spark.ui.port={port}"),
+                               s3a=False)
+    out_path, err_path = tmp_path / "job.out", tmp_path / "job.err"  # files: a full pipe would stall the job
+    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS),
+                                stdout=out_f, stderr=err_f, start_new_session=True)
+    killed = None
+    deadline = time.monotonic() + 600
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        executor = _busy_executor(f"http://127.0.0.1:{port}")
+        if executor is not None:
+            # the worker that launched it (its work dir holds app-*/<executor id>/), with the executor
+            (killed,) = [i for i in range(2) if list((cluster.work / f"worker-{i}").glob(f"app-*/{executor}"))]
+            cluster.stop_service(f"spark-worker-{killed}", kill=True)
+        time.sleep(0.1)
+    proc.wait(timeout=900)
+    out, err = out_path.read_text(), err_path.read_text()
+    assert killed is not None, f"no worker was killed; job exit {proc.returncode}\n{err[-4000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
+    assert f"date={D1} action=written" in out
+    assert rows_of(read_table(spark, str(faulted / "samples"))) == rows_of(read_table(spark, str(reference / "samples")))
+    cluster.start_worker(killed)  # the cluster as it was, for any test after this one
