@@ -12,8 +12,7 @@ server a real deployment has (README "Running on a cluster"):
 5. stop everything it started, also when a step failed.
 
 The stages are :mod:`sim.demo`'s, with a ``spark-submit`` launcher and the cluster's locations. The
-default data are small (300 users, 3 impression days, two models, one epoch: a few minutes on two
-cores), not the demo's; ``--set`` / ``--train-set`` / ``--models`` scale it up. The figures of data
+default data are small (300 users, 3 impression days, two models, one epoch), not the demo's; ``--set`` / ``--train-set`` / ``--models`` scale it up. The figures of data
 this small say nothing about the models: the point is the flow.
 """
 from __future__ import annotations
