@@ -96,11 +96,15 @@ def launch(args: argparse.Namespace, cfg: dict) -> int:
         return subprocess.call(cmd)
 
 
-def _spark_rank(cfg: dict, manifest_json: str, resume: bool, config_path: str) -> dict:
-    """One rank, in a Spark task: the same training as under horovodrun."""
+def _spark_rank(cfg: dict, manifest_json: str, resume: bool, config_name: str, config_text: str) -> dict:
+    """One rank, in a Spark task: the same training as under horovodrun. The experiments file travels
+    as text: an executor runs in its own directory, on a machine that may not have the driver's file."""
     from sim.cli import setup_logging
     setup_logging()
-    return train(cfg, DataManifest.from_json(manifest_json), resume=resume, config_path=config_path)
+    with tempfile.TemporaryDirectory() as d:
+        config_path = Path(d) / config_name
+        config_path.write_text(config_text)
+        return train(cfg, DataManifest.from_json(manifest_json), resume=resume, config_path=str(config_path))
 
 
 def launch_on_spark(args: argparse.Namespace, cfg: dict) -> int:
@@ -108,8 +112,9 @@ def launch_on_spark(args: argparse.Namespace, cfg: dict) -> int:
     from sim.adapters import hvd
     manifest = resolve_data(cfg)
     log.info("launching %d ranks on %s (Horovod's Spark runner)", args.np, args.spark_master)
-    results = hvd.run_on_spark(_spark_rank, (cfg, manifest.to_json(), args.resume, args.config), args.np,
-                               args.spark_master, app_name=f"sim-train-{cfg['expid']}")
+    config = Path(args.config)
+    results = hvd.run_on_spark(_spark_rank, (cfg, manifest.to_json(), args.resume, config.name, config.read_text()),
+                               args.np, args.spark_master, app_name=f"sim-train-{cfg['expid']}")
     return 0 if results and results[0] else 1
 
 
