@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -177,7 +176,7 @@ def user_env(**extra: str) -> dict[str, str]:
 # C1 JIT alone halves their CPU time (spark-submit and the JVMs pyspark launches read SPARK_SUBMIT_OPTS).
 # The tests' long-lived in-process session keeps the default JIT: measured on test_ubt, test_samples and
 # test_validation, C1 with whole-stage codegen off made it slower (350 s against 326 s).
-from sim.cluster import SHORT_JVM_OPTS  # noqa: E402 - one definition, with the local cluster's
+from sim.cluster import SHORT_JVM_OPTS, stop_group  # noqa: E402 - one definition each, with the local cluster
 
 
 def scratch_env(root: Path, **extra: str) -> dict[str, str]:
@@ -285,34 +284,6 @@ def run_block(block: Block, cwd: Path, env: dict[str, str], timeout: float = 900
         if current is not None:
             current.output += line
     return res
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM, then SIGKILL, to the process group ``proc`` leads (started with start_new_session)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-            if sig == signal.SIGTERM:
-                # the leader is gone; give its group the same grace, then kill what is left
-                deadline = time.monotonic() + grace
-                while time.monotonic() < deadline and _group_alive(proc.pid):
-                    time.sleep(0.2)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.returncode is None:
-        proc.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -7,12 +7,11 @@ import contextlib
 import json
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from helpers.readme import stop_group
+from sim.cluster import http_answers, stop_group
 
 
 @contextlib.contextmanager
@@ -30,12 +29,8 @@ def server(cmd: Sequence[str] | str, url: str, log_path: Path, *, cwd: Path | st
             while True:
                 if proc.poll() is not None:
                     raise AssertionError(f"{argv} exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-                try:
-                    with urllib.request.urlopen(url + ready, timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
+                if http_answers(url + ready, ok_only=True):
+                    break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{argv} did not answer on {url}{ready} within {timeout:.0f} s:\n"
                                          f"{log_path.read_text()[-4000:]}")
