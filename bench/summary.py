@@ -16,7 +16,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+
+from sim.adapters.tracking import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as runs' params are logged
 
 BENCH = Path(__file__).resolve().parent
 # The order `make bench` runs them in: the Spark benchmarks, then the loader and the models.
@@ -43,16 +44,6 @@ def last_json(text: str, name: str) -> dict:
     return fig
 
 
-def flatten(fig: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """(dotted key, value) of every scalar of ``fig``; lists shown whole when short."""
-    for k, v in fig.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from flatten(v, key + ".")
-        else:
-            yield key, v
-
-
 def show(v: object) -> str:
     if isinstance(v, bool) or v is None:
         return str(v).lower()
@@ -65,7 +56,7 @@ def show(v: object) -> str:
 
 
 def table(figures: dict[str, dict]) -> str:
-    rows = [(name, k, show(v)) for name, fig in figures.items() for k, v in flatten(fig) if k != "bench"]
+    rows = [(name, k, show(v)) for name, fig in figures.items() for k, v in flatten(fig).items() if k != "bench"]
     w0 = max([len("benchmark"), *(len(r[0]) for r in rows)])
     w1 = max([len("figure"), *(len(r[1]) for r in rows)])
     out = [f"{'benchmark':<{w0}}  {'figure':<{w1}}  value", f"{'-' * w0}  {'-' * w1}  -----"]
