@@ -235,6 +235,25 @@ def _train(name: str, batch: dict[str, Tensor], steps: int) -> tuple[torch.nn.Mo
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_scores_int32_sequences_as_int64(name: str) -> None:
+    """The loader gives sequence ids as int32 (the samples' stored width): every model scores them, and
+    trains on them, exactly as on int64 ids."""
+    from sim.samples.packing import PACKED_COLUMNS
+    torch.manual_seed(0)
+    model = build_model(name, SMALL).eval()
+    batch = make_batch(seed=3)
+    narrow = {c: v.to(torch.int32) if c in PACKED_COLUMNS else v for c, v in batch.items()}
+    assert narrow["long_items"].dtype == torch.int32 and int(narrow["long_items"].max()) > 10**9
+    torch.manual_seed(1)  # DIEN and MIMN draw in forward
+    want = model(batch)["logit"]
+    torch.manual_seed(1)
+    got = model(narrow)["logit"]
+    assert torch.equal(got, want)
+    model.train()
+    model.loss(model(narrow), narrow["label"]).backward()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_learns_a_tiny_task(name: str) -> None:
     # Label = the candidate's category occurs in the long history. The long branches see it; the
     # short-only DIN sees part of it (short = newest behaviors) and can memorise the 200 candidates.
@@ -429,9 +448,13 @@ def test_pyfunc_scores_rows_as_lists_like_the_dense_batch(name) -> None:
     width = batch[seq].shape[1] - 7  # pad_more's padding is cut from the lists
     assert rows[seq].map(len).max() == width and rows[seq].map(len).min() == 0
     dense = dense_batch(rows, cols)
-    assert dense[seq].shape == (16, width) and dense[seq].dtype == np.int64
+    assert dense[seq].shape == (16, width) and dense[seq].dtype == np.int32
     with torch.no_grad():
         want = torch.sigmoid(model({c: batch[c] for c in cols})["logit"].double()).numpy()
     assert score(model, rows) == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="lack the samples column"):
         score(model, rows.drop(columns=[seq]))
+    too_big = rows.copy()
+    too_big.at[0, seq] = [2**31]  # beyond the samples' int32 ids: an error, never a wrapped id
+    with pytest.raises(ValueError, match=f"{seq}: sequence values must be in 0..2147483647"):
+        score(model, too_big)

@@ -30,7 +30,7 @@ def hash_ids(x: Tensor, num_buckets: int) -> Tensor:
     out (DESIGN.md "Rules"); collisions are the price of a bounded table.
 
     Args:
-        x: raw ids of any shape, int64; 0 means padding.
+        x: raw ids of any shape, int32 or int64; 0 means padding.
         num_buckets: rows of the embedding table (>= 2).
 
     Returns:
