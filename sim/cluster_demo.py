@@ -65,9 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_demo(args: argparse.Namespace, work: Path) -> int:
     """Start the cluster under ``work``, run the flow on it, stop the cluster (also on failure)."""
     overrides = SMALL_DATA + args.overrides
-    models = resolve_models(args.models)
-    d = plan(load_pipeline_conf(overrides=overrides))  # fails on a bad override before anything starts
-    py = sys.executable
+    resolve_models(args.models)
+    plan(load_pipeline_conf(overrides=overrides))  # fails on a bad override before anything starts
     started = time.perf_counter()
     with LocalCluster(work / "cluster") as cluster:
         print(f"=== starting the local cluster under {cluster.work}", flush=True)
@@ -80,20 +79,31 @@ def run_demo(args: argparse.Namespace, work: Path) -> int:
               flush=True)
         print(f"cluster up in {time.perf_counter() - started:.0f}s; servers (process groups): "
               + ", ".join(f"{sv.name}={sv.proc.pid}" for sv in cluster.services), flush=True)
-
-        lakehouse = f"s3a://{cluster.bucket}/{args.prefix}/lakehouse"
-        spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
-        train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", "dataset=synthetic",
-                      f"tracking_uri={cluster.tracking_uri}", f"train.checkpoint_dir={work / 'checkpoints'}",
-                      *split_sets(d), *SMALL_TRAIN, *args.train_set]
-        stages = data_stages(cluster.spark_submit(), spark_args, d)
-        stages += train_stages(py, models, [1], args.np, train_sets, launcher=["--spark-master", cluster.spark_master])
-        stages.append(compare_stage(py, args.experiment, cluster.tracking_uri, work / "compare_out"))
-        run_stages(stages, cluster.base_env(), label="cluster demo")
+        run_flow(cluster, args, work, overrides)
         print(f"stopping the local cluster ({len(cluster.services)} servers)", flush=True)
     print(f"cluster demo done in {time.perf_counter() - started:.0f}s; everything it started is stopped",
           flush=True)
     return 0
+
+
+def run_flow(cluster: LocalCluster, args: argparse.Namespace, work: Path, overrides: Sequence[str],
+             env: dict | None = None) -> dict[str, float]:
+    """The demo's stages on a running ``cluster`` (S3 server, Spark master, MLflow server): the jobs with
+    ``overrides`` through its spark-submit on ``s3a://<bucket>/<args.prefix>/lakehouse``, training on its
+    Spark workers, the comparison from its server. ``env``: more variables for the stages. Returns each
+    stage's seconds; a failed stage raises (the caller stops the cluster)."""
+    models = resolve_models(args.models)
+    d = plan(load_pipeline_conf(overrides=list(overrides)))
+    lakehouse = f"s3a://{cluster.bucket}/{args.prefix}/lakehouse"
+    spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
+    train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", "dataset=synthetic",
+                  f"tracking_uri={cluster.tracking_uri}", f"train.checkpoint_dir={work / 'checkpoints'}",
+                  *split_sets(d), *SMALL_TRAIN, *args.train_set]
+    stages = data_stages(cluster.spark_submit(), spark_args, d)
+    stages += train_stages(sys.executable, models, [1], args.np, train_sets,
+                           launcher=["--spark-master", cluster.spark_master])
+    stages.append(compare_stage(sys.executable, args.experiment, cluster.tracking_uri, work / "compare_out"))
+    return run_stages(stages, {**cluster.base_env(), **(env or {})}, label="cluster demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Shared fixtures: one Spark session with Delta (local[2]), a standalone Spark cluster on 127.0.0.1,
+"""Shared fixtures: one Spark session with Delta (local[2]), the S3 and MLflow servers on 127.0.0.1,
 and helpers to run spark-submit and horovodrun as real subprocesses."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 # the last file plus its duration. The files that take longest (the "seconds per test file" section
 # the run prints at its end) go first, longest first; the others follow in collection order and fill in. xdist's own reordering (by number
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
-SLOW_FILES_FIRST = ("test_nightly_jobs.py", "test_end_to_end.py", "test_train.py", "test_object_storage.py",
-                    "test_cluster.py", "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
+SLOW_FILES_FIRST = ("test_cluster.py", "test_end_to_end.py", "test_nightly_jobs.py", "test_train.py",
+                    "test_object_storage.py", "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
                     "test_samples_join.py", "test_generator.py")
 
 
@@ -87,11 +87,9 @@ def spark(tmp_path_factory):
     s.stop()
 
 
-def spark_submit_cmd(*args: str, packages: bool = False, master: str | None = None) -> list[str]:
+def spark_submit_cmd(*args: str, packages: bool = False) -> list[str]:
     """A spark-submit command line; with ``packages`` Delta comes from --packages (Maven Central)."""
     cmd = [str(spark_home() / "bin" / "spark-submit")]
-    if master:
-        cmd += ["--master", master]
     if packages:
         from sim.adapters.spark import DELTA_PACKAGE
         cmd += ["--packages", DELTA_PACKAGE]
@@ -112,15 +110,6 @@ def run(cmd: list[str], timeout: int = 900, check: bool = True, **env: str) -> s
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-8000:]}")
     return proc
-
-
-@pytest.fixture(scope="session")
-def standalone_cluster(tmp_path_factory):
-    """One Spark master and two one-core workers (separate JVMs) on 127.0.0.1, started and stopped by
-    :class:`sim.cluster.LocalCluster` (what ``make cluster-demo`` starts); yields the master URL."""
-    from sim.cluster import LocalCluster
-    with LocalCluster(tmp_path_factory.mktemp("cluster"), env=subprocess_env()) as cluster:
-        yield cluster.start_spark(workers=2, cores=1, memory="1536m")
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,8 @@ def test_write_date_is_idempotent_and_findable(spark, tmp_path):
     assert delta_io.version_for_date(spark, path, "j", "2024-01-01") == 2
 
 
-# spark-submit (--jars and --packages) and the standalone cluster are exercised by the real nightly
-# jobs in test_nightly_jobs.py.
+# spark-submit (--jars and --packages) is exercised by the real nightly jobs in test_nightly_jobs.py,
+# the standalone cluster in test_cluster.py.
 
 
 def test_petastorm_reads_exactly_the_delta_snapshot(spark, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,28 +165,6 @@ def test_mlflow_models_serve_answers_with_the_logged_scores(two_ranks, tmp_path)
         answer = post_json(url + "/invocations", body)
     logged = two_ranks["pred"].set_index("impression_id").score
     assert answer["predictions"] == pytest.approx(logged.loc[rows.impression_id].tolist(), abs=1e-6)
-
-
-@pytest.mark.slow
-def test_ranks_as_spark_tasks_of_the_standalone_cluster(lakehouse, standalone_cluster, tmp_path):
-    """``--np 2 --spark-master spark://...``: Horovod's Spark runner starts the two ranks as tasks of the
-    cluster's executors (other JVMs); they train in lockstep as under horovodrun."""
-    import torch
-    root, eval_ids, _ = lakehouse
-    cmd = train_cmd("sim_hard", root, tmp_path, "train.epochs=1", np_=2) + ["--spark-master", standalone_cluster]
-    # As a user types it, relative to the checkout: the executors run elsewhere (their own directories).
-    cmd[cmd.index(str(ROOT / "conf/experiments.yaml"))] = "conf/experiments.yaml"
-    proc = run(cmd, timeout=900, SIM_DUMP_WEIGHTS=str(tmp_path / "weights"))
-    assert f"launching 2 ranks on {standalone_cluster}" in proc.stderr
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (r,) = [r for _, r in tracking.search_runs(["sim-synthetic"], uri=uri).iterrows()]
-    assert r.status == "FINISHED" and r["params.horovod.size"] == "2" and r["params.data.steps_per_epoch"] == "5"
-    logged = tracking.download_artifact(r.run_id, "config/experiments.yaml", uri=uri)
-    assert Path(logged).read_text() == (ROOT / "conf/experiments.yaml").read_text()
-    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet", uri=uri))
-    assert len(pred) == 250 and set(pred.impression_id) == eval_ids
-    w0, w1 = (torch.load(tmp_path / "weights" / f"rank{i}.pt") for i in (0, 1))
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 def test_unreachable_tracking_server_fails_before_training(lakehouse, tmp_path):
