@@ -11,7 +11,8 @@ server a real deployment has (README "Running on a cluster"):
 4. ``sim.compare`` from the tracking server: prints the comparison;
 5. stop everything it started, also when a step failed.
 
-The stages are :mod:`sim.demo`'s, with a ``spark-submit`` launcher and the cluster's locations. The
+The stages are :mod:`sim.demo`'s, with a ``spark-submit`` launcher and the cluster's locations
+(:func:`run_flow`, which tests/test_cluster.py runs on its own cluster). The
 default data are small (300 users, 3 impression days, two models, one epoch), not the demo's; ``--set`` / ``--train-set`` / ``--models`` scale it up. The figures of data
 this small say nothing about the models: the point is the flow.
 """
