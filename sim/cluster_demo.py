@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from sim.adapters import storage
 from sim.cluster import LocalCluster
 from sim.config import ConfigError, load_pipeline_conf
 from sim.demo import compare_stage, data_stages, plan, resolve_models, run_stages, split_sets, train_stages
@@ -97,7 +98,8 @@ def run_flow(cluster: LocalCluster, args: argparse.Namespace, work: Path, overri
     d = plan(load_pipeline_conf(overrides=list(overrides)))
     lakehouse = f"s3a://{cluster.bucket}/{args.prefix}/lakehouse"
     spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
-    train_sets = [f"lakehouse={lakehouse}", f"experiment={args.experiment}", "dataset=synthetic",
+    # Training reads the same location in the spelling of its readers (pyarrow, delta-rs): s3://.
+    train_sets = [f"lakehouse={storage.arrow_uri(lakehouse)}", f"experiment={args.experiment}", "dataset=synthetic",
                   f"tracking_uri={cluster.tracking_uri}", f"train.checkpoint_dir={work / 'checkpoints'}",
                   *split_sets(d), *SMALL_TRAIN, *args.train_set]
     stages = data_stages(cluster.spark_submit(), spark_args, d)

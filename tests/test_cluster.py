@@ -67,13 +67,15 @@ def _pgid(pid: int) -> int | None:
 # ------------------------------------------------------------------------------------------- the flow
 def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cluster, tmp_path, capfd):
     """The demo's stages as ``make cluster-demo`` runs them: the jobs through spark-submit on the
-    cluster on s3a://, both Horovod ranks as Spark tasks reading the samples from S3 (identical final
-    weights), the run and its artifacts on the tracking server (artifacts in the bucket), the
-    comparison printed from the server."""
+    cluster on s3a://, both Horovod ranks as Spark tasks reading the samples from S3 as s3:// with the
+    AWS_* variables alone (identical final weights, every row of each split read once), the run and
+    its artifacts on the tracking server (artifacts in the bucket), the comparison printed from the
+    server."""
     import pandas as pd
 
     from sim.adapters import tracking
     from sim.cluster_demo import parse_args, run_flow
+    from sim.training.metrics import auc
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
     tiny = TINY + ["spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
@@ -93,14 +95,19 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert sorted(runs["tags.mlflow.runName"]) == ["comparison", "din"], runs.filter(regex="status|runName").to_string()
     run = runs[runs["tags.mlflow.runName"] == "din"].iloc[0]
     assert run.status == "FINISHED" and run["params.horovod.size"] == "2" and run["params.model.name"] == "din"
-    assert run["params.lakehouse"] == "s3a://faults/flow/lakehouse"
+    assert run["params.lakehouse"] == "s3://faults/flow/lakehouse"  # the readers' spelling of the jobs' s3a://
+    assert run["params.data.samples_path"] == "s3a://faults/flow/lakehouse/samples"  # Spark's, in the log
+    assert run["params.data.samples_version"] == str(latest_version(spark, str(store / "samples")))
     splits = [int(run[f"params.data.{s}_rows"]) for s in ("train", "valid", "test")]
     assert sum(splits) == n and min(splits) > 0
     # rank 0 logged the experiments file the stage named relative to the checkout (the ranks ran elsewhere)
     logged = tracking.download_artifact(run.run_id, "config/experiments.yaml", uri=cluster.tracking_uri)
     assert Path(logged).read_text() == (ROOT / "conf/experiments.yaml").read_text()
     pred = pd.read_parquet(tracking.download_artifact(run.run_id, "test_predictions.parquet", uri=cluster.tracking_uri))
-    assert len(pred) == splits[2]
+    test_date = max(r.dt for r in samples.select("dt").distinct().collect())  # the plan's last day: test
+    assert len(pred) == splits[2] and set(pred.impression_id) == {
+        r.impression_id for r in samples.where(samples.dt == test_date).select("impression_id").collect()}
+    assert run["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
     assert list((cluster.s3_root / cluster.bucket / "mlflow").rglob("test_predictions.parquet"))
     import torch
     w0, w1 = (torch.load(tmp_path / "weights" / f"rank{i}.pt") for i in (0, 1))

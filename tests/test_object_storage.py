@@ -1,7 +1,8 @@
 """The lakehouse on object storage: the nightly jobs write ``s3a://`` tables on a real S3 server
 (s3proxy, the ``s3_server`` fixture) that hold the same rows as the same jobs on a local path; delta-rs,
-pyarrow and Petastorm read them back through ``s3://`` with the ``AWS_*`` settings; ``sim.train`` trains
-from them. Locations and settings themselves are checked first, without a server."""
+pyarrow and Petastorm read them back through ``s3://`` with the ``AWS_*`` settings. Locations and
+settings themselves are checked first, without a server. (Training from ``s3://`` on a cluster, with the
+``AWS_*`` variables alone: test_cluster's demo flow.)"""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ import re
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from conftest import ROOT, run
@@ -217,29 +217,3 @@ def test_delta_rs_pyarrow_and_petastorm_read_the_s3_tables(spark, s3, lakes):
     # A lakehouse without the table: missing, not an error of the store.
     with pytest.raises(delta_io.MissingTableError):
         delta_io.log_snapshot_files(f"s3://{s3.bucket}/nothing/here")
-
-
-def test_training_reads_its_samples_from_s3(spark, s3, tmp_path):
-    """``sim.train`` (one process, DIN, one epoch) on ``lakehouse=s3://...``: the AWS_* variables are all
-    it is given; it trains on every train row and scores every test row once."""
-    from helpers.samples_table import write_samples
-    from sim.adapters import tracking
-    from sim.training.metrics import auc
-    from test_train import EVAL_DATE, TRAIN_DATES, VALID_DATE, train_cmd
-    lake = f"s3://{s3.bucket}/training/lakehouse"
-    path = delta_io.table_path(lake, "samples")
-    write_samples(spark, path, TRAIN_DATES + [VALID_DATE, EVAL_DATE], 150, files_per_date=2)
-    eval_ids = {r.impression_id for r in delta_io.read_table(spark, path).where(f"dt = '{EVAL_DATE}'")
-                .select("impression_id").collect()}
-    run(train_cmd("din", lake, tmp_path, "train.epochs=1"), timeout=900, **s3.env)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = tracking.search_runs(["sim-synthetic"], uri=uri)
-    assert len(runs) == 1
-    r = runs.iloc[0]
-    assert r.status == "FINISHED"
-    assert r["params.data.samples_path"] == path  # Spark's spelling, read through s3://
-    assert r["params.data.samples_version"] == str(delta_io.latest_version(spark, path))
-    assert r["params.data.train_rows"] == "300"
-    pred = pd.read_parquet(tracking.download_artifact(r.run_id, "test_predictions.parquet", uri=uri))
-    assert len(pred) == 150 and set(pred.impression_id) == eval_ids
-    assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
