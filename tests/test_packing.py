@@ -1,5 +1,5 @@
 """The packed sequence format (sim.samples.packing) and the loader over it: int32 values of the real
-elements only, decoded from Petastorm's batches without per-row arrays, padded per batch to the batch's
+elements only, decoded from the Arrow tables Petastorm's batch reader reads (no per-row objects), padded per batch to the batch's
 longest row; every row once, in the same order whatever the number of reader threads."""
 from __future__ import annotations
 
@@ -98,6 +98,28 @@ def test_read_row_group_decodes_packed_columns(packed_files):
     want = rows[49:89]
     assert arrays["row"].tolist() == list(range(49, 89))
     assert np.array_equal(arrays["long_items"].dense(), _padded(want))
+
+
+def test_petastorm_reader_hands_over_arrow_tables_not_python_objects(packed_files, tmp_path):
+    """Petastorm's batch reader yields the row group's pyarrow table (no pandas, no bytes object per
+    row); a packed column becomes a Ragged view of its buffers, a padded-list column a B X L array, and
+    a list column of unequal lengths (not the padded layout) or a null packed value is refused."""
+    from sim.adapters.petastorm_io import open_reader
+    rows, files = packed_files
+    with open_reader([files[1][0]], COLUMNS) as reader:
+        groups = list(reader)
+    assert [type(g) for g in groups] == [pa.Table] * 4 and sum(g.num_rows for g in groups) == 140
+    batches = list(iter_batches(iter(groups), COLUMNS, 140))
+    assert len(batches) == 1 and np.array_equal(batches[0]["long_items"], _padded(rows[9:149]))
+    lists, ragged_lists, nulls = tmp_path / "lists.parquet", tmp_path / "ragged.parquet", tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"long_items": pa.array([[1, 2, 0], [3, 0, 0]], pa.list_(pa.int64()))}), lists)
+    pq.write_table(pa.table({"long_items": pa.array([[1, 2], [3]], pa.list_(pa.int64()))}), ragged_lists)
+    pq.write_table(pa.table({"long_items": pa.array([pack([1]), None], pa.binary())}), nulls)
+    assert read_row_group(row_groups([(str(lists), 2)])[0], ["long_items"])["long_items"].tolist() == [[1, 2, 0], [3, 0, 0]]
+    with pytest.raises(ValueError, match="long_items: a list column must hold lists of one length"):
+        read_row_group(row_groups([(str(ragged_lists), 2)])[0], ["long_items"])
+    with pytest.raises(ValueError, match="long_items: a row holds no packed sequence"):
+        read_row_group(row_groups([(str(nulls), 2)])[0], ["long_items"])
 
 
 @pytest.mark.parametrize("size, batch", [(1, 64), (2, 50), (3, 33)])

@@ -6,9 +6,12 @@ The file list always comes from a Delta snapshot (:func:`sim.adapters.delta_io.s
 directory listing, so files an overwrite removed are never read. Which rank reads which rows is decided
 in one place, :class:`sim.training.loader.ShardedLoader`, from :func:`row_groups`.
 
-The samples' sequence columns are packed int32 ``binary`` values (:mod:`sim.samples.packing`): they are
-kept as :class:`~sim.samples.packing.Ragged` views of one joined buffer per row group and padded batch by
-batch, to the batch's longest row. Columns of the older padded-list layout (and plain numpy groups, as
+Petastorm's batch reader reads each row group into a pyarrow table in its worker; its own results reader
+then turns every column into numpy through pandas, which makes one Python ``bytes`` object per row of a
+binary column. Our readers keep the table instead (:class:`_ArrowResults`, plugged into Petastorm's
+reader): the samples' sequence columns, packed int32 ``binary`` values (:mod:`sim.samples.packing`),
+become :class:`~sim.samples.packing.Ragged` views of their Arrow buffers, converted once per row group
+and padded batch by batch, to the batch's longest row. Columns of the older padded-list layout (and plain numpy groups, as
 the tests give) are still read as dense arrays.
 """
 from __future__ import annotations
@@ -63,28 +66,54 @@ def row_groups(files: Sequence[tuple[str, int]]) -> list[RowGroup]:
     return out
 
 
+class _ArrowResults:
+    """What a Petastorm batch reader yields per row group with this results reader: the pyarrow table
+    its worker read (Petastorm's own ``ArrowReaderWorkerResultsQueueReader`` converts it through pandas
+    into a namedtuple of numpy columns). :func:`_arrays` takes either."""
+
+    batched_output = True
+
+    def read_next(self, workers_pool, schema, ngram):
+        from petastorm.workers_pool import EmptyResultError
+        try:
+            return workers_pool.get_results()
+        except EmptyResultError:
+            raise StopIteration from None
+
+
+def _batch_reader(urls: list[str], columns: Sequence[str], filesystem, **kwargs):
+    """Petastorm's batch reader (one worker in this thread) yielding pyarrow tables (:class:`_ArrowResults`)."""
+    from petastorm import make_batch_reader
+    from petastorm.arrow_reader_worker import ArrowReaderWorkerResultsQueueReader
+
+    reader = make_batch_reader(urls, schema_fields=list(columns), shuffle_row_groups=False,
+                               reader_pool_type="dummy", workers_count=1, filesystem=filesystem, **kwargs)
+    # The attribute Petastorm 0.12 reads results through (the pin, constraints.txt); fail loudly if a
+    # later version moved it, rather than decode every row into Python objects again.
+    if not isinstance(getattr(reader, "_results_queue_reader", None), ArrowReaderWorkerResultsQueueReader):
+        reader.stop()
+        reader.join()
+        raise RuntimeError("this Petastorm version reads its batches differently; sim.adapters.petastorm_io "
+                           "supports the pinned petastorm (constraints.txt)")
+    reader._results_queue_reader = _ArrowResults()
+    return reader
+
+
 def open_reader(paths: Sequence[str], columns: Sequence[str], *, num_epochs: int | None = 1):
     """A Petastorm batch reader over all row groups of ``paths``, in the order given (sharding is
-    :class:`sim.training.loader.ShardedLoader`'s, through :func:`read_row_group`)."""
-    from petastorm import make_batch_reader
-
+    :class:`sim.training.loader.ShardedLoader`'s, through :func:`read_row_group`); it yields one pyarrow
+    table per row group, which :func:`iter_batches` takes."""
     if not paths:
         raise ValueError("no Parquet files to read (empty snapshot for the requested dates?)")
-    return make_batch_reader(file_urls(paths), schema_fields=list(columns), num_epochs=num_epochs,
-                             shuffle_row_groups=False, reader_pool_type="dummy", workers_count=1,
-                             filesystem=storage.petastorm_filesystem(paths[0]))
+    return _batch_reader(file_urls(paths), columns, storage.petastorm_filesystem(paths[0]), num_epochs=num_epochs)
 
 
 def read_row_group(group: RowGroup, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """The dense columns of one row group, read by Petastorm (its row-group shard ``index`` of
     ``groups``, which is exactly that group). Fails unless it holds the rows the footer promised."""
-    from petastorm import make_batch_reader
-
     parts = []
-    with make_batch_reader(file_urls([group.path]), schema_fields=list(columns), num_epochs=1,
-                           cur_shard=group.index, shard_count=group.groups, shuffle_row_groups=False,
-                           reader_pool_type="dummy", workers_count=1,
-                           filesystem=storage.petastorm_filesystem(group.path)) as reader:
+    with _batch_reader(file_urls([group.path]), columns, storage.petastorm_filesystem(group.path), num_epochs=1,
+                       cur_shard=group.index, shard_count=group.groups) as reader:
         for batch in reader:
             parts.append(_arrays(batch, columns))
     arrays = (parts[0] if len(parts) == 1 else
@@ -173,9 +202,34 @@ def _bucketed(idx: np.ndarray, lengths: np.ndarray, batch_size: int, window_batc
     return np.concatenate(out) if out else idx
 
 
+def _arrow_column(name: str, column):
+    """A pyarrow column of a row group as the batches need it: a packed sequence as a :class:`Ragged`
+    view of its buffers, a list column (the padded-list layout) stacked into B X L, the rest numpy."""
+    import pyarrow as pa
+    if isinstance(column, pa.ChunkedArray):  # one chunk per row group read: no copy then
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if name in PACKED_COLUMNS and pa.types.is_binary(column.type):
+        try:
+            return Ragged.from_arrow(column, PACKED_COLUMNS[name])
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = np.asarray(column.value_lengths())
+        if len(column) and (column.null_count or (lengths != lengths[0]).any()):
+            raise ValueError(f"{name}: a list column must hold lists of one length (the padded layout)")
+        width = int(lengths[0]) if len(column) else 0
+        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+    return column.to_numpy(zero_copy_only=False)
+
+
 def _arrays(group, columns: Sequence[str]) -> dict:
-    """The columns of a row group (a dict, or a Petastorm batch: a namedtuple), packed sequences as
-    :class:`Ragged`."""
+    """The columns of a row group (a dict, a pyarrow table from our Petastorm reader, or Petastorm's own
+    namedtuple of numpy columns), packed sequences as :class:`Ragged`."""
+    import pyarrow as pa
+    if isinstance(group, pa.Table):
+        arrays = {c: _arrow_column(c, group.column(c)) for c in columns}
+        _check_aligned(arrays)
+        return arrays
     get = group.__getitem__ if isinstance(group, dict) else lambda c: getattr(group, c)
     arrays = {c: _column(c, get(c)) for c in columns}
     _check_aligned(arrays)
