@@ -9,11 +9,12 @@ column of its own and cannot disagree with the data). The fields of one sequence
 number of elements.
 
 Why. The former layout (lists padded to the cap, int64 ids) cost ~24 KB a row for ``long_items`` alone,
-and Petastorm turns a list column into one numpy array per row before stacking them. A binary value is
-one Python ``bytes`` object per row in Petastorm's batch: the loader joins them (one copy) and reads the
-joined buffer with ``np.frombuffer`` (no copy); rows are padded per batch, to the batch's longest row, in
+and Petastorm turns a list column into one numpy array per row before stacking them. A binary column
+of a row group is two Arrow buffers (offsets, data): the loader views them in numpy (no copy,
+:meth:`Ragged.from_arrow`; from Python ``bytes`` objects, :meth:`Ragged.from_bytes` joins them once),
+converts the elements once per row group and pads rows per batch, to the batch's longest row, in
 vectorized numpy (:class:`Ragged`). Big-endian because Spark's ``hex`` writes the most significant byte
-first; numpy reads ``>i4`` as cheaply as ``<i4`` (the byte swap happens in the copy that pads a batch).
+first; the byte swap happens in that one conversion.
 
 Limit. Ids and buckets must be in ``0 .. ID_MAX`` (2**31 - 1); the samples job fails with a clear error
 naming the impression otherwise (:func:`sim.samples.transforms.to_samples`), it never truncates.
