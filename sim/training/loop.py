@@ -24,13 +24,12 @@ import numpy as np
 import yaml
 
 from sim.config import ConfigError
+from sim.config.experiment import SPLITS
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
 from sim.training.device import Placement, place, to_device
 from sim.training.loader import ShardedLoader
 
 log = logging.getLogger("sim.train")
-
-SPLITS = ("train", "valid", "test")
 
 
 # -------------------------------------------------------------------------------------------- training
