@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sim.samples.packing import ID_MAX, PACKED_COLUMNS, Ragged
+from sim.samples.packing import PACKED_COLUMNS, Ragged
 
 SIM_PACKAGE = Path(__file__).resolve().parents[1]  # the sim/ directory, shipped with the logged model
 
@@ -33,10 +33,7 @@ def dense_batch(rows: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndar
         lists = [np.asarray(v if v is not None else [], dtype=np.int64) for v in values]
         lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
         flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
-        if flat.size and (flat.min() < 0 or flat.max() > ID_MAX):  # the batches hold them as int32
-            raise ValueError(f"{c}: sequence values must be in 0..{ID_MAX} (as in the samples table), got "
-                             f"{int(flat.min())}..{int(flat.max())}")
-        out[c] = Ragged.from_stored(flat, lengths, PACKED_COLUMNS[c]).dense()
+        out[c] = Ragged.from_stored(flat, lengths, PACKED_COLUMNS[c], name=f"{c}: sequence values").dense()
     return out
 
 

@@ -46,12 +46,18 @@ def seq_columns(name: str) -> tuple[str, str, str]:
 PACKED_COLUMNS = {c: FIELD_DTYPES[c.rsplit("_", 1)[1]] for s in SEQUENCES for c in seq_columns(s)}
 
 
+def check_values(a: np.ndarray, what: str = "sequence values") -> None:
+    """Fail unless every value of ``a`` is in ``0 .. ID_MAX``: what the stored int32 elements (and the
+    int32 batches) hold; a wider value would wrap silently when narrowed."""
+    if a.size and (a.min() < 0 or a.max() > ID_MAX):
+        raise ValueError(f"{what} must be in 0..{ID_MAX} (int32, as the samples table stores them), got "
+                         f"{int(a.min())}..{int(a.max())}")
+
+
 def pack(values: Iterable[int]) -> bytes:
     """The stored bytes of one sequence field (tests and numpy writers; the samples job packs in Spark)."""
     a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64)
-    if a.size and (a.min() < 0 or a.max() > ID_MAX):
-        raise ValueError(f"sequence values must be in 0..{ID_MAX} to be stored as int32, got "
-                         f"{int(a.min())}..{int(a.max())}")
+    check_values(a)
     return a.astype(PACKED).tobytes()
 
 
@@ -103,7 +109,12 @@ class Ragged:
         return out
 
     @classmethod
-    def from_stored(cls, stored: np.ndarray, lengths: np.ndarray, dtype=np.int64, convert: bool = True):
+    def from_stored(cls, stored: np.ndarray, lengths: np.ndarray, dtype=np.int64, convert: bool = True,
+                    name: str = "sequence values"):
+        """From the flat elements of every row and each row's length. Elements wider than ``dtype``
+        (int64 lists a user sent) are range-checked first (``name`` in the error), never wrapped."""
+        if stored.dtype.itemsize > np.dtype(dtype).itemsize:
+            check_values(stored, name)
         starts = np.cumsum(lengths) - lengths
         if not convert:
             return cls(stored, starts, lengths, dtype, padded=False)
