@@ -151,8 +151,11 @@ class LocalCluster:
         return env
 
     # ------------------------------------------------------------------------------------- processes
-    def _start(self, name: str, cmd: Sequence[str], ready: Callable[[], bool], timeout: float,
-               env: Mapping[str, str], cwd: Path | None = None, url: str = "") -> Service:
+    def start_service(self, name: str, cmd: Sequence[str], ready: Callable[[], bool], timeout: float,
+                      env: Mapping[str, str], cwd: Path | str | None = None, url: str = "") -> Service:
+        """Run ``cmd`` in its own process group, its output in ``work/<name>.log``, until ``ready()``;
+        fails with the log's tail if it exits first or is not ready within ``timeout`` seconds. It is
+        stopped with the others (:meth:`stop`), also when it never got ready."""
         log_path = self.work / f"{name}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env),
@@ -210,7 +213,7 @@ class LocalCluster:
         port = int(self.s3_endpoint.rsplit(":", 1)[1])
         props = s3server.prepare(self.work / "s3", port, self.access_key, self.secret_key, [self.bucket])
         cmd = s3server.command(props, java=java(), jvm_opts=SHORT_JVM_OPTS.split())
-        self._start("s3", cmd, lambda: http_answers(self.s3_endpoint + "/"), timeout, self.base_env(),
+        self.start_service("s3", cmd, lambda: http_answers(self.s3_endpoint + "/"), timeout, self.base_env(),
                     url=self.s3_endpoint)
         return self.s3_endpoint
 
@@ -226,18 +229,13 @@ class LocalCluster:
         their executors read and write the lakehouse through S3A with them."""
         port = free_port()
         self.spark_master = f"spark://127.0.0.1:{port}"
-        spark_class = str(spark_home() / "bin" / "spark-class")
-        env = self.base_env(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.work),
-                            SPARK_WORKER_DIR=str(self.work), SPARK_DAEMON_JAVA_OPTS=SHORT_JVM_OPTS)
-        master = self._start("spark-master", [
-            spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-            "--webui-port", str(free_port())], lambda: "I have been elected leader" in
-            (self.work / "spark-master.log").read_text(), timeout, env, url=self.spark_master)
-        for i in range(workers):
-            self._start(f"spark-worker-{i}", [
-                spark_class, "org.apache.spark.deploy.worker.Worker", self.spark_master, "--host", "127.0.0.1",
-                "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
-                "--work-dir", str(self.work / f"worker-{i}")], lambda: True, timeout, env)
+        master = self.start_service("spark-master", [
+            str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master", "--host",
+            "127.0.0.1", "--port", str(port), "--webui-port", str(free_port())],
+            lambda: "I have been elected leader" in (self.work / "spark-master.log").read_text(), timeout,
+            self._spark_env(), url=self.spark_master)
+        for i in range(workers):  # started together, then waited for together
+            self._start_worker(i, cores, memory, lambda: True, timeout)
         registered = lambda: master.log.read_text().count("Registering worker") >= workers  # noqa: E731
         deadline = time.monotonic() + timeout
         while not registered():
@@ -252,15 +250,20 @@ class LocalCluster:
 
     def start_worker(self, i: int, cores: int = 1, memory: str = "1536m", timeout: float = 120) -> None:
         """(Re)start worker ``i`` of :meth:`start_spark`'s master, e.g. after a fault test killed it."""
-        env = self.base_env(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.work),
-                            SPARK_WORKER_DIR=str(self.work), SPARK_DAEMON_JAVA_OPTS=SHORT_JVM_OPTS)
         master_log = self.service("spark-master").log
         before = master_log.read_text().count("Registering worker")
-        self._start(f"spark-worker-{i}", [
+        self._start_worker(i, cores, memory, lambda: master_log.read_text().count("Registering worker") > before,
+                           timeout)
+
+    def _spark_env(self) -> dict[str, str]:
+        return self.base_env(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.work),
+                             SPARK_WORKER_DIR=str(self.work), SPARK_DAEMON_JAVA_OPTS=SHORT_JVM_OPTS)
+
+    def _start_worker(self, i: int, cores: int, memory: str, ready: Callable[[], bool], timeout: float) -> None:
+        self.start_service(f"spark-worker-{i}", [
             str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker", self.spark_master,
             "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
-            "--work-dir", str(self.work / f"worker-{i}")],
-            lambda: master_log.read_text().count("Registering worker") > before, timeout, env)
+            "--work-dir", str(self.work / f"worker-{i}")], ready, timeout, self._spark_env())
 
     def start_mlflow(self, artifacts: str | None = None, timeout: float = 240) -> str:
         """``mlflow server``: SQLite backend store under ``work``, artifacts uploaded through the
@@ -282,7 +285,7 @@ class LocalCluster:
                "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
                "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
-        self._start("mlflow", cmd, lambda: http_answers(url + "/health", ok_only=True), timeout, env, url=url)
+        self.start_service("mlflow", cmd, lambda: http_answers(url + "/health", ok_only=True), timeout, env, url=url)
         self.tracking_uri = url
         return url
 

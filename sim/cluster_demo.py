@@ -39,9 +39,9 @@ SMALL_DATA = ["generator.users=300", "generator.history_days=40", "generator.imp
               "generator.mean_behaviors_per_user=60", "generator.max_behaviors_per_user=300",
               "generator.heavy_users=1", "generator.impressions_per_user_day=8", "generator.items=5000",
               "generator.categories=50", "generator.topics=10", "windows.long_days=30",
-              "windows.short_days=7", "caps.long_cap=300", "caps.hard_k=50", "caps.short_cap=20",
-              # two one-core executors: a few partitions, not Spark's 200
-              "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
+              "windows.short_days=7", "caps.long_cap=300", "caps.hard_k=50", "caps.short_cap=20"]
+# Two one-core executors: a few partitions, not Spark's 200.
+FEW_PARTITIONS = ["spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
 SMALL_TRAIN = ["train.epochs=1", "train.threads=1", "train.batch_size=128"]
 DEFAULT_MODELS = "din,sim_hard"
 
@@ -66,9 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_demo(args: argparse.Namespace, work: Path) -> int:
     """Start the cluster under ``work``, run the flow on it, stop the cluster (also on failure)."""
-    overrides = SMALL_DATA + args.overrides
-    resolve_models(args.models)
-    plan(load_pipeline_conf(overrides=overrides))  # fails on a bad override before anything starts
+    overrides = SMALL_DATA + FEW_PARTITIONS + args.overrides
+    flow = flow_plan(args, overrides)  # fails on a bad model name or override before anything starts
     started = time.perf_counter()
     with LocalCluster(work / "cluster") as cluster:
         print(f"=== starting the local cluster under {cluster.work}", flush=True)
@@ -81,21 +80,26 @@ def run_demo(args: argparse.Namespace, work: Path) -> int:
               flush=True)
         print(f"cluster up in {time.perf_counter() - started:.0f}s; servers (process groups): "
               + ", ".join(f"{sv.name}={sv.proc.pid}" for sv in cluster.services), flush=True)
-        run_flow(cluster, args, work, overrides)
+        run_flow(cluster, args, work, overrides, flow=flow)
         print(f"stopping the local cluster ({len(cluster.services)} servers)", flush=True)
     print(f"cluster demo done in {time.perf_counter() - started:.0f}s; everything it started is stopped",
           flush=True)
     return 0
 
 
+def flow_plan(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The flow's models and dates (:func:`sim.demo.plan`); a bad model name or override fails here."""
+    return resolve_models(args.models), plan(load_pipeline_conf(overrides=list(overrides)))
+
+
 def run_flow(cluster: LocalCluster, args: argparse.Namespace, work: Path, overrides: Sequence[str],
-             env: dict | None = None) -> dict[str, float]:
+             env: dict | None = None, flow: tuple[list[str], dict[str, str]] | None = None) -> dict[str, float]:
     """The demo's stages on a running ``cluster`` (S3 server, Spark master, MLflow server): the jobs with
     ``overrides`` through its spark-submit on ``s3a://<bucket>/<args.prefix>/lakehouse``, training on its
-    Spark workers, the comparison from its server. ``env``: more variables for the stages. Returns each
-    stage's seconds; a failed stage raises (the caller stops the cluster)."""
-    models = resolve_models(args.models)
-    d = plan(load_pipeline_conf(overrides=list(overrides)))
+    Spark workers, the comparison from its server. ``env``: more variables for the stages; ``flow``:
+    :func:`flow_plan` when the caller has it already. Returns each stage's seconds; a failed stage raises
+    (the caller stops the cluster)."""
+    models, d = flow or flow_plan(args, overrides)
     lakehouse = f"s3a://{cluster.bucket}/{args.prefix}/lakehouse"
     spark_args = ["--lakehouse", lakehouse] + [a for o in overrides for a in ("--set", o)]
     # Training reads the same location in the spelling of its readers (pyarrow, delta-rs): s3://.

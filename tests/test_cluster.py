@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run, subprocess_env
+from helpers.tiny_data import tiny_logs
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
 from sim.cluster import SHORT_JVM_OPTS, LocalCluster
 from test_ubt import rows_of
@@ -32,12 +33,7 @@ from test_ubt import rows_of
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Tiny demo data: 16 users, 18 days of history, impressions on the last 3 (train, validation, test).
-TINY = ["generator.users=16", "generator.history_days=18", "generator.impression_days=3",
-        "generator.mean_behaviors_per_user=30", "generator.max_behaviors_per_user=200",
-        "generator.heavy_users=1", "generator.impressions_per_user_day=4", "generator.items=500",
-        "generator.categories=10", "generator.topics=4", "validation.max_reject_ratio=0.5",
-        "windows.long_days=8", "windows.short_days=3", "caps.long_cap=20", "caps.hard_k=10",
-        "caps.short_cap=5", "spark.conf.spark.sql.codegen.wholeStage=false"]
+TINY = tiny_logs(16, 18, 3, 4) + ["spark.conf.spark.sql.codegen.wholeStage=false"]
 
 
 # ------------------------------------------------------------------------- process groups, no servers
@@ -46,12 +42,12 @@ def test_services_stop_with_their_process_groups_also_when_a_start_fails(tmp_pat
     leaving the block stops the services started before it."""
     with pytest.raises(RuntimeError, match="broken exited 3 while starting"):
         with LocalCluster(tmp_path) as c:
-            c._start("sleeper", ["bash", "-c", "sleep 300 & sleep 300 & wait"], lambda: True, 10, os.environ)
+            c.start_service("sleeper", ["bash", "-c", "sleep 300 & sleep 300 & wait"], lambda: True, 10, os.environ)
             sleeper = c.service("sleeper").proc.pid
             time.sleep(0.5)
             children = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == sleeper]
             assert len(children) == 3  # bash and its two sleeps, one group
-            c._start("broken", ["bash", "-c", "exit 3"], lambda: False, 10, os.environ)
+            c.start_service("broken", ["bash", "-c", "exit 3"], lambda: False, 10, os.environ)
     with pytest.raises(ProcessLookupError):
         os.killpg(sleeper, 0)
     assert c.services == []
@@ -74,12 +70,11 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     import pandas as pd
 
     from sim.adapters import tracking
-    from sim.cluster_demo import parse_args, run_flow
+    from sim.cluster_demo import FEW_PARTITIONS, parse_args, run_flow
     from sim.training.metrics import auc
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
-    tiny = TINY + ["spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.databricks.delta.snapshotPartitions=2"]
-    times = run_flow(cluster, args, tmp_path, tiny,
+    times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS,
                      env={"SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS, "SIM_DUMP_WEIGHTS": str(tmp_path / "weights")})
     out = capfd.readouterr().out
     assert list(times) == ["generate", "ubt", "samples", "train din", "compare"], out[-3000:]

@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
+from helpers.tiny_data import tiny_logs
 from sim.adapters import delta_io, petastorm_io, storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Small demo data: 17 days of history, impressions on 06-30 and 07-01.
-SETS = ["generator.users=8", "generator.history_days=17", "generator.impression_days=2",
-        "generator.mean_behaviors_per_user=30", "generator.max_behaviors_per_user=200",
-        "generator.heavy_users=1", "generator.impressions_per_user_day=3", "generator.items=500",
-        "generator.categories=10", "generator.topics=4", "validation.max_reject_ratio=0.5",
-        "windows.long_days=8", "windows.short_days=3", "caps.long_cap=20", "caps.hard_k=10",
-        "caps.short_cap=5"]
+SETS = tiny_logs(8, 17, 2, 3)
 DATES = ("2024-06-30", "2024-07-01")
 NOW = 1_767_225_600  # 2026-01-01: the generator's reject rules compare timestamps with "now"
 TABLES = ("behaviors", "impressions", "rejects", "ubt", "samples")

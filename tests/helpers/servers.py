@@ -5,39 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import time
+import os
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sim.cluster import http_answers, stop_group
+from sim.cluster import LocalCluster, http_answers
 
 
 @contextlib.contextmanager
 def server(cmd: Sequence[str] | str, url: str, log_path: Path, *, cwd: Path | str | None = None,
            env: dict | None = None, ready: str = "/health", timeout: float = 240) -> Iterator[str]:
     """Run ``cmd`` (a list, or a string for ``bash -c``) until ``url + ready`` answers 200; yield
-    ``url``; stop the process group afterwards. Fails with the server's log if it exits or does not
-    answer within ``timeout`` seconds."""
+    ``url``; stop the process group afterwards. Fails with the server's log (``log_path``) if it exits
+    or does not answer within ``timeout`` seconds (:meth:`sim.cluster.LocalCluster.start_service`)."""
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"{argv} exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-                if http_answers(url + ready, ok_only=True):
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{argv} did not answer on {url}{ready} within {timeout:.0f} s:\n"
-                                         f"{log_path.read_text()[-4000:]}")
-                time.sleep(1)
-            yield url
-        finally:
-            stop_group(proc)
+    with LocalCluster(log_path.parent) as c:
+        c.start_service(log_path.stem, argv, lambda: http_answers(url + ready, ok_only=True), timeout,
+                        os.environ if env is None else env, cwd=cwd, url=url)
+        yield url
 
 
 def post_json(url: str, body: dict | None = None, timeout: float = 60) -> dict:
