@@ -177,6 +177,16 @@ if [ ! -x "$UV" ]; then
   "$PY" -m venv "$CACHE/uv-$UV_VER"
   "$CACHE/uv-$UV_VER/bin/pip" install -q "uv==$UV_VER"
 fi
+# pyspark is on PyPI as an sdist only: uv would build it for every new venv, each time under a new cache
+# entry of about 1.3 GB (the cache filled the disk that way). Its wheel is built once per version and
+# installed from there.
+SPARK_VER=$(pin pyspark); SPARK_WHEELS=$CACHE/pyspark-$SPARK_VER
+if ! ls "$SPARK_WHEELS"/pyspark-"$SPARK_VER"-*.whl >/dev/null 2>&1; then
+  say "building the pyspark $SPARK_VER wheel once into $SPARK_WHEELS"
+  rm -rf "$SPARK_WHEELS.tmp"
+  "$CACHE/uv-$UV_VER/bin/pip" wheel -q --no-cache-dir --no-deps "pyspark==$SPARK_VER" -w "$SPARK_WHEELS.tmp"
+  mv "$SPARK_WHEELS.tmp" "$SPARK_WHEELS"
+fi
 STAMP_KEY=$(cat constraints.txt setup.cfg pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
@@ -184,8 +194,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$VENV/.sim-stamp" 2>/dev/null)" != "$STAMP_KEY" ]; then
   say "installing the package and the pinned stack (first time: torch is several GB)"
-  "$UV" pip install -q --python "$VENV/bin/python" -c constraints.txt "pip<25" "setuptools<80" wheel \
-    -e ".[dev]"
+  "$UV" pip install -q --python "$VENV/bin/python" -c constraints.txt --find-links "$SPARK_WHEELS" \
+    "pip<25" "setuptools<80" wheel -e ".[dev]"
   echo "$STAMP_KEY" > "$VENV/.sim-stamp"
 else
   say "skipped: package install (constraints unchanged)"
