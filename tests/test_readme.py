@@ -85,7 +85,7 @@ SETUP = ROOT / "scripts" / "setup.sh"
 
 def _pins() -> dict[str, str]:
     text = (ROOT / "constraints.txt").read_text()
-    return {k: re.search(rf"^{k}==(\S+)$", text, re.M).group(1) for k in ("horovod", "torch", "delta-spark")}
+    return {k: re.search(rf"^{k}==(\S+)$", text, re.M).group(1) for k in ("horovod", "torch", "delta-spark", "pyspark")}
 
 
 def path_without(bin_dir: Path, names: set[str]) -> str:
@@ -110,6 +110,22 @@ def run_setup(tmp_path: Path, *args: str, without: set[str] = frozenset(), cache
         if k not in env:
             e.pop(k, None)
     return subprocess.run(["bash", str(SETUP), *args], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_setup_installed_compiled_bytecode_and_pyspark_from_its_cached_wheel():
+    """The venv the tests run in, as setup made it: the heavy packages' bytecode compiled at install
+    (processes never write it where PYTHONDONTWRITEBYTECODE is set, so each would compile them again), and
+    pyspark (an sdist on PyPI) from the wheel setup builds once per version into its cache."""
+    import importlib.util
+    import mlflow
+    import pyspark
+    import torch
+    for module in (torch, mlflow, pyspark):
+        assert Path(importlib.util.cache_from_source(module.__file__)).is_file(), f"{module.__name__}: no bytecode"
+    version = _pins()["pyspark"]
+    cache = Path(os.environ.get("SIM_CACHE", Path.home() / ".cache" / "sim-pipeline"))
+    assert pyspark.__version__ == version
+    assert list((cache / f"pyspark-{version}").glob(f"pyspark-{version}-*.whl")), "run `make setup`"
 
 
 def test_setup_check_passes_on_this_machine():
