@@ -120,12 +120,13 @@ def test_setup_installed_compiled_bytecode_and_pyspark_from_its_cached_wheel():
     import mlflow
     import pyspark
     import torch
+
+    from sim.adapters.spark import cache_dir
     for module in (torch, mlflow, pyspark):
         assert Path(importlib.util.cache_from_source(module.__file__)).is_file(), f"{module.__name__}: no bytecode"
     version = _pins()["pyspark"]
-    cache = Path(os.environ.get("SIM_CACHE", Path.home() / ".cache" / "sim-pipeline"))
     assert pyspark.__version__ == version
-    assert list((cache / f"pyspark-{version}").glob(f"pyspark-{version}-*.whl")), "run `make setup`"
+    assert list((cache_dir() / f"pyspark-{version}").glob(f"pyspark-{version}-*.whl")), "run `make setup`"
 
 
 def test_setup_check_passes_on_this_machine():
