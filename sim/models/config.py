@@ -60,6 +60,10 @@ class ModelConfig(BaseModel):
         "softmax", description="weights of e_i in soft search's aux input U_r: softmax(r) or r (Eq. 2)")
     gsu_init: Literal["identity", "random"] = Field(
         "identity", description="initial W_b, W_a of soft search: identity projections or PyTorch's default")
+    gsu_prior: Literal["none", "cooc"] = Field(
+        "none", description="soft search's category prior: none, or category co-occurrence within the "
+        "training users' histories (filled by training; sim.training.search_prior)")
+    gsu_prior_dim: PositiveInt = Field(16, description="width of the category co-occurrence vectors")
     din_normalization: Literal["none", "softmax"] = Field(
         "none", description="DIN attention weights: raw (DIN's, keeps an interest's intensity) or softmax")
     hard_k: PositiveInt | None = Field(
@@ -72,6 +76,10 @@ class ModelConfig(BaseModel):
         1.0, description="weight of MIMN's memory utilisation regulariser in the loss")
     dien_aux_weight: NonNegativeFloat = Field(
         1.0, description="weight of DIEN's next-behavior auxiliary loss in the loss")
+    count_features: bool = Field(
+        False, description="each part appends log counts and recency of what it reads (sim.models.counts)")
+    pool_count: Literal["none", "log"] = Field(
+        "none", description="mean / softmax pooled vectors scaled by log(1 + behaviors pooled) (sim.models.counts)")
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.0, description="dropout of the MLPs")
     embedding_l2: NonNegativeFloat = Field(
         0.0, description="weight of the L2 penalty on the embeddings a batch looks up, per sample")

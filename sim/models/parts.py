@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sim.models.baselines import DIEN, MIMN
+from sim.models.counts import (LONG_FEATURES, POOL_COUNTS, SHORT_FEATURES, long_features, scale_by_count,
+                               sequence_counts)
 from sim.models.layers import Behaviors, FeatureEmbedding, TargetAttention, masked_mean
 from sim.models.search import ExactSearchUnit, GeneralSearchUnit, SearchResult
 
@@ -49,6 +51,18 @@ class InterestArch(nn.Module):
 
     sequences: tuple[str, ...] = ()
     with_time: bool = False
+    # With ``counts`` the part appends its count features (sim.models.counts) to its interest vector.
+    counts: bool = False
+    count_columns: tuple[str, ...] = ()
+    pool_count: str = "none"
+
+    def configure(self, counts: bool = False, pool_count: str = "none") -> "InterestArch":
+        """Set the count options of ``sim.models.counts`` (the registry calls this after building the
+        part); ``pool_count`` acts only where a part pools by a mean or a softmax."""
+        if pool_count not in POOL_COUNTS:
+            raise ValueError(f"pool_count must be one of {POOL_COUNTS}, got {pool_count!r}")
+        self.counts, self.pool_count = bool(counts), pool_count
+        return self
 
     @property
     def out_dim(self) -> int:
@@ -57,10 +71,11 @@ class InterestArch(nn.Module):
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        """Columns of the samples table ``forward`` reads: ids and categories of its sequences, and
-        their time-gap buckets only with ``with_time``."""
+        """Columns of the samples table ``forward`` reads: ids and categories of its sequences, their
+        time-gap buckets only with ``with_time``, and the scalars its count features need."""
         fields = ("items", "cats", "gaps") if self.with_time else ("items", "cats")
-        return tuple(f"{s}_{f}" for s in self.sequences for f in fields)
+        return (*(f"{s}_{f}" for s in self.sequences for f in fields),
+                *(self.count_columns if self.counts else ()))
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
@@ -82,18 +97,42 @@ class InterestArch(nn.Module):
 
 class ShortTermArch(InterestArch):
     """A short-term part: reads the ``short_*`` columns (never their gaps); its interest has the
-    behaviors' width ``dim`` (E)."""
+    behaviors' width ``dim`` (E), plus ``SHORT_FEATURES`` count features with ``counts``."""
 
     sequences = ("short",)
     dim: int
 
     @property
     def out_dim(self) -> int:
-        return self.dim
+        return self.dim + (SHORT_FEATURES if self.counts else 0)
+
+    def _finish(self, u: Tensor, short: Behaviors, batch: Mapping[str, Tensor]) -> Tensor:
+        if not self.counts:
+            return u
+        return torch.cat([u, sequence_counts(short, batch["item_id"], batch["category_id"])], dim=-1)
 
 
 class LongTermArch(InterestArch):
-    """A long-term part: reads ``long_*`` or ``hard_*``."""
+    """A long-term part: reads ``long_*`` or ``hard_*``. With ``counts`` it appends ``LONG_FEATURES``
+    count features of the sequence it reads (and reads ``long_len`` and ``d_category`` for them); with
+    ``pool_count`` "log" a part that pools by a mean or a softmax scales the pooled vector by the log of
+    the number of behaviors pooled (sim.models.counts)."""
+
+    count_columns = ("long_len", "d_category")
+
+    @property
+    def extra_dim(self) -> int:
+        return LONG_FEATURES if self.counts else 0
+
+    def _finish(self, u: Tensor, pooled: Tensor | None, seq: Behaviors,
+                batch: Mapping[str, Tensor]) -> Tensor:
+        """``u`` scaled by the count of ``pooled`` (B X K mask of what was averaged; None: not a mean)
+        with ``pool_count``, then with the count features of ``seq``."""
+        if self.pool_count == "log" and pooled is not None:
+            u = scale_by_count(u, pooled)
+        if self.counts:
+            u = torch.cat([u, long_features(seq, batch)], dim=-1)
+        return u
 
 
 class DINShort(ShortTermArch):
@@ -113,7 +152,7 @@ class DINShort(ShortTermArch):
         short = read_sequence(batch, "short")
         e = embedding.behaviors(short)
         u, weights = self.short_attention(target, e, short.mask)
-        return u, {"short_attention": weights}, [e]
+        return self._finish(u, short, batch), {"short_attention": weights}, [e]
 
 
 class DIENShort(ShortTermArch):
@@ -136,7 +175,7 @@ class DIENShort(ShortTermArch):
         short = read_sequence(batch, "short")
         e = embedding.behaviors(short)
         u, weights, aux = self.dien(target, e, short.mask)
-        return u, {"short_attention": weights, "dien_aux_loss": aux}, [e]
+        return self._finish(u, short, batch), {"short_attention": weights, "dien_aux_loss": aux}, [e]
 
     def loss_terms(self, outputs: Mapping[str, Tensor], labels: Tensor) -> list[Tensor]:
         return [self.aux_weight * outputs["dien_aux_loss"]] if self.aux_weight > 0 else []
@@ -153,7 +192,7 @@ class _WholeLong(LongTermArch):
 
     @property
     def out_dim(self) -> int:
-        return self.dim
+        return self.dim + self.extra_dim
 
     def _long(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor]) -> tuple[Behaviors, Tensor]:
         long = read_sequence(batch, "long")
@@ -166,7 +205,7 @@ class AvgPoolLong(_WholeLong):
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
         long, e = self._long(embedding, batch)
-        return masked_mean(e, long.mask), {}, [e]
+        return self._finish(masked_mean(e, long.mask), long.mask, long, batch), {}, [e]
 
 
 class DINLong(_WholeLong):
@@ -185,7 +224,7 @@ class DINLong(_WholeLong):
                 target: Tensor) -> PartOutput:
         long, e = self._long(embedding, batch)
         u, weights = self.long_attention(target, e, long.mask)
-        return u, {"long_attention": weights}, [e]
+        return self._finish(u, None, long, batch), {"long_attention": weights}, [e]
 
 
 class MIMNLong(_WholeLong):
@@ -208,13 +247,13 @@ class MIMNLong(_WholeLong):
 
     @property
     def out_dim(self) -> int:
-        return self.memory.out_dim
+        return self.memory.out_dim + self.extra_dim
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
         long, e = self._long(embedding, batch)
         u, extra = self.memory(target, e, long.mask)
-        return u, extra, [e]
+        return self._finish(u, None, long, batch), extra, [e]
 
     def loss_terms(self, outputs: Mapping[str, Tensor], labels: Tensor) -> list[Tensor]:
         return [self.util_reg * outputs["mimn_util_loss"]] if self.util_reg > 0 else []
@@ -240,14 +279,16 @@ class _Searched(LongTermArch):
         self.gsu, self.sequences, self.alpha = gsu, (sequence,), float(alpha)
 
     def _search(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor], target: Tensor,
-                out: dict[str, Tensor]) -> SearchResult:
-        found = self.gsu(embedding, read_sequence(batch, self.sequences[0]), batch["category_id"], target)
+                out: dict[str, Tensor]) -> tuple[Behaviors, SearchResult]:
+        """(the searched sequence, what the GSU kept of it); the GSU's outputs go into ``out``."""
+        searched = read_sequence(batch, self.sequences[0])
+        found = self.gsu(embedding, searched, batch["category_id"], target)
         out["gsu_index"], out["gsu_mask"] = found.index, found.mask
         if found.scores is not None:
             out["gsu_scores"] = found.scores
         if found.aux_logit is not None:
             out["gsu_logit"] = found.aux_logit
-        return found
+        return searched, found
 
     def loss_terms(self, outputs: Mapping[str, Tensor], labels: Tensor) -> list[Tensor]:
         # Hard search has no GSU term at all, not a zero-weighted one.
@@ -269,13 +310,14 @@ class GSUPoolLong(_Searched):
 
     @property
     def out_dim(self) -> int:
-        return self.dim
+        return self.dim + self.extra_dim
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
         out: dict[str, Tensor] = {}
-        found = self._search(embedding, batch, target, out)
-        return masked_mean(found.embeddings, found.mask), out, [found.embeddings]
+        searched, found = self._search(embedding, batch, target, out)
+        u = self._finish(masked_mean(found.embeddings, found.mask), found.mask, searched, batch)
+        return u, out, [found.embeddings]
 
 
 class SIMLong(_Searched):
@@ -294,11 +336,11 @@ class SIMLong(_Searched):
 
     @property
     def out_dim(self) -> int:
-        return self.esu.out_dim
+        return self.esu.out_dim + self.extra_dim
 
     def forward(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor],
                 target: Tensor) -> PartOutput:
         out: dict[str, Tensor] = {}
-        found = self._search(embedding, batch, target, out)
+        searched, found = self._search(embedding, batch, target, out)
         u, out["esu_attention"] = self.esu(embedding, found, target)
-        return u, out, [found.embeddings]
+        return self._finish(u, found.mask, searched, batch), out, [found.embeddings]

@@ -40,7 +40,9 @@ def _gsu(c: ModelConfig, dim: int, mode: str) -> GeneralSearchUnit:
     if mode == "soft":
         return GeneralSearchUnit("soft", k=c.soft_k, behavior_dim=dim, proj_dim=c.gsu_proj_dim,
                                  aux_hidden=c.mlp_dims, aux_pooling=c.gsu_aux_pooling,
-                                 dropout=c.dropout, init=c.gsu_init)
+                                 dropout=c.dropout, init=c.gsu_init,
+                                 prior_dim=c.gsu_prior_dim if c.gsu_prior == "cooc" else 0,
+                                 category_buckets=c.category_buckets)
     return GeneralSearchUnit("hard", k=c.hard_k)
 
 
@@ -130,8 +132,8 @@ def compose(short: str, long: str | None, cfg: Mapping[str, Any] | ModelConfig |
     c = validate(cfg)
     embedding = FeatureEmbedding(c.item_buckets, c.category_buckets, c.time_gap_buckets, c.emb_dim)
     dim = embedding.behavior_dim
-    short_part = SHORT_PARTS[short](c, dim)
-    long_part = None if long is None else LONG_PARTS[long](c, dim)
+    short_part = SHORT_PARTS[short](c, dim).configure(c.count_features)
+    long_part = None if long is None else LONG_PARTS[long](c, dim).configure(c.count_features, c.pool_count)
     soft = getattr(getattr(long_part, "gsu", None), "mode", None) == "soft"
     if c.gsu_alpha not in (None, 0.0) and not soft:
         raise ValueError(f"gsu_alpha={c.gsu_alpha} needs a soft-search model; {name or (short, long)} "

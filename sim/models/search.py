@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from sim.models.layers import (Behaviors, FeatureEmbedding, MLP, MultiHeadTargetAttention,
+from sim.models.layers import (Behaviors, FeatureEmbedding, MLP, MultiHeadTargetAttention, hash_ids,
                                masked_softmax)
 
 
@@ -64,6 +64,15 @@ class GeneralSearchUnit(nn.Module):
     MLP's input on one scale for users with 1 or 54,000 behaviors. The top-K order is computed the same
     way in both modes.
 
+    ``prior_dim`` > 0 (soft only) adds a search prior over categories: r_i gains ``prior_scale`` * (p_{c_i} .
+    p_{c_a}), with p a fixed unit vector per category row (a buffer, zero until :meth:`set_prior` fills it,
+    e.g. with :func:`sim.training.search_prior.category_vectors` from the training rows' co-occurrence of
+    categories within users) and ``prior_scale`` learned. The paper's "only first stage (soft)" searches with
+    embeddings pre-trained in a separate run (Table 3); a co-occurrence prior is a cheaper pre-training that
+    needs no labels: categories a user's lasting interests span (a topic) co-occur in users' histories, so
+    their vectors are close and the search ranks the candidate topic's behaviors first from the start, where
+    the jointly trained e_i . e_a first learns the category only.
+
     Args:
         mode: "hard" or "soft".
         k: behaviors to keep (soft); for hard, None keeps every matching position.
@@ -73,11 +82,14 @@ class GeneralSearchUnit(nn.Module):
         aux_pooling: "softmax" or "sum" (Equation 2), how r weighs e_i in U_r (soft only).
         init: "identity" (r_i starts as e_i . e_a) or "random" (PyTorch's default for W_b, W_a).
         dropout: dropout of the auxiliary MLP.
+        prior_dim: width of the category prior (0 = none); ``category_buckets`` rows of it.
+        prior_scale: initial weight of the prior in r_i.
     """
 
     def __init__(self, mode: str, k: int | None = None, behavior_dim: int = 0, proj_dim: int = 16,
                  aux_hidden: Sequence[int] = (200, 80), aux_pooling: str = "softmax",
-                 dropout: float = 0.0, init: str = "identity") -> None:
+                 dropout: float = 0.0, init: str = "identity", prior_dim: int = 0,
+                 category_buckets: int = 0, prior_scale: float = 4.0) -> None:
         super().__init__()
         if mode not in ("hard", "soft"):
             raise ValueError(f"GSU mode must be 'hard' or 'soft', got {mode!r}")
@@ -101,6 +113,24 @@ class GeneralSearchUnit(nn.Module):
             elif init != "random":
                 raise ValueError(f"init must be 'identity' or 'random', got {init!r}")
             self.aux_mlp = MLP(2 * behavior_dim, aux_hidden, out_dim=1, dropout=dropout)
+            self.prior_dim = int(prior_dim)
+            if self.prior_dim > 0:
+                if category_buckets < 2:
+                    raise ValueError("a search prior needs category_buckets")
+                self.register_buffer("prior", torch.zeros(category_buckets, self.prior_dim))
+                self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
+
+    def set_prior(self, vectors: Tensor) -> None:
+        """Fill the category prior: ``vectors`` category_buckets X prior_dim, one row per hashed category
+        (row 0 padding); rows are normalised to unit length (a zero row stays zero: a category never seen
+        gets no prior)."""
+        if getattr(self, "prior_dim", 0) == 0:
+            raise ValueError("this search unit has no prior (prior_dim = 0)")
+        if tuple(vectors.shape) != tuple(self.prior.shape):
+            raise ValueError(f"prior of shape {tuple(vectors.shape)}, expected {tuple(self.prior.shape)}")
+        norm = vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        with torch.no_grad():
+            self.prior.copy_((vectors / norm).to(self.prior.dtype))
 
     def forward(self, embedding: FeatureEmbedding, seq: Behaviors, target_cat: Tensor,
                 target_emb: Tensor) -> SearchResult:
@@ -115,7 +145,7 @@ class GeneralSearchUnit(nn.Module):
         """
         if self.mode == "hard":
             return self._hard(embedding, seq, target_cat)
-        return self._soft(embedding, seq, target_emb)
+        return self._soft(embedding, seq, target_emb, target_cat)
 
     def _hard(self, embedding: FeatureEmbedding, seq: Behaviors, target_cat: Tensor) -> SearchResult:
         relevant = seq.mask & (seq.cats == target_cat.unsqueeze(1))
@@ -140,10 +170,15 @@ class GeneralSearchUnit(nn.Module):
         """
         return torch.einsum("blp,bp->bl", self.w_b(behavior_emb), self.w_a(target_emb))
 
-    def _soft(self, embedding: FeatureEmbedding, seq: Behaviors, target_emb: Tensor) -> SearchResult:
+    def _soft(self, embedding: FeatureEmbedding, seq: Behaviors, target_emb: Tensor,
+              target_cat: Tensor) -> SearchResult:
         e = embedding.behaviors(seq)
         mask = seq.mask
         scores = self.relevance(e, target_emb)
+        if self.prior_dim > 0:
+            rows = self.prior.shape[0]
+            p_i, p_a = self.prior[hash_ids(seq.cats, rows)], self.prior[hash_ids(target_cat, rows)]
+            scores = scores + self.prior_scale * torch.einsum("blp,bp->bl", p_i, p_a)
         if self.aux_pooling == "softmax":
             weights = masked_softmax(scores, mask)
         else:

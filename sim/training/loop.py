@@ -28,6 +28,7 @@ from sim.config.experiment import SPLITS
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
 from sim.training.device import Placement, place, to_device
 from sim.training.loader import ShardedLoader
+from sim.training.search_prior import fill_search_prior
 
 log = logging.getLogger("sim.train")
 
@@ -135,6 +136,8 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     np.random.seed(seed)
 
     model = build_model(cfg["model"]["name"], {k: v for k, v in cfg["model"].items() if k != "name"})
+    if rank == 0 and not resume:  # the other ranks take it with rank 0's weights below
+        fill_search_prior(model, manifest.files["train"])
     model.to(placement.device)  # before the optimizer: its state follows the parameters' device
     optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model,
                                           through_host=placement.through_host)
@@ -266,9 +269,12 @@ def _search_mode(model) -> str | None:
 
 
 def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Oracle AUCs (synthetic data) and the item-popularity AUC on the test impressions."""
+    """Oracle AUCs (synthetic data), the item-popularity AUC and the gradient-boosting reference on the
+    test impressions, with the test rows' hard-search and long-length statistics
+    (:mod:`sim.training.reference`, on the manifest's files: the same figure for every run of a split)."""
     from sim.adapters import delta_io
     from sim.training.evaluation import oracle_metrics, popularity_auc
+    from sim.training.reference import gbdt_reference
 
     out = oracle_metrics(pred)
     behaviors = delta_io.table_path(cfg["lakehouse"], "behaviors")
@@ -276,6 +282,10 @@ def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.nda
         out["popularity_auc"] = popularity_auc(pred, behaviors, date_range(cfg, "test")[0])
     except Exception as e:  # a reference row only: never fail a finished training for it
         log.warning("item popularity reference not computed from %s: %s", behaviors, e)
+    try:
+        out.update(gbdt_reference(manifest, behaviors))
+    except Exception as e:  # likewise
+        log.warning("gradient-boosting reference not computed for %s: %s", manifest.samples_path, e)
     return out
 
 
