@@ -14,17 +14,21 @@ from sim.adapters import tracking
 
 
 def _log_run(uri: str, model: str, seed: int, aucs: list[float], pred: pd.DataFrame,
-             dataset: str = "synthetic", diag: dict | None = None) -> None:
+             dataset: str = "synthetic", diag: dict | None = None, refs: dict | None = None) -> None:
     """A training run as sim.train logs it: validation metrics per epoch, then the test metrics of the
-    picked epoch (here the last) with the reference rows."""
+    picked epoch (here the last) with the reference rows (``refs``: the gradient-boosting reference and
+    the test rows' statistics, which runs logged before them lack)."""
     with tracking.run("cmp", run_name=model, uri=uri):
         tracking.log_params({"model": {"name": model}, "dataset": dataset, "train": {"seed": seed}})
         for step, a in enumerate(aucs, start=1):
             tracking.log_metrics({"val_auc": a - 0.02, **(diag or {})}, step=step)
         tracking.log_metrics({"auc": aucs[-1], "gauc": aucs[-1] - 0.01, "logloss": 0.5,
                               "best_epoch": len(aucs), "oracle_auc": 0.85, "oracle_short_auc": 0.75,
-                              "popularity_auc": 0.55})
+                              "popularity_auc": 0.55, **(refs or {})})
         tracking.log_table(pred, "test_predictions.parquet")
+
+
+SYNTHETIC_REFS = {"gbdt_auc": 0.7, "hard_nonempty_share": 0.625, "long_len_median": 312.0}
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ def store(tmp_path):
             _log_run(uri, model, seed, [0.6, 0.65 + 0.01 * seed + (0.05 if model == "sim_soft" else 0)],
                      pd.DataFrame({"impression_id": np.arange(n), "user_id": np.arange(n) % 20,
                                    "label": label, "d_category": d_cat, "long_len": 10, "score": score}),
-                     diag=diag)
+                     diag=diag, refs=SYNTHETIC_REFS)
     # Another dataset in the same experiment must not mix into the synthetic rows.
     _log_run(uri, "din", 1, [0.7, 0.8], pd.DataFrame({"impression_id": np.arange(n), "user_id": np.arange(n) % 20,
                                                      "label": label, "d_category": d_cat, "long_len": 10,
@@ -65,6 +69,15 @@ def test_auc_table_mean_std_and_d_category_shift(store, tmp_path):
     din = np.mean([0.66, 0.67, 0.68])
     assert lift.loc[("synthetic", "din"), "short_share"] == pytest.approx((din - 0.5) / 0.25)
     assert lift.loc[("synthetic", "sim_soft"), "oracle_share"] == pytest.approx((0.72 - din) / (0.85 - din))
+    # Gradient boosting is a reference: its own row per dataset that logged it, read like a model.
+    assert lift.loc[("synthetic", "gbdt (reference)"), "oracle_share"] == pytest.approx((0.7 - din) / (0.85 - din))
+    assert ("ml-100k", "gbdt (reference)") not in lift.index  # its run logged no gbdt_auc
+    refs = res["reference_table"].set_index("dataset")
+    assert refs.loc["synthetic", "gbdt_auc"] == pytest.approx(0.7) and np.isnan(refs.loc["ml-100k", "gbdt_auc"])
+    lines = {ln[:28].strip(): ln for ln in compare.format_auc_table(res["auc_table"], res["reference_table"]).splitlines()}
+    assert lines["gradient boosting on counts"].split()[-2:] == ["-", "0.7000"]  # ml-100k, then synthetic
+    assert lines["hard search non-empty"].split()[-2:] == ["-", "62.5%"]
+    assert lines["median long length"].split()[-2:] == ["-", "312"]
     # Diagnostics at the picked epoch, mean over the seeds; models without search have none.
     diag = res["diagnostics_table"].set_index(["dataset", "model"])
     assert diag.loc[("synthetic", "sim_soft"), "gsu_auc_mean"] == pytest.approx(0.62)
@@ -100,6 +113,8 @@ def test_compare_cli_prints_tables(store, tmp_path):
     assert "Test AUC (mean ± std over runs" in proc.stdout and "avg d_category" in proc.stdout
     assert "Search diagnostics" in proc.stdout and "of oracle lift over DIN" in proc.stdout
     assert "Table 3: two-stage search" in proc.stdout
+    assert "gradient boosting on counts" in proc.stdout and "gbdt (reference)" in proc.stdout
+    assert "hard search non-empty" in proc.stdout and "median long length" in proc.stdout
 
 
 def test_compare_without_runs_says_what_to_do(tmp_path):

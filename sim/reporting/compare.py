@@ -3,9 +3,13 @@
 - The paper's Tables 2, 3 and 4 with our test AUCs beside the paper's figures (``PAPER_TABLES``).
 - Test AUC mean ± std over seeds, per model and dataset (the epoch of each run was picked
   on its validation dates), with the reference rows of the same test impressions: the generator's
-  oracles ``p_click`` and ``p_click_short`` (synthetic data) and item popularity (no model).
+  oracles ``p_click`` and ``p_click_short`` (synthetic data), item popularity (no model) and gradient
+  boosting on the counts a samples row holds (:mod:`sim.training.reference`), and two statistics of the
+  test rows that say when long-term models cannot differ from DIN: the share whose hard search is
+  non-empty and the median long-window length.
 - The share of the reachable lift each model recovers: DIN against ``p_click_short`` (the best a
-  short-window model can rank by), every model against the oracle's lift over DIN.
+  short-window model can rank by), every model (and the gradient-boosting reference) against the
+  oracle's lift over DIN.
 - Search diagnostics (:mod:`sim.training.diagnostics`) at the picked epoch: ``gsu_auc``,
   ``topk_same_category``, ``topk_same_topic``, ``hard_soft_overlap``.
 - Validation AUC per epoch per model (learning curves), one panel per dataset.
@@ -41,7 +45,12 @@ MODEL_ORDER = ("din", "dien", "avgpool_long_din", "mimn", "gsu_only_hard", "gsu_
                "sim_hard_time", "sim_soft", "sim_soft_time")
 # Reference rows: (run metric, label). Not models: the same figure for every run of a test set.
 REFERENCES = (("oracle_auc", "oracle p_click"), ("oracle_short_auc", "oracle p_click_short"),
-              ("popularity_auc", "item popularity"))
+              ("popularity_auc", "item popularity"), ("gbdt_auc", "gradient boosting on counts"))
+# Statistics of a dataset's test rows, printed under the references: (run metric, label, format).
+DATA_STATISTICS = (("hard_nonempty_share", "hard search non-empty", "{:.1%}"),
+                   ("long_len_median", "median long length", "{:.0f}"))
+# The reference rows the lift table puts beside the models: (run metric, row name).
+LIFT_REFERENCES = (("gbdt_auc", "gbdt (reference)"),)
 KEY = ["dataset", "model"]
 # The paper's Tables 2-4 (Pi et al. 2020): title, the paper's columns, rows of (the paper's label, our
 # model, the paper's AUC per column or None where the paper has none). Table 3's "Avg-Pooling without
@@ -112,15 +121,23 @@ def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def reference_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset: the reference AUCs of its test impressions (NaN where not logged)."""
-    refs = runs.assign(**{n: _metric(runs, n) for n, _ in REFERENCES})
-    return refs.groupby("dataset")[[n for n, _ in REFERENCES]].mean().reset_index()
+    """One row per dataset: the reference AUCs of its test impressions and the statistics of its test
+    rows (NaN where not logged)."""
+    names = [n for n, _ in REFERENCES] + [n for n, *_ in DATA_STATISTICS]
+    refs = runs.assign(**{n: _metric(runs, n) for n in names})
+    return refs.groupby("dataset")[names].mean().reset_index()
 
 
 def lift_table(table: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, model): ``short_share`` = (AUC - 0.5) / (oracle_short - 0.5), the share of the
     short-window oracle's lift over chance; ``oracle_share`` = (AUC - AUC_din) / (oracle - AUC_din),
-    the share of the oracle's lift over DIN a model recovers (SIM's part of the gap)."""
+    the share of the oracle's lift over DIN a model recovers (SIM's part of the gap). The references of
+    :data:`LIFT_REFERENCES` get a row of their own per dataset that logged them (after the models)."""
+    extra = [pd.DataFrame({"dataset": refs.dataset, "model": name, "auc_mean": refs[metric]})
+             for metric, name in LIFT_REFERENCES if metric in refs]
+    extra = [e[e.auc_mean.notna()] for e in extra]
+    table = pd.concat([table[KEY + ["auc_mean"]], *extra], ignore_index=True)
+    table = table.sort_values("dataset", kind="stable").reset_index(drop=True)
     t = table.merge(refs, on="dataset", how="left")
     din = t[t.model == "din"].set_index("dataset").auc_mean
     t["din_auc"] = t.dataset.map(din)
@@ -165,23 +182,24 @@ def _cell(mean: float, std: float, n: int | None = None) -> str:
 
 def format_auc_table(table: pd.DataFrame, refs: pd.DataFrame | None = None) -> str:
     """The paper's Table 2 layout: models as rows, one test-AUC column per dataset (mean ± std (n)),
-    then the reference rows."""
+    then the reference rows and the statistics of each dataset's test rows."""
     datasets = list(dict.fromkeys(table.dataset))
-    header = f"{'Model':<22}" + "".join(f"{d:>26}" for d in datasets)
+    header = f"{'Model':<28}" + "".join(f"{d:>26}" for d in datasets)
     lines = [header, "-" * len(header)]
     for m in _order(table.model):
         cells = []
         for d in datasets:
             r = table[(table.model == m) & (table.dataset == d)]
             cells.append(_cell(r.auc_mean.iloc[0], r.auc_std.iloc[0], int(r.runs.iloc[0])) if len(r) else "-")
-        lines.append(f"{m:<22}" + "".join(f"{c:>26}" for c in cells))
+        lines.append(f"{m:<28}" + "".join(f"{c:>26}" for c in cells))
     if refs is not None and not refs.empty:
         lines.append("-" * len(header))
-        for metric, label in REFERENCES:
-            vals = [refs.set_index("dataset")[metric].get(d, np.nan) for d in datasets]
+        by_dataset = refs.set_index("dataset")
+        for metric, label, fmt in [(m, label, "{:.4f}") for m, label in REFERENCES] + list(DATA_STATISTICS):
+            vals = [by_dataset[metric].get(d, np.nan) if metric in by_dataset else np.nan for d in datasets]
             if all(v != v for v in vals):
                 continue
-            lines.append(f"{label:<22}" + "".join(f"{'-' if v != v else f'{v:.4f}':>26}" for v in vals))
+            lines.append(f"{label:<28}" + "".join(f"{'-' if v != v else fmt.format(v):>26}" for v in vals))
     return "\n".join(lines)
 
 
