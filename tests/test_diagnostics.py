@@ -14,8 +14,6 @@ from sim.training.diagnostics import (hard_search_selection, item_topic_lookup, 
 from sim.training.evaluation import oracle_metrics  # noqa: E402
 from sim.models import build_model  # noqa: E402
 
-torch.set_num_threads(2)
-
 # Items 1..9: topic of item i is 1 for i <= 5, else 2; item 9 is not in the topic table.
 TOPICS = item_topic_lookup(np.arange(1, 9), np.array([1, 1, 1, 1, 1, 2, 2, 2]))
 
@@ -59,8 +57,11 @@ def test_oracle_metrics_skip_data_without_an_oracle():
     assert oracle_metrics(pred) == {"oracle_auc": 1.0}
 
 
+PLANT = 8  # behaviors of the candidate's topic in a clicked row (of 20); see the learning test
+
+
 def _topic_batch(rng: np.random.Generator, b: int = 256, length: int = 20, n_cats: int = 40, n_topics: int = 8,
-                 plant: int = 4):
+                 plant: int = PLANT):
     """Topic-structured rows: category c belongs to topic (c - 1) mod 8 + 1. A clicked row holds ``plant``
     behaviors of the candidate's topic in *other* categories than the candidate's; every other behavior is
     of another topic. Only a search that learned which categories share a topic finds the evidence."""
@@ -83,15 +84,25 @@ def _topic_batch(rng: np.random.Generator, b: int = 256, length: int = 20, n_cat
     return batch, item_topic_lookup(all_items, topic((all_items - 1) % n_cats + 1))
 
 
-def test_soft_search_learns_to_retrieve_the_candidates_topic():
-    """A few hundred steps of sim_soft (default aux pooling) raise topk_same_topic far above its value at
-    initialisation (about the topic's share of a clicked row, 4 of 20, over half the rows)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_soft_search_learns_to_retrieve_the_candidates_topic(threads):
+    """400 steps of sim_soft (default aux pooling) raise topk_same_topic from its value at initialisation
+    (chance: the topic's share of a clicked row, 8 of 20, over half the rows, about 0.2) towards its
+    ceiling (about 0.5: unclicked rows hold no behavior of the topic), on one thread and on two.
+
+    Learning is a sudden take-off whose step depends on the seed and on the order floating-point sums
+    run in (torch's thread count, the CPU). With 4 planted behaviors of 20 it came anywhere between 200
+    and more than 1,200 steps over seeds 0-6 on one thread, and this test (then 400 steps, seed 0)
+    failed on one thread (0.300 against 0.311) where it passed on two. With 8 of 20 it came within
+    150-200 steps for seeds 0-7 on one thread and on two, after 400 steps at 0.44-0.48, 0.25-0.29 above
+    the start: the 0.2 asked keeps a margin whatever the thread count."""
+    torch.set_num_threads(threads)  # the autouse fixture (conftest.py) restores the count afterwards
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     model = build_model("sim_soft", {"item_buckets": 1009, "category_buckets": 101, "emb_dim": 8,
                                      "mlp_dims": [32, 16], "attention_dims": [16], "soft_k": 4,
                                      "gsu_proj_dim": 16, "esu_proj_dim": 8})
-    fixed, topics = _topic_batch(np.random.default_rng(99), b=512)
+    fixed, topics = _topic_batch(np.random.default_rng(99), b=512, plant=PLANT)
 
     def same_topic() -> float:
         model.eval()
@@ -103,10 +114,10 @@ def test_soft_search_learns_to_retrieve_the_candidates_topic():
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
     for _ in range(400):
-        batch, _ = _topic_batch(rng)
+        batch, _ = _topic_batch(rng, plant=PLANT)
         loss = model.loss(model(batch), batch["label"])
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = same_topic()
-    assert before < 0.15 and after > before + 0.2, (before, after)
+    assert before < 0.25 and after > before + 0.2, (before, after)
