@@ -173,6 +173,36 @@ def test_movielens_recbole(spark, tmp_path):
     assert {r.item_id for r in neg if r.user_id == 1} == {40}
 
 
+
+def test_every_behavior_protocol_import_records_its_settings(spark, tmp_path):
+    """--protocol every through the import: a positive per behavior after the user's first, and the
+    protocol in the behaviors and impressions commits; another negatives scheme is another write."""
+    from sim.adapters.delta_io import job_commits
+    from sim.inputs.importers import Protocol
+    d = tmp_path / "ml-100k"
+    d.mkdir()
+    _write(d / "ml-100k.inter", RECBOLE_INTER)
+    _write(d / "ml-100k.item", RECBOLE_ITEM)
+    lake = tmp_path / "lake"
+    p = Protocol(mode="every", negatives="popularity", min_user_behaviors=2)
+    report = run_import(spark, "movielens", str(d), str(lake), max_reject_ratio=0.9, now_ts=NOW, protocol=p)
+    beh, imp, _ = _tables(spark, lake)
+    pos = sorted((r.user_id, r.item_id) for r in imp.where("label = 1").collect())
+    assert pos == [(1, 20), (1, 30), (2, 40)]  # user 1: 10, 20, 30; user 2: 10, 40 (time order)
+    touched = {(r.user_id, r.item_id) for r in beh.collect()}
+    assert all((r.user_id, r.item_id) not in touched for r in imp.where("label = 0").collect())
+    assert report.notes["positives"] == 3
+    assert report.notes["negatives"] + report.notes["missing_negatives"] == 3
+    expected = {"seed": 7, "protocol": "every", "attempts": 20, "min_history": 1, "negatives_per_positive": 1,
+                "negatives": "popularity", "min_user_behaviors": 2, "same_time": "order"}
+    for table in ("behaviors", "impressions"):
+        assert job_commits(spark, table_path(str(lake), table))[-1].metadata["import"] == expected
+    again = run_import(spark, "movielens", str(d), str(lake), max_reject_ratio=0.9, now_ts=NOW,
+                       protocol=Protocol(mode="every"))
+    assert again.committed["impressions"]
+    assert job_commits(spark, table_path(str(lake), "impressions"))[-1].metadata["import"]["negatives"] == "uniform"
+
+
 def test_movielens_ml100k_grouplens(spark, tmp_path):
     d = tmp_path / "ml-100k"
     d.mkdir()
@@ -220,7 +250,7 @@ def test_movielens_latest_csv(spark, tmp_path):
     assert _reasons(rej) == Counter({"malformed_line": 1, "bad_rating": 1, "ts_in_future": 1})
     pos, neg = _check_protocol(beh, imp, users_with_targets=[1])  # user 2 has one accepted behavior
     # User 1 touched every item of the catalog: no negative exists, and the report says so.
-    assert (imp.count(), len(neg), report.notes["targets_without_negative"]) == (1, 0, 1)
+    assert (imp.count(), len(neg), report.notes["missing_negatives"]) == (1, 0, 1)
 
 
 # Amazon --------------------------------------------------------------------------------------------

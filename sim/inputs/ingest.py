@@ -26,7 +26,9 @@ from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, date_range
 from sim.inputs.generator.settings import ITEM_TOPICS_TABLE, GeneratorConfig
 from sim.inputs.generator.impressions import auc_by_date, generate_impressions, item_topics
 from sim.inputs.generator.behaviors import generate_behaviors, user_profiles
-from sim.inputs.importers import import_inputs, next_behavior_impressions
+from sim.config import ConfigError
+from sim.inputs.importers import (SAME_TIME, Protocol, import_inputs, order_same_time, protocol_impressions,
+                                   users_below)
 from sim.inputs.validation import (ValidationCounts, check_counts, classify_behaviors,
                                    classify_impressions, counts_of, enforce_reject_ratio, reason_counts,
                                    split)
@@ -97,7 +99,7 @@ class IngestReport:
 def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None,
                behavior_dates: tuple[str, str] | None, impressions: DataFrame | None,
                impression_dates: tuple[str, str] | None, rejects: DataFrame, run_date: str,
-               sources: Sequence[str], report: IngestReport) -> None:
+               sources: Sequence[str], report: IngestReport, metadata: Mapping | None = None) -> None:
     # Rejects first, like every stage (sim.inputs.rejects): the data commits are what a re-run checks.
     report.committed[REJECTS_TABLE] = write_rejects(rejects.sparkSession, lakehouse,
                                                     to_rejects(rejects, run_date), run_date, sources,
@@ -110,7 +112,7 @@ def _write_all(lakehouse: str, job: str, fp: str, *, behaviors: DataFrame | None
         if df is not None and dates:
             report.committed[table] = write_log_table(
                 to_canonical(df), lakehouse, table, job=job, label=f"{dates[0]}..{dates[1]}",
-                replace_where=date_range_predicate(*dates), fp=fp)
+                replace_where=date_range_predicate(*dates), fp=fp, extra_metadata=metadata)
             report.dates[table] = dates
 
 
@@ -175,11 +177,26 @@ def input_fingerprint(paths: Sequence[str], options: Mapping) -> str:
 
 def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakehouse: str, *,
                max_reject_ratio: float, date_range: tuple[str | None, str | None] = (None, None),
-               seed: int = 7, targets_per_user: int = 1, max_negative_attempts: int = 20,
-               run_date: str | None = None, now_ts: int | None = None) -> IngestReport:
-    """Import a public dataset (:mod:`sim.inputs.importers`), validate it and write the canonical tables."""
+               seed: int = 7, protocol: Protocol | None = None, targets_per_user: int | None = None,
+               same_time: str = "order", run_date: str | None = None,
+               now_ts: int | None = None) -> IngestReport:
+    """Import a public dataset (:mod:`sim.inputs.importers`), validate it and write the canonical tables.
+
+    ``protocol`` picks the impressions (:class:`sim.inputs.importers.Protocol`; default: the last
+    behavior of each user, ``targets_per_user`` a shortcut for the last-N mode); ``same_time``
+    ``order`` gives a user's behaviors sharing a timestamp distinct seconds first
+    (:mod:`sim.inputs.importers.same_time`), ``keep`` leaves the times as read. Both, with the seed,
+    are recorded in the behaviors and impressions commits (userMetadata ``import``, see
+    :func:`import_settings`) and in their fingerprint (with the input files).
+    """
     start = time.time()
     now_ts = int(time.time()) if now_ts is None else now_ts
+    if protocol is None:
+        protocol = Protocol(mode="last", targets_per_user=targets_per_user or 1)
+    elif targets_per_user is not None:
+        raise ConfigError("give targets_per_user inside the protocol, not beside it")
+    if same_time not in SAME_TIME:
+        raise ConfigError(f"same_time {same_time!r} is not one of {', '.join(SAME_TIME)}")
     job = f"import_dataset.{fmt}"
     ins = import_inputs(spark, fmt, inputs, date_range=date_range, now_ts=now_ts)
     checked = []
@@ -190,10 +207,12 @@ def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakeh
     report = IngestReport(job, checked)
     enforce_ratios(checked, max_reject_ratio)
     accepted = beh.accepted
+    if same_time == "order":
+        # Read by the protocol's windows, the catalog, the touched pairs and the write: computed once.
+        accepted = order_same_time(accepted).persist(StorageLevel.MEMORY_AND_DISK)
     rng = accepted.agg(F.min("dt").alias("a"), F.max("dt").alias("b")).first()
     behavior_dates = (rng["a"], rng["b"]) if rng["a"] else None
-    impressions = next_behavior_impressions(accepted, seed=seed, targets_per_user=targets_per_user,
-                                            max_negative_attempts=max_negative_attempts)
+    impressions = protocol_impressions(accepted, protocol, seed=seed)
     impressions = impressions.persist(StorageLevel.MEMORY_AND_DISK)
     imp_stats = impressions.agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos"),
                                 F.min("dt").alias("a"), F.max("dt").alias("b")).first()
@@ -201,19 +220,30 @@ def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakeh
     impression_dates = (imp_stats["a"], imp_stats["b"]) if n_imp else None
     run_date = run_date or (behavior_dates[1] if behavior_dates else time.strftime("%Y-%m-%d", time.gmtime()))
     paths = [l.path for l in ins.behavior_lines + ins.item_lines]
-    fp = input_fingerprint(paths, {"fmt": fmt, "date_range": list(date_range), "seed": seed,
-                                   "targets_per_user": targets_per_user, "attempts": max_negative_attempts,
-                                   "run_date": run_date})
+    settings = {"seed": seed, **import_settings(protocol, same_time)}
+    fp = input_fingerprint(paths, {"fmt": fmt, "date_range": list(date_range), **settings, "run_date": run_date})
     rejects = _union([c.rejects for c in checked])
     _write_all(lakehouse, job, fp, behaviors=accepted, behavior_dates=behavior_dates,
                impressions=impressions.drop("target_rank"), impression_dates=impression_dates,
-               rejects=rejects, run_date=run_date, sources=[c.name for c in checked], report=report)
+               rejects=rejects, run_date=run_date, sources=[c.name for c in checked], report=report,
+               metadata={"import": settings})
     report.written = {BEHAVIORS_TABLE: beh.counts.accepted, IMPRESSIONS_TABLE: n_imp,
                       REJECTS_TABLE: sum(c.counts.rejected for c in checked)}
-    report.notes = {"positives": n_pos, "negatives": n_imp - n_pos,
-                    "targets_without_negative": n_pos - (n_imp - n_pos)}
+    n_neg = n_imp - n_pos
+    report.notes = {"protocol": protocol.mode, "positives": n_pos, "negatives": n_neg,
+                    "missing_negatives": n_pos * protocol.negatives_per_positive - n_neg}
+    if protocol.min_user_behaviors > 1:
+        report.notes["users_below_min_behaviors"] = users_below(accepted, protocol.min_user_behaviors)
     impressions.unpersist()
+    if same_time == "order":
+        accepted.unpersist()
     report.release()
     report.seconds = time.time() - start
     return report
 
+
+def import_settings(protocol: Protocol, same_time: str) -> dict:
+    """The options that decide an import's rows besides its inputs, seed and dates. ``attempts`` and
+    ``targets_per_user`` keep the keys they always had."""
+    s = protocol.settings()
+    return {"protocol": s.pop("mode"), "attempts": s.pop("max_negative_attempts"), **s, "same_time": same_time}

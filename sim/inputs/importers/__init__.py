@@ -28,9 +28,13 @@ Mapping onto the canonical schema
 
 Public-data protocol
 --------------------
-:func:`next_behavior_impressions` (:mod:`sim.inputs.importers.protocol`; Pi et al. 2020 sec. 5.1, Pi et al.
-2019 (MIMN)) turns the accepted behaviors of any format into impressions: per user, the last behavior is
-a positive, an item the user never touched a negative.
+:func:`protocol_impressions` (:mod:`sim.inputs.importers.protocol`; DIN / DIEN / MIMN / SIM) turns the
+accepted behaviors of any format into impressions: ``every`` (the papers) makes each behavior after a
+user's first ``min_history`` a positive with ``negatives_per_positive`` items the user never touched as
+negatives (``uniform`` or in proportion to ``popularity``); ``last`` (the job's default) only the user's
+last ``targets_per_user`` behaviors. Before that, :func:`order_same_time` (:mod:`sim.inputs.importers.same_time`) gives a user's
+behaviors that share a timestamp (Amazon's day-granular times, MovieLens's rating batches) distinct
+seconds in a fixed order, so a target's history holds every behavior before it.
 """
 from __future__ import annotations
 
@@ -44,14 +48,17 @@ from sim.inputs.importers.amazon import (amazon_meta_raw, amazon_ratings_csv_raw
 from sim.inputs.importers.common import LIKED_RATING, ImportInputs, Lines, list_inputs, read_lines
 from sim.inputs.importers.movielens import (ML100K_GENRES, atomic_columns, import_movielens, ml100k_items_raw,
                                             movielens_layout, movies_csv_raw, movies_dat_raw)
-from sim.inputs.importers.protocol import next_behavior_impressions
+from sim.inputs.importers.protocol import (NEGATIVE_SCHEMES, PROTOCOLS, Protocol, protocol_impressions,
+                                          users_below)
+from sim.inputs.importers.same_time import SAME_TIME, order_same_time
 from sim.inputs.importers.taobao import TAOBAO_DATE_RANGE, import_taobao, taobao_raw
 
-__all__ = ["FORMATS", "IMPORTERS", "ImportInputs", "LIKED_RATING", "Lines", "ML100K_GENRES", "TAOBAO_DATE_RANGE",
-           "amazon_meta_raw", "amazon_ratings_csv_raw", "amazon_reviews_json_raw", "atomic_columns",
-           "import_amazon", "import_inputs", "import_movielens", "import_taobao", "list_inputs",
-           "ml100k_items_raw", "movielens_layout", "movies_csv_raw", "movies_dat_raw",
-           "next_behavior_impressions", "read_lines", "taobao_raw"]
+__all__ = ["FORMATS", "IMPORTERS", "ImportInputs", "LIKED_RATING", "Lines", "ML100K_GENRES", "NEGATIVE_SCHEMES",
+           "PROTOCOLS", "Protocol", "SAME_TIME", "TAOBAO_DATE_RANGE", "amazon_meta_raw", "amazon_ratings_csv_raw",
+           "amazon_reviews_json_raw", "atomic_columns", "import_amazon", "import_inputs", "import_movielens",
+           "import_taobao", "list_inputs", "ml100k_items_raw", "movielens_layout", "movies_csv_raw",
+           "movies_dat_raw", "order_same_time", "protocol_impressions", "read_lines", "taobao_raw",
+           "users_below"]
 
 FORMATS = ("taobao", "movielens", "amazon")
 IMPORTERS = {"taobao": import_taobao, "movielens": import_movielens, "amazon": import_amazon}
