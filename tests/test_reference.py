@@ -28,29 +28,29 @@ def _table(rows: list[dict]) -> pa.Table:
 
 def test_row_features_on_a_hand_made_table():
     # Row 0: candidate item 7 of category 3. Short: items 7(c3) 8(c3) 7(c3) 9(c5); long (newest first):
-    # 5(c1) 7(c3) 6(c3) 7(c3) with gaps 2 4 6 9; hard: 7 6 7 (gaps 4 6 9). Row 1: item 2 of category 4,
-    # nothing in the short or hard sequence, long 1(c1) 3(c2).
+    # 5(c1) 7(c3) 6(c3) 7(c3). Row 1: item 2 of category 4, nothing in the short sequence, long 1(c1) 3(c2).
     rows = [
         {"impression_id": 1, "item_id": 7, "category_id": 3, "label": 1, "short_len": 4, "hard_len": 3,
          "long_len": 40, "d_category": 2,
          "short_items": [7, 8, 7, 9], "short_cats": [3, 3, 3, 5],
-         "hard_items": [7, 6, 7], "hard_gaps": [4, 6, 9],
-         "long_items": [5, 7, 6, 7], "long_cats": [1, 3, 3, 3], "long_gaps": [2, 4, 6, 9]},
+         "long_items": [5, 7, 6, 7], "long_cats": [1, 3, 3, 3]},
         {"impression_id": 2, "item_id": 2, "category_id": 4, "label": 0, "short_len": 0, "hard_len": 0,
          "long_len": 2, "d_category": -1,
-         "short_items": [], "short_cats": [], "hard_items": [], "hard_gaps": [],
-         "long_items": [1, 3], "long_cats": [1, 2], "long_gaps": [3, 5]},
+         "short_items": [], "short_cats": [], "long_items": [1, 3], "long_cats": [1, 2]},
+        {"impression_id": 3, "item_id": 4, "category_id": 4, "label": 0, "short_len": 1, "hard_len": 0,
+         "long_len": 0, "d_category": -1, "short_items": [4], "short_cats": [4], "long_items": [],
+         "long_cats": []},
     ]
-    x = reference.row_features(_table(rows), popularity=np.array([11.0, 0.0]))
+    x = reference.row_features(_table(rows), popularity=np.array([11.0, 0.0, 5.0]))
     got = [dict(zip(reference.FEATURES, r)) for r in x]
     assert got[0] == {"item_popularity": 11, "hard_len": 3, "long_len": 40, "short_len": 4,
                       "short_cat_count": 3, "short_item_count": 2, "long_item_count": 2, "d_category": 2,
-                      "hard_newest_gap": 4, "item_newest_gap": 4, "long_cat_share": 0.75}
-    nan = {k for k, v in got[1].items() if v != v}
-    assert nan == {"hard_newest_gap", "item_newest_gap"}
-    assert {k: v for k, v in got[1].items() if k not in nan} == {
-        "item_popularity": 0, "hard_len": 0, "long_len": 2, "short_len": 0, "short_cat_count": 0,
-        "short_item_count": 0, "long_item_count": 0, "d_category": -1, "long_cat_share": 0.0}
+                      "long_cat_share": 0.75}
+    assert got[1] == {"item_popularity": 0, "hard_len": 0, "long_len": 2, "short_len": 0, "short_cat_count": 0,
+                      "short_item_count": 0, "long_item_count": 0, "d_category": -1, "long_cat_share": 0.0}
+    assert np.isnan(got[2].pop("long_cat_share"))  # no long sequence: no share (the model takes NaN)
+    assert got[2] == {"item_popularity": 5, "hard_len": 0, "long_len": 0, "short_len": 1, "short_cat_count": 1,
+                      "short_item_count": 1, "long_item_count": 0, "d_category": -1}
 
 
 def test_item_popularity_is_point_in_time(spark, tmp_path):
@@ -86,15 +86,16 @@ def lakehouse(spark, tmp_path_factory):
     return root
 
 
-def _cfg(root) -> dict:
+def _cfg(root, checkpoints) -> dict:
     return {"lakehouse": str(root), "samples_table": "samples", "train_dates": TRAIN,
-            "valid_dates": [VALID, VALID], "test_dates": [TEST, TEST], "model": {}}
+            "valid_dates": [VALID, VALID], "test_dates": [TEST, TEST], "model": {},
+            "train": {"checkpoint_dir": str(checkpoints)}}
 
 
-def test_reference_reads_exactly_the_rows_of_the_run(spark, lakehouse):
+def test_reference_reads_exactly_the_rows_of_the_run(spark, lakehouse, tmp_path):
     from sim.training.loop import _reference_metrics
 
-    cfg = _cfg(lakehouse)
+    cfg = _cfg(lakehouse, tmp_path / "ckpt")
     manifest = resolve_data(cfg)  # what sim.train reads
     dates = {"train": tuple(TRAIN), "valid": (VALID, VALID), "test": (TEST, TEST)}
     assert reference.manifest_for(str(lakehouse), dates) == manifest
@@ -117,6 +118,24 @@ def test_reference_reads_exactly_the_rows_of_the_run(spark, lakehouse):
     logged = _reference_metrics(cfg, manifest, pred)
     assert {k: logged[k] for k in got} == pytest.approx(got)  # the same figure for every run of the split
     assert 0.0 <= logged["popularity_auc"] <= 1.0
+    assert len(list((tmp_path / "ckpt" / "references").glob("gbdt-*.json"))) == 1  # cached for the next run
+
+
+def test_cached_reference_is_read_back_for_the_same_files_only(spark, lakehouse, tmp_path):
+    behaviors = delta_io.table_path(str(lakehouse), "behaviors")
+    dates = {"train": tuple(TRAIN), "valid": (VALID, VALID), "test": (TEST, TEST)}
+    manifest = reference.manifest_for(str(lakehouse), dates)
+    first = reference.cached_gbdt_reference(manifest, behaviors, tmp_path)
+    [cached] = tmp_path.glob("gbdt-*.json")
+    record = json.loads(cached.read_text())
+    assert record["metrics"] == first and record["samples_version"] == manifest.samples_version
+    record["metrics"]["gbdt_auc"] = -1.0  # marks a figure that can only come from the file
+    cached.write_text(json.dumps(record))
+    assert reference.cached_gbdt_reference(manifest, behaviors, tmp_path)["gbdt_auc"] == -1.0
+    # Another split of the same snapshot is another key: computed, not read.
+    other = reference.manifest_for(str(lakehouse), {**dates, "valid": (TRAIN[1], TRAIN[1])})
+    assert 0.0 <= reference.cached_gbdt_reference(other, behaviors, tmp_path)["gbdt_auc"] <= 1.0
+    assert len(list(tmp_path.glob("gbdt-*.json"))) == 2
 
 
 def test_reference_cli_prints_the_figures(lakehouse, capsys):
