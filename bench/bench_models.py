@@ -8,6 +8,8 @@ This measures forward+backward samples/s and peak memory on CPU (2 threads) for
 - ``sim_soft`` with K = 200 kept out of L (the soft search runs in the model, so it pays for L once),
 - ``din_long``: DIN target attention over all L behaviors (the cost reference; not a paper model),
 - ``mimn``: the MIMN memory written behavior by behavior over all L (a recurrence: L sequential steps),
+  by the fused kernel (``sim.models.mimn_fused``); ``mimn_reference`` the same model written by the torch
+  reference (``mimn_impl: reference``), so one run gives the fused write's speed-up (in the JSON),
 - ``dien``: DIEN over a short sequence of L behaviors (its GRU + AUGRU are recurrences too; in the paper
   DIEN only ever reads the 14-day window, so it is measured as if that window held L behaviors),
 
@@ -37,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("sim_hard", "sim_soft", "din_long", "mimn", "dien")
-RECURRENT = ("mimn", "dien")
+MODELS = ("sim_hard", "sim_soft", "din_long", "mimn", "mimn_reference", "dien")
+RECURRENT = ("mimn", "mimn_reference", "dien")
 
 
 def _rss_mb() -> float:
@@ -76,6 +78,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     name, b = spec["model"], spec["batch"]
     cfg = {"soft_k": spec["k"]}
+    if name == "mimn_reference":
+        name, cfg["mimn_impl"] = "mimn", "reference"
     # din_long (DIN attention over all of long_*) is a long-term part of no named model.
     short_part, long_part = ("din", "din_long") if name == "din_long" else PARTS_OF[name]
     model = compose(short_part, long_part, cfg, name=name)
@@ -170,15 +174,15 @@ def main(argv: list[str] | None = None) -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
     print("memory = peak RSS (ru_maxrss) minus RSS after building model and batch, per subprocess")
     print("L of dien = its short sequence's length; K = behaviors the ESU attends to (sim_*)")
-    print(f"{'model':<10} {'L':>7} {'K':>5} {'batch':>6} {'samples/s':>11} {'ms/sample':>10} "
+    print(f"{'model':<14} {'L':>7} {'K':>5} {'batch':>6} {'samples/s':>11} {'ms/sample':>10} "
           f"{'s/step':>8} {'cpu s/step':>10} {'mem MB':>9} {'MB/sample':>10}")
     for r in rows:
         shown_l = "any" if r["model"] == "sim_hard" else f"{r['length']:,}"
         shown_k = str(r["k"]) if r["model"].startswith("sim_") else "-"
         if "error" in r:
-            print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6}  failed: {r['error']}")
+            print(f"{r['model']:<14} {shown_l:>7} {shown_k:>5} {r['batch']:>6}  failed: {r['error']}")
             continue
-        print(f"{r['model']:<10} {shown_l:>7} {shown_k:>5} {r['batch']:>6} "
+        print(f"{r['model']:<14} {shown_l:>7} {shown_k:>5} {r['batch']:>6} "
               f"{r['samples_per_s']:>11.1f} {1000 / r['samples_per_s']:>10.3f} "
               f"{r['sec_per_step']:>8.2f} {r['cpu_sec_per_step']:>10.2f} "
               f"{r['delta_mb']:>9.1f} {r['delta_mb'] / r['batch']:>10.3f}")
@@ -205,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
                                    "mb_per_sample": round(r["delta_mb"] / r["batch"], 3)}
         if r is not hard and "error" not in hard:
             summary["results"][key]["sim_hard_speedup"] = round(hard["samples_per_s"] / r["samples_per_s"], 2)
+    for length in lengths:
+        fused, ref = (summary["results"].get(f"{m}@L={length}", {}) for m in ("mimn", "mimn_reference"))
+        if "samples_per_s" in fused and "samples_per_s" in ref:
+            ratio = fused["samples_per_s"] / ref["samples_per_s"]
+            print(f"mimn fused write / reference at L={length:,}: {ratio:.1f}x samples/s")
+            summary.setdefault("mimn_fused_speedup", {})[f"L={length}"] = round(ratio, 1)
     print(json.dumps(summary))
 
 

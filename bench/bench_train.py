@@ -17,7 +17,10 @@ schedule, the :class:`~sim.training.loader.ShardedLoader` over the files), then
 and the epochs replay them (:class:`Replay`), so the timed steps are training alone (the loader is
 ``bench/bench_loader.py``'s). An epoch of ``--warmup`` steps comes first (allocations, first Horovod
 cycles), then one of ``--steps`` timed steps, fewer (at least 3) when the warm-up's pace says they would
-take more than ``--budget`` seconds; ``mimn`` writes its memory behavior by behavior (seconds per step) and gets ``--slow-steps``.
+take more than ``--budget`` seconds. ``mimn_reference`` is ``mimn`` with ``model.mimn_impl=reference``
+(its memory written by the torch reference instead of the fused kernel, seconds per step: it gets
+``--slow-steps``); with both rows the run prints the fused write's speed-up over the reference, at one
+process and per process at ``-np 2``, measured in the same run.
 Every model at both process counts took 12 minutes here (machine at load 9).
 
 Threads: one process uses the machine's cores (``train.threads`` = cores, 2 here); under ``-np 2`` each
@@ -50,7 +53,9 @@ from sim.samples.packing import PACKED, SEQUENCES, seq_columns  # noqa: E402
 
 CONFIG = ROOT / "conf" / "experiments.yaml"
 CAPS = {"short": 50, "hard": 200, "long": 1000}  # conf/pipeline.yaml caps: short_cap, hard_k, long_cap
-SLOW = ("mimn",)  # seconds per step at L = 1,000: timed over --slow-steps
+# Rows that are an experiment with overrides: name -> (expid, overrides).
+VARIANTS = {"mimn_reference": ("mimn", ("model.mimn_impl=reference",))}
+SLOW = ("mimn_reference",)  # seconds per step at L = 1,000: timed over --slow-steps
 POOL = 8  # distinct batches a rank replays
 TAG = "bench_train_rank0 "  # prefix of the workers' result lines
 
@@ -58,6 +63,14 @@ TAG = "bench_train_rank0 "  # prefix of the workers' result lines
 def experiment_ids() -> list[str]:
     from sim.config.experiment import load_yaml
     return [k for k in load_yaml(CONFIG) if k != "Base"]
+
+
+def row_names() -> list[str]:
+    """The experiments, each followed by its variants."""
+    out = []
+    for e in experiment_ids():
+        out += [e, *(v for v, (expid, _) in VARIANTS.items() if expid == e)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the rows
@@ -112,7 +125,7 @@ class Replay:
 
 def measure(expid: str, files: list[tuple[str, int]], steps: int, warmup: int = 2, batch_size: int = 256,
             threads: int = 0, workdir: str | None = None, budget_s: float | None = None,
-            min_steps: int = 3) -> dict:
+            min_steps: int = 3, overrides: tuple[str, ...] = ()) -> dict:
     """One model's training on this rank (a Horovod job of any size, or this process alone): samples/s
     over ``steps`` optimizer steps after ``warmup`` of them, and samples per CPU-second of the process.
 
@@ -128,7 +141,8 @@ def measure(expid: str, files: list[tuple[str, int]], steps: int, warmup: int = 
 
     with tempfile.TemporaryDirectory(dir=workdir, prefix="bench_train_") as tmp:
         cfg = load_experiment(CONFIG, expid, [f"lakehouse={tmp}", f"train.checkpoint_dir={tmp}/ckpt",
-                                              f"train.batch_size={batch_size}", f"train.threads={threads}"])
+                                              f"train.batch_size={batch_size}", f"train.threads={threads}",
+                                              *overrides])
         manifest = DataManifest(str(Path(files[0][0]).parent), 0, {s: list(files) for s in ("train", "valid", "test")})
         s = setup(cfg, manifest, resume=False)
         s.loader = Replay(list(itertools.islice(s.loader.epoch(0), POOL)), warmup)
@@ -153,13 +167,15 @@ def worker(spec: dict) -> None:
     from sim.adapters import hvd
 
     hvd.init()
-    for expid in spec["models"]:
-        slow = expid in SLOW
+    for name in spec["models"]:
+        slow = name in SLOW
+        expid, overrides = VARIANTS.get(name, (name, ()))
         r = measure(expid, [tuple(f) for f in spec["files"]], spec["slow_steps"] if slow else spec["steps"],
                     spec["slow_warmup"] if slow else spec["warmup"], spec["batch_size"], spec["threads"],
-                    budget_s=spec["budget_s"])
+                    budget_s=spec["budget_s"], overrides=tuple(overrides))
+        r["model"] = name
         per_rank = hvd.allgather(torch.tensor([[r["samples_per_s"], r["samples_per_cpu_s"]]], dtype=torch.float64),
-                                 name=f"bench.{expid}")
+                                 name=f"bench.{name}")
         if hvd.rank() == 0:
             r.update(np=hvd.size(), rank_samples_per_s=per_rank[:, 0].tolist(),
                      rank_samples_per_cpu_s=per_rank[:, 1].tolist())
@@ -192,7 +208,7 @@ def run(np_: int, spec: dict) -> dict[str, dict]:
 
 
 def main() -> None:
-    models = experiment_ids()
+    models = row_names()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=models, choices=models)
     p.add_argument("--steps", type=int, default=40, help="timed steps per model (at most; see --budget)")
@@ -204,7 +220,7 @@ def main() -> None:
     p.add_argument("--slow-warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="process counts to run")
-    p.add_argument("--quick", action="store_true", help="a smoke run: batch 128, up to 5 timed steps or 3 s (mimn 1)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: batch 128, up to 5 timed steps or 3 s (mimn_reference 1)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -245,9 +261,17 @@ def main() -> None:
             return f"{format(v, fmt) if v is not None else '-':>{width}}"
         print(f"{m:<18}{cell('np1', 10)}{cell('per_process', 15)}{cell('total', 13)}{cell('ratio', 8, '.2f')}"
               f"{cell('per_cpu_s', 16)}")
+    speedup = {}
+    fused, ref = figures.get("mimn"), figures.get("mimn_reference")
+    if fused and ref:
+        # Same run, same rows: the fused MIMN write's samples/s over the reference's.
+        for k in ("np1", "per_process"):
+            if fused.get(k) and ref.get(k):
+                speedup[k] = round(fused[k] / ref[k], 1)
+        print("mimn fused write / reference: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedup.items()))
     print(json.dumps({"bench": "bench_train", "batch_size": args.batch_size, "steps": args.steps, "budget_s": args.budget,
                       "slow_steps": args.slow_steps, "cores": cores, "np": args.np, "load_avg": round(load, 1),
-                      "samples_per_s": figures}))
+                      "samples_per_s": figures, "mimn_fused_speedup": speedup}))
 
 
 if __name__ == "__main__":

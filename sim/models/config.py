@@ -74,6 +74,9 @@ class ModelConfig(BaseModel):
         1, description="slots whose Memory Induction Unit state each behavior updates (those read most)")
     mimn_util_reg: NonNegativeFloat = Field(
         1.0, description="weight of MIMN's memory utilisation regulariser in the loss")
+    mimn_impl: Literal["fused", "reference"] = Field(
+        "fused", description="how MIMN writes its memory: one compiled pass per row (sim.models.mimn_fused) "
+                             "or the torch reference it is tested against; same results to float tolerance")
     dien_aux_weight: NonNegativeFloat = Field(
         1.0, description="weight of DIEN's next-behavior auxiliary loss in the loss")
     count_features: bool = Field(

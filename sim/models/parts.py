@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sim.models.baselines import DIEN, MIMN
+from sim.models.baselines import DIEN
 from sim.models.counts import (LONG_FEATURES, POOL_COUNTS, SHORT_FEATURES, long_features, scale_by_count,
                                sequence_counts)
 from sim.models.layers import Behaviors, FeatureEmbedding, TargetAttention, masked_mean
+from sim.models.mimn import MIMN
 from sim.models.search import ExactSearchUnit, GeneralSearchUnit, SearchResult
 
 PartOutput = tuple[Tensor, dict[str, Tensor], list[Tensor]]
@@ -228,22 +229,22 @@ class DINLong(_WholeLong):
 
 
 class MIMNLong(_WholeLong):
-    """MIMN's memory written in behavior order and read by the target (``sim.models.baselines.MIMN``);
+    """MIMN's memory written in behavior order and read by the target (``sim.models.mimn.MIMN``);
     outputs ``memory_read``, ``miu_read``, ``memory_usage`` and ``mimn_util_loss``, weighted by
     ``util_reg`` in the loss.
 
     Args:
-        dim: E. slots, controller_dim, miu_topk, attention_dims: see ``MIMN``.
+        dim: E. slots, controller_dim, miu_topk, attention_dims, impl: see ``MIMN``.
         util_reg: weight of the memory utilisation regulariser (>= 0).
     """
 
     def __init__(self, dim: int, slots: int, controller_dim: int, miu_topk: int,
-                 attention_dims: Sequence[int], util_reg: float = 1.0) -> None:
+                 attention_dims: Sequence[int], util_reg: float = 1.0, impl: str = "fused") -> None:
         super().__init__(dim)
         if util_reg < 0:
             raise ValueError(f"mimn_util_reg must be >= 0, got {util_reg}")
         self.util_reg = float(util_reg)
-        self.memory = MIMN(dim, slots, controller_dim, miu_topk, attention_dims)
+        self.memory = MIMN(dim, slots, controller_dim, miu_topk, attention_dims, impl)
 
     @property
     def out_dim(self) -> int:

@@ -77,7 +77,7 @@ LONG_PARTS: dict[str, LongFactory] = {
     "avgpool": lambda c, dim: AvgPoolLong(dim),
     "din_long": lambda c, dim: DINLong(dim, c.attention_dims, c.din_normalization),
     "mimn": lambda c, dim: MIMNLong(dim, c.mimn_slots, c.mimn_controller_dim, c.mimn_miu_topk,
-                                    c.attention_dims, c.mimn_util_reg),
+                                    c.attention_dims, c.mimn_util_reg, c.mimn_impl),
     "gsu_pool_hard": _searched("hard", esu=False),
     "gsu_pool_soft": _searched("soft", esu=False),
     "sim_hard": _searched("hard", esu=True),
