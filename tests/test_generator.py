@@ -4,6 +4,7 @@ determinism, validation counts)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ from pyspark.sql import functions as F
 from sim.config import ConfigError
 from sim.adapters.delta_io import read_table, table_path
 from sim.inputs.generator.settings import DAY, GeneratorConfig
-from sim.inputs.generator.impressions import auc_by_date, click_truth, impression_candidates
-from sim.inputs.generator.behaviors import generate_behaviors, topic_of, user_profiles
+from sim.inputs.generator.impressions import auc_by_date, click_truth, impression_candidates, item_topics
+from sim.inputs.generator.behaviors import (_home_category, _interest_style, generate_behaviors, style_of, topic_of,
+                                            user_profiles)
 from sim.inputs.ingest import run_generator
 
 SMALL = dict(users=150, impression_days=2, impressions_per_user_day=10, max_behaviors_per_user=3000,
@@ -196,6 +198,112 @@ def test_deterministic_and_partition_independent(spark):
     assert digest(partitions=2) != digest(partitions=2, seed=8)
 
 
+# Item styles (generator.styles_per_category) -------------------------------------------------------
+STYLES_SMALL = dict(users=40, mean_behaviors_per_user=100, max_behaviors_per_user=500, heavy_users=1,
+                    impression_days=2, impressions_per_user_day=5, items=2000, categories=40, topics=8)
+
+
+def rows_digest(df) -> tuple[int, int, int]:
+    """(rows, two sums of a row hash): equal for equal row sets; doubles rounded to 1e-9 so a last-ulp
+    difference of exp() between JVMs does not count."""
+    h = F.xxhash64(*[F.round(c, 9) if t == "double" else F.col(c) for c, t in df.dtypes])
+    r = df.agg(F.count(F.lit(1)), F.sum(h % 1000003), F.sum(F.shiftright(h, 32) % 999983)).first()
+    return tuple(int(x) for x in r)
+
+
+def test_styles_off_gives_the_rows_of_before_styles(spark):
+    """styles_per_category = 0 (the default) keeps the generator's rows exactly: the digests below are
+    those of the generator at commit a722032, before styles existed (tests/test_generator.py's
+    rows_digest of the same config), so a change of the demo's data cannot pass unnoticed."""
+    gc = GeneratorConfig.parse(STYLES_SMALL)
+    assert gc.styles_per_category == 0
+    users = user_profiles(spark, gc)
+    beh = generate_behaviors(users, gc)
+    imp = click_truth(impression_candidates(users, gc), users, beh, gc)
+    topics = item_topics(spark, gc)
+    assert topics.columns == ["item_id", "category_id", "topic_id"]
+    assert rows_digest(beh) == (4314, 15286236, 19159368)
+    assert rows_digest(imp) == (400, 3752413, 5714645)
+    assert rows_digest(topics) == (2000, 4273879, 20904650)
+
+
+def style_share(spark, focus: float) -> float:
+    """The share of long-term behaviors (all behaviors of interest visits, each in its home category)
+    that have their interest's style sigma_k, over (user, category) pairs that are one interest's home."""
+    gc = GeneratorConfig.parse(dict(users=100, mean_behaviors_per_user=200, max_behaviors_per_user=1000,
+                                    heavy_users=0, share_long_term=1.0, share_burst=0.0, cross_category_share=0.0,
+                                    styles_per_category=4, style_focus=focus))
+    users = user_profiles(spark, gc)
+    u, k = F.col("user_id"), F.col("k")
+    interests = users.select("user_id", F.explode(F.sequence(F.lit(0).cast("long"), F.col("n_interests") - 1))
+                             .alias("k"))
+    homes = (interests.select("user_id", _home_category(gc, u, k).alias("category_id"),
+                              _interest_style(gc, u, k).alias("sigma"))
+             .groupBy("user_id", "category_id").agg(F.count(F.lit(1)).alias("n"), F.first("sigma").alias("sigma"))
+             .where("n = 1"))
+    joined = generate_behaviors(users, gc).join(homes, ["user_id", "category_id"])
+    r = joined.agg(F.count(F.lit(1)).alias("n"),
+                   F.avg((style_of(gc, F.col("item_id")) == F.col("sigma")).cast("double")).alias("share")).first()
+    assert r.n > 5000
+    return r.share
+
+
+def test_lasting_interests_keep_their_style(spark):
+    """A behavior of interest k is of style sigma_k with probability style_focus, else of any style:
+    share(f) = f + (1 - f) * share(0), where share(0) is what unfocused picks give by chance."""
+    chance, focused = style_share(spark, 0.0), style_share(spark, 0.8)
+    assert 0.15 < chance < 0.4, chance
+    assert focused == pytest.approx(0.8 + 0.2 * chance, abs=0.02), (focused, chance)
+
+
+def test_click_model_counts_only_behaviors_of_the_candidates_style(spark):
+    """Hand-made rows: one user with one interest (home h, style sigma), behaviors in h of style sigma 30
+    days before the impressions and of another style 20 days before. A candidate of style sigma gets
+    LT = exp(-30 / tau) (its style's last behavior), one of another style LT = 0; without styles both
+    get exp(-20 / tau), the category's last behavior."""
+    tau, bias, lt_w = 60.0, -2.5, 3.0
+    truth = {"favorite_item": 0.0, "bias": bias, "long_term": lt_w, "long_term_decay_days": tau}
+    base = dict(users=1, heavy_users=0, impression_days=1, items=2000, categories=40, topics=8,
+                cross_category_share=0.3, truth=truth)
+    sty = GeneratorConfig.parse(dict(base, styles_per_category=4))
+    user = spark.createDataFrame([(1, 1)], "user_id long, n_interests long")
+    one = F.lit(1).cast("long")
+    h, sigma = (int(v) for v in user.select(_home_category(sty, one, F.lit(0).cast("long")),
+                                            _interest_style(sty, one, F.lit(0).cast("long"))).first())
+    other = (sigma + 1) % 4
+    item = lambda style: h + sty.categories * (style + 4 * 7)  # noqa: E731 - rank 28 + style of category h
+    t = sty.start_ts + (sty.history_days - 1) * DAY + 12 * 3600
+    beh = spark.createDataFrame([(1, item(sigma), h, "pv", t - 30 * DAY), (1, item(other), h, "pv", t - 20 * DAY)],
+                                "user_id long, item_id long, category_id long, behavior_type string, ts long")
+    cands = spark.createDataFrame([(1, 1, item(sigma), h, t, "x"), (2, 1, item(other), h, t, "x")],
+                                  "impression_id long, user_id long, item_id long, category_id long, ts long, "
+                                  "dt string")
+    sig = lambda lt: 1 / (1 + math.exp(-(bias + lt_w * lt)))  # noqa: E731
+    got = {r.impression_id: r.p_click for r in click_truth(cands, user, beh, sty).collect()}
+    assert got[1] == pytest.approx(sig(math.exp(-30 / tau)), abs=1e-12)
+    assert got[2] == pytest.approx(sig(0.0), abs=1e-12) and got[1] > got[2]
+    plain = GeneratorConfig.parse(base)
+    got = {r.impression_id: r.p_click for r in click_truth(cands, user, beh, plain).collect()}
+    assert got[1] == got[2] == pytest.approx(sig(math.exp(-20 / tau)), abs=1e-12)
+
+
+def test_styles_deterministic_with_style_column_and_candidates(spark):
+    """With styles the rows stay a function of the config (not of partitioning) and ``item_topics``
+    gets the style column."""
+    over = dict(STYLES_SMALL, styles_per_category=4)
+
+    def digest(**more):
+        gc = GeneratorConfig.parse(dict(over, **more))
+        b = generate_behaviors(user_profiles(spark, gc), gc)
+        return rows_digest(b), rows_digest(impression_candidates(user_profiles(spark, gc), gc))
+    assert digest(partitions=2) == digest(partitions=5)
+    assert digest(partitions=2)[0] != (4314, 15286236, 19159368)  # the styles change the items
+    gc = GeneratorConfig.parse(over)
+    topics = item_topics(spark, gc).toPandas()
+    assert (topics["style"] == ((topics.item_id - 1) // gc.categories) % 4).all()
+    assert sorted(topics["style"].unique()) == [0, 1, 2, 3]
+
+
 def test_a_54000_behavior_user(spark):
     gc = GeneratorConfig.parse(dict(users=3, heavy_users=1, max_behaviors_per_user=54000))
     b = generate_behaviors(user_profiles(spark, gc), gc).where("user_id = 1")
@@ -209,3 +317,5 @@ def test_config_errors():
         GeneratorConfig.parse({"userz": 3})
     with pytest.raises(ConfigError, match="revisit"):
         GeneratorConfig.parse({"revisit_min_days": 7})
+    with pytest.raises(ConfigError, match="styles_per_category <= items / categories"):
+        GeneratorConfig.parse({"items": 400, "categories": 200, "styles_per_category": 3})

@@ -131,6 +131,10 @@ class GeneratorConfig(Settings):
     favorites_per_category: PositiveInt = 5
     impressions_per_user_day: PositiveInt = 16
     partitions: NonNegativeInt = 0  # 0 = one per ~500k behaviors, at least 2
+    # Item styles (relevance within a category, sim.inputs.generator): 0 = off, today's rows exactly.
+    styles_per_category: NonNegativeInt = 0
+    style_focus: float = Field(0.8, ge=0.0, le=1.0,
+                               description="a lasting interest's behavior is of its style with this probability")
     truth: TruthConfig = Field(default_factory=TruthConfig)
 
     @model_validator(mode="after")
@@ -152,6 +156,8 @@ class GeneratorConfig(Settings):
             problems.append("share_long_term + share_burst must be <= 1")
         if self.interests_min > self.interests_max:
             problems.append("need interests_min <= interests_max")
+        if self.styles_per_category > self.items // self.categories:
+            problems.append("need styles_per_category <= items / categories (each style needs items)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

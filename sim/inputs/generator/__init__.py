@@ -51,6 +51,24 @@ interests (35%: the home category, or with probability x any category of the int
 favorite item with probability 0.3), the recent burst's category (25%), another burst's category (10%)
 or a popular category (30%).
 
+Item styles (``styles_per_category`` S; 0 = off, the rows above exactly). Within a category the click
+model above uses only aggregates (recencies, short-term counts) and the exact favorite item, so SIM's ESU
+(attention over each behavior of the candidate's category) has nothing to select that average pooling
+does not give. With S > 0 relevance also lives *within* a category:
+- an item's style is its popularity rank inside its category mod S: s(item) = floor((item - 1) / C) mod S
+  (hidden, like topics; ``item_topics`` gets a ``style`` column);
+- lasting interest k holds a style sigma_k (uniform in 0..S-1, hash-drawn), the same in every category of
+  its topic. A behavior of interest k is of style sigma_k with probability f = ``style_focus``: a
+  favorite of that style (with the repeat probability; the popular item below when no favorite has the
+  style), else the popular item of the draw moved to that style inside its block of S ranks (about the
+  same popularity); otherwise (1 - f) an item of any style as above. Bursts and noise: any style;
+- a long-term candidate (the 35% above) is of its interest's style with probability 1/2, else of one of
+  the S - 1 other styles (a favorite of that style or a popular item of it, as for behaviors), so
+  candidates of the same category differ in style; the other candidates keep any style;
+- the click model's long-term term reads only behaviors of the candidate's style s = s(a) (below).
+Generate such logs with ``python jobs/generate_logs.py --lakehouse DIR --set generator.styles_per_category=4``
+(``--set generator.style_focus=0.8`` is the default focus).
+
 Hidden click model (``truth:``), using only the user's behaviors with ts < t (point-in-time):
     LT = max_k w_k * [(1 - x) * 1{c = h_k} * exp(-delta_c / tau) + x * 1{topic(c) = tau_k} * exp(-delta_T / tau)]
          long-term interest in the candidate: delta_c = days since the user's last behavior in the
@@ -66,6 +84,14 @@ Hidden click model (``truth:``), using only the user's behaviors with ts < t (po
     label ~ Bernoulli(p_click)
     p_click_short = sigmoid(``bias`` + ``short_term`` * ST): the same model without its long-term terms
          (LT and FAV), the best ranking a model that sees only the last 14 days can be held to.
+With styles (S > 0) LT becomes
+    LT_S = max_k w_k * 1{s(a) = sigma_k} * [(1 - x) * 1{c = h_k} * exp(-delta_{c,s} / tau)
+                                            + x * 1{topic(c) = tau_k} * exp(-delta_{T,s} / tau)]
+         delta_{c,s} = days since the user's last behavior in category c *with an item of style s(a)*,
+         delta_{T,s} = the same over the categories of c's topic: a candidate of a style no interest holds
+         has no long-term term, and its recency is that of the matching behaviors only (which the ESU
+         can single out among the category's behaviors, average pooling cannot). ST, FAV (with a(u, c)
+         as above, style-free) and ``p_click_short`` are unchanged.
 ``long_term`` = ``short_term`` by default: the long-term interest matters as much as the short-term one.
 With x = 0 every visit and every long-term candidate stays in the home category and LT is the
 category-only model (delta_T plays no part): soft search can at best equal hard search. With x = 1 the

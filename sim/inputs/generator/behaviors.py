@@ -41,6 +41,41 @@ def _favorite_item(gc: GeneratorConfig, user: Column, category: Column, f: Colum
     return _item_in_category(gc, category, _floor_mul(F.pow(v, 2.0), gc.items_per_category))
 
 
+# Styles (``styles_per_category`` S > 0): a hidden property of the item id, like topics ------------
+def style_of(gc: GeneratorConfig, item: Column) -> Column:
+    """The style of an item: its popularity rank inside its category mod S (item = c + C * rank)."""
+    return (F.floor((item - 1) / F.lit(gc.categories)) % F.lit(gc.styles_per_category)).cast("long")
+
+
+def _rank_with_style(gc: GeneratorConfig, rank: Column, style: Column) -> Column:
+    """The rank of ``style`` in the block of S ranks holding ``rank`` (the block before it when the
+    catalog's last block is partial), so a styled pick keeps about the popularity of the draw."""
+    s, m = F.lit(gc.styles_per_category), F.lit(gc.items_per_category)
+    styled = rank - rank % s + style
+    return F.when(styled >= m, styled - s).otherwise(styled).cast("long")
+
+
+def _interest_style(gc: GeneratorConfig, user: Column, k: Column) -> Column:
+    """sigma_k, the style lasting interest k holds (in every category of its topic)."""
+    return _floor_mul(_u(gc.seed, "istyle", user, k), gc.styles_per_category)
+
+
+def _item_of_style(gc: GeneratorConfig, user: Column, category: Column, style: Column, favorite: Column,
+                   f: Column, pop: Column) -> Column:
+    """An item of ``style`` in ``category``: with ``favorite`` one of the user's favorites of that style
+    (the ``f``-th share of them), or, when none has it or without ``favorite``, the popular item of draw
+    ``pop`` moved to that style."""
+    fs = F.sequence(F.lit(0).cast("long"), F.lit(gc.favorites_per_category - 1).cast("long"))
+    favorites = F.filter(F.transform(fs, lambda i: _favorite_item(gc, user, category, i)),
+                         lambda it: style_of(gc, it) == style)
+    n = F.size(favorites)
+    # try_: the index is valid wherever n > 0 selects it, even if Spark evaluates the branch eagerly.
+    rank = _floor_mul(F.pow(pop, _ZIPF_ITEM), gc.items_per_category)
+    popular = _item_in_category(gc, category, _rank_with_style(gc, rank, style))
+    return F.when(favorite & (n > 0), F.try_element_at(favorites, (_floor_mul(f, n) + 1).cast("int"))) \
+        .otherwise(popular).cast("long")
+
+
 def topic_of(gc: GeneratorConfig, category: Column) -> Column:
     """The latent topic of a category: every ``topics``-th category shares one."""
     return ((category - 1) % F.lit(gc.topics) + 1).cast("long")
@@ -148,11 +183,18 @@ def generate_behaviors(users: DataFrame, gc: GeneratorConfig) -> DataFrame:
     sec = F.when(is_long, long_sec).when(is_burst, burst_sec).otherwise(noise_sec)
     p_repeat = (F.when(is_long, F.lit(gc.repeat_prob)).when(is_burst, F.lit(gc.repeat_prob / 2))
                 .otherwise(F.lit(0.0)))
+    styled = []
+    if gc.styles_per_category:  # a lasting interest's behavior is of its style with prob style_focus
+        styled = [(is_long & (r("sfocus") < gc.style_focus)).alias("styled"),
+                  _interest_style(gc, u, c_("k")).alias("style_k")]
     df = df.select("user_id", "j", category.cast("long").alias("category_id"), sec.alias("sec"),
-                   p_repeat.alias("p_repeat"))
+                   p_repeat.alias("p_repeat"), *styled)
     c = c_("category_id")
     fav = _favorite_item(gc, u, c, _floor_mul(r("f"), gc.favorites_per_category))
     item = F.when(r("repeat") < c_("p_repeat"), fav).otherwise(_popular_item(gc, c, r("pop")))
+    if styled:
+        item = F.when(c_("styled"), _item_of_style(gc, u, c, c_("style_k"), r("repeat") < c_("p_repeat"),
+                                                   r("f"), r("pop"))).otherwise(item)
     t = r("type")
     btype = F.when(t < _TYPE_CUTS[0][0], _TYPE_CUTS[0][1])
     for cut, name in _TYPE_CUTS[1:]:

@@ -7,10 +7,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.inputs.canonical import dt_of
-from sim.inputs.generator.settings import DAY, GeneratorConfig, LONG_WINDOW_DAYS
+from sim.inputs.generator.settings import DAY, GeneratorConfig, LONG_WINDOW_DAYS, _STYLE_MATCH_SHARE
 from sim.inputs.generator.behaviors import (_burst_category, _favorite_item, _floor_mul, _home_category,
-                                            _interest_category, _interest_topic, _interest_weight,
-                                            _popular_category, _popular_item, _u, topic_of)
+                                            _interest_category, _interest_style, _interest_topic,
+                                            _interest_weight, _item_of_style, _popular_category, _popular_item,
+                                            _u, style_of, topic_of)
 
 
 # Impressions ---------------------------------------------------------------------------------------
@@ -35,19 +36,30 @@ def impression_candidates(users: DataFrame, gc: GeneratorConfig) -> DataFrame:
            .when(F.col("src") < 0.60, _burst_category(gc, u, F.lit(0)))
            .when(F.col("src") < 0.70, _burst_category(gc, u, old_burst))
            .otherwise(_popular_category(gc, r("ccat"))))
+    s = gc.styles_per_category
+    styled = []
+    if s:  # a long-term candidate has the interest's style about half the time, else another style
+        sigma = _interest_style(gc, u, F.col("k"))
+        other = (sigma + 1 + _floor_mul(r("cother"), max(s - 1, 1))) % F.lit(s)  # = sigma when S = 1
+        styled = [(F.col("src") < 0.35).alias("_styled"),
+                  F.when(r("cstyle") < _STYLE_MATCH_SHARE, sigma).otherwise(other).alias("_style")]
     df = df.select("user_id", "m", "ts", cat.alias("category_id"),
-                   ((F.col("src") < 0.35) & (r("cfav") < 0.3)).alias("_as_fav"))
+                   ((F.col("src") < 0.35) & (r("cfav") < 0.3)).alias("_as_fav"), *styled)
     c = F.col("category_id")
     item = F.when(F.col("_as_fav"), _favorite_item(gc, u, c, _floor_mul(r("cf"), gc.favorites_per_category))) \
         .otherwise(_popular_item(gc, c, r("cpop")))
+    if styled:
+        item = F.when(F.col("_styled"), _item_of_style(gc, u, c, F.col("_style"), F.col("_as_fav"), r("cf"),
+                                                       r("cpop"))).otherwise(item)
     impression_id = (u - 1) * per_user + m + 1
     return df.select(impression_id.cast("long").alias("impression_id"), "user_id", item.alias("item_id"),
                      c.cast("long").alias("category_id"), "ts", dt_of(F.col("ts")).alias("dt"))
 
 
 def _max_over_interests(gc: GeneratorConfig, user: Column, category: Column, n_interests: Column,
-                        same_category: Column, same_topic: Column) -> Column:
-    """max_k w_k * [(1 - x) * 1{c = h_k} * same_category + x * 1{topic(c) = tau_k} * same_topic]."""
+                        same_category: Column, same_topic: Column, style: Column | None = None) -> Column:
+    """max_k w_k * [(1 - x) * 1{c = h_k} * same_category + x * 1{topic(c) = tau_k} * same_topic],
+    each term times 1{style = sigma_k} when a candidate's ``style`` is given."""
     x = gc.cross_category_share
     ks = F.sequence(F.lit(0).cast("long"), n_interests - 1)
     topic = topic_of(gc, category)
@@ -56,7 +68,8 @@ def _max_over_interests(gc: GeneratorConfig, user: Column, category: Column, n_i
         tau = _interest_topic(gc, user, k)
         home = F.when(_home_category(gc, user, k, tau) == category, same_category).otherwise(F.lit(0.0))
         other = F.when(tau == topic, same_topic).otherwise(F.lit(0.0))
-        return _interest_weight(k) * (F.lit(1.0 - x) * home + F.lit(x) * other)
+        out = _interest_weight(k) * (F.lit(1.0 - x) * home + F.lit(x) * other)
+        return out if style is None else F.when(_interest_style(gc, user, k) == style, out).otherwise(F.lit(0.0))
 
     return F.aggregate(ks, F.lit(0.0), lambda acc, k: F.greatest(acc, term(k)))
 
@@ -81,18 +94,24 @@ def click_truth(candidates: DataFrame, users: DataFrame, behaviors: DataFrame, g
     Point-in-time: the features of an impression at t come from the user's behaviors with ts < t.
     """
     tc = gc.truth
+    styles = bool(gc.styles_per_category)
+    b_style = [style_of(gc, F.col("item_id")).alias("b_style")] if styles else []
+    k_style = [style_of(gc, F.col("item_id")).alias("k_style")] if styles else []
     b = behaviors.select(F.col("user_id").alias("b_user"), F.col("category_id").alias("b_cat"),
-                         topic_of(gc, F.col("category_id")).alias("b_topic"), F.col("ts").alias("b_ts"))
+                         topic_of(gc, F.col("category_id")).alias("b_topic"), F.col("ts").alias("b_ts"), *b_style)
     keys = candidates.select(F.col("impression_id").alias("k_id"), F.col("user_id").alias("k_user"),
                              F.col("category_id").alias("k_cat"),
-                             topic_of(gc, F.col("category_id")).alias("k_topic"), F.col("ts").alias("k_ts"))
+                             topic_of(gc, F.col("category_id")).alias("k_topic"), F.col("ts").alias("k_ts"), *k_style)
     # Impressions are few next to behaviors: broadcast them and stream the behaviors once, unshuffled.
     hits = b.join(F.broadcast(keys), (F.col("b_user") == F.col("k_user")) & (F.col("b_topic") == F.col("k_topic"))
                   & (F.col("b_ts") < F.col("k_ts")) & (F.col("b_ts") >= F.col("k_ts") - LONG_WINDOW_DAYS * DAY))
     same_cat = F.col("b_cat") == F.col("k_cat")
     short_from = F.col("k_ts") - tc.short_term_days * DAY
-    feats = hits.groupBy("k_id").agg(F.max(F.when(same_cat, F.col("b_ts"))).alias("last_cat_ts"),
-                                     F.max("b_ts").alias("last_topic_ts"),
+    # With styles the long-term recencies count only behaviors of the candidate's style; ST counts all.
+    lasting = (F.col("b_style") == F.col("k_style")) if styles else F.lit(True)
+    feats = hits.groupBy("k_id").agg(F.max(F.when(same_cat & lasting, F.col("b_ts"))).alias("last_cat_ts"),
+                                     (F.max(F.when(lasting, F.col("b_ts"))) if styles else F.max("b_ts"))
+                                     .alias("last_topic_ts"),
                                      F.count(F.when(same_cat & (F.col("b_ts") >= short_from), 1)).alias("n_short"))
     agg = (candidates.join(users.select("user_id", "n_interests"), "user_id")
            .join(feats, F.col("impression_id") == F.col("k_id"), "left")
@@ -104,7 +123,8 @@ def click_truth(candidates: DataFrame, users: DataFrame, behaviors: DataFrame, g
         return F.when(F.col(last_ts).isNull(), F.lit(0.0)).otherwise(F.exp(-days / tc.long_term_decay_days))
 
     agg = agg.select("*", recency("last_cat_ts").alias("_rc"), recency("last_topic_ts").alias("_rt"))
-    lt = _max_over_interests(gc, u, c, F.col("n_interests"), F.col("_rc"), F.col("_rt"))
+    style = style_of(gc, F.col("item_id")) if styles else None
+    lt = _max_over_interests(gc, u, c, F.col("n_interests"), F.col("_rc"), F.col("_rt"), style)
     a = long_term_affinity(gc, u, c, F.col("n_interests"))
     st = F.lit(1.0) - F.exp(-F.col("n_short") / tc.short_term_saturation)
     fav = F.when((a > 0) & is_favorite(gc, u, c, F.col("item_id")), 1.0).otherwise(0.0)
@@ -118,10 +138,12 @@ def click_truth(candidates: DataFrame, users: DataFrame, behaviors: DataFrame, g
 
 
 def item_topics(spark: SparkSession, gc: GeneratorConfig) -> DataFrame:
-    """The hidden catalog structure (item_id, category_id, topic_id), for search diagnostics only."""
+    """The hidden catalog structure (item_id, category_id, topic_id, and ``style`` 0..S-1 when
+    ``styles_per_category`` S > 0), for search diagnostics only."""
     items = spark.range(1, gc.items_per_category * gc.categories + 1).select(F.col("id").alias("item_id"))
     category = ((F.col("item_id") - 1) % F.lit(gc.categories) + 1).cast("long")
-    return items.select("item_id", category.alias("category_id"), topic_of(gc, category).alias("topic_id"))
+    style = [style_of(gc, F.col("item_id")).alias("style")] if gc.styles_per_category else []
+    return items.select("item_id", category.alias("category_id"), topic_of(gc, category).alias("topic_id"), *style)
 
 
 def auc_by_date(impressions: DataFrame, score: str) -> dict[str, float]:

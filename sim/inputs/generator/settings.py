@@ -15,4 +15,5 @@ _ZIPF_CATEGORY = 2.0
 _ZIPF_ITEM = 3.0
 _INTEREST_SKEW = 1.5
 _SESSION_SECONDS = 2 * 3600
+_STYLE_MATCH_SHARE = 0.5  # a long-term candidate has its interest's style this often (styles on)
 _TYPE_CUTS = ((0.85, "pv"), (0.91, "cart"), (0.96, "fav"))
