@@ -78,12 +78,17 @@ def lakehouse(spark, tmp_path_factory):
     path = delta_io.table_path(str(root), "samples")
     write_samples(spark, path, TRAIN + [VALID, TEST], 300)
     write_samples(spark, path, [TEST], 250, seed=7, force=True)
+    write_candidate_behaviors(spark, root)
+    return root
+
+
+def write_candidate_behaviors(spark, root) -> None:
+    """A behaviors table for helpers.samples_table's items (1..499), from 2024-02-25 to 2024-03-04."""
     rng = np.random.default_rng(0)
     start = 1_709_251_200 - 5 * DAY  # 2024-02-25
     write_logs(spark, str(root), [beh(int(u), int(i), 1, int(start + t)) for u, i, t in
                                   zip(rng.integers(1, 40, 3000), rng.integers(1, 500, 3000),
                                       rng.integers(0, 9 * DAY, 3000))])
-    return root
 
 
 def _cfg(root, checkpoints) -> dict:
@@ -111,14 +116,16 @@ def test_reference_reads_exactly_the_rows_of_the_run(spark, lakehouse, tmp_path)
     # A run logs the same figures with its other reference rows.
     got = reference.gbdt_reference(manifest, behaviors)
     assert 0.7 < got["gbdt_auc"] <= 1.0 and 0.7 < got["gbdt_val_auc"] <= 1.0  # clicks follow hard_len
-    test = reference.split_rows(manifest, "test", behaviors)
-    assert got["hard_nonempty_share"] == pytest.approx((test.hard_len > 0).mean())
-    assert got["long_len_median"] == np.median(test.long_len)
-    pred = {"label": test.label, "item_id": np.zeros_like(test.label)}
+    test = table.where(f"dt = '{TEST}'").select("hard_len", "long_len", "label").toPandas()
+    stats = {"hard_nonempty_share": pytest.approx((test.hard_len > 0).mean()),
+             "long_len_median": test.long_len.median()}
+    assert reference.data_statistics(manifest) == stats
+    pred = {"label": test.label.to_numpy(), "item_id": np.zeros(len(test), dtype=np.int64)}
     logged = _reference_metrics(cfg, manifest, pred)
     assert {k: logged[k] for k in got} == pytest.approx(got)  # the same figure for every run of the split
+    assert {k: logged[k] for k in stats} == stats
     assert 0.0 <= logged["popularity_auc"] <= 1.0
-    assert len(list((tmp_path / "ckpt" / "references").glob("gbdt-*.json"))) == 1  # cached for the next run
+    assert len(list((tmp_path / "ckpt" / "_references").glob("gbdt-*.json"))) == 1  # cached for the next run
 
 
 def test_cached_reference_is_read_back_for_the_same_files_only(spark, lakehouse, tmp_path):
@@ -144,3 +151,4 @@ def test_reference_cli_prints_the_figures(lakehouse, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and out["test_rows"] == 250 and out["train_rows"] == 600
     assert 0.7 < out["gbdt_auc"] <= 1.0 and out["feature_set"] == reference.FEATURE_SET
+    assert 0.0 < out["hard_nonempty_share"] < 1.0 and out["long_len_median"] > 0

@@ -14,6 +14,7 @@ from conftest import ROOT, run
 from helpers.samples_table import write_samples
 from sim.adapters import delta_io, tracking
 from sim.training.metrics import auc
+from test_reference import write_candidate_behaviors
 
 TRAIN_DATES = ["2024-03-01", "2024-03-02"]
 VALID_DATE = "2024-03-03"
@@ -31,6 +32,7 @@ def lakehouse(spark, tmp_path_factory):
     write_samples(spark, path, TRAIN_DATES + [VALID_DATE, EVAL_DATE], 300)
     # A forced rewrite of the eval date leaves the old files on disk; training must never read them.
     write_samples(spark, path, [EVAL_DATE], 250, seed=7, force=True)
+    write_candidate_behaviors(spark, root)  # for the item-popularity and gradient-boosting references
     eval_ids = {r.impression_id for r in delta_io.read_table(spark, path).where(f"dt = '{EVAL_DATE}'")
                 .select("impression_id").collect()}
     return root, eval_ids, delta_io.latest_version(spark, path)
@@ -105,6 +107,10 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(two_ranks):
     # Soft search logs its diagnostics per epoch.
     for name in ("gsu_auc", "topk_same_category", "hard_soft_overlap"):
         assert 0.0 <= r[f"metrics.{name}"] <= 1.0, name
+    # The reference rows of the test impressions, gradient boosting and the test rows' statistics among them.
+    for name in ("popularity_auc", "gbdt_auc", "hard_nonempty_share"):
+        assert 0.0 <= r[f"metrics.{name}"] <= 1.0, name
+    assert r["metrics.long_len_median"] >= 0
 
 
 @pytest.mark.slow

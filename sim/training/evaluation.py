@@ -7,7 +7,10 @@ reference rows every model is read against:
   data only; imported logs have no oracle);
 - ``popularity_auc``: no model at all, each candidate scored by its item's number of behaviors before
   the first test date (a strong baseline on public data, where a random never-seen item is the
-  negative).
+  negative);
+- ``gbdt_auc``: gradient boosting on the counts a samples row holds, fitted on the run's train and
+  validation files (:mod:`sim.training.reference`, with the test rows' ``hard_nonempty_share`` and
+  ``long_len_median``).
 """
 from __future__ import annotations
 

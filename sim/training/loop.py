@@ -274,7 +274,7 @@ def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.nda
     (:mod:`sim.training.reference`, on the manifest's files: the same figure for every run of a split)."""
     from sim.adapters import delta_io
     from sim.training.evaluation import oracle_metrics, popularity_auc
-    from sim.training.reference import cached_gbdt_reference
+    from sim.training.reference import cached_gbdt_reference, data_statistics
 
     out = oracle_metrics(pred)
     behaviors = delta_io.table_path(cfg["lakehouse"], "behaviors")
@@ -283,9 +283,13 @@ def _reference_metrics(cfg: dict, manifest: DataManifest, pred: dict[str, np.nda
     except Exception as e:  # a reference row only: never fail a finished training for it
         log.warning("item popularity reference not computed from %s: %s", behaviors, e)
     try:
-        out.update(cached_gbdt_reference(manifest, behaviors, Path(cfg["train"]["checkpoint_dir"]) / "references"))
+        out.update(cached_gbdt_reference(manifest, behaviors, Path(cfg["train"]["checkpoint_dir"]) / "_references"))
     except Exception as e:  # likewise
         log.warning("gradient-boosting reference not computed for %s: %s", manifest.samples_path, e)
+    try:
+        out.update(data_statistics(manifest, "test"))
+    except Exception as e:  # likewise
+        log.warning("test-row statistics not computed for %s: %s", manifest.samples_path, e)
     return out
 
 

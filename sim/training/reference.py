@@ -27,8 +27,9 @@ and on the demo data (96,000 / 48,000 / 48,000 rows) reading, featurising and fi
 9 CPU-seconds (19-21 s wall on the shared two-core machine at a load of 8), which every model and seed
 of ``make demo`` would pay again against its 15-minute budget. The key is everything the figure depends on: the manifest's files with their row counts (so
 the samples version and the three date ranges), the ``behaviors`` table's path and version, the
-feature set and the model's settings; the figures are a small JSON file per key in the runs'
-checkpoint directory (local to rank 0, unlike a lakehouse that may be on S3). ``python -m
+feature set and the model's settings; the figures are a small JSON file per key under the runs'
+checkpoint directory, ``<train.checkpoint_dir>/_references/`` (local to rank 0, unlike a lakehouse that
+may be on S3). ``python -m
 sim.training.reference`` computes it for any lakehouse and dates.
 """
 from __future__ import annotations
@@ -80,8 +81,6 @@ class SplitRows:
     label: np.ndarray
     dt: np.ndarray
     features: np.ndarray
-    hard_len: np.ndarray
-    long_len: np.ndarray
 
 
 # ---------------------------------------------------------------------------------- row features
@@ -208,18 +207,19 @@ def split_rows(manifest: DataManifest, split: str, behaviors_path: str,
     items = table.column("item_id").to_numpy().astype(np.int64)
     popularity = item_counts_before(behaviors_path, items, dt)
     return SplitRows(table.column("impression_id").to_numpy().astype(np.int64),
-                     table.column("label").to_numpy().astype(np.int64), dt, row_features(table, popularity),
-                     table.column("hard_len").to_numpy().astype(np.int64),
-                     table.column("long_len").to_numpy().astype(np.int64))
+                     table.column("label").to_numpy().astype(np.int64), dt, row_features(table, popularity))
 
 
-def data_statistics(rows: SplitRows) -> dict[str, float]:
-    """What bounds the long-term models on these rows: the share whose hard search found something
-    (elsewhere a long-term model can only match DIN) and the median long-window length."""
-    if not len(rows.label):
+def data_statistics(manifest: DataManifest, split: str = "test") -> dict[str, float]:
+    """What bounds the long-term models on the rows of ``split``: the share whose hard search found
+    something (on the others a long-term model can only match DIN) and the median long-window length.
+    Needs no behaviors table."""
+    import pyarrow as pa
+    t = pa.concat_tables([_read_file(p, ("hard_len", "long_len")) for p, _ in manifest.files[split]])
+    hard, long = (t.column(c).to_numpy().astype(np.int64) for c in ("hard_len", "long_len"))
+    if not len(hard):
         return {}
-    return {"hard_nonempty_share": float((rows.hard_len > 0).mean()),
-            "long_len_median": float(np.median(rows.long_len))}
+    return {"hard_nonempty_share": float((hard > 0).mean()), "long_len_median": float(np.median(long))}
 
 
 def fit_gbdt(train: SplitRows, valid: SplitRows):
@@ -233,8 +233,8 @@ def fit_gbdt(train: SplitRows, valid: SplitRows):
 
 
 def gbdt_reference(manifest: DataManifest, behaviors_path: str) -> dict[str, float]:
-    """``gbdt_auc`` (test), ``gbdt_val_auc``, ``gbdt_iterations`` and the test rows'
-    :func:`data_statistics`, on exactly the manifest's files per split."""
+    """``gbdt_auc`` (test), ``gbdt_val_auc`` and ``gbdt_iterations``, on exactly the manifest's files per
+    split."""
     from sim.training.metrics import auc
     started = time.perf_counter()
     dates = file_dates(manifest)
@@ -243,7 +243,7 @@ def gbdt_reference(manifest: DataManifest, behaviors_path: str) -> dict[str, flo
     score = lambda r: model.predict_proba(r.features)[:, 1]  # noqa: E731
     out = {"gbdt_auc": auc(rows["test"].label, score(rows["test"])),
            "gbdt_val_auc": auc(rows["valid"].label, score(rows["valid"])),
-           "gbdt_iterations": float(model.n_iter_), **data_statistics(rows["test"])}
+           "gbdt_iterations": float(model.n_iter_)}
     log.info("gradient-boosting reference on %s: %s (%.1f s)", manifest.samples_path, out,
              time.perf_counter() - started)
     return out
@@ -317,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dates[split] = (given[0], given[-1])
     started = time.perf_counter()
     manifest = manifest_for(args.lakehouse, dates, args.samples_table, args.samples_version)
-    out = gbdt_reference(manifest, delta_io.table_path(args.lakehouse, "behaviors"))
+    out = {**gbdt_reference(manifest, delta_io.table_path(args.lakehouse, "behaviors")),
+           **data_statistics(manifest)}
     print(json.dumps({"samples_path": manifest.samples_path, "samples_version": manifest.samples_version,
                       "feature_set": FEATURE_SET, **{f"{s}_rows": manifest.rows(s) for s in SPLITS}, **out,
                       "seconds": round(time.perf_counter() - started, 2)}))
