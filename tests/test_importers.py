@@ -315,6 +315,38 @@ def test_import_cli_fails_on_too_many_rejects(tmp_path):
     assert not (lake / "behaviors").exists() and not (lake / "impressions").exists()
 
 
+
+def test_ml100k_demo_uses_the_papers_protocol_and_windows():
+    """``sim.demo --dataset ml-100k``: the import gets the every-behavior protocol (uniform negatives,
+    popularity with --ml-negatives), the papers' count windows fit the caps, the replay is forced (its
+    skip check cannot see a changed import), the last-N protocol stays reachable, and each variant is
+    its own dataset in sim.compare."""
+    from sim.config import load_pipeline_conf
+    from sim.demo import main, ml100k_data_stages, ml100k_dataset, ml100k_windows, plan_ml100k
+    from sim.inputs.import_dataset import parser, protocol_of
+    from sim.inputs.importers import Protocol
+
+    def import_args(*variant):
+        stages = ml100k_data_stages("py", "DIR", ["--lakehouse", "L"], plan_ml100k(), *variant)
+        assert [k for k, _, _ in stages] == ["import", "samples"]
+        assert {"--replay", "--force"} <= set(stages[1][2])
+        return parser().parse_args(stages[0][2][2:])
+
+    default = import_args()
+    assert protocol_of(default) == Protocol(mode="every", min_history=1, negatives_per_positive=1)
+    assert default.same_time == "order"
+    assert protocol_of(import_args("every", "popularity")).negatives == "popularity"
+    last = import_args("last")
+    assert protocol_of(last) == Protocol(mode="last", targets_per_user=10) and last.same_time == "keep"
+    cfg = load_pipeline_conf(overrides=ml100k_windows())
+    assert (cfg.windows.mode, cfg.windows.short_count, cfg.windows.long_count) == ("count", 10, cfg.caps.long_cap)
+    assert load_pipeline_conf(overrides=ml100k_windows("last")).windows.short_count == 50
+    names = {ml100k_dataset(*v) for v in (("every", "uniform"), ("every", "popularity"), ("last", "uniform"))}
+    assert names == {"ml-100k", "ml-100k-popularity", "ml-100k-last"}
+    with pytest.raises(SystemExit, match="--ml-negatives needs --ml-protocol every"):
+        main(["--dataset", "ml-100k", "--ml-protocol", "last", "--ml-negatives", "popularity"])
+
+
 def test_movielens_100k_from_the_recbole_wheel_to_replayed_samples(spark, tmp_path):
     """The real MovieLens-100k (fetched from PyPI by sim.inputs.datasets) imports without a reject, and its
     count-mode samples, replayed in one pass, hold only behaviors before each impression."""

@@ -14,6 +14,7 @@ one summary line.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Sequence
 
 from sim.adapters.spark import spark_from_conf
@@ -22,7 +23,7 @@ from sim.inputs.importers import FORMATS, NEGATIVE_SCHEMES, PROTOCOLS, SAME_TIME
 from sim.inputs.ingest import run_import
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = job_parser(__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input", required=True, action="append",
@@ -54,14 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="dt of this run's rejects (default: the last date of the data)")
     parser.add_argument("--now-ts", type=int, default=None,
                         help="epoch seconds treated as 'now' by validation (default: wall clock)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def protocol_of(args: argparse.Namespace) -> Protocol:
+    """The protocol the options ask for (a bad combination raises ConfigError: exit 2)."""
+    return Protocol(mode=args.protocol, targets_per_user=args.targets_per_user, min_history=args.min_history,
+                    negatives_per_positive=args.negatives_per_positive, negatives=args.negatives,
+                    min_user_behaviors=args.min_user_behaviors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     cfg = load_job_conf(args)
     default_range = TAOBAO_DATE_RANGE if args.format == "taobao" else (None, None)
     date_range = (default_range[0] if args.start_date is None else (args.start_date or None),
                   default_range[1] if args.end_date is None else (args.end_date or None))
-    protocol = Protocol(mode=args.protocol, targets_per_user=args.targets_per_user, min_history=args.min_history,
-                        negatives_per_positive=args.negatives_per_positive, negatives=args.negatives,
-                        min_user_behaviors=args.min_user_behaviors)
+    protocol = protocol_of(args)
     spark = spark_from_conf(cfg, app_name=f"import_dataset.{args.format}", master=args.master)
     return report_or_fail(f"import_dataset.{args.format}", lambda: run_import(
         spark, args.format, args.input, cfg.lakehouse, max_reject_ratio=cfg.validation.max_reject_ratio,

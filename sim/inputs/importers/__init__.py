@@ -32,9 +32,10 @@ Public-data protocol
 accepted behaviors of any format into impressions: ``every`` (the papers) makes each behavior after a
 user's first ``min_history`` a positive with ``negatives_per_positive`` items the user never touched as
 negatives (``uniform`` or in proportion to ``popularity``); ``last`` (the job's default) only the user's
-last ``targets_per_user`` behaviors. Before that, :func:`order_same_time` (:mod:`sim.inputs.importers.same_time`) gives a user's
-behaviors that share a timestamp (Amazon's day-granular times, MovieLens's rating batches) distinct
-seconds in a fixed order, so a target's history holds every behavior before it.
+last ``targets_per_user`` behaviors. Before that, :func:`order_same_time`
+(:mod:`sim.inputs.importers.same_time`) gives a user's behaviors that share a timestamp (Amazon's
+day-granular times, MovieLens's rating batches) distinct seconds in a fixed order, so a target's history
+holds every behavior before it.
 """
 from __future__ import annotations
 

@@ -6,6 +6,11 @@ file name starts with ``meta`` (``asin`` and ``categories`` = list of category p
 ``category`` = one path, 2018; python-literal lines with single quotes are accepted). The category is the
 last (most specific) element of the first path, as in the DIN/MIMN preprocessing of Amazon. Reviewer ids
 and ASINs become ids by :func:`sim.inputs.canonical.stable_id`; a review without a rating is a ``pv``.
+
+Review times are days (``unixReviewTime`` is midnight UTC of the review's date), so all of a user's
+reviews of one day share one ts, and a target could see none of that day's earlier reviews (features use
+ts < t). The import gives them distinct seconds of their day, in a fixed order
+(:mod:`sim.inputs.importers.same_time`; ``--same-time keep`` turns it off); ``dt`` stays the review's day.
 """
 from __future__ import annotations
 

@@ -15,6 +15,11 @@ One of the GroupLens layouts or RecBole atomic files, found by file name (:func:
 The category is the movie's *first* genre (the first flag set; the first of ``a|b|c``; the first token of
 RecBole's space-separated ``class``/``genre``). A rating becomes a ``fav`` or a ``pv`` behavior (see
 :mod:`sim.inputs.importers`); user and item ids stay integers.
+
+Times are epoch seconds, but ratings come in batches: in ML-100k, 75,772 of the 100,000 ratings share
+their second with another rating of the same user (25,211 such seconds, up to 10 ratings each). The
+import gives each its own second in a fixed order (:mod:`sim.inputs.importers.same_time`), so a target's
+history holds the ratings of its batch before it.
 """
 from __future__ import annotations
 

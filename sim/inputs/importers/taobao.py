@@ -2,7 +2,9 @@
 
 UserBehavior.csv: no header; ``user,item,category,behavior_type,unix_ts`` with behavior types
 pv/buy/cart/fav, kept as they are, like the integer ids. Default date range 2017-11-25..2017-12-03 (the
-dataset's documented span; rows outside are ``ts_outside_run_date``, as in the real file).
+dataset's documented span; rows outside are ``ts_outside_run_date``, as in the real file). Times are
+epoch seconds; a user's behaviors within one second (a page view and a cart of one item, say) get
+distinct seconds in a fixed order like every format's (:mod:`sim.inputs.importers.same_time`).
 """
 from __future__ import annotations
 
