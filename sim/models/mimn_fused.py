@@ -1,38 +1,44 @@
-"""MIMN's memory write fused into one compiled pass per row: the ``fused`` implementation of
-``sim.models.mimn.MIMN.write`` (``mimn_impl: fused``, the default; ``reference`` is ``MIMN._step`` in torch).
+"""MIMN's memory write fused into one compiled pass over each row's behaviors: the ``fused``
+implementation of ``sim.models.mimn.MIMN.write`` (``mimn_impl: fused``, the default; ``reference`` is
+``MIMN._step`` in torch, stepped over the batch and differentiated by autograd).
 
-Why: the reference writes a batch behavior by behavior, each step some 60 small torch operations forward
-and more backward, on B X 3H or B X m X E tensors. At L = 1,000 that is ~10^5 operator calls per
-training step, and on a CPU their dispatch and autograd bookkeeping, not arithmetic, take the time
-(profiled: ~6.6 s of forward + backward per batch of 256 on one thread, of which the matrix products
-are a small part).
+Why: the reference writes a batch behavior by behavior, each step some 60 small torch operations
+forward and more backward. At L = 1,000 that is ~10^5 operator calls per training step; profiled on
+this CPU, their dispatch and autograd bookkeeping, not arithmetic, take the time (matrix products were
+~15% of it). Scripting the step (TorchScript, now deprecated) cuts the per-call cost by ~1.5x only,
+which is why the step is compiled instead.
 
-What is fused: ``mimn_kernel.c`` (beside this file, compiled with the system's C compiler on first use
-into a per-user cache under the temp directory, keyed by the source, the flags and the CPU, and loaded
-with ctypes) runs the whole step of ``MIMN._step`` (controller GRU, heads, cosine addressing, usage
-re-scaling, erase/add write, read, top-k MIU update) for one row at a time, over all of a row's
-behaviors, in plain loops: no operator calls, no autograd graph. Its backward is written out by hand
-(the chain rule of each operation of ``_step``, in reverse) and recomputes each step's intermediates
-from the state saved before that step (h, r, M, g and the chosen slots' MIU states: 132 floats per
-behavior at the defaults, against the reference's autograd graph of ~7 KB). Only the input
-projections stay in torch: ``controller_in`` and ``miu_in`` of every real behavior, one matrix product
-each, so their gradient (and the embeddings') is autograd's.
+What is fused: ``mimn_kernel.c`` (beside this file; compiled on first use with the system's C
+compiler, ``-O3 -march=native``, into a per-user cache under the temp directory keyed by the source,
+the flags, the compiler and the CPU, and loaded with ctypes) runs all of ``MIMN.write``: the input
+projections (``controller_in``, ``miu_in``), the controller GRU, the heads, cosine addressing, usage
+re-scaling, the erase/add write, the read and the top-k MIU update, for every behavior of a row,
+oldest first; and its backward, the chain rule of each of those operations written out in reverse.
 
-- Rows are independent, so there is no padding at all: each row walks its own real behaviors (the
-  positions where ``mask`` is True, from the highest, its oldest, to 0), and the rows are split between
-  ``torch.get_num_threads()`` Python threads (ctypes releases the GIL), balanced by behaviors.
-- Weight gradients are summed per thread, then over the threads.
+- Rows go 8 at a time into the 8 lanes of SIMD vectors (GCC vector extensions), longest rows first,
+  so a block's rows walk about as many behaviors; a lane whose row has ended is masked (its state
+  kept, its gradient passed through), so padding is never computed for a whole block.
+- The forward saves, per block and step, the state before it and what the backward needs that costs
+  most to compute (gates, head outputs, strengths, norms, softmax weights, chosen slots: ~480
+  vectors of 8 lanes per step at the defaults, ~0.5 GB at B = 256, L = 1,000, reused from one
+  forward to the next, against ~1.9 GB of autograd graph for the reference); the backward computes the
+  rest again from it exactly as the forward did.
+- Weight gradients are buffered per step and summed over 32 steps at a time in register tiles; the
+  blocks are split between ``torch.get_num_threads()`` Python threads (ctypes releases the GIL), each
+  with its own gradient buffers, summed at the end.
 
 Why the results are the reference's: per row, the same operations on the same values in the same
-order of steps, and a padded position changes nothing in either (the reference masks it, this one
-never visits it). What differs is only floating-point rounding: sums and matrix products accumulate
-in another order (and may use fused multiply-adds), so outputs, loss and gradients agree to float
-tolerance, not bit for bit (``tests/test_mimn_fused.py`` checks them against the reference, with
-padding, rows of different lengths and an empty row). Two choices the reference leaves to
-``torch.topk``: on equal read weights the lower slot is taken; the MIU's GRU is computed for the k
-chosen slots only (the reference computes it for all m and keeps k; the others' values were discarded,
-so nothing changes). Not supported, falling back to the reference: tensors off the CPU, dtypes other
-than float32 / float64, double backward, and machines without a C compiler (logged once).
+order of behaviors, and a padded position changes nothing in either (the reference masks it, this one
+never reads it). What differs is floating-point rounding only: sums and matrix products accumulate in
+another order (with fused multiply-adds), and in float32 exp and tanh are polynomial approximations
+(Cephes' expf; a Taylor series below |x| = 0.3) good to a few ulp, where torch uses SLEEF's (1 ulp);
+float64 uses the C library's. So state, outputs, loss and gradients agree to float tolerance, not bit
+for bit (``tests/test_mimn_fused.py`` checks them, in float64 to 1e-9, with padding, rows of
+different lengths, an all-padding row, k = 2 and two threads). Where the reference leaves a choice to
+``torch.topk``, equal read weights, the lower slot is taken. The MIU's GRU is computed for the k
+chosen slots only (the reference computes it for all m and keeps k: the same values). Falling back to
+the reference (logged once where the kernel cannot be built): tensors off the CPU, dtypes other than
+float32 / float64, machines without a C compiler. Double backward is not supported.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -142,6 +149,8 @@ def kernel() -> ctypes.CDLL | None:
     for suffix in SUFFIX.values():
         getattr(lib, f"mimn_forward{suffix}").argtypes = head
         getattr(lib, f"mimn_backward{suffix}").argtypes = [*head, ctypes.c_void_p, ctypes.POINTER(_Grads)]
+        size = getattr(lib, f"mimn_saved_size{suffix}")
+        size.argtypes, size.restype = [ctypes.POINTER(_Dims)], ctypes.c_int64
     return lib
 
 
@@ -200,6 +209,30 @@ class _Plan:
                 for lo, hi in self.ranges]
 
 
+class _Saved:
+    """The saved steps of one forward (``tensor``), in a buffer reused by a later forward once this one's
+    graph is gone: a fresh buffer of this size (~0.5 GB at B = 256, L = 1,000) costs the operating
+    system a good part of the kernel's time to zero its pages. One free buffer is kept (training
+    alternates two: a step's forward runs while the previous step's outputs are still referenced)."""
+
+    _free: list[Tensor] = []
+    _lock = threading.Lock()
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        numel = 1
+        for n in shape:
+            numel *= n
+        with self._lock:
+            fits = [i for i, t in enumerate(self._free) if t.dtype == dtype and t.numel() >= numel]
+            self.base = self._free.pop(fits[0]) if fits else torch.empty(numel, dtype=dtype)
+        self.tensor = self.base[:numel].view(shape)
+
+    def __del__(self) -> None:
+        with self._lock:
+            if not self._free or self._free[0].numel() < self.base.numel():
+                self._free[:] = [self.base]
+
+
 class _FusedWrite(torch.autograd.Function):
     """(behaviors, parameters) -> the final state's 7 tensors (``STATE`` order); see the module docstring.
 
@@ -210,22 +243,26 @@ class _FusedWrite(torch.autograd.Function):
                 *params: Tensor) -> tuple[Tensor, ...]:
         e, h, m, k = dims
         weights = _weights(params)  # held: the struct has only their addresses
-        saved = x.new_empty(int(plan.boff[-1]), h + e + m * e + m + k * e, LANES) if save else None
+        d = _Dims(*dims)
+        per_step = getattr(kernel(), f"mimn_saved_size{SUFFIX[x.dtype]}")(ctypes.byref(d))
+        holder = _Saved((int(plan.boff[-1]), per_step, LANES), x.dtype) if save else None
+        saved = holder.tensor if holder else None
         outs = [x.new_empty(plan.rows, *s) for s in _shapes(dims)]
         state = _State(*(_ptr(o) for o in outs))
         fn = getattr(kernel(), f"mimn_forward{SUFFIX[x.dtype]}")
-        d, w = _Dims(*dims), _Weights(*(_ptr(t) for t in weights))
+        w = _Weights(*(_ptr(t) for t in weights))
         _run([functools.partial(fn, ctypes.byref(d), ctypes.byref(w), ctypes.byref(r), _ptr(x), _ptr(saved),
                                 ctypes.byref(state)) for r in plan.structs()])
         if save:
-            ctx.dims, ctx.plan = dims, plan
-            ctx.save_for_backward(x, saved, *params)
+            ctx.dims, ctx.plan, ctx.holder = dims, plan, holder
+            ctx.save_for_backward(x, *params)
         return tuple(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        x, saved, *params = ctx.saved_tensors
+        x, *params = ctx.saved_tensors
+        saved = ctx.holder.tensor
         plan, (e, h, m, k) = ctx.plan, ctx.dims
         gout = [g.contiguous() if g is not None else x.new_zeros(plan.rows, *s)
                 for g, s in zip(grads, _shapes(ctx.dims))]

@@ -47,7 +47,7 @@ typedef IREAL NAME(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #define vec NAME(vec)
 #define ivec NAME(ivec)
 #define B(x) ((vec){0} + (real)(x))
-#define SBUF 16 /* (step, chosen slot) pairs a weight gradient's products are buffered over */
+#define SBUF 32 /* (step, chosen slot) pairs a weight gradient's products are buffered over */
 
 /* The parameters, nn.Linear's (out x in) layout; the backward reads the transposes. Wx = [W_ci | W_cr]
  * (controller_in, controller_read: the controller GRU's input part from [e_t, r_{t-1}]), Wm = [W_mi | W_ms]
@@ -74,8 +74,12 @@ typedef struct {
 } NAME(Outer);
 
 typedef struct { /* one block's step intermediates, running state and gradients: V lanes each */
-    vec *xr, *xm, *gi, *gh, *rg, *zg, *n, *hn, *p, *beta, *e, *a, *nk, *kh, *nM, *Mh, *cos, *wR, *sh, *u, *q, *wW,
-        *Mn, *rn, *gn, *Ssum, *Sg, *xin, *gh2, *rg2, *zg2, *n2, *Sn, *Sc, *h, *r, *M, *g, *S, *fR, *fW;
+    /* The frame: what the backward needs of a step and costs most to compute (matrix products and
+     * transcendental functions); forward writes it into the saved steps, the backward reads it there. */
+    vec *ghn, *rg, *zg, *n, *hn, *p, *beta, *e, *a, *nk, *nM, *wR, *wW, *q, *Ssum, *Sg, *chf, *ghn2, *rg2, *zg2, *n2;
+    /* Scratch, or computed again from the frame and the state (a few divisions and products). */
+    vec *xr, *xm, *gi, *gh, *kh, *Mh, *cos, *sh, *u, *Mn, *rn, *gn, *xin, *gh2, *Sn, *Sc, *h, *r, *M, *g, *S, *fR, *fW,
+        *fbuf;
     vec *dh, *dr, *dM, *dg, *dS, *dhn, *dhd, *dMn, *dp, *dgi, *dgh, *dwR, *dwW, *de, *da, *dc, *dkh, *dMh, *du,
         *dsh, *dxin, *dgh2, *dSc, *dxr, *dxm, *dx, *gR, *gW, *tmp;
     vec *gbx, *gbch, *gbhd, *gWg, *gbm, *gbmh, *gM0, *buf;
@@ -146,20 +150,35 @@ static inline vec NAME(vsoftplus)(vec x) {
     return x;
 }
 
+static int64_t NAME(frame_size)(const MimnDims *d) {
+    return 5 * d->H + 4 * d->E + 2 + 2 + 2 * d->E + 2 + 4 * d->m + 2 + d->k + 4 * d->k * d->E;
+}
+
+/* Points the frame's arrays into base (frame_size vectors). */
+static void NAME(set_frame)(const MimnDims *d, NAME(Work) *w, vec *base) {
+    const int64_t E = d->E, H = d->H, m = d->m, k = d->k;
+    const int64_t sizes[] = {H, H, H, H, H, 4 * E + 2, 2, E, E, 2, m, m, m, m, 1, 1, k, k * E, k * E, k * E, k * E};
+    vec **slots[] = {&w->ghn, &w->rg, &w->zg, &w->n, &w->hn, &w->p, &w->beta, &w->e, &w->a, &w->nk, &w->nM,
+                     &w->wR, &w->wW, &w->q, &w->Ssum, &w->Sg, &w->chf, &w->ghn2, &w->rg2, &w->zg2, &w->n2};
+    for (int i = 0; i < (int)(sizeof(sizes) / sizeof(sizes[0])); i++) {
+        *slots[i] = base;
+        base += sizes[i];
+    }
+}
+
 static int NAME(work_alloc)(const MimnDims *d, NAME(Work) *w) {
     const int64_t E = d->E, H = d->H, m = d->m, k = d->k, P = 4 * E + 2;
     const int64_t outer = SBUF * (3 * H + 2 * E + 3 * H + H + P + H + 3 * E + 2 * E + 3 * E + E);
     const int64_t sizes[] = {
-        2 * E, k * 2 * E, 3 * H, 3 * H, H, H, H, H, P, 2, E, E, 2, 2 * E, m, m * E, 2 * m, m, m, m, m, m,
-        m * E, E, m, 1, 1, k * 3 * E, k * 3 * E, k * E, k * E, k * E, k * E, k * E, H, E, m * E, m, m * E, m, m,
+        2 * E, k * 2 * E, 3 * H, 3 * H, 2 * E, m * E, 2 * m, m, m,
+        m * E, E, m, k * 3 * E, k * 3 * E, k * E, k * E, H, E, m * E, m, m * E, m, m, NAME(frame_size)(d),
         H, E, m * E, m, m * E, H, H, m * E, P, 3 * H, 3 * H, m, m, E, E, 2 * m, 2 * E, m * E, m,
         m, 3 * E, 3 * E, E, 2 * E, 2 * E, E, m, m, 2 * m,
         3 * H, 3 * H, P, m * m, 3 * E, 3 * E, m * E, outer};
     vec **slots[] = {
-        &w->xr, &w->xm, &w->gi, &w->gh, &w->rg, &w->zg, &w->n, &w->hn, &w->p, &w->beta, &w->e, &w->a, &w->nk,
-        &w->kh, &w->nM, &w->Mh, &w->cos, &w->wR, &w->sh, &w->u, &w->q, &w->wW,
-        &w->Mn, &w->rn, &w->gn, &w->Ssum, &w->Sg, &w->xin, &w->gh2, &w->rg2, &w->zg2, &w->n2, &w->Sn, &w->Sc,
-        &w->h, &w->r, &w->M, &w->g, &w->S, &w->fR, &w->fW,
+        &w->xr, &w->xm, &w->gi, &w->gh, &w->kh, &w->Mh, &w->cos, &w->sh, &w->u,
+        &w->Mn, &w->rn, &w->gn, &w->xin, &w->gh2, &w->Sn, &w->Sc,
+        &w->h, &w->r, &w->M, &w->g, &w->S, &w->fR, &w->fW, &w->fbuf,
         &w->dh, &w->dr, &w->dM, &w->dg, &w->dS, &w->dhn, &w->dhd, &w->dMn, &w->dp, &w->dgi, &w->dgh, &w->dwR,
         &w->dwW, &w->de, &w->da, &w->dc, &w->dkh, &w->dMh, &w->du,
         &w->dsh, &w->dxin, &w->dgh2, &w->dSc, &w->dxr, &w->dxm, &w->dx, &w->gR, &w->gW, &w->tmp,
@@ -177,6 +196,7 @@ static int NAME(work_alloc)(const MimnDims *d, NAME(Work) *w) {
         at += sizes[i];
     }
     w->chosen = (int64_t *)at;
+    NAME(set_frame)(d, w, w->fbuf);
     NAME(Outer) *o[] = {&w->oWx, &w->oWch, &w->oWhd, &w->oWm, &w->oWmh};
     const int64_t JQ[][2] = {{3 * H, 2 * E}, {3 * H, H}, {P, H}, {3 * E, 2 * E}, {3 * E, E}};
     vec *b = w->buf;
@@ -253,12 +273,17 @@ static void NAME(outer_flush)(NAME(Outer) *o) {
         for (; q + 4 <= Q; q += 4) {
             vec a[2][4] = {{B(0), B(0), B(0), B(0)}, {B(0), B(0), B(0), B(0)}};
             const vec *v0 = o->v + q * SBUF;
-            for (int64_t s = 0; s < n; s++)
+            for (int64_t s = 0; s < n; s++) {
+                vec e0 = d0[s], e1 = d1[s];
+                IN_REGISTER(e0);
+                IN_REGISTER(e1);
                 for (int u = 0; u < 4; u++) {
-                    const vec vu = v0[u * SBUF + s];
-                    a[0][u] += d0[s] * vu;
-                    a[1][u] += d1[s] * vu;
+                    vec vu = v0[u * SBUF + s];
+                    IN_REGISTER(vu);
+                    a[0][u] += e0 * vu;
+                    a[1][u] += e1 * vu;
                 }
+            }
             for (int u = 0; u < 4; u++) {
                 o->G[j * Q + q + u] += NAME(hsum)(a[0][u]);
                 o->G[(j + 1) * Q + q + u] += NAME(hsum)(a[1][u]);
@@ -301,15 +326,15 @@ static void NAME(gru)(vec *hn, vec *rg, vec *zg, vec *n, const vec *gi, const ve
     }
 }
 
-/* The GRU step's backward: dgi, dgh (3 X width) from dhn; dh = its direct part (z dhn). */
+/* The GRU step's backward: dgi, dgh (3 X width) from dhn; dh = its direct part (z dhn). ghn: gh's n part. */
 static void NAME(gru_back)(vec *dgi, vec *dgh, vec *dh, const vec *dhn, const vec *rg, const vec *zg, const vec *n,
-                           const vec *gh, const vec *h, int64_t width) {
+                           const vec *ghn, const vec *h, int64_t width) {
     for (int64_t j = 0; j < width; j++) {
         const vec dn = dhn[j] * (B(1) - zg[j]);
         const vec dz = dhn[j] * (h[j] - n[j]);
         dh[j] = dhn[j] * zg[j];
         const vec dnp = dn * (B(1) - n[j] * n[j]);
-        const vec dr = dnp * gh[2 * width + j];
+        const vec dr = dnp * ghn[j];
         const vec dzp = dz * zg[j] * (B(1) - zg[j]);
         const vec drp = dr * rg[j] * (B(1) - rg[j]);
         dgi[j] = dgh[j] = drp;
@@ -345,6 +370,15 @@ static void NAME(softmax)(vec *y, const vec *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = y[i] / s;
 }
 
+/* Lane l's slot chosen[l] of src (m X E vectors) into dst (E vectors). */
+static void NAME(gather)(vec *dst, const vec *src, const int64_t *chosen, int64_t E) {
+    real *out = (real *)dst;
+    for (int l = 0; l < V; l++) {
+        const real *slot = (const real *)(src + chosen[l] * E);
+        for (int64_t q = 0; q < E; q++) out[q * V + l] = slot[q * V + l];
+    }
+}
+
 /* MIMN._step for V rows from the state (h, r, M, g) before it and the behaviors in w->xr[0:E], up to the
  * MIU: the controller, the heads, addressing, the write and the read, and the slots the MIU updates
  * (w->chosen: the top k of the read weights; on equal weights the lower slot). */
@@ -354,6 +388,7 @@ static void NAME(step)(const MimnDims *d, const NAME(Weights) *W, NAME(Work) *w,
     memcpy(w->xr + E, r, E * sizeof(vec));
     NAME(mv)(w->gi, NULL, W->bx, W->Wx, w->xr, 2 * E, 3 * H);
     NAME(mv)(w->gh, NULL, W->bch, W->Wch, h, H, 3 * H);
+    memcpy(w->ghn, w->gh + 2 * H, H * sizeof(vec));
     NAME(gru)(w->hn, w->rg, w->zg, w->n, w->gi, w->gh, h, H);
     NAME(mv)(w->p, NULL, W->bhd, W->Whd, w->hn, H, P);
     for (int j = 0; j < 2; j++) {
@@ -406,15 +441,38 @@ static void NAME(step)(const MimnDims *d, const NAME(Weights) *W, NAME(Work) *w,
                 if (!taken && (best < 0 || w->wR[i][l] > w->wR[best][l])) best = i;
             }
             w->chosen[j * V + l] = best;
+            w->chf[j][l] = (real)best;
         }
 }
 
-/* Lane l's slot chosen[l] of src (m X E vectors) into dst (E vectors). */
-static void NAME(gather)(vec *dst, const vec *src, const int64_t *chosen, int64_t E) {
-    real *out = (real *)dst;
-    for (int l = 0; l < V; l++) {
-        const real *slot = (const real *)(src + chosen[l] * E);
-        for (int64_t q = 0; q < E; q++) out[q * V + l] = slot[q * V + l];
+/* What the backward needs of a step beyond its frame, computed again exactly as step() did: unit keys
+ * and slots, their cosines, the usage share, the written memory, the chosen slots and the MIU inputs. */
+static void NAME(step_again)(const MimnDims *d, NAME(Work) *w, const vec *r, const vec *M, const vec *g) {
+    const int64_t E = d->E, m = d->m, k = d->k;
+    memcpy(w->xr + E, r, E * sizeof(vec));
+    for (int j = 0; j < 2; j++) {
+        const vec c = NAME(vmax)(w->nk[j], B(1e-12));
+        for (int64_t q = 0; q < E; q++) w->kh[j * E + q] = w->p[j * E + q] / c;
+    }
+    for (int64_t i = 0; i < m; i++) {
+        const vec c = NAME(vmax)(w->nM[i], B(1e-12));
+        for (int64_t q = 0; q < E; q++) w->Mh[i * E + q] = M[i * E + q] / c;
+    }
+    for (int j = 0; j < 2; j++)
+        for (int64_t i = 0; i < m; i++) {
+            vec c = B(0);
+            for (int64_t q = 0; q < E; q++) c += w->kh[j * E + q] * w->Mh[i * E + q];
+            w->cos[j * m + i] = c;
+        }
+    for (int64_t i = 0; i < m; i++) w->sh[i] = g[i] / w->Sg[0];
+    for (int64_t i = 0; i < m; i++) {
+        const vec ww = w->wW[i];
+        for (int64_t q = 0; q < E; q++) w->Mn[i * E + q] = M[i * E + q] * (B(1) - ww * w->e[q]) + ww * w->a[q];
+    }
+    for (int64_t j = 0; j < k; j++) {
+        for (int l = 0; l < V; l++) w->chosen[j * V + l] = (int64_t)w->chf[j][l];
+        memcpy(w->xm + j * 2 * E, w->xr, E * sizeof(vec));
+        NAME(gather)(w->xm + j * 2 * E + E, w->Mn, w->chosen + j * V, E);
     }
 }
 
@@ -427,6 +485,7 @@ static void NAME(miu)(const MimnDims *d, const NAME(Weights) *W, NAME(Work) *w, 
     NAME(gather)(xm + E, w->Mn, w->chosen + j * V, E);
     NAME(mv)(xin, NULL, W->bm, W->Wm, xm, 2 * E, 3 * E);
     NAME(mv)(gh2, NULL, W->bmh, W->Wmh, Sc, E, 3 * E);
+    memcpy(w->ghn2 + j * E, gh2 + 2 * E, E * sizeof(vec));
     NAME(gru)(w->Sn + j * E, w->rg2 + j * E, w->zg2 + j * E, w->n2 + j * E, xin, gh2, Sc, E);
 }
 
@@ -462,7 +521,13 @@ static void NAME(keep)(vec *dst, const vec *src, ivec act, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = NAME(sel)(act, src[i], dst[i]);
 }
 
-static int64_t NAME(saved_size)(const MimnDims *d) { return d->H + d->E + d->m * d->E + d->m + d->k * d->E; }
+static int64_t NAME(state_size)(const MimnDims *d) { return d->H + d->E + d->m * d->E + d->m + d->k * d->E; }
+
+/* Per block and step: the state before it (h, r, M, g, the chosen slots' MIU states), then its frame. */
+static int64_t NAME(saved_size)(const MimnDims *d) { return NAME(state_size)(d) + NAME(frame_size)(d); }
+
+/* Vectors of V lanes saved per block and step (the caller allocates the saved steps). */
+int64_t NAME(mimn_saved_size)(const MimnDims *d) { return NAME(saved_size)(d); }
 
 /* Blocks [R->blk0, R->blk1) of the behaviors x (B * L X E): every row's final state into out; with saved
  * (may be NULL), per block and step, the state (h, r, M, g) before it and the chosen slots' MIU states
@@ -483,6 +548,7 @@ int NAME(mimn_forward)(const MimnDims *d, const NAME(Weights) *W, const MimnRows
             const ivec act = NAME(active)(len, s);
             NAME(load_x)(d, R, &w, x, row, len, s, idx);
             vec *sp = saved ? (vec *)saved + (R->boff[blk] + s) * sv : NULL;
+            NAME(set_frame)(d, &w, sp ? sp + NAME(state_size)(d) : w.fbuf);
             if (sp) {
                 memcpy(sp, w.h, H * sizeof(vec));
                 memcpy(sp + H, w.r, E * sizeof(vec));
@@ -555,17 +621,17 @@ int NAME(mimn_backward)(const MimnDims *d, const NAME(Weights) *W, const MimnRow
             const vec *sp = (const vec *)saved + (R->boff[blk] + s) * sv;
             const vec *h = sp, *r = sp + H, *M = sp + H + E, *g = sp + H + E + m * E;
             memcpy(w.Sc, sp + H + E + m * E + m, k * E * sizeof(vec));
-            NAME(step)(d, W, &w, h, r, M, g);
+            NAME(set_frame)(d, &w, (vec *)(sp + NAME(state_size)(d)));
+            NAME(step_again)(d, &w, r, M, g);
             /* The MIU (after the write): its gradient reaches the written memory and the behavior. */
             memcpy(w.dMn, w.dM, m * E * sizeof(vec));
             for (int64_t q = 0; q < E; q++) w.dx[q] = B(0);
             for (int64_t j = 0; j < k; j++) {
                 const int64_t *c = w.chosen + j * V;
                 const vec *Sc = w.Sc + j * E;
-                NAME(miu)(d, W, &w, j);
                 NAME(gather)(w.dSc, w.dS, c, E); /* the gradient of the updated MIU state */
                 NAME(gru_back)(w.dxin, w.dgh2, w.dSc, w.dSc, w.rg2 + j * E, w.zg2 + j * E, w.n2 + j * E,
-                               w.gh2 + j * 3 * E, Sc, E);
+                               w.ghn2 + j * E, Sc, E);
                 for (int64_t q = 0; q < 3 * E; q++) {
                     w.dxin[q] = NAME(sel)(act, w.dxin[q], B(0));
                     w.dgh2[q] = NAME(sel)(act, w.dgh2[q], B(0));
@@ -673,7 +739,7 @@ int NAME(mimn_backward)(const MimnDims *d, const NAME(Weights) *W, const MimnRow
             NAME(mvT)(w.dhn, W->WhdT, w.dp, H, P);
             NAME(outer)(&w.oWhd, w.dp, w.hn);
             /* The controller's GRU: gi = W_x [e_t, r] + b_x, gh = W_ch h + b_ch. */
-            NAME(gru_back)(w.dgi, w.dgh, w.dhd, w.dhn, w.rg, w.zg, w.n, w.gh, h, H);
+            NAME(gru_back)(w.dgi, w.dgh, w.dhd, w.dhn, w.rg, w.zg, w.n, w.ghn, h, H);
             for (int64_t q = 0; q < 3 * H; q++) {
                 w.dgi[q] = NAME(sel)(act, w.dgi[q], B(0));
                 w.dgh[q] = NAME(sel)(act, w.dgh[q], B(0));
