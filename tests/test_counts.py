@@ -76,3 +76,36 @@ def test_a_short_term_model_with_counts_stays_short_term() -> None:
     assert set(cols) == {"item_id", "category_id", "short_items", "short_cats"}
     long_cols = build_model("sim_hard", {**SMALL, "count_features": True}).input_columns
     assert {"long_len", "d_category"} <= set(long_cols)
+
+
+def test_related_features_by_hand() -> None:
+    """Soft search's intensity and recency by its prior: the sum of the related weights, and the newest
+    behavior at least half related (its gap bucket, or its position without gaps)."""
+    from sim.models.counts import GAP_SCALE, related_features
+    items = torch.tensor([[3, 4, 5, 6], [3, 4, 0, 0], [3, 4, 5, 0]])
+    gaps = torch.tensor([[2, 5, 9, 11], [0, 0, 0, 0], [0, 0, 0, 0]])
+    related = torch.tensor([[0.1, 0.2, 0.9, 0.6], [0.2, 0.0, 0.0, 0.0], [0.0, 0.0, 0.7, 0.0]])
+    got = related_features(Behaviors(items, items, gaps), related)
+    want = torch.tensor([[math.log1p(1.8) / 5.0, 1.0, 9 / GAP_SCALE],
+                         [math.log1p(0.2) / 5.0, 0.0, 0.0],
+                         [math.log1p(0.7) / 5.0, 1.0, math.log1p(2) / 5.0]])
+    assert torch.allclose(got, want)
+
+
+def test_soft_search_with_a_prior_hands_its_related_count_to_the_over_arch() -> None:
+    """More behaviors of categories the prior relates to the candidate's change the output of the
+    count-keeping soft model, through its related features."""
+    batch = make_batch(b=8, long=12, n_cats=6, seed=9)
+    torch.manual_seed(0)
+    model = build_model("sim_soft", {**SMALL, "count_features": True, "gsu_prior": "cooc",
+                                     "gsu_prior_dim": 4}).eval()
+    assert model.long_term.out_dim == model.esu.out_dim + 6 + 3
+    prior = torch.zeros_like(model.gsu.prior)
+    prior[:, 0] = 1.0  # every category related to every other
+    model.gsu.set_prior(prior)
+    with torch.no_grad():
+        related_all = model(batch)["logit"]
+        model.gsu.set_prior(torch.eye(*prior.shape))  # each category only to itself
+        related_own = model(batch)["logit"]
+    has = batch["long_items"].gt(0).any(1)
+    assert (related_all[has] - related_own[has]).abs().max() > 1e-5

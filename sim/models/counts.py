@@ -66,14 +66,37 @@ def sequence_counts(seq: Behaviors, item_id: Tensor, category_id: Tensor) -> Ten
 
 SHORT_FEATURES = 3          # sequence_counts of the short sequence
 LONG_FEATURES = 3 + 1 + 2   # sequence_counts, log long_len, recency_features
+RELATED_FEATURES = 3        # related_features
+# A behavior at least this related (prior cosine) counts for the newest related behavior.
+RELATED_AT = 0.5
+# Time-gap buckets are divided by this (the default's 64 buckets, of which about 13 are used).
+GAP_SCALE = 16.0
 
 
-def long_features(seq: Behaviors, batch: Mapping[str, Tensor]) -> Tensor:
-    """B X ``LONG_FEATURES``: the counts of the searched or long sequence, the uncapped length of the long
-    window and the candidate category's recency."""
-    return torch.cat([sequence_counts(seq, batch["item_id"], batch["category_id"]),
-                      _log_count(batch["long_len"].clamp_min(0)).unsqueeze(-1),
-                      recency_features(batch["d_category"])], dim=-1)
+def related_features(seq: Behaviors, related: Tensor) -> Tensor:
+    """B X ``RELATED_FEATURES``: soft search's own intensity and recency, from how related each behavior is
+    to the candidate (``related`` B X L in [0, 1], 0 at padding): log(1 + its sum), whether any behavior is
+    at least ``RELATED_AT`` related, and how old the newest of those is: its time-gap bucket when the
+    sequence carries gaps, else log(1 + its position) (sequences are newest first). Hard search's count and
+    ``d_category`` are the same two figures for the relevance "same category"."""
+    close = related >= RELATED_AT
+    has = close.any(dim=1)
+    first = torch.argmax(close.to(torch.int8), dim=1)  # the newest related position (0 when none)
+    gap = seq.gaps.gather(1, first.unsqueeze(1)).squeeze(1)
+    age = torch.where(gap > 0, gap.to(torch.float32) / GAP_SCALE, _log_count(first))
+    hasf = has.to(torch.float32)
+    return torch.stack([_log_count(related.sum(1)), hasf, age * hasf], dim=-1)
+
+
+def long_features(seq: Behaviors, batch: Mapping[str, Tensor], related: Tensor | None = None) -> Tensor:
+    """B X ``LONG_FEATURES`` (+ ``RELATED_FEATURES`` with ``related``): the counts of the searched or long
+    sequence, the uncapped length of the long window and the candidate category's recency."""
+    parts = [sequence_counts(seq, batch["item_id"], batch["category_id"]),
+             _log_count(batch["long_len"].clamp_min(0)).unsqueeze(-1),
+             recency_features(batch["d_category"])]
+    if related is not None:
+        parts.append(related_features(seq, related))
+    return torch.cat(parts, dim=-1)
 
 
 def scale_by_count(pooled: Tensor, mask: Tensor) -> Tensor:
@@ -83,5 +106,5 @@ def scale_by_count(pooled: Tensor, mask: Tensor) -> Tensor:
     return pooled * torch.log1p(n) / math.log(2.0)
 
 
-__all__ = ["LONG_FEATURES", "POOL_COUNTS", "SHORT_FEATURES", "long_features", "recency_features",
-           "scale_by_count", "sequence_counts"]
+__all__ = ["LONG_FEATURES", "POOL_COUNTS", "RELATED_FEATURES", "SHORT_FEATURES", "long_features",
+           "recency_features", "related_features", "scale_by_count", "sequence_counts"]

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sim.models.baselines import DIEN
-from sim.models.counts import (LONG_FEATURES, POOL_COUNTS, SHORT_FEATURES, long_features, scale_by_count,
-                               sequence_counts)
+from sim.models.counts import (LONG_FEATURES, POOL_COUNTS, RELATED_FEATURES, SHORT_FEATURES, long_features,
+                               scale_by_count, sequence_counts)
 from sim.models.layers import Behaviors, FeatureEmbedding, TargetAttention, masked_mean
 from sim.models.mimn import MIMN
 from sim.models.search import ExactSearchUnit, GeneralSearchUnit, SearchResult
@@ -126,13 +126,14 @@ class LongTermArch(InterestArch):
         return LONG_FEATURES if self.counts else 0
 
     def _finish(self, u: Tensor, pooled: Tensor | None, seq: Behaviors,
-                batch: Mapping[str, Tensor]) -> Tensor:
+                batch: Mapping[str, Tensor], related: Tensor | None = None) -> Tensor:
         """``u`` scaled by the count of ``pooled`` (B X K mask of what was averaged; None: not a mean)
-        with ``pool_count``, then with the count features of ``seq``."""
+        with ``pool_count``, then with the count features of ``seq`` (and of soft search's ``related``
+        weights, B X L, when its search has a prior)."""
         if self.pool_count == "log" and pooled is not None:
             u = scale_by_count(u, pooled)
         if self.counts:
-            u = torch.cat([u, long_features(seq, batch)], dim=-1)
+            u = torch.cat([u, long_features(seq, batch, related)], dim=-1)
         return u
 
 
@@ -279,6 +280,12 @@ class _Searched(LongTermArch):
                              "non-parametric, alpha = 0) and must be >= 0")
         self.gsu, self.sequences, self.alpha = gsu, (sequence,), float(alpha)
 
+    @property
+    def extra_dim(self) -> int:
+        """Count features, with soft search's related-behavior features when its search has a prior."""
+        with_prior = getattr(self.gsu, "prior_dim", 0) > 0
+        return (LONG_FEATURES + (RELATED_FEATURES if with_prior else 0)) if self.counts else 0
+
     def _search(self, embedding: FeatureEmbedding, batch: Mapping[str, Tensor], target: Tensor,
                 out: dict[str, Tensor]) -> tuple[Behaviors, SearchResult]:
         """(the searched sequence, what the GSU kept of it); the GSU's outputs go into ``out``."""
@@ -317,7 +324,7 @@ class GSUPoolLong(_Searched):
                 target: Tensor) -> PartOutput:
         out: dict[str, Tensor] = {}
         searched, found = self._search(embedding, batch, target, out)
-        u = self._finish(masked_mean(found.embeddings, found.mask), found.mask, searched, batch)
+        u = self._finish(masked_mean(found.embeddings, found.mask), found.mask, searched, batch, found.related)
         return u, out, [found.embeddings]
 
 
@@ -344,4 +351,4 @@ class SIMLong(_Searched):
         out: dict[str, Tensor] = {}
         searched, found = self._search(embedding, batch, target, out)
         u, out["esu_attention"] = self.esu(embedding, found, target)
-        return self._finish(u, found.mask, searched, batch), out, [found.embeddings]
+        return self._finish(u, found.mask, searched, batch, found.related), out, [found.embeddings]

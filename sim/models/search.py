@@ -31,6 +31,8 @@ class SearchResult:
         scores: B X L relevance r_i of every searched position (soft: the inner product, hard: 0/1),
             None when not computed.
         aux_logit: B logit of the soft-search auxiliary CTR head, None for hard search.
+        related: B X L in [0, 1], how related each searched behavior is to the candidate by the search's
+            category prior (its cosine, clipped at 0); None without a prior.
     """
 
     behaviors: Behaviors
@@ -39,6 +41,7 @@ class SearchResult:
     index: Tensor
     scores: Tensor | None = None
     aux_logit: Tensor | None = None
+    related: Tensor | None = None
 
 
 class GeneralSearchUnit(nn.Module):
@@ -175,10 +178,13 @@ class GeneralSearchUnit(nn.Module):
         e = embedding.behaviors(seq)
         mask = seq.mask
         scores = self.relevance(e, target_emb)
+        related = None
         if self.prior_dim > 0:
             rows = self.prior.shape[0]
             p_i, p_a = self.prior[hash_ids(seq.cats, rows)], self.prior[hash_ids(target_cat, rows)]
-            scores = scores + self.prior_scale * torch.einsum("blp,bp->bl", p_i, p_a)
+            cosine = torch.einsum("blp,bp->bl", p_i, p_a)
+            scores = scores + self.prior_scale * cosine
+            related = cosine.clamp(0.0, 1.0) * mask.to(cosine.dtype)
         if self.aux_pooling == "softmax":
             weights = masked_softmax(scores, mask)
         else:
@@ -194,7 +200,7 @@ class GeneralSearchUnit(nn.Module):
         kept = seq.gather(index)
         kept_emb = e.gather(1, index.unsqueeze(-1).expand(-1, -1, e.shape[-1]))
         return SearchResult(kept, kept_emb, mask.gather(1, index), index, scores=scores,
-                            aux_logit=aux_logit)
+                            aux_logit=aux_logit, related=related)
 
 
 class ExactSearchUnit(nn.Module):
