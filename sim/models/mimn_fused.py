@@ -8,7 +8,8 @@ this CPU, their dispatch and autograd bookkeeping, not arithmetic, take the time
 ~15% of it). Scripting the step (TorchScript, now deprecated) cuts the per-call cost by ~1.5x only,
 which is why the step is compiled instead.
 
-What is fused: ``mimn_kernel.c`` (beside this file; compiled on first use with the system's C
+What is fused: ``mimn_kernel.c`` (beside this file, with ``mimn_kernel_ops.h`` and
+``mimn_kernel_backward.h``; compiled on first use with the system's C
 compiler, ``-O3 -march=native``, into a per-user cache under the temp directory keyed by the source,
 the flags, the compiler and the CPU, and loaded with ctypes) runs all of ``MIMN.write``: the input
 projections (``controller_in``, ``miu_in``), the controller GRU, the heads, cosine addressing, usage
@@ -23,7 +24,7 @@ oldest first; and its backward, the chain rule of each of those operations writt
   vectors of 8 lanes per step at the defaults, ~0.5 GB at B = 256, L = 1,000, reused from one
   forward to the next, against ~1.9 GB of autograd graph for the reference); the backward computes the
   rest again from it exactly as the forward did.
-- Weight gradients are buffered per step and summed over 32 steps at a time in register tiles; the
+- Weight gradients are buffered per step and summed over 16 steps at a time in register tiles; the
   blocks are split between ``torch.get_num_threads()`` Python threads (ctypes releases the GIL), each
   with its own gradient buffers, summed at the end.
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("mimn_kernel.c")
+HEADERS = [SOURCE.with_name(n) for n in ("mimn_kernel_ops.h", "mimn_kernel_backward.h")]  # it includes them
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-fPIC", "-shared")
 SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
 # The kernel's defines per type: (REAL, IREAL, SUFFIX, VEC_POLY); see mimn_kernel.c.
@@ -117,7 +119,7 @@ def build(cache: Path | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler (gcc or $CC) on PATH")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    src = SOURCE.read_bytes()
+    src = b"".join(f.read_bytes() for f in (SOURCE, *HEADERS))
     key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_id().encode()]))
     out = (cache or _cache_dir()) / f"mimn_kernel_{key.hexdigest()[:20]}.so"
     if out.is_file():

@@ -1,6 +1,8 @@
 /* MIMN's memory write, forward and backward, fused: built and called by sim/models/mimn_fused.py, whose
  * docstring says what this computes and why the results are those of the reference (MIMN._step in
- * sim/models/mimn.py). Every function here is one operation of _step, or its derivative, on V rows.
+ * sim/models/mimn.py). Every function here is one operation of _step, or its derivative, on V rows: the
+ * step, the forward and the work space here, the vector operations in mimn_kernel_ops.h, the backward in
+ * mimn_kernel_backward.h.
  *
  * Layout: rows are processed V = 8 at a time, one row per SIMD lane (GCC vector extensions), every
  * quantity of the step a vector of V lanes, so even the small loops over m slots or 2 heads are vector
@@ -47,7 +49,7 @@ typedef IREAL NAME(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #define vec NAME(vec)
 #define ivec NAME(ivec)
 #define B(x) ((vec){0} + (real)(x))
-#define SBUF 32 /* (step, chosen slot) pairs a weight gradient's products are buffered over */
+#define SBUF 16 /* (step, chosen slot) pairs a weight gradient's products are buffered over */
 
 /* The parameters, nn.Linear's (out x in) layout; the backward reads the transposes. Wx = [W_ci | W_cr]
  * (controller_in, controller_read: the controller GRU's input part from [e_t, r_{t-1}]), Wm = [W_mi | W_ms]
@@ -88,67 +90,7 @@ typedef struct { /* one block's step intermediates, running state and gradients:
     void *block;
 } NAME(Work);
 
-static inline vec NAME(sel)(ivec mask, vec a, vec b) { return (vec)(((ivec)a & mask) | ((ivec)b & ~mask)); }
-static inline vec NAME(vmax)(vec a, vec b) { return NAME(sel)(a > b, a, b); }
-
-#if VEC_POLY
-/* exp by Cephes' expf: 2^n exp(r), |r| <= ln2 / 2, a degree-7 polynomial; a few ulp. Arguments are
- * clamped to [-87.3, 88] (results stay normal and finite; no use here needs more). */
-static inline vec NAME(vexp)(vec x) {
-    x = NAME(sel)(x > B(88.0), B(88.0), x);
-    x = NAME(sel)(x < B(-87.3), B(-87.3), x);
-    const vec fx = x * B(1.44269504088896341) + B(0.5);
-    vec t = __builtin_convertvector(__builtin_convertvector(fx, ivec), vec);
-    t = t - NAME(sel)(t > fx, B(1), B(0)); /* floor */
-    x = x - t * B(0.693359375) - t * B(-2.12194440e-4);
-    vec y = B(1.9875691500E-4);
-    y = y * x + B(1.3981999507E-3);
-    y = y * x + B(8.3334519073E-3);
-    y = y * x + B(4.1665795894E-2);
-    y = y * x + B(1.6666665459E-1);
-    y = y * x + B(5.0000001201E-1);
-    y = y * (x * x) + x + B(1);
-    const ivec e = (__builtin_convertvector(t, ivec) + 127) << 23;
-    return y * (vec)e;
-}
-
-/* tanh: its Taylor series to x^11 below |x| = 0.3 (error < 1e-8 relative), (1 - t) / (1 + t) with
- * t = exp(-2|x|) above. */
-static inline vec NAME(vtanh)(vec x) {
-    const ivec neg = x < B(0);
-    const vec ax = NAME(sel)(neg, -x, x);
-    const vec t = NAME(vexp)(B(-2) * ax);
-    vec big = (B(1) - t) / (B(1) + t);
-    big = NAME(sel)(neg, -big, big);
-    const vec x2 = x * x;
-    const vec small = x + x * x2 * (B(-1.0 / 3) + x2 * (B(2.0 / 15) + x2 * (B(-17.0 / 315) + x2 * (B(62.0 / 2835)
-                                                                        + x2 * B(-1382.0 / 155925)))));
-    return NAME(sel)(ax < B(0.3), small, big);
-}
-#else
-static inline vec NAME(vexp)(vec x) {
-    for (int l = 0; l < V; l++) x[l] = exp(x[l]);
-    return x;
-}
-
-static inline vec NAME(vtanh)(vec x) {
-    for (int l = 0; l < V; l++) x[l] = tanh(x[l]);
-    return x;
-}
-#endif
-
-static inline vec NAME(vsigmoid)(vec x) { return B(1) / (B(1) + NAME(vexp)(-x)); }
-
-static inline vec NAME(vsqrt)(vec x) {
-    for (int l = 0; l < V; l++) x[l] = sqrt(x[l]);
-    return x;
-}
-
-/* torch.nn.functional.softplus with beta 1, threshold 20 (two per step: the C library's, lane by lane). */
-static inline vec NAME(vsoftplus)(vec x) {
-    for (int l = 0; l < V; l++) x[l] = x[l] > (real)20 ? x[l] : log1p(exp(x[l]));
-    return x;
-}
+#include "mimn_kernel_ops.h"
 
 static int64_t NAME(frame_size)(const MimnDims *d) {
     return 5 * d->H + 4 * d->E + 2 + 2 + 2 * d->E + 2 + 4 * d->m + 2 + d->k + 4 * d->k * d->E;
@@ -206,177 +148,6 @@ static int NAME(work_alloc)(const MimnDims *d, NAME(Work) *w) {
         o[i]->v = b, b += SBUF * o[i]->Q;
     }
     return 0;
-}
-
-/* Keeps a vector in a register: without it GCC reloads v[q] from memory for each of the eight products
- * below (as a memory operand), and loads, not multiply-adds, bound the loops. Only where a vector fits
- * one register (float with AVX). */
-#if VEC_POLY && defined(__AVX__)
-#define IN_REGISTER(x) __asm__("" : "+x"(x))
-#else
-#define IN_REGISTER(x) (void)(x)
-#endif
-
-/* y[j] = x0[j] (or 0) + b[j] (or 0) + sum_q W[j][q] v[q], W out x in; eight outputs share each v[q]. */
-static void NAME(mv)(vec *y, const vec *x0, const real *b, const real *W, const vec *v, int64_t in, int64_t out) {
-    int64_t j = 0;
-    for (; j + 8 <= out; j += 8) {
-        vec acc[8];
-        for (int u = 0; u < 8; u++) acc[u] = (x0 ? x0[j + u] : B(0)) + (b ? b[j + u] : (real)0);
-        const real *w0 = W + j * in;
-        for (int64_t q = 0; q < in; q++) {
-            vec vq = v[q];
-            IN_REGISTER(vq);
-            for (int u = 0; u < 8; u++) acc[u] += w0[u * in + q] * vq;
-        }
-        for (int u = 0; u < 8; u++) y[j + u] = acc[u];
-    }
-    for (; j < out; j++) {
-        vec acc = (x0 ? x0[j] : B(0)) + (b ? b[j] : (real)0);
-        for (int64_t q = 0; q < in; q++) acc += W[j * in + q] * v[q];
-        y[j] = acc;
-    }
-}
-
-/* dx[q] += sum_j WT[q][j] dy[j], WT in x out (the backward of mv); eight inputs share each dy[j]. */
-static void NAME(mvT)(vec *dx, const real *WT, const vec *dy, int64_t in, int64_t out) {
-    int64_t q = 0;
-    for (; q + 8 <= in; q += 8) {
-        vec acc[8];
-        for (int u = 0; u < 8; u++) acc[u] = dx[q + u];
-        const real *w0 = WT + q * out;
-        for (int64_t j = 0; j < out; j++) {
-            vec dj = dy[j];
-            IN_REGISTER(dj);
-            for (int u = 0; u < 8; u++) acc[u] += w0[u * out + j] * dj;
-        }
-        for (int u = 0; u < 8; u++) dx[q + u] = acc[u];
-    }
-    for (; q < in; q++)
-        for (int64_t j = 0; j < out; j++) dx[q] += WT[q * out + j] * dy[j];
-}
-
-static real NAME(hsum)(vec x) {
-    real s = 0;
-    for (int l = 0; l < V; l++) s += x[l];
-    return s;
-}
-
-/* G += the buffered products: tiles of 2 outputs X 4 inputs in registers over the buffered steps. */
-static void NAME(outer_flush)(NAME(Outer) *o) {
-    const int64_t J = o->J, Q = o->Q, n = o->n;
-    if (!n) return;
-    int64_t j = 0;
-    for (; j + 2 <= J; j += 2) {
-        const vec *d0 = o->dy + j * SBUF, *d1 = d0 + SBUF;
-        int64_t q = 0;
-        for (; q + 4 <= Q; q += 4) {
-            vec a[2][4] = {{B(0), B(0), B(0), B(0)}, {B(0), B(0), B(0), B(0)}};
-            const vec *v0 = o->v + q * SBUF;
-            for (int64_t s = 0; s < n; s++) {
-                vec e0 = d0[s], e1 = d1[s];
-                IN_REGISTER(e0);
-                IN_REGISTER(e1);
-                for (int u = 0; u < 4; u++) {
-                    vec vu = v0[u * SBUF + s];
-                    IN_REGISTER(vu);
-                    a[0][u] += e0 * vu;
-                    a[1][u] += e1 * vu;
-                }
-            }
-            for (int u = 0; u < 4; u++) {
-                o->G[j * Q + q + u] += NAME(hsum)(a[0][u]);
-                o->G[(j + 1) * Q + q + u] += NAME(hsum)(a[1][u]);
-            }
-        }
-        for (; q < Q; q++) {
-            vec a0 = B(0), a1 = B(0);
-            for (int64_t s = 0; s < n; s++) a0 += d0[s] * o->v[q * SBUF + s], a1 += d1[s] * o->v[q * SBUF + s];
-            o->G[j * Q + q] += NAME(hsum)(a0);
-            o->G[(j + 1) * Q + q] += NAME(hsum)(a1);
-        }
-    }
-    for (; j < J; j++)
-        for (int64_t q = 0; q < Q; q++) {
-            vec a = B(0);
-            for (int64_t s = 0; s < n; s++) a += o->dy[j * SBUF + s] * o->v[q * SBUF + s];
-            o->G[j * Q + q] += NAME(hsum)(a);
-        }
-    o->n = 0;
-}
-
-/* Buffers dy (J vectors) and v (Q vectors) of one step for G += dy v^T, lane by lane. */
-static void NAME(outer)(NAME(Outer) *o, const vec *dy, const vec *v) {
-    for (int64_t j = 0; j < o->J; j++) o->dy[j * SBUF + o->n] = dy[j];
-    for (int64_t q = 0; q < o->Q; q++) o->v[q * SBUF + o->n] = v[q];
-    if (++o->n == SBUF) NAME(outer_flush)(o);
-}
-
-static void NAME(reduce)(real *G, const vec *gW, int64_t n) {
-    for (int64_t i = 0; i < n; i++) G[i] += NAME(hsum)(gW[i]);
-}
-
-/* One GRU step in PyTorch's gate layout (r, z, n): gi = W_i x + b_i, gh = W_h h + b_h, both 3 X width. */
-static void NAME(gru)(vec *hn, vec *rg, vec *zg, vec *n, const vec *gi, const vec *gh, const vec *h, int64_t width) {
-    for (int64_t j = 0; j < width; j++) {
-        rg[j] = NAME(vsigmoid)(gi[j] + gh[j]);
-        zg[j] = NAME(vsigmoid)(gi[width + j] + gh[width + j]);
-        n[j] = NAME(vtanh)(gi[2 * width + j] + rg[j] * gh[2 * width + j]);
-        hn[j] = n[j] + zg[j] * (h[j] - n[j]);
-    }
-}
-
-/* The GRU step's backward: dgi, dgh (3 X width) from dhn; dh = its direct part (z dhn). ghn: gh's n part. */
-static void NAME(gru_back)(vec *dgi, vec *dgh, vec *dh, const vec *dhn, const vec *rg, const vec *zg, const vec *n,
-                           const vec *ghn, const vec *h, int64_t width) {
-    for (int64_t j = 0; j < width; j++) {
-        const vec dn = dhn[j] * (B(1) - zg[j]);
-        const vec dz = dhn[j] * (h[j] - n[j]);
-        dh[j] = dhn[j] * zg[j];
-        const vec dnp = dn * (B(1) - n[j] * n[j]);
-        const vec dr = dnp * ghn[j];
-        const vec dzp = dz * zg[j] * (B(1) - zg[j]);
-        const vec drp = dr * rg[j] * (B(1) - rg[j]);
-        dgi[j] = dgh[j] = drp;
-        dgi[width + j] = dgh[width + j] = dzp;
-        dgi[2 * width + j] = dnp;
-        dgh[2 * width + j] = dnp * rg[j];
-    }
-}
-
-/* torch.nn.functional.normalize: y = x / max(|x|, 1e-12); returns |x|. */
-static vec NAME(normalize)(vec *y, const vec *x, int64_t n) {
-    vec s = B(0);
-    for (int64_t q = 0; q < n; q++) s += x[q] * x[q];
-    const vec norm = NAME(vsqrt)(s);
-    const vec c = NAME(vmax)(norm, B(1e-12));
-    for (int64_t q = 0; q < n; q++) y[q] = x[q] / c;
-    return norm;
-}
-
-/* normalize's backward: dx += (dy - y (y . dy) [|x| >= eps]) / max(|x|, eps). */
-static void NAME(normalize_back)(vec *dx, const vec *dy, const vec *y, vec norm, int64_t n) {
-    const vec c = NAME(vmax)(norm, B(1e-12));
-    vec dot = B(0);
-    for (int64_t q = 0; q < n; q++) dot += y[q] * dy[q];
-    dot = NAME(sel)(norm >= B(1e-12), dot, B(0));
-    for (int64_t q = 0; q < n; q++) dx[q] += (dy[q] - y[q] * dot) / c;
-}
-
-static void NAME(softmax)(vec *y, const vec *x, int64_t n) {
-    vec mx = x[0], s = B(0);
-    for (int64_t i = 1; i < n; i++) mx = NAME(vmax)(x[i], mx);
-    for (int64_t i = 0; i < n; i++) s += (y[i] = NAME(vexp)(x[i] - mx));
-    for (int64_t i = 0; i < n; i++) y[i] = y[i] / s;
-}
-
-/* Lane l's slot chosen[l] of src (m X E vectors) into dst (E vectors). */
-static void NAME(gather)(vec *dst, const vec *src, const int64_t *chosen, int64_t E) {
-    real *out = (real *)dst;
-    for (int l = 0; l < V; l++) {
-        const real *slot = (const real *)(src + chosen[l] * E);
-        for (int64_t q = 0; q < E; q++) out[q * V + l] = slot[q * V + l];
-    }
 }
 
 /* MIMN._step for V rows from the state (h, r, M, g) before it and the behaviors in w->xr[0:E], up to the
@@ -451,12 +222,12 @@ static void NAME(step_again)(const MimnDims *d, NAME(Work) *w, const vec *r, con
     const int64_t E = d->E, m = d->m, k = d->k;
     memcpy(w->xr + E, r, E * sizeof(vec));
     for (int j = 0; j < 2; j++) {
-        const vec c = NAME(vmax)(w->nk[j], B(1e-12));
-        for (int64_t q = 0; q < E; q++) w->kh[j * E + q] = w->p[j * E + q] / c;
+        const vec c = B(1) / NAME(vmax)(w->nk[j], B(1e-12));
+        for (int64_t q = 0; q < E; q++) w->kh[j * E + q] = w->p[j * E + q] * c;
     }
     for (int64_t i = 0; i < m; i++) {
-        const vec c = NAME(vmax)(w->nM[i], B(1e-12));
-        for (int64_t q = 0; q < E; q++) w->Mh[i * E + q] = M[i * E + q] / c;
+        const vec c = B(1) / NAME(vmax)(w->nM[i], B(1e-12));
+        for (int64_t q = 0; q < E; q++) w->Mh[i * E + q] = M[i * E + q] * c;
     }
     for (int j = 0; j < 2; j++)
         for (int64_t i = 0; i < m; i++) {
@@ -593,188 +364,7 @@ static void NAME(load_rows)(vec *dst, const real *src, const int64_t *row, int64
             for (int64_t q = 0; q < n; q++) dst[q][l] = src[row[l] * n + q];
 }
 
-/* The backward of mimn_forward for blocks [R->blk0, R->blk1), from the gradients of the final states
- * (gout) and the saved states: each step is computed again from its saved state, then differentiated.
- * Writes the behaviors' gradient into dx (B * L X E; rows of padding are left alone) and adds the
- * parameters' gradients to G. 0, or -1 without memory. */
-int NAME(mimn_backward)(const MimnDims *d, const NAME(Weights) *W, const MimnRows *R, const real *x,
-                        const real *saved, const NAME(State) *gout, real *dx, NAME(Grads) *G) {
-    const int64_t E = d->E, H = d->H, m = d->m, k = d->k, P = 4 * E + 2, sv = NAME(saved_size)(d);
-    NAME(Work) w;
-    if (NAME(work_alloc)(d, &w)) return -1;
-    w.oWx.G = G->Wx, w.oWch.G = G->Wch, w.oWhd.G = G->Whd, w.oWm.G = G->Wm, w.oWmh.G = G->Wmh;
-    int64_t row[V], len[V], idx[V];
-    for (int64_t blk = R->blk0; blk < R->blk1; blk++) {
-        NAME(lanes)(R, blk, row, len);
-        NAME(load_rows)(w.dh, gout->h, row, H);
-        NAME(load_rows)(w.dr, gout->r, row, E);
-        NAME(load_rows)(w.dM, gout->M, row, m * E);
-        NAME(load_rows)(w.dg, gout->g, row, m);
-        NAME(load_rows)(w.dS, gout->S, row, m * E);
-        NAME(load_rows)(w.gR, gout->wR, row, m);
-        NAME(load_rows)(w.gW, gout->wW, row, m);
-        for (int64_t s = R->boff[blk + 1] - R->boff[blk] - 1; s >= 0; s--) {
-            const ivec act = NAME(active)(len, s);
-            ivec last;
-            for (int l = 0; l < V; l++) last[l] = s == len[l] - 1 ? -1 : 0;
-            NAME(load_x)(d, R, &w, x, row, len, s, idx);
-            const vec *sp = (const vec *)saved + (R->boff[blk] + s) * sv;
-            const vec *h = sp, *r = sp + H, *M = sp + H + E, *g = sp + H + E + m * E;
-            memcpy(w.Sc, sp + H + E + m * E + m, k * E * sizeof(vec));
-            NAME(set_frame)(d, &w, (vec *)(sp + NAME(state_size)(d)));
-            NAME(step_again)(d, &w, r, M, g);
-            /* The MIU (after the write): its gradient reaches the written memory and the behavior. */
-            memcpy(w.dMn, w.dM, m * E * sizeof(vec));
-            for (int64_t q = 0; q < E; q++) w.dx[q] = B(0);
-            for (int64_t j = 0; j < k; j++) {
-                const int64_t *c = w.chosen + j * V;
-                const vec *Sc = w.Sc + j * E;
-                NAME(gather)(w.dSc, w.dS, c, E); /* the gradient of the updated MIU state */
-                NAME(gru_back)(w.dxin, w.dgh2, w.dSc, w.dSc, w.rg2 + j * E, w.zg2 + j * E, w.n2 + j * E,
-                               w.ghn2 + j * E, Sc, E);
-                for (int64_t q = 0; q < 3 * E; q++) {
-                    w.dxin[q] = NAME(sel)(act, w.dxin[q], B(0));
-                    w.dgh2[q] = NAME(sel)(act, w.dgh2[q], B(0));
-                    w.gbm[q] += w.dxin[q];
-                    w.gbmh[q] += w.dgh2[q];
-                }
-                for (int64_t q = 0; q < 2 * E; q++) w.dxm[q] = B(0);
-                NAME(mvT)(w.dxm, W->WmT, w.dxin, 2 * E, 3 * E);
-                for (int64_t q = 0; q < E; q++) w.dx[q] += w.dxm[q];
-                NAME(outer)(&w.oWm, w.dxin, w.xm + j * 2 * E);
-                NAME(outer)(&w.oWmh, w.dgh2, Sc);
-                NAME(mvT)(w.dSc, W->WmhT, w.dgh2, E, 3 * E);
-                for (int l = 0; l < V; l++) {
-                    if (!act[l]) continue;
-                    const int64_t o = c[l] * E;
-                    for (int64_t q = 0; q < E; q++) {
-                        w.dMn[o + q][l] += w.dxm[E + q][l];
-                        w.dS[o + q][l] = w.dSc[q][l];
-                    }
-                }
-            }
-            /* The row's newest behavior (its last step) also produced the returned weights. */
-            for (int64_t i = 0; i < m; i++) {
-                w.dwR[i] = NAME(sel)(last, w.gR[i], B(0));
-                w.dwW[i] = w.dg[i] + NAME(sel)(last, w.gW[i], B(0));
-            }
-            /* Read r' = sum_i wR_i M'_i and write M' = M (1 - wW e) + wW a; dMn becomes dL/dM. */
-            for (int64_t q = 0; q < E; q++) w.de[q] = w.da[q] = B(0);
-            for (int64_t i = 0; i < m; i++) {
-                vec dwr = B(0), dww = B(0);
-                const vec ww = w.wW[i];
-                for (int64_t q = 0; q < E; q++) {
-                    const vec dmn = w.dMn[i * E + q] + w.wR[i] * w.dr[q];
-                    const vec mv = M[i * E + q];
-                    dwr += w.dr[q] * w.Mn[i * E + q];
-                    dww += dmn * (w.a[q] - mv * w.e[q]);
-                    w.de[q] -= dmn * mv * ww;
-                    w.da[q] += dmn * ww;
-                    w.dMn[i * E + q] = dmn * (B(1) - ww * w.e[q]);
-                }
-                w.dwR[i] += dwr;
-                w.dwW[i] += dww;
-            }
-            /* Softmaxes of the read logits and of the write logits with the usage re-scaling. */
-            vec sW = B(0), sR = B(0);
-            for (int64_t i = 0; i < m; i++) {
-                sW += w.wW[i] * w.dwW[i];
-                sR += w.wR[i] * w.dwR[i];
-            }
-            vec dbeta[2] = {B(0), B(0)}, sq = B(0);
-            for (int64_t i = 0; i < m; i++) {
-                const vec dxW = w.wW[i] * (w.dwW[i] - sW), dxR = w.wR[i] * (w.dwR[i] - sR);
-                w.dc[i] = dxR * w.beta[0];
-                w.dc[m + i] = dxW * w.beta[1];
-                dbeta[0] += dxR * w.cos[i];
-                dbeta[1] += dxW * w.cos[m + i];
-                sq += dxW;
-                w.du[i] = dxW;
-            }
-            for (int64_t i = 0; i < m; i++) /* log_softmax */
-                w.du[i] = NAME(sel)(act, w.du[i] - NAME(vexp)(w.q[i]) * sq, B(0));
-            for (int64_t j = 0; j < m; j++) w.dsh[j] = B(0);
-            NAME(mvT)(w.dsh, W->WgT, w.du, m, m);
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t j = 0; j < m; j++) w.gWg[i * m + j] += w.du[i] * w.sh[j];
-            vec dot = B(0);
-            for (int64_t j = 0; j < m; j++) dot += w.dsh[j] * g[j];
-            /* share = g / max(sum g, 1): the clamp passes the gradient where sum g >= 1. */
-            const vec dsum = NAME(sel)(w.Ssum[0] >= B(1), -dot / (w.Sg[0] * w.Sg[0]), B(0));
-            for (int64_t j = 0; j < m; j++) w.dg[j] = NAME(sel)(act, w.dg[j] + w.dsh[j] / w.Sg[0] + dsum, w.dg[j]);
-            /* Cosine addressing: unit keys . unit slots. */
-            for (int64_t q = 0; q < 2 * E; q++) w.dkh[q] = B(0);
-            for (int64_t q = 0; q < m * E; q++) w.dMh[q] = B(0);
-            for (int j = 0; j < 2; j++)
-                for (int64_t i = 0; i < m; i++) {
-                    const vec dcji = w.dc[j * m + i];
-                    for (int64_t q = 0; q < E; q++) {
-                        w.dkh[j * E + q] += dcji * w.Mh[i * E + q];
-                        w.dMh[i * E + q] += dcji * w.kh[j * E + q];
-                    }
-                }
-            for (int64_t i = 0; i < m; i++)
-                NAME(normalize_back)(w.dMn + i * E, w.dMh + i * E, w.Mh + i * E, w.nM[i], E);
-            NAME(keep)(w.dM, w.dMn, act, m * E);
-            /* Heads: keys, strengths (1 + softplus), erase (sigmoid), add (tanh). */
-            for (int64_t q = 0; q < P; q++) w.dp[q] = B(0);
-            for (int j = 0; j < 2; j++) {
-                NAME(normalize_back)(w.dp + j * E, w.dkh + j * E, w.kh + j * E, w.nk[j], E);
-                vec v = w.p[2 * E + j];
-                for (int l = 0; l < V; l++) {
-                    const real x0 = v[l], ez = exp(x0);
-                    v[l] = x0 > (real)20 ? dbeta[j][l] : dbeta[j][l] * ez / (ez + (real)1);
-                }
-                w.dp[2 * E + j] = v;
-            }
-            for (int64_t q = 0; q < E; q++) {
-                w.dp[2 * E + 2 + q] = w.de[q] * w.e[q] * (B(1) - w.e[q]);
-                w.dp[3 * E + 2 + q] = w.da[q] * (B(1) - w.a[q] * w.a[q]);
-            }
-            for (int64_t q = 0; q < P; q++) {
-                w.dp[q] = NAME(sel)(act, w.dp[q], B(0));
-                w.gbhd[q] += w.dp[q];
-            }
-            memcpy(w.dhn, w.dh, H * sizeof(vec));
-            NAME(mvT)(w.dhn, W->WhdT, w.dp, H, P);
-            NAME(outer)(&w.oWhd, w.dp, w.hn);
-            /* The controller's GRU: gi = W_x [e_t, r] + b_x, gh = W_ch h + b_ch. */
-            NAME(gru_back)(w.dgi, w.dgh, w.dhd, w.dhn, w.rg, w.zg, w.n, w.ghn, h, H);
-            for (int64_t q = 0; q < 3 * H; q++) {
-                w.dgi[q] = NAME(sel)(act, w.dgi[q], B(0));
-                w.dgh[q] = NAME(sel)(act, w.dgh[q], B(0));
-                w.gbx[q] += w.dgi[q];
-                w.gbch[q] += w.dgh[q];
-            }
-            for (int64_t q = 0; q < 2 * E; q++) w.dxr[q] = B(0);
-            NAME(mvT)(w.dxr, W->WxT, w.dgi, 2 * E, 3 * H);
-            NAME(outer)(&w.oWx, w.dgi, w.xr);
-            for (int64_t q = 0; q < E; q++) {
-                w.dx[q] += w.dxr[q];
-                w.dr[q] = NAME(sel)(act, w.dxr[E + q], w.dr[q]);
-            }
-            NAME(keep)(w.dh, w.dhd, act, H);
-            NAME(mvT)(w.dh, W->WchT, w.dgh, H, 3 * H);
-            NAME(outer)(&w.oWch, w.dgh, h);
-            for (int l = 0; l < V; l++)
-                if (idx[l] >= 0)
-                    for (int64_t q = 0; q < E; q++) dx[idx[l] * E + q] = w.dx[q][l];
-        }
-        /* Before a row's oldest behavior the memory was M_0; the other states were zeros. */
-        for (int64_t q = 0; q < m * E; q++) w.gM0[q] += w.dM[q];
-    }
-    NAME(Outer) *outers[] = {&w.oWx, &w.oWch, &w.oWhd, &w.oWm, &w.oWmh};
-    for (int i = 0; i < 5; i++) NAME(outer_flush)(outers[i]);
-    NAME(reduce)(G->bx, w.gbx, 3 * H);
-    NAME(reduce)(G->bch, w.gbch, 3 * H);
-    NAME(reduce)(G->bhd, w.gbhd, P);
-    NAME(reduce)(G->Wg, w.gWg, m * m);
-    NAME(reduce)(G->bm, w.gbm, 3 * E);
-    NAME(reduce)(G->bmh, w.gbmh, 3 * E);
-    NAME(reduce)(G->M0, w.gM0, m * E);
-    free(w.block);
-    return 0;
-}
+#include "mimn_kernel_backward.h"
 
 #undef real
 #undef vec
