@@ -137,3 +137,22 @@ def test_notebook_executes_headless(store, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_a_variant_of_a_model_never_pools_with_the_papers_form(tmp_path):
+    """Runs of one model name under two experiment ids (the paper's form and a count-keeping variant) are
+    two rows; a run logged without an expid keys on its model name."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pred = pd.DataFrame({"impression_id": np.arange(4), "user_id": np.arange(4), "label": [0, 1, 0, 1],
+                         "d_category": [-1, 3, 30, 90], "long_len": 10, "score": [0.1, 0.9, 0.2, 0.8]})
+    for expid, auc in (("sim_hard", 0.7), ("sim_hard_counts", 0.8)):
+        with tracking.run("cmp", run_name=expid, uri=uri):
+            tracking.log_params({"expid": expid, "model": {"name": "sim_hard"}, "dataset": "synthetic",
+                                 "train": {"seed": 1}})
+            tracking.log_metrics({"auc": auc, "gauc": auc, "logloss": 0.5, "best_epoch": 1})
+            tracking.log_table(pred, "test_predictions.parquet")
+    _log_run(uri, "din", 1, [0.6], pred)
+    t = compare.auc_table(compare.finished_runs("cmp", uri)).set_index("model")
+    assert t.loc["sim_hard", "auc_mean"] == pytest.approx(0.7)
+    assert t.loc["sim_hard_counts", "auc_mean"] == pytest.approx(0.8)
+    assert t.loc["din", "runs"] == 1

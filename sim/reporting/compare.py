@@ -17,7 +17,8 @@
   category, -1 if none) over the clicked impressions each model scores highest.
 - Table 6: average d_category and p(d_category > -1) over those impressions.
 
-Everything is keyed by (dataset, model): runs of several datasets logged to one experiment never mix.
+Everything is keyed by (dataset, experiment id): runs of several datasets logged to one experiment never mix,
+and a variant of a model (its own expid in conf/experiments.yaml) never pools with the paper's form.
 
     python -m sim.compare --experiment sim-synthetic [--tracking-uri URI] [--out compare_out]
 
@@ -89,7 +90,11 @@ def finished_runs(experiment: str, uri: str | None = None) -> pd.DataFrame:
     if runs.empty or "metrics.auc" not in runs:
         return pd.DataFrame()
     runs = runs[(runs["status"] == "FINISHED") & runs["metrics.auc"].notna()].copy()
-    runs["model"] = runs.get("params.model.name", pd.Series(index=runs.index, dtype=str))
+    # A row per experiment id (conf/experiments.yaml): the paper's forms run under their model names, a
+    # variant of a model (count features, a search prior) under its own id, so the two never pool. Runs
+    # logged without an expid fall back to the model name.
+    name = runs.get("params.model.name", pd.Series(index=runs.index, dtype=object))
+    runs["model"] = runs.get("params.expid", pd.Series(index=runs.index, dtype=object)).fillna(name)
     runs["dataset"] = runs.get("params.dataset", pd.Series("default", index=runs.index)).fillna("default")
     runs["seed"] = runs.get("params.train.seed", pd.Series("", index=runs.index))
     return runs
