@@ -100,6 +100,29 @@ def test_model_sizes_are_checked_against_the_samples_metadata(tmp_path):
     resolve_data(_experiment(tmp_path, "model.hard_k=10"))
 
 
+def test_the_dates_of_a_run_share_one_time_gap_scale(tmp_path):
+    """Each samples commit records its time_gap_per_octave; a run whose dates were bucketed at two scales
+    is refused (one bucket id would mean other gaps on other dates) until the odd date is rebuilt: a
+    date's scale is its newest commit's. Commits of before the option record none: r = 1."""
+    from deltalake import CommitProperties, write_deltalake
+    path = tmp_path / "samples"
+    sizes = {"short_cap": 8, "hard_k": 10, "long_cap": 20, "time_gap_buckets": 64}
+
+    def commit(i: int, d: str, **scale) -> None:
+        meta = {"job": "build_samples", "date": d, "sizes": {**sizes, **scale}}
+        frame = pa.Table.from_pandas(samples_frame(30, d, seed=i + 1), preserve_index=False)
+        write_deltalake(str(path), frame, partition_by=["dt"], mode="overwrite", predicate=f"dt = '{d}'",
+                        commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)}))
+    for i, d in enumerate(DATES[:-1]):
+        commit(i, d)  # no scale recorded
+    commit(3, DATES[-1], time_gap_per_octave=4)
+    with pytest.raises(ConfigError, match=r"the samples of 2024-06-28..2024-07-01 were bucketed with "
+                                          r"time_gap_per_octave 1 and 4 .*rebuild them with one"):
+        resolve_data(_experiment(tmp_path))
+    commit(4, DATES[-1], time_gap_per_octave=1)  # the date rebuilt at the others' scale
+    assert resolve_data(_experiment(tmp_path)).rows("test") == 30
+
+
 def test_samples_version_pins_the_snapshot(tmp_path):
     _write_samples(tmp_path / "samples", None)  # no sizes recorded (an older table): not checked
     assert resolve_data(_experiment(tmp_path, "model.time_gap_buckets=2")).samples_version == 3

@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, read_table,
-                                   table_path, version_for_date)
+from sim.adapters.delta_io import (MissingTableError, commit_metadata, latest_version, log_commit_metadata,
+                                   read_table, table_path, version_for_date)
 from sim.samples.transforms import (ID_MARK, LEAK_MARK, build_sequences, first_leak, split_impressions,
                                     time_gap_bucket, to_samples)
 from sim.samples.contract import (ID_MAX, PACKED_COLUMNS, SAMPLES, SAMPLES_COLUMNS, LeakError, SampleSpec,
@@ -118,6 +118,66 @@ def test_time_gap_bucket(spark):
     assert list(got) == [b for _, b in edges]
 
 
+def exact_bucket(gap_seconds: int, r: int, n: int = 64) -> int:
+    """1 + min(n - 2, floor(r * log2(1 + hours))) in integers: floor(log2(x^r)) = bit_length(x^r) - 1."""
+    return 1 + min(n - 2, ((gap_seconds // H + 1) ** r).bit_length() - 1)
+
+
+def test_time_gap_bucket_per_octave_exact_monotone_never_padding(spark):
+    """r buckets per doubling of the hours: every whole hour of the 180-day window and every 97th hour of
+    20 years (each with the last second before it) get exactly the integer formula's bucket (r = 1: the
+    log2 bucket of every table written before the option), never 0 (padding), non-decreasing in the gap."""
+    n, rs = 64, (1, 2, 3, 4, 8)
+    hours = sorted(set(range(0, 181 * 24)) | set(range(0, 20 * 365 * 24, 97)) | {2 ** k for k in range(18)})
+    gaps = sorted({h * H for h in hours} | {h * H - 1 for h in hours if h} | {1})
+    frame = spark.createDataFrame([(g,) for g in gaps], "g long")
+    got = frame.select("g", *[time_gap_bucket(F.col("g"), n, r).alias(f"r{r}") for r in rs]).toPandas()
+    got = got.sort_values("g")
+    for r in rs:
+        assert got[f"r{r}"].tolist() == [exact_bucket(int(g), r, n) for g in got.g], r
+        assert got[f"r{r}"].min() >= 1 and got[f"r{r}"].is_monotonic_increasing, r
+
+
+def test_time_gap_bucket_boundaries_r1_and_r4(spark):
+    """Bucket edges by hand: r = 1 doubles the hours per bucket (21.3 to 42.6 days share one); r = 4
+    splits each doubling in four (edges where 1 + hours reaches 2^(j/4)): those days fill four buckets."""
+    cases = {  # (gap, r) -> bucket
+        (H - 1, 1): 1, (H, 1): 2, (3 * H - 1, 1): 2, (3 * H, 1): 3,
+        (511 * H, 1): 10, (1022 * H, 1): 10, (1023 * H, 1): 11,  # 21.3 to 42.6 days: one bucket
+        (H - 1, 4): 1, (H, 4): 5,  # 1 + 1 hour = 2: 4 * log2(2) = 4; whole hours leave buckets 2-4 empty
+        (2 * H, 4): 7,  # 4 * log2(3) = 6.34
+        (3 * H, 4): 9,  # 4 * log2(4) = 8 exactly
+        (15 * H - 1, 4): 16, (15 * H, 4): 17,  # 4 * log2(15) = 15.6, 4 * log2(16) = 16 exactly
+        (511 * H, 4): 37, (1022 * H, 4): 40,  # the r = 1 bucket of 21-42 days is four buckets here
+        (180 * DAY - 1, 4): 49,  # the long window's oldest gap: 4 * log2(4320) = 48.3
+    }
+    row = spark.range(1).select(*[time_gap_bucket(F.lit(g), 64, r).alias(f"c{i}")
+                                  for i, (g, r) in enumerate(cases)]).first()
+    assert dict(zip(cases, row)) == cases
+    assert all(exact_bucket(g, r) == b for (g, r), b in cases.items())
+
+
+def test_time_gap_scale_is_refused_where_the_long_window_needs_more_buckets():
+    """Time mode: an r whose long window reaches past the last bucket is refused, naming the fix;
+    the defaults (180 days, r = 1, 64 buckets) use 13 buckets, r = 5 fits in 64 and r = 6 does not.
+    Count mode only warns: its gaps have no bound, the last bucket is 'older than' by design."""
+    from sim.config import load_pipeline_conf
+    w = Windows(long_days=180, short_days=14)
+    for r in (1, 4, 5):
+        SampleSpec(w, SPEC.caps, 64, time_gap_per_octave=r)
+    with pytest.raises(ConfigError, match=r"time_gap_per_octave=6 gives gaps of the 180-day long window bucket "
+                                          r"ids up to 73 .* set time_gap_buckets >= 74 or time_gap_per_octave <= 5"):
+        SampleSpec(w, SPEC.caps, 64, time_gap_per_octave=6)
+    with pytest.raises(ConfigError, match=r"time_gap_per_octave=6 gives"):
+        load_pipeline_conf(overrides=["time_gap_per_octave=6"])
+    assert load_pipeline_conf(overrides=["time_gap_per_octave=6", "time_gap_buckets=74"]).time_gap_per_octave == 6
+    count = SampleSpec(Windows(mode="count", long_count=4, short_count=2), Caps(short_cap=2, hard_k=2, long_cap=4),
+                       64, time_gap_per_octave=8)
+    assert count.last_bucket_hours == 215  # 1 + 215 = 216 >= 2^(62 / 8) = 215.3
+    assert exact_bucket(215 * H, 8) == 63 and exact_bucket(214 * H, 8) == 62
+    assert count.sizes["time_gap_per_octave"] == 8 and SPEC.sizes["time_gap_per_octave"] == 1
+
+
 def test_hand_computed_sequences(spark):
     seqs = build_sequences(*_inputs(spark), SPEC, D)
     out = to_samples(seqs, SPEC)
@@ -133,6 +193,18 @@ def test_hand_computed_sequences(spark):
         for c in PACKED_COLUMNS:
             raw = bytes(stored[r.impression_id][c])
             assert len(raw) == 4 * len(r[c]) and unpack(raw).tolist() == r[c], (r.impression_id, c)
+    # The gap columns follow the spec's time_gap_per_octave: at r = 4 every stored gap is the exact
+    # bucket of impression time minus behavior time.
+    spec4 = SampleSpec(SPEC.windows, SPEC.caps, 64, time_gap_per_octave=4)
+    ts_of, checked = {b[1]: b[4] for b in BEHAVIOR_ROWS}, 0
+    for r in with_sequence_arrays(to_samples(seqs, spec4)).collect():
+        for seq in ("short", "hard", "long"):
+            want = [exact_bucket(r.ts - ts_of[i], 4) for i in r[f"{seq}_items"]]
+            assert r[f"{seq}_gaps"] == want, (r.impression_id, seq)
+            checked += len(want)
+        if r.impression_id == 1:  # 10 min, 2 d, 15 d, 100 d, 180 d - 1 h (r = 1: 1, 6, 9, 12, 13)
+            assert r.long_gaps == [1, 23, 34, 45, 49]
+    assert checked > 20
 
 
 def test_count_mode_last_n(spark):
@@ -204,6 +276,10 @@ def test_samples_job_time_travel_rerun_and_planted_leak(spark, tmp_path):
     _check(with_sequence_arrays(samples).collect(), EXPECTED)
     rej = read_table(spark, table_path(lh, "rejects")).where("source = 'build_samples'").collect()
     assert len(rej) == 1 and '"impression_id":99' in rej[0].raw
+    # The commit records what a model must fit, time-gap scale included (checked before training).
+    (meta,) = [m for _, m in log_commit_metadata(out) if m.get("job") == "build_samples"]
+    assert meta["sizes"] == SPEC.sizes == {"short_cap": 4, "hard_k": 3, "long_cap": 5, "time_gap_buckets": 64,
+                                           "time_gap_per_octave": 1}
     props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{out}`").collect()}
     assert props.get("delta.enableDeletionVectors", "false") == "false"  # Petastorm reads the files
 

@@ -61,6 +61,31 @@ def check_caps_fit(windows: Windows, caps: Caps) -> str | None:
             "before them as the long one; " + ", ".join(problems) + ": raise the caps or lower the counts")
 
 
+def time_gap_index(hours: int, per_octave: int = 1) -> int:
+    """floor(r * log2(1 + hours)) in exact integer arithmetic (= floor(log2((1 + hours) ** r))): the
+    bucket index a gap of ``hours`` whole hours gets before the cap (sim.samples.transforms.time_gap_bucket)."""
+    return ((hours + 1) ** per_octave).bit_length() - 1
+
+
+def check_time_gaps_fit(windows: Windows, time_gap_buckets: int, per_octave: int) -> str | None:
+    """Whether the long window's gaps get buckets of their own: a gap of h hours has bucket
+    1 + min(time_gap_buckets - 2, time_gap_index(h, r)), so when the window's oldest gap (long_days * 24
+    - 1 hours) has an index beyond time_gap_buckets - 2, the oldest part of the window would share the
+    last bucket, losing the resolution ``time_gap_per_octave`` asks for. Time mode refuses that (its gaps
+    never exceed the window; the defaults, 180 days at r = 1 in 64 buckets, use 13 of them). Count mode
+    has no bound on a gap, so there the last bucket holds every older gap by design, and this only
+    warns (:class:`sim.samples.contract.SampleSpec`). Returns what is wrong, or None."""
+    hours = windows.long_days * 24 - 1
+    top = time_gap_index(hours, per_octave)
+    if top <= time_gap_buckets - 2:
+        return None
+    fits = [r for r in range(1, per_octave) if time_gap_index(hours, r) <= time_gap_buckets - 2]
+    return (f"time_gap_per_octave={per_octave} gives gaps of the {windows.long_days}-day long window bucket "
+            f"ids up to {top + 1} but time_gap_buckets={time_gap_buckets} holds ids up to {time_gap_buckets - 1} "
+            f"(older gaps would share the last one): set time_gap_buckets >= {top + 2}"
+            + (f" or time_gap_per_octave <= {fits[-1]}" if fits else ""))
+
+
 def _spark_value(value: Any) -> str:
     """Spark settings are strings; YAML hands over numbers and booleans too."""
     if isinstance(value, bool):
@@ -205,6 +230,8 @@ class PipelineConfig(Settings):
     windows: Windows = Field(default_factory=Windows)
     caps: Caps = Field(default_factory=Caps)
     time_gap_buckets: int = Field(64, ge=2, description="bucket 0 is padding; log2 of hours")
+    time_gap_per_octave: PositiveInt = Field(
+        1, description="r buckets per doubling of the hours: 1 + floor(r * log2(1 + hours)); 1 = log2")
     retention: Retention = Field(default_factory=Retention)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -212,6 +239,10 @@ class PipelineConfig(Settings):
     @model_validator(mode="after")
     def _caps_hold_counts(self) -> "PipelineConfig":
         problem = check_caps_fit(self.windows, self.caps)
+        if problem:
+            raise ValueError(problem)
+        problem = self.windows.mode == "time" and check_time_gaps_fit(self.windows, self.time_gap_buckets,
+                                                                      self.time_gap_per_octave)
         if problem:
             raise ValueError(problem)
         return self

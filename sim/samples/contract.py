@@ -30,6 +30,7 @@ from pyspark.sql import types as T
 
 from sim.config import ConfigError
 from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
+from sim.config.pipeline import check_time_gaps_fit
 from sim.ubt.settings import long_seq_len, recent_seq_len, short_seq_len
 # The packed sequence format is defined once, in numpy (the training processes need no pyspark).
 from sim.samples.packing import (ID_MAX, PACKED_COLUMNS, SEQ_FIELDS, SEQUENCES, seq_columns,  # noqa: F401
@@ -108,26 +109,49 @@ class SampleSpec:
     time_gap_buckets: int = 64
     # Days back a date can be rebuilt: the UBT and samples tables keep their versions this long.
     backfill_days: int = 30
+    # r time-gap buckets per doubling of the hours (sim.samples.transforms.time_gap_bucket); 1 = log2.
+    time_gap_per_octave: int = 1
 
     def __post_init__(self) -> None:
         if self.time_gap_buckets < 2:
             raise ConfigError("time_gap_buckets must be >= 2 (bucket 0 is padding)")
+        if self.time_gap_per_octave < 1:
+            raise ConfigError("time_gap_per_octave must be >= 1")
         if self.backfill_days < 0:
             raise ConfigError("retention.backfill_days must be >= 0")
         problem = check_caps_fit(self.windows, self.caps)
         if problem:
             raise ConfigError(problem)
+        problem = check_time_gaps_fit(self.windows, self.time_gap_buckets, self.time_gap_per_octave)
+        if problem and self.windows.mode == "time":
+            raise ConfigError(problem)
+        if problem:  # count mode: gaps are unbounded, the last bucket is "older than" by design
+            log.warning("count mode: gaps from %.1f days on share the last time-gap bucket (%s)",
+                        self.last_bucket_hours / 24, problem)
 
     @classmethod
     def from_conf(cls, cfg: PipelineConfig) -> "SampleSpec":
-        return cls(cfg.windows, cfg.caps, cfg.time_gap_buckets, cfg.retention.backfill_days)
+        return cls(cfg.windows, cfg.caps, cfg.time_gap_buckets, cfg.retention.backfill_days,
+                   cfg.time_gap_per_octave)
 
     @property
     def sizes(self) -> dict[str, int]:
         """What a model must fit, recorded with every samples commit and checked before training
-        (:func:`sim.training.experiment.check_model_fits`)."""
+        (:func:`sim.training.experiment.check_model_fits`): the caps, the time-gap ids' range and their
+        scale (``time_gap_per_octave``: one model must not mix gaps bucketed at two scales)."""
         return {"short_cap": self.caps.short_cap, "hard_k": self.caps.hard_k, "long_cap": self.caps.long_cap,
-                "time_gap_buckets": self.time_gap_buckets}
+                "time_gap_buckets": self.time_gap_buckets, "time_gap_per_octave": self.time_gap_per_octave}
+
+    @property
+    def last_bucket_hours(self) -> int:
+        """The whole hours from which on a gap falls in the last bucket (time_gap_index >= buckets - 2)."""
+        target, r = 1 << (self.time_gap_buckets - 2), self.time_gap_per_octave
+        x = max(1, round(2 ** ((self.time_gap_buckets - 2) / r)))  # the integer r-th root, then exact
+        while x ** r < target:
+            x += 1
+        while x > 1 and (x - 1) ** r >= target:
+            x -= 1
+        return x - 1
 
     @property
     def long_n(self) -> int:

@@ -18,17 +18,28 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ column functions
-def time_gap_bucket(gap_seconds: Column, num_buckets: int = 64) -> Column:
+def time_gap_bucket(gap_seconds: Column, num_buckets: int = 64, per_octave: int = 1) -> Column:
     """Time-gap bucket of an impression-to-behavior gap (the ESU's e^t_j input).
 
-    Bucket 0 is padding. A gap of g > 0 seconds falls in ``1 + min(num_buckets - 2,
-    floor(log2(1 + g / 3600)))``: bucket 1 is the first hour, then each bucket doubles the hours
-    (1-3 h, 3-7 h, ...); gaps beyond the last boundary share bucket ``num_buckets - 1``. Log-scale
-    because the recency that matters for interest decays roughly geometrically.
+    Bucket 0 is padding. A gap of g > 0 seconds, h = floor(g / 3600) whole hours, falls in
+    ``1 + min(num_buckets - 2, floor(r * log2(1 + h)))`` with r = ``per_octave`` buckets per doubling
+    of the hours (``time_gap_per_octave``). r = 1: bucket 1 is the first hour, then each bucket doubles
+    the hours (1-3 h, 3-7 h, ...; 21-42 days share one). r = 4: quarter octaves (a bucket spans a
+    factor 2^(1/4) = 1.19: 21-25 days, 25-30 days, ...; whole hours leave buckets 2-4 empty, the
+    first hour being 4 * log2(2) = 4). Gaps beyond the last boundary share bucket
+    ``num_buckets - 1`` (time mode refuses an r whose window reaches it: :func:`sim.config.pipeline.
+    check_time_gaps_fit`). Log-scale because the recency that matters for interest decays roughly
+    geometrically; the paper does not say how its e^t_j buckets the gap.
     """
     # floor(log2(x)) = floor(log2(floor(x))) for x >= 1, so whole hours keep it exact at the edges.
     hours = F.floor(gap_seconds.cast("long") / F.lit(SECONDS_PER_HOUR))
-    raw = F.floor(F.log2(F.lit(1) + hours))
+    if per_octave == 1:  # the expression of every table written before r existed, kept as it was
+        raw = F.floor(F.log2(F.lit(1) + hours))
+    else:
+        # r * log2(x) is an integer only at x = 2^k (x whole), where the double can land 1 ulp low;
+        # 1e-9 lifts it back without reaching the next boundary (checked against the exact integer
+        # floor(log2(x^r)) hour by hour in tests/test_samples.py).
+        raw = F.floor(F.lit(float(per_octave)) * F.log2(F.lit(1) + hours) + F.lit(1e-9))
     return (F.lit(1) + F.least(F.lit(num_buckets - 2), raw.cast("int"))).cast("int")
 
 
@@ -231,8 +242,9 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
     A row whose sequences hold an id outside int32 raises an error while it is computed (``ID_MARK``),
     and with ``guard`` so does a row failing :func:`leak_condition` (so nothing gets written)."""
     t = F.col("ts")
-    gaps_all = F.transform("all_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
-    hard_gaps = F.transform("hard_ts", lambda x: time_gap_bucket(t - x, spec.time_gap_buckets))
+    n_gaps, r = spec.time_gap_buckets, spec.time_gap_per_octave
+    gaps_all = F.transform("all_ts", lambda x: time_gap_bucket(t - x, n_gaps, r))
+    hard_gaps = F.transform("hard_ts", lambda x: time_gap_bucket(t - x, n_gaps, r))
     n_hard = F.size("hard_ts")
     d_category = F.col("d_category")
     if guard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import logging
 
@@ -71,19 +72,38 @@ def _covers(meta: dict, first: str, last: str) -> bool:
     return lo is not None and hi is not None and lo <= last and hi >= first
 
 
+def _days(first: str, last: str) -> list[str]:
+    a, b = _dt.date.fromisoformat(first), _dt.date.fromisoformat(last)
+    return [(a + _dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
 def check_model_fits(cfg: dict, path: str, version: int) -> None:
     """The model's sizes against the ``sizes`` every samples commit records (sim.samples.contract):
     time-gap ids index the model's table (fewer rows would fail at the first step with an index
-    error), and a hard-search ``hard_k`` above the samples' K would silently see fewer behaviors. Checked
+    error), the dates' time gaps share one scale (``time_gap_per_octave``), and a hard-search ``hard_k``
+    above the samples' K would silently see fewer behaviors. Checked
     over the commits that wrote the experiment's dates; tables written without sizes are not checked."""
     from sim.adapters import delta_io
     first, last = date_range(cfg, SPLITS[0])[0], date_range(cfg, SPLITS[-1])[1]
-    recorded = [m["sizes"] for _, m in delta_io.log_commit_metadata(path, version)
-                if isinstance(m.get("sizes"), dict) and _covers(m, first, last)]
+    commits = [m for _, m in delta_io.log_commit_metadata(path, version)  # oldest first
+               if isinstance(m.get("sizes"), dict) and _covers(m, first, last)]
+    recorded = [m["sizes"] for m in commits]
     if not recorded:
         log.info("the samples at %s record no sizes for %s..%s: model sizes not checked", path, first, last)
         return
     model, problems = cfg["model"], []
+    # One scale of time gaps per run: a bucket id must mean the same hours in every split. A date's
+    # scale is its newest commit's (a rebuilt date replaced its rows); commits written before the
+    # option record none: log2, r = 1.
+    newest: dict[str, int] = {}
+    for m in commits:
+        for d in _days(max(first, m.get("from", m.get("date"))), min(last, m.get("to", m.get("date")))):
+            newest[d] = int(m["sizes"].get("time_gap_per_octave", 1))
+    scales = sorted(set(newest.values()))
+    if len(scales) > 1:
+        problems.append(f"the samples of {first}..{last} were bucketed with time_gap_per_octave "
+                        f"{' and '.join(map(str, scales))} (the same bucket id means other gaps on other "
+                        f"dates): rebuild them with one time_gap_per_octave")
     gaps = max(int(s["time_gap_buckets"]) for s in recorded)
     if int(model["time_gap_buckets"]) < gaps:
         problems.append(f"model.time_gap_buckets={model['time_gap_buckets']} but the samples hold time-gap "
