@@ -63,7 +63,9 @@ class ModelConfig(BaseModel):
     gsu_prior: Literal["none", "cooc"] = Field(
         "none", description="soft search's category prior: none, or category co-occurrence within the "
         "training users' histories (filled by training; sim.training.search_prior)")
-    gsu_prior_dim: PositiveInt = Field(16, description="width of the category co-occurrence vectors")
+    gsu_prior_dim: PositiveInt = Field(
+        64, description="width of the category co-occurrence vectors (at least the number of interests "
+        "to tell apart: 16 merged the demo's 40 topics)")
     din_normalization: Literal["none", "softmax"] = Field(
         "none", description="DIN attention weights: raw (DIN's, keeps an interest's intensity) or softmax")
     hard_k: PositiveInt | None = Field(

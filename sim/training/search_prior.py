@@ -6,10 +6,12 @@ The paper's "only first stage (soft)" searches with embeddings pre-trained in a 
 This is a cheaper pre-training of the same kind: a user's lasting interests span several categories (a topic
 of the synthetic data, co-bought categories of a real catalog), so the categories of one interest appear
 together in users' histories. Per user, the newest training row's long sequence gives the user's category
-counts; the vectors are the leading eigenvectors (scaled by the root of their eigenvalues) of the
-category x category Gram matrix of the users' log-count profiles (each user's profile normalised to unit
-length, so a heavy user does not dominate), i.e. a truncated SVD of the user x category matrix. Two categories
-get close vectors when the same users hold both. ``GeneralSearchUnit.set_prior`` normalises them and adds
+counts; the vectors are the leading principal components (eigenvectors of the category x category
+covariance of the users' log-count profiles, each profile normalised to unit length so that a heavy user does
+not dominate, scaled by the root of their eigenvalues). Two categories get close vectors when the same users
+hold both. On the demo data (200 categories in 40 hidden topics), with 64 dimensions the 4 nearest categories
+of every category are in its topic (16 dimensions: 65%; without centring, 64 dimensions: 99% but every pair
+of categories at cosine 0.22 on average). ``GeneralSearchUnit.set_prior`` normalises them and adds
 their cosine to the search's relevance.
 """
 from __future__ import annotations
@@ -76,6 +78,9 @@ def category_vectors(user_index: np.ndarray, category: np.ndarray, category_buck
     np.add.at(counts, (user_index, col), 1.0)
     profile = np.log1p(counts)
     profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+    # Centred (a PCA): the mean profile, popular categories shared by everyone, would otherwise be the
+    # leading direction and make every pair of categories look related.
+    profile -= profile.mean(axis=0, keepdims=True)
     gram = profile.T @ profile
     values, vectors = np.linalg.eigh(gram)
     top = np.argsort(values)[::-1][:dim]
