@@ -5,7 +5,8 @@
    first a target, and replay its count-mode samples instead of 1-3; ``--ml-protocol``, ``--ml-negatives``);
 2. backfill the User Behavior Tree up to the day before the last impression day;
 3. build the point-in-time samples of every impression day;
-4. train DIN, Avg-Pooling Long DIN, SIM hard, SIM soft and SIM soft + time with ``horovodrun -np 2``;
+4. train DIN, Avg-Pooling Long DIN, SIM hard and the count-keeping SIM hard + time and SIM soft + time
+   (``DEMO_MODELS``) with ``horovodrun -np 2``;
 5. print the comparison (paper Tables 2 and 6) and write its figures.
 
 Each stage runs the same command a user would (spark jobs, ``python -m sim.train --np 2``) as a
@@ -27,7 +28,9 @@ from sim.config import PROJECT_ROOT, PipelineConfig, load_pipeline_conf
 
 log = logging.getLogger("sim.demo")
 
-DEMO_MODELS = ("din", "avgpool_long_din", "sim_hard", "sim_soft", "sim_soft_time")
+# The paper's DIN, Avg-Pooling and SIM hard, and the two variants that keep counts and recency that did best
+# on the validation day (docs/RESULTS.md).
+DEMO_MODELS = ("din", "avgpool_long_din", "sim_hard", "sim_hard_time_counts", "sim_soft_time_counts")
 
 
 def _day(d: str, delta: int) -> str:
@@ -47,16 +50,30 @@ def plan(cfg: PipelineConfig) -> dict[str, str]:
             "valid_to": _day(end, -1), "test_from": end, "test_to": end}
 
 
+EXPERIMENTS = PROJECT_ROOT / "conf" / "experiments.yaml"
+
+
+def experiment_ids(path: Path = EXPERIMENTS) -> list[str]:
+    """The experiment ids of ``conf/experiments.yaml``: the paper's models under their names, then the
+    variants (``*_counts``)."""
+    from sim.config.base import load_yaml
+    return [k for k in load_yaml(path) if k != "Base"]
+
+
 def resolve_models(spec: str) -> list[str]:
-    """``--models``: comma-separated names or ``all``; an unknown name fails before any stage runs."""
+    """``--models``: comma-separated experiment ids of conf/experiments.yaml, ``all`` (every id) or
+    ``paper`` (the paper's models, ``sim.models.MODEL_NAMES``); an unknown id fails before any stage runs."""
     from sim.models import MODEL_NAMES
+    known = experiment_ids()
     if spec.strip() == "all":
-        return list(MODEL_NAMES)
+        return known
+    if spec.strip() == "paper":
+        return [m for m in known if m in MODEL_NAMES]
     models = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODEL_NAMES]
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
-        raise SystemExit(f"unknown model(s) {unknown or spec!r} in --models; known models: "
-                         f"{', '.join(MODEL_NAMES)} (or 'all')")
+        raise SystemExit(f"unknown model(s) {unknown or spec!r} in --models; known experiment ids of "
+                         f"{EXPERIMENTS.name}: {', '.join(known)} (or 'all', 'paper')")
     return models
 
 
@@ -197,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
                    help="synthetic lifelong logs (default) or MovieLens-100k from the recbole wheel")
     p.add_argument("--lakehouse", default=None, help="default: ./lakehouse (synthetic), ./lakehouse_ml-100k")
-    p.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated model names, or 'all' for every model of sim.models")
+    p.add_argument("--models", default=",".join(DEMO_MODELS),
+                   help="comma-separated experiment ids of conf/experiments.yaml, 'all' for every one, "
+                   "'paper' for the paper's models")
     p.add_argument("--seeds", default="1", help="comma-separated training seeds, one run per model and seed")
     p.add_argument("--np", type=int, default=2, help="horovodrun processes per training run")
     p.add_argument("--experiment", default="sim-demo", help="MLflow experiment of the demo runs")

@@ -54,12 +54,15 @@ def test_pipeline_values_are_typed():
         load_pipeline_conf(overrides=["windows.mode=count", "caps.short_cap=5"])
 
 
-def test_demo_models_all_and_unknown_names():
-    from sim.demo import resolve_models
+def test_demo_models_all_paper_variants_and_unknown_names():
+    from sim.demo import DEMO_MODELS, resolve_models
     from sim.models import MODEL_NAMES
-    assert resolve_models("all") == list(MODEL_NAMES) and "mimn" in MODEL_NAMES and "dien" in MODEL_NAMES
-    assert resolve_models("din, sim_hard") == ["din", "sim_hard"]
-    with pytest.raises(SystemExit, match="known models: din"):
+    assert sorted(resolve_models("paper")) == sorted(MODEL_NAMES) and "mimn" in MODEL_NAMES and "dien" in MODEL_NAMES
+    every = resolve_models("all")
+    assert set(MODEL_NAMES) < set(every) and "sim_soft_time_counts" in every
+    assert set(DEMO_MODELS) <= set(every)
+    assert resolve_models("din, sim_hard_counts") == ["din", "sim_hard_counts"]
+    with pytest.raises(SystemExit, match="known experiment ids of experiments.yaml: din"):
         resolve_models("din,simm_soft")
 
 
