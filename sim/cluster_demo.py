@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sim.cluster_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=None, help="directory for the servers' data and logs (default: a "
                    "temporary directory, removed at the end)")
-    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated model names, or 'all'")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated experiment ids of conf/experiments.yaml, 'all' or 'paper'")
     p.add_argument("--np", type=int, default=2, help="Horovod ranks (Spark tasks) per training run")
     p.add_argument("--workers", type=int, default=2, help="Spark workers (one core each)")
     p.add_argument("--worker-memory", default="1536m", help="memory of each Spark worker")
