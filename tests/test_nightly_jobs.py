@@ -2,7 +2,8 @@
 
 - locally: a kill in the middle of the UBT write leaves the previous version readable; the re-run
   skips the committed date and builds the killed one; the samples of both impression days follow
-  (Delta resolved by ``spark-submit --packages``);
+  (Delta resolved by ``spark-submit --packages``); a re-run of a committed date with another cap is
+  refused, naming it;
 - the same jobs uninterrupted, in the test session's JVM, from the same logs, give the same samples
   rows. (The jobs on a standalone cluster: test_cluster.)
 """
@@ -125,6 +126,14 @@ def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(
     out = submit("build_samples.py", lake, "--date", "2024-07-01", "--backfill", "2024-06-30",
                  packages=True).stdout
     assert "date=2024-06-30 action=written" in out and "date=2024-07-01 action=written" in out
+    # A re-run with another cap is refused, naming it and --force, and writes nothing.
+    samples_version = latest_version(spark, str(lake / "samples"))
+    refused = run(spark_submit_cmd(str(ROOT / "jobs" / "build_samples.py"),
+                                   *job_args(lake, "--date", "2024-07-01", "--set", "caps.long_cap=41")),
+                  check=False)
+    said = refused.stdout + refused.stderr  # spark-submit merges the driver's stderr into its stdout
+    assert refused.returncode == 1 and "caps.long_cap: built with 40, now 41" in said and "--force" in said, said
+    assert latest_version(spark, str(lake / "samples")) == samples_version
     samples = str(lake / "samples")
     assert [c.date for c in job_commits(spark, samples, "build_samples")] == ["2024-06-30", "2024-07-01"]
     s = read_table(spark, samples)
@@ -151,3 +160,11 @@ def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(
     assert [build_samples(spark, str(reference), d, spec).action for d in ("2024-06-30", "2024-07-01")] \
         == ["written", "written"]
     assert rows_of(read_table(spark, str(reference / "samples"))) == rows_of(s)
+
+
+@pytest.mark.parametrize("module", ["sim.ubt.build_ubt", "sim.samples.build_samples"])
+def test_the_jobs_take_allow_empty(module, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main(["--help"])
+    assert done.value.code == 0 and "--allow-empty" in capsys.readouterr().out

@@ -343,7 +343,9 @@ def test_backfill_horizon_survives_vacuum_and_refuses_older_dates(spark, tmp_pat
     lh = str(tmp_path)
     write_logs(spark, lh, BEHAVIOR_ROWS, IMPRESSION_ROWS)
     spec = SampleSpec(Windows(long_days=180, short_days=14, segment_days=2), SPEC.caps, backfill_days=30)
-    build_ubt(spark, lh, shift_date(D, 1), spec.windows, spec.caps, backfill_from=shift_date(D, -1))
+    # D+1 has no behaviors in these logs: allowed, so that UBT(D) is not the latest version.
+    build_ubt(spark, lh, shift_date(D, 1), spec.windows, spec.caps, backfill_from=shift_date(D, -1),
+              allow_empty=True)
     first = build_samples(spark, lh, D, spec)
     ubt_path, out = table_path(lh, "ubt"), table_path(lh, "samples")
     for path in (ubt_path, out):
@@ -358,3 +360,62 @@ def test_backfill_horizon_survives_vacuum_and_refuses_older_dates(spark, tmp_pat
     short = SampleSpec(spec.windows, spec.caps, backfill_days=0)
     with pytest.raises(SamplesInputError, match=r"past the backfill horizon of 0 days.*--backfill FROM --force"):
         build_samples(spark, lh, D, short, force=True)
+
+
+def test_samples_rerun_is_a_noop_only_with_the_settings_and_inputs_of_the_commit(spark, tmp_path):
+    """A committed date is skipped when today's run would record the same settings and inputs (caps,
+    windows, the impressions and behaviors files of the day, UBT(D-1)); otherwise it is refused naming
+    each change and --force, and nothing is written; forced, it is rebuilt and recorded anew."""
+    from test_ubt import _rewrite_day
+    lh = str(tmp_path)
+    write_logs(spark, lh, BEHAVIOR_ROWS, IMPRESSION_ROWS)
+    prev = shift_date(D, -1)
+    build_ubt(spark, lh, prev, SPEC.windows, SPEC.caps, backfill_from=prev)
+    out = table_path(lh, "samples")
+    assert build_samples(spark, lh, D, SPEC).action == "written"
+    version = latest_version(spark, out)
+    assert build_samples(spark, lh, D, SPEC).action == "skipped"
+
+    wider = SampleSpec(SPEC.windows, Caps(short_cap=4, hard_k=3, long_cap=6))
+    with pytest.raises(SamplesInputError, match=r"(?s)caps\.long_cap: built with 5, now 6.*--force"):
+        build_samples(spark, lh, D, wider)
+    shorter = SampleSpec(Windows(long_days=180, short_days=7), SPEC.caps)
+    with pytest.raises(SamplesInputError, match=r"windows\.short_days: built with 14, now 7"):
+        build_samples(spark, lh, D, shorter)
+    assert latest_version(spark, out) == version
+    res = build_samples(spark, lh, D, wider, force=True)
+    assert res.action == "written" and latest_version(spark, out) > version
+    assert build_samples(spark, lh, D, wider).action == "skipped"
+
+    # Re-imported impressions of D: refused naming them; forced, rebuilt from them.
+    _rewrite_day(spark, lh, "impressions", D)
+    version = latest_version(spark, out)
+    with pytest.raises(SamplesInputError, match=rf"impressions \(dt = '{D}'\).*rewritten"):
+        build_samples(spark, lh, D, wider)
+    assert latest_version(spark, out) == version
+    assert build_samples(spark, lh, D, wider, force=True).action == "written"
+    assert build_samples(spark, lh, D, wider).action == "skipped"
+    # UBT(D-1) rebuilt since: refused naming it.
+    build_ubt(spark, lh, prev, SPEC.windows, SPEC.caps, backfill_from=prev, force=True)
+    with pytest.raises(SamplesInputError, match=rf"ubt: built on build_ubt {prev} .*rebuilt since"):
+        build_samples(spark, lh, D, wider)
+
+
+def test_samples_of_a_day_without_impressions_or_behaviors_are_refused_unless_allowed(spark, tmp_path):
+    """A day whose impressions or behaviors are not there is not committed (they may land later),
+    unless --allow-empty says the day had none; the refusal names the table."""
+    lh = str(tmp_path)
+    before_d = [r for r in BEHAVIOR_ROWS if r[-1] < D]
+    write_logs(spark, lh, before_d, [imp(7, 1, 900, 10, T0 - DAY)])  # impressions of D-1 only
+    prev = shift_date(D, -1)
+    build_ubt(spark, lh, prev, SPEC.windows, SPEC.caps, backfill_from=prev)
+    out = table_path(lh, "samples")
+    with pytest.raises(SamplesInputError, match=rf"(?s)impressions has no rows for {D}.*--allow-empty"):
+        build_samples(spark, lh, D, SPEC)
+    write_logs(spark, lh, before_d, IMPRESSION_ROWS)
+    with pytest.raises(SamplesInputError, match=rf"(?s)behaviors has no rows for {D}.*nothing committed"):
+        build_samples(spark, lh, D, SPEC)
+    assert latest_version(spark, out) is None
+    res = build_samples(spark, lh, D, SPEC, allow_empty=True)
+    assert (res.action, res.impressions) == ("written", len(IMPRESSION_ROWS))
+    assert build_samples(spark, lh, D, SPEC).action == "skipped"

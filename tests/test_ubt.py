@@ -207,7 +207,7 @@ def test_count_mode_keeps_everything_capped_per_category(spark, tmp_path):
     rows += [beh(1, 50, 1, day_start("2024-03-03") + 10), beh(1, 51, 2, day_start("2024-03-03") + 20)]
     write_logs(spark, lh, rows)
     w, c = Windows(mode="count", long_count=3, short_count=2), Caps(long_cap=3, short_cap=2)
-    build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-02")
+    build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-02", allow_empty=True)  # none on 03-02
     rows = read_table(spark, table_path(lh, "ubt"))
     got = {r.category_id: r for r in ubt_view(rows, w, "2024-03-03", category_cap=3).collect()}
     # Nothing expires in count mode; the view capped at 3 keeps each key's newest 3.
@@ -259,3 +259,89 @@ def test_crash_between_rejects_and_data_is_finished_by_the_rerun(spark, tmp_path
     assert [(r.source, r.reason) for r in rej] == [("build_ubt", "null_id")]
     got = ubt_view(read_table(spark, table_path(lh, "ubt")), w, d).first()
     assert [x.item_id for x in got.behaviors] == [2, 1]
+
+
+# ------------------------------------------------------------------ re-runs and empty input days
+def _rewrite_day(spark, lh: str, table: str, day: str) -> None:
+    """Write ``table``'s rows of ``day`` again, unchanged (a re-import of the day): other data files."""
+    path = table_path(lh, table)
+    rows = read_table(spark, path).where(F.col("dt") == day).localCheckpoint()
+    rows.write.format("delta").mode("overwrite").option("replaceWhere", f"dt = '{day}'").save(path)
+
+
+def test_rerun_is_a_noop_only_with_the_settings_and_inputs_of_the_commit(spark, tmp_path):
+    """A committed date is skipped when today's run would record the same settings and inputs; a
+    changed window or cap, or a re-imported day, is refused naming it and --force; forced, the range
+    is rebuilt with the new settings; a day added to the logs is no change to the dates before it."""
+    lh = str(tmp_path)
+    rows = _random_behaviors()
+    write_logs(spark, lh, [r for r in rows if r[-1] <= "2024-03-07"])
+    w, c = Windows(long_days=3, short_days=1, segment_days=2), Caps()
+    build_ubt(spark, lh, "2024-03-07", w, c, backfill_from="2024-03-06")
+    path = table_path(lh, "ubt")
+    before = latest_version(spark, path)
+    assert [r.action for r in build_ubt(spark, lh, "2024-03-07", w, c, backfill_from="2024-03-06")] == \
+        ["skipped", "skipped"]
+
+    longer = Windows(long_days=4, short_days=1, segment_days=2)
+    with pytest.raises(UbtStateError, match=r"(?s)windows\.long_days: built with 3, now 4.*--force"):
+        build_ubt(spark, lh, "2024-03-07", longer, c)
+    with pytest.raises(UbtStateError, match=r"caps\.ubt_category_cap: built with 0, now 2"):
+        build_ubt(spark, lh, "2024-03-07", w, Caps(ubt_category_cap=2))
+    assert latest_version(spark, path) == before
+
+    # The next day's import adds a version to behaviors but leaves the committed days' files alone.
+    (spark.createDataFrame([r for r in rows if r[-1] == "2024-03-08"], BEHAVIORS).write.format("delta")
+     .mode("append").save(table_path(lh, "behaviors")))
+    assert build_ubt(spark, lh, "2024-03-07", w, c)[0].action == "skipped"
+    # A re-import of a committed day is a change: the date is refused, the day before is not.
+    _rewrite_day(spark, lh, "behaviors", "2024-03-07")
+    with pytest.raises(UbtStateError, match=r"behaviors \(dt = '2024-03-07'\).*rewritten"):
+        build_ubt(spark, lh, "2024-03-07", w, c)
+    assert build_ubt(spark, lh, "2024-03-06", w, c)[0].action == "skipped"
+    assert latest_version(spark, path) == before
+
+    # Forced: the range is rebuilt with the new window, recorded, and a re-run with it is a no-op.
+    forced = build_ubt(spark, lh, "2024-03-07", longer, c, backfill_from="2024-03-06", force=True)
+    assert [r.action for r in forced] == ["full", "nightly"]
+    assert _index(spark, path, longer, "2024-03-07") == _expected(spark, rows, longer, "2024-03-07")
+    after = latest_version(spark, path)
+    assert [r.action for r in build_ubt(spark, lh, "2024-03-07", longer, c, backfill_from="2024-03-06")] == \
+        ["skipped", "skipped"]
+    with pytest.raises(UbtStateError, match=r"windows\.long_days: built with 4, now 3"):
+        build_ubt(spark, lh, "2024-03-07", w, c)
+    # A night built on a UBT(D-1) that was rebuilt since is refused naming it.
+    build_ubt(spark, lh, "2024-03-06", longer, c, backfill_from="2024-03-06", force=True)
+    with pytest.raises(UbtStateError, match=r"ubt: built on build_ubt 2024-03-06 .*rebuilt since"):
+        build_ubt(spark, lh, "2024-03-07", longer, c)
+    assert latest_version(spark, path) > after
+
+
+def test_a_day_without_behaviors_is_refused_unless_allowed(spark, tmp_path, caplog):
+    """An empty day is not committed (its data may land later) unless --allow-empty says it had none;
+    a commit from before runs were recorded is skipped with a warning."""
+    from sim.adapters.delta_io import commit_metadata
+    lh = str(tmp_path)
+    write_logs(spark, lh, [beh(1, 1, 1, day_start("2024-03-01") + 5), beh(1, 2, 1, day_start("2024-03-03") + 5)])
+    w, c = Windows(long_days=3, short_days=1), Caps()
+    path = table_path(lh, "ubt")
+    with pytest.raises(UbtStateError, match=r"(?s)behaviors has no rows for 2024-03-02.*nothing committed"
+                                            r".*--allow-empty"):
+        build_ubt(spark, lh, "2024-03-02", w, c, backfill_from="2024-03-01")
+    # The full build of 03-01 was committed; 03-02 was not.
+    assert [x.date for x in job_commits(spark, path, "build_ubt")] == ["2024-03-01"]
+    before = latest_version(spark, path)
+    with pytest.raises(UbtStateError, match="2024-03-02"):
+        build_ubt(spark, lh, "2024-03-02", w, c)
+    assert latest_version(spark, path) == before
+    assert [r.action for r in build_ubt(spark, lh, "2024-03-03", w, c, backfill_from="2024-03-01",
+                                        allow_empty=True)] == ["skipped", "nightly", "nightly"]
+    got = ubt_view(read_table(spark, path), w, "2024-03-03").first()
+    assert [x.item_id for x in got.behaviors] == [2, 1]
+
+    # A commit written before the UBT recorded its runs: skipped, with a warning that says so.
+    with commit_metadata(spark, {"job": "build_ubt", "date": "2024-03-04", "op": "nightly"}):
+        read_table(spark, path).limit(0).write.format("delta").mode("append").save(path)
+    with caplog.at_level("WARNING"):
+        assert build_ubt(spark, lh, "2024-03-04", w, c)[0].action == "skipped"
+    assert "UBT(2024-03-04): committed" in caplog.text and "before runs recorded their settings" in caplog.text

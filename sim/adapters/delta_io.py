@@ -104,7 +104,8 @@ def write_date(df: DataFrame, path: str, *, job: str, date: str, partition_col: 
                   .option("replaceWhere", replace_where or f"{partition_col} = '{date}'"))
     else:
         writer = writer.mode("append")
-    writer.save(path)
+    with session_conf(spark, RECORD_EMPTY_COMMITS):  # an empty date is written (allowed by the job)
+        writer.save(path)
     committed = latest_version(spark, path) != version_before
     if not committed:
         log.info("%s for %s already committed to %s; skipped (use force to rewrite)", job, date, path)
@@ -152,12 +153,8 @@ def set_retention(spark: SparkSession, path: str, days: int) -> bool:
 
 
 @contextlib.contextmanager
-def retention_on_create(spark: SparkSession, days: int) -> Iterator[None]:
-    """Inside the block, a Delta table created by a write declares the retention of
-    :func:`set_retention` in its first commit (Delta's ``properties.defaults`` session settings), so a
-    new table needs no extra commit for it."""
-    prefix = "spark.databricks.delta.properties.defaults."
-    settings = {prefix + k.split(".", 1)[1]: f"interval {int(days)} days" for k in RETENTION_PROPERTIES}
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """The Spark session settings ``settings`` inside the block; the previous values (or none) after."""
     previous = {k: spark.conf.get(k, None) for k in settings}
     for k, v in settings.items():
         spark.conf.set(k, v)
@@ -169,6 +166,22 @@ def retention_on_create(spark: SparkSession, days: int) -> Iterator[None]:
                 spark.conf.unset(k)
             else:
                 spark.conf.set(k, v)
+
+
+# Delta (3.0 on) does not record a write that adds and removes no file. A job's commit marks its date
+# done, and a day that genuinely had no rows (--allow-empty) must be marked too.
+RECORD_EMPTY_COMMITS = {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}
+
+
+@contextlib.contextmanager
+def retention_on_create(spark: SparkSession, days: int) -> Iterator[None]:
+    """Inside the block, a Delta table created by a write declares the retention of
+    :func:`set_retention` in its first commit (Delta's ``properties.defaults`` session settings), so a
+    new table needs no extra commit for it."""
+    prefix = "spark.databricks.delta.properties.defaults."
+    with session_conf(spark, {prefix + k.split(".", 1)[1]: f"interval {int(days)} days"
+                              for k in RETENTION_PROPERTIES}):
+        yield
 
 
 def commit_age_days(spark: SparkSession, path: str, version: int) -> float:
@@ -366,14 +379,8 @@ def union_all(dfs: Iterable[DataFrame]) -> DataFrame:
 def commit_metadata(spark: SparkSession, meta: dict) -> Iterator[None]:
     """Tag every Delta commit made inside the block with ``meta`` as userMetadata (MERGE, OPTIMIZE,
     RESTORE have no writer option for it), so :func:`version_for_date` finds them like
-    :func:`write_date` commits. Restores the session's previous setting on exit."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, json.dumps(meta, sort_keys=True))
-    try:
+    :func:`write_date` commits; a write that changes no file is committed too. Restores the session's
+    previous settings on exit."""
+    with session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(meta, sort_keys=True),
+                              **RECORD_EMPTY_COMMITS}):
         yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)

@@ -5,7 +5,10 @@ behaviors before each impression.
     python jobs/build_samples.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.mode=count
     python jobs/build_samples.py --date 1998-04-22 --backfill 1997-09-20 --replay --set windows.mode=count
 
-See :mod:`sim.samples` for the sequences, their caps and the leak guard.
+A committed date (or replayed range) is skipped when it was built with this run's settings and inputs;
+otherwise the job refuses, naming what changed (--force rebuilds it). A date without impressions or
+behaviors is refused unless --allow-empty says the day genuinely had none. See :mod:`sim.samples` for
+the sequences, their caps and the leak guard.
 """
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ from sim.ubt.dates import date_range
 def main(argv: Sequence[str] | None = None) -> int:
     p = dated_job_parser(__doc__.splitlines()[0], date_help="impression date D (yyyy-MM-dd)",
                          backfill_help="write samples for every date FROM..D in order",
-                         force_help="rewrite dates already committed")
+                         force_help="rewrite dates already committed (also those built with other "
+                                    "settings or inputs, which are refused otherwise)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write dates without impressions or behaviors (the day genuinely had none); "
+                        "refused otherwise")
     p.add_argument("--replay", action="store_true",
                    help="count mode: every date FROM..D in one pass over the behaviors, one commit, no UBT "
                         "(the public-data protocol)")
@@ -34,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
     lakehouse = cfg.lakehouse
-    runs = ([lambda: build_samples_replay(spark, lakehouse, dates[0], dates[-1], spec, force=args.force)]
-            if args.replay else
-            [lambda d=d: build_samples(spark, lakehouse, d, spec, force=args.force) for d in dates])
+    opts = {"force": args.force, "allow_empty": args.allow_empty}
+    runs = ([lambda: build_samples_replay(spark, lakehouse, dates[0], dates[-1], spec, **opts)]
+            if args.replay else [lambda d=d: build_samples(spark, lakehouse, d, spec, **opts) for d in dates])
     results, seconds = [], []
     try:
         for run in runs:

@@ -143,6 +143,22 @@ class SampleSpec:
                 "time_gap_buckets": self.time_gap_buckets, "time_gap_per_octave": self.time_gap_per_octave}
 
     @property
+    def settings(self) -> dict:
+        """The settings the samples' rows depend on, by their config keys: recorded with every samples
+        commit and compared when a committed date is run again (sim.adapters.lineage): the windows of
+        the mode, the caps, the time-gap buckets and their scale."""
+        w = self.windows
+        c = self.caps
+        out = {"windows.mode": w.mode, "caps.short_cap": c.short_cap, "caps.hard_k": c.hard_k,
+               "caps.long_cap": c.long_cap, "time_gap_buckets": self.time_gap_buckets,
+               "time_gap_per_octave": self.time_gap_per_octave}
+        if w.mode == "time":
+            out.update({"windows.long_days": w.long_days, "windows.short_days": w.short_days})
+        else:
+            out.update({"windows.long_count": w.long_count, "windows.short_count": w.short_count})
+        return out
+
+    @property
     def last_bucket_hours(self) -> int:
         """The whole hours from which on a gap falls in the last bucket (time_gap_index >= buckets - 2)."""
         target, r = 1 << (self.time_gap_buckets - 2), self.time_gap_per_octave

@@ -1,4 +1,11 @@
 """The nightly samples job: samples(D) from impressions(D), UBT(D-1) and behaviors(D, ts < t).
+
+Each commit records the settings the rows depend on (:attr:`SampleSpec.settings`) and what it read:
+the impressions and behaviors (versions and the files of the dates read) and the UBT(D-1) version
+(sim.adapters.lineage). A committed date is skipped only when a run today would record the same; a
+changed setting, a rebuilt UBT(D-1) or re-imported logs are refused, naming what changed, unless
+``force``. A date without impressions or behaviors is refused and nothing is committed, unless
+``allow_empty`` says the day genuinely had none.
 """
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (commit_age_days, job_commits, read_table, require_table,
+from sim.adapters.delta_io import (Commit, commit_age_days, job_commits, read_table, require_table,
                                    retention_on_create, set_retention, table_path, version_for_date,
                                    write_date)
+from sim.adapters.lineage import (TableRead, empty_input, job_date_read, rerun_refusal, run_record,
+                                  table_read)
 from sim.ubt.settings import (JOB as UBT_JOB, UBT, ubt_category_cap)
 from sim.ubt.transforms import missing_key
 from sim.ubt.dates import parse_date, shift_date
@@ -34,9 +43,10 @@ class SamplesResult:
     rejected: int = 0
 
 
-def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> int:
-    version = version_for_date(spark, ubt_path, UBT_JOB, prev)
+def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> tuple[int, dict]:
+    """(the version of UBT(prev), what the commit records of it) after checking it fits ``spec``."""
     commits = job_commits(spark, ubt_path, UBT_JOB)
+    version = max((c.version for c in commits if c.date == prev), default=None)
     later = [c for c in commits if c.date > prev]
     if version is None and later:
         raise SamplesInputError(past_horizon(prev, ubt_path, spec.backfill_days,
@@ -62,7 +72,7 @@ def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleS
     if cap and (need == 0 or cap < need):
         log.warning("UBT(%s) keeps at most %s behaviors per category; samples would use up to %s",
                     prev, cap, need or "all")
-    return version
+    return version, job_date_read(spark, ubt_path, UBT_JOB, prev, commits)
 
 
 def past_horizon(prev: str, ubt_path: str, days: int, why: str) -> str:
@@ -72,49 +82,83 @@ def past_horizon(prev: str, ubt_path: str, days: int, why: str) -> str:
             f"raise retention.backfill_days before the dates you need age out")
 
 
-def _skipped(spark: SparkSession, out: str, label: str, force: bool) -> SamplesResult | None:
-    """The result of a run whose ``label`` is already committed (None when it must run)."""
-    done = version_for_date(spark, out, JOB, label)
-    if done is None or force:
+def _skipped(spark: SparkSession, lakehouse: str, label: str, force: bool, spec: SampleSpec
+             ) -> SamplesResult | None:
+    """The result of a run whose ``label`` is already committed with the settings and inputs this run
+    would record (None when it must run); a commit with other ones is refused unless ``force``."""
+    if force:
         return None
-    log.info("build_samples %s: already committed (version %s); nothing to do", label, done)
-    return SamplesResult(label, "skipped", done)
+    done: Commit | None = max((c for c in job_commits(spark, table_path(lakehouse, "samples"), JOB)
+                               if c.date == label), key=lambda c: c.version, default=None)
+    if done is None:
+        return None
+    paths = {t: table_path(lakehouse, t) for t in ("impressions", "behaviors", "ubt")}
+    refusal = rerun_refusal(spark, done, spec.settings, paths, f"samples({label})",
+                            "Rebuild them with --force")
+    if refusal:
+        raise SamplesInputError(refusal)
+    log.info("build_samples %s: already committed (version %s) with these settings and inputs; nothing "
+             "to do", label, done.version)
+    return SamplesResult(label, "skipped", done.version)
 
 
-def _log_tables(spark: SparkSession, lakehouse: str) -> tuple[DataFrame, DataFrame]:
-    """(impressions, behaviors whose key and time are present), failing if a table is missing."""
-    imp_path, beh_path = table_path(lakehouse, "impressions"), table_path(lakehouse, "behaviors")
-    for p in (imp_path, beh_path):
-        require_table(spark, p, "run jobs/generate_logs.py or jobs/import_dataset.py first")
-    return read_table(spark, imp_path), read_table(spark, beh_path).where(~missing_key())
+def _log_reads(spark: SparkSession, lakehouse: str, label: str, imp_where: str, beh_where: str,
+               allow_empty: bool) -> tuple[TableRead, TableRead]:
+    """What the run reads of impressions and behaviors (failing if a table is missing); refuses a
+    ``label`` without rows in either unless ``allow_empty``."""
+    reads = []
+    for table, where in (("impressions", imp_where), ("behaviors", beh_where)):
+        path = table_path(lakehouse, table)
+        require_table(spark, path, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+        read = table_read(spark, path, where)
+        if read.empty and not allow_empty:
+            raise SamplesInputError(empty_input(table, label, where, path, read.version, f"samples({label})"))
+        reads.append(read)
+    return reads[0], reads[1]
+
+
+def _pinned(spark: SparkSession, lakehouse: str, table: str, read: TableRead) -> DataFrame:
+    """The rows of ``table`` at the version ``read`` recorded (behaviors: those whose key and time
+    are present)."""
+    df = read_table(spark, table_path(lakehouse, table), read.version)
+    return df.where(~missing_key()) if table == "behaviors" else df
 
 
 def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec,
-                  force: bool = False) -> SamplesResult:
+                  force: bool = False, allow_empty: bool = False) -> SamplesResult:
     """Write samples(date) = impressions(date) x UBT(date-1) x behaviors(date, ts < t): one commit
-    replacing the date's partition; a committed date is skipped unless ``force``."""
+    replacing the date's partition. A committed date is skipped when its commit records this run's
+    settings and inputs, refused otherwise, unless ``force``; a date without impressions or behaviors
+    is refused unless ``allow_empty``."""
     date = parse_date(date).isoformat()
-    out = table_path(lakehouse, "samples")
-    skipped = _skipped(spark, out, date, force)
+    skipped = _skipped(spark, lakehouse, date, force, spec)
     if skipped:
         return skipped
     ubt_path = table_path(lakehouse, "ubt")
     prev = shift_date(date, -1)
     require_table(spark, ubt_path, f"run `jobs/build_ubt.py --date {prev}` first")
-    ubt_version = _check_ubt_fits(spark, ubt_path, prev, spec)
-    impressions, behaviors = _log_tables(spark, lakehouse)
+    ubt_version, ubt_read = _check_ubt_fits(spark, ubt_path, prev, spec)
+    day = f"dt = '{date}'"
+    imp, beh = _log_reads(spark, lakehouse, date, day, day, allow_empty)
+    # Time mode also reads the window's first day: the UBT(D-1) behaviors that leave the window at t.
+    first_day = shift_date(date, -spec.windows.long_days) if spec.windows.mode == "time" else None
+    if first_day:
+        beh = table_read(spark, table_path(lakehouse, "behaviors"), f"dt IN ('{date}', '{first_day}')",
+                         beh.version)
+    impressions = _pinned(spark, lakehouse, "impressions", imp)
+    behaviors = _pinned(spark, lakehouse, "behaviors", beh)
     valid, rejects = split_impressions(impressions.where(F.col("dt") == date), date)
     day_b = behaviors.where(F.col("dt") == date)
-    first_b = (behaviors.where(F.col("dt") == shift_date(date, -spec.windows.long_days))
-               if spec.windows.mode == "time" else None)
+    first_b = behaviors.where(F.col("dt") == first_day) if first_day else None
     seqs = build_sequences(valid, read_table(spark, ubt_path, ubt_version), day_b, first_b, spec, date)
+    reads = {"impressions": imp.record(), "behaviors": beh.record(), "ubt": ubt_read}
     return _write_samples(spark, lakehouse, seqs, spec, rejects, date, force, ubt_version=ubt_version,
-                          meta={"ubt_version": ubt_version},
+                          meta={"ubt_version": ubt_version, **run_record(spec.settings, reads)},
                           inputs=f"UBT version {ubt_version}, behaviors dt={date}")
 
 
 def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: str, spec: SampleSpec,
-                         force: bool = False) -> SamplesResult:
+                         force: bool = False, allow_empty: bool = False) -> SamplesResult:
     """Count mode: the samples of every impression date ``first..last`` in one pass over the behaviors
     table, without the UBT, in one commit replacing those dates (labelled ``first..last``).
 
@@ -123,7 +167,9 @@ def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: 
     to ``last`` as the "day" behaviors, :func:`build_sequences` computes exactly what the nightly path
     (UBT(D-1) + day-D behaviors before t) gives for each date, the per-user array being the user's
     whole history: meant for datasets whose users have thousands of behaviors, not for the lifelong
-    logs of the nightly path. The leak guard runs as in the nightly job.
+    logs of the nightly path. The leak guard runs as in the nightly job. Re-runs and empty inputs
+    follow the rules of :func:`build_samples`: the commit records the impressions and behaviors it
+    read, so a re-import under a committed range is refused (rebuilt with ``force``).
     """
     if spec.windows.mode != "count":
         raise ConfigError("replay builds count-mode samples only: add --set windows.mode=count, or run "
@@ -132,18 +178,18 @@ def build_samples_replay(spark: SparkSession, lakehouse: str, first: str, last: 
     if last < first:
         raise ConfigError(f"--backfill {first} is after --date {last}")
     label = f"{first}..{last}"
-    out = table_path(lakehouse, "samples")
-    skipped = _skipped(spark, out, label, force)
+    skipped = _skipped(spark, lakehouse, label, force, spec)
     if skipped:
         return skipped
-    impressions, behaviors = _log_tables(spark, lakehouse)
     in_range = f"dt >= '{first}' AND dt <= '{last}'"
-    valid, rejects = split_impressions(impressions.where(in_range), last)
-    seqs = build_sequences(valid, spark.createDataFrame([], UBT), behaviors.where(F.col("dt") <= last),
-                           None, spec)
+    imp, beh = _log_reads(spark, lakehouse, label, in_range, f"dt <= '{last}'", allow_empty)
+    valid, rejects = split_impressions(_pinned(spark, lakehouse, "impressions", imp).where(in_range), last)
+    seqs = build_sequences(valid, spark.createDataFrame([], UBT),
+                           _pinned(spark, lakehouse, "behaviors", beh).where(F.col("dt") <= last), None, spec)
+    reads = {"impressions": imp.record(), "behaviors": beh.record()}
     return _write_samples(spark, lakehouse, seqs, spec, rejects, label, force, run_date=last,
-                          meta={"replay": True, "from": first, "to": last}, inputs=f"behaviors dt<={last}",
-                          replace_where=in_range)
+                          meta={"replay": True, "from": first, "to": last, **run_record(spec.settings, reads)},
+                          inputs=f"behaviors dt<={last}", replace_where=in_range)
 
 
 def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: SampleSpec,

@@ -30,5 +30,7 @@ Commits. Each date is one append commit with userMetadata {"job": "build_ubt", "
 on the days that complete a block or drop one, a rollup and a delete commit tagged with the same date;
 the samples job finds UBT(D-1) by time travel to the date's last commit
 (sim.adapters.delta_io.version_for_date). A full build ("backfill") of date FROM aggregates all behaviors of
-FROM's window in one pass.
+FROM's window in one pass. Every commit also records the settings the rows depend on and what the run
+read (sim.adapters.lineage): a committed date is run again only with --force, and a re-run with other
+settings or inputs is refused rather than skipped (sim.ubt.job).
 """

@@ -3,7 +3,10 @@
     spark-submit --jars <delta jars> jobs/build_ubt.py --date 2024-06-30 [--backfill 2024-06-01] [--force]
     python jobs/build_ubt.py --lakehouse /abs/lakehouse --date 2024-06-30 --set windows.long_days=90
 
-See :mod:`sim.ubt` for what the index holds and how a night's cost follows the day's data.
+A committed date is skipped when it was built with this run's settings and inputs; otherwise the job
+refuses, naming what changed (--force rebuilds it). A date without behaviors is refused unless
+--allow-empty says the day genuinely had none. See :mod:`sim.ubt` for what the index holds and how a
+night's cost follows the day's data.
 """
 from __future__ import annotations
 
@@ -21,7 +24,10 @@ from sim.ubt.settings import UbtStateError
 def main(argv: Sequence[str] | None = None) -> int:
     p = dated_job_parser(__doc__.splitlines()[0], date_help="the date D to build UBT(D) for (yyyy-MM-dd)",
                          backfill_help="on an empty index: full build of FROM, then every day up to --date",
-                         force_help="rebuild dates already committed")
+                         force_help="rebuild dates already committed (also those built with other settings "
+                                    "or inputs, which are refused otherwise)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="build dates without behaviors (the day genuinely had none); refused otherwise")
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
     spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
@@ -29,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = build_ubt(spark, cfg.lakehouse, args.date, cfg.windows, cfg.caps,
                             backfill_from=args.backfill, force=args.force,
-                            backfill_days=cfg.retention.backfill_days)
+                            backfill_days=cfg.retention.backfill_days, allow_empty=args.allow_empty)
     except (UbtStateError, MissingTableError) as e:
         print(f"build_ubt: {e}", file=sys.stderr)
         return 1

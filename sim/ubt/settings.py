@@ -70,6 +70,19 @@ def ubt_category_cap(windows: Windows, caps: Caps) -> int:
     return min(need, caps.ubt_category_cap) if caps.ubt_category_cap else need
 
 
+def ubt_settings(windows: Windows, caps: Caps) -> dict:
+    """The settings UBT rows depend on, by their config keys: recorded with every commit and compared
+    on a re-run (sim.adapters.lineage). The time window in time mode; the counts in count mode (they
+    size the per-key arrays, :func:`ubt_category_cap`); the block size and the safety cap in both."""
+    out = {"windows.mode": windows.mode, "windows.segment_days": windows.segment_days,
+           "caps.ubt_category_cap": caps.ubt_category_cap}
+    if windows.mode == "time":
+        out["windows.long_days"] = windows.long_days
+    else:
+        out.update({"windows.long_count": windows.long_count, "windows.short_count": windows.short_count})
+    return out
+
+
 def ubt_metadata(windows: Windows, caps: Caps) -> dict:
     """What a UBT commit records beside job and date, so sim.samples can check it fits its windows."""
     return {"mode": windows.mode, "long_days": windows.long_days if windows.mode == "time" else None,
