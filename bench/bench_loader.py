@@ -21,7 +21,7 @@ Measured, in this order, in this process:
   reads the padded-list layout faster now, from the Arrow tables; the baseline stays what it was.)
 - ``loader``: the same loader over the packed files, with 1, 2 and 3 reader threads (the best counts);
 - ``pyarrow``: ``pq.read_table`` of the packed files and the numpy views of their flat buffers
-  (:meth:`~sim.samples.packing.Ragged.from_arrow` without conversion), no Petastorm, no batches; ``pyarrow_batches`` adds
+  (:meth:`~sim.formats.packing.Ragged.from_arrow` without conversion), no Petastorm, no batches; ``pyarrow_batches`` adds
   the loader's batching (shuffle, length buckets, per-batch padding), i.e. the loader without
   Petastorm (for reference);
 - ``training``: forward + backward + optimizer step of each model on the loader's first 40 batches,
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.samples.packing import PACKED, PACKED_COLUMNS, SEQUENCES, Ragged  # noqa: E402
+from sim.formats.packing import PACKED, PACKED_COLUMNS, SEQUENCES, Ragged  # noqa: E402
 
 CAPS = {"short": 50, "hard": 200, "long": 1000}
 SCALARS = {"impression_id": np.int64, "user_id": np.int64, "item_id": np.int64, "category_id": np.int64,

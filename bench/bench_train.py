@@ -7,7 +7,7 @@ Rows: the worst case, the one that sizes a machine. Every row has a long sequenc
 ``caps.long_cap`` = 1,000 real behaviors, a hard-search sequence of ``caps.hard_k`` = 200 and a short one
 of ``caps.short_cap`` = 50 (the demo's rows are far shorter: long median ~160, so the loader cuts their
 batches to a few hundred, and training on them is faster than here). Ids are drawn in numpy and the rows
-written as packed Parquet files (the samples table's format, :mod:`sim.samples.packing`).
+written as packed Parquet files (the samples table's format, :mod:`sim.formats.packing`).
 
 What runs is the project's training, not a copy of it: for each model,
 :func:`sim.training.loop.setup` (Horovod, the model from ``sim.models``, Adam wrapped by Horovod's
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.samples.packing import PACKED, SEQUENCES, seq_columns  # noqa: E402
+from sim.formats.packing import PACKED, SEQUENCES, seq_columns  # noqa: E402
 
 CONFIG = ROOT / "conf" / "experiments.yaml"
 CAPS = {"short": 50, "hard": 200, "long": 1000}  # conf/pipeline.yaml caps: short_cap, hard_k, long_cap

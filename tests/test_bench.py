@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_train  # noqa: E402
 import summary  # noqa: E402
-from sim.samples.packing import PACKED_COLUMNS, SEQUENCES, Ragged, seq_columns  # noqa: E402
+from sim.formats.packing import PACKED_COLUMNS, SEQUENCES, Ragged, seq_columns  # noqa: E402
 
 
 def test_last_json_reads_the_final_line_and_refuses_output_without_one():

@@ -238,7 +238,7 @@ def _train(name: str, batch: dict[str, Tensor], steps: int) -> tuple[torch.nn.Mo
 def test_every_model_scores_int32_sequences_as_int64(name: str) -> None:
     """The loader gives sequence ids as int32 (the samples' stored width): every model scores them, and
     trains on them, exactly as on int64 ids."""
-    from sim.samples.packing import PACKED_COLUMNS
+    from sim.formats.packing import PACKED_COLUMNS
     torch.manual_seed(0)
     model = build_model(name, SMALL).eval()
     batch = make_batch(seed=3)

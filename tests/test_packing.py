@@ -1,4 +1,4 @@
-"""The packed sequence format (sim.samples.packing) and the loader over it: int32 values of the real
+"""The packed sequence format (sim.formats.packing) and the loader over it: int32 values of the real
 elements only, decoded from the Arrow tables Petastorm's batch reader reads (no per-row objects), padded per batch to the batch's
 longest row; every row once, in the same order whatever the number of reader threads."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sim.adapters.petastorm_io import _concat, iter_batches, read_row_group, row_groups
-from sim.samples.packing import ID_MAX, PACKED_COLUMNS, Ragged, pack, unpack, unpack_series
+from sim.formats.packing import ID_MAX, PACKED_COLUMNS, Ragged, pack, unpack, unpack_series
 from sim.training.loader import ShardedLoader
 
 

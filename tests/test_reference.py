@@ -10,7 +10,7 @@ import pytest
 
 from helpers.samples_table import write_samples
 from sim.adapters import delta_io
-from sim.samples.packing import pack
+from sim.formats.packing import pack
 from sim.training import reference
 from sim.training.experiment import resolve_data
 from test_ubt import beh, write_logs

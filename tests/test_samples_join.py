@@ -10,7 +10,7 @@ from sim.adapters.delta_io import read_table, table_path
 from sim.samples.contract import SAMPLES_COLUMNS, SampleSpec
 from sim.samples.job import build_samples
 from sim.samples.naive import join_samples
-from sim.samples.packing import unpack
+from sim.formats.packing import unpack
 from sim.samples.transforms import build_sequences, split_impressions, to_samples
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS
 from sim.ubt.dates import day_start, shift_date
@@ -105,7 +105,7 @@ def test_build_samples_equals_the_range_join(spark, tmp_path):
     t = by_id[1].ts
     assert by_id[1].long_len == sum(1 for b in behaviors if b[0] == 1 and t - 180 * DAY < b[4] < t)
 
-    def seq(r, column):  # the samples store sequences packed (sim.samples.packing)
+    def seq(r, column):  # the samples store sequences packed (sim.formats.packing)
         return unpack(bytes(r[column])).tolist()
     assert seq(by_id[1], "hard_items")[0] == 505 and 506 not in seq(by_id[1], "long_items")
     assert seq(by_id[2], "short_items")[:3] == [505, 509, 508]

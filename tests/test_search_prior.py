@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sim.models import build_model, hash_ids
-from sim.samples.packing import pack
+from sim.formats.packing import pack
 from sim.training.search_prior import category_vectors, fill_search_prior, user_category_rows
 from tests.test_models import SMALL
 

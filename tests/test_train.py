@@ -71,7 +71,7 @@ def _eval_rows(root, n: int = 32) -> pd.DataFrame:
     sequences as lists of ids (their real elements: the table stores no padding)."""
     import pyarrow.parquet as pq
     from sim.samples.contract import TRAINING_COLUMNS
-    from sim.samples.packing import unpack_frame
+    from sim.formats.packing import unpack_frame
     path = delta_io.log_snapshot_files(str(root / "samples"), EVAL_DATE, EVAL_DATE)[1][0].path
     frame = unpack_frame(pq.read_table(path, columns=list(TRAINING_COLUMNS)).slice(0, n).to_pandas())
     for c in frame.columns:

@@ -9,8 +9,8 @@ in one place, :class:`sim.training.loader.ShardedLoader`, from :func:`row_groups
 Petastorm's batch reader reads each row group into a pyarrow table in its worker; its own results reader
 then turns every column into numpy through pandas, which makes one Python ``bytes`` object per row of a
 binary column. Our readers keep the table instead (:class:`_ArrowResults`, plugged into Petastorm's
-reader): the samples' sequence columns, packed int32 ``binary`` values (:mod:`sim.samples.packing`),
-become :class:`~sim.samples.packing.Ragged` views of their Arrow buffers, converted once per row group
+reader): the samples' sequence columns, packed int32 ``binary`` values (:mod:`sim.formats.packing`),
+become :class:`~sim.formats.packing.Ragged` views of their Arrow buffers, converted once per row group
 and padded batch by batch, to the batch's longest row. Columns of the older padded-list layout (and plain numpy groups, as
 the tests give) are still read as dense arrays.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from sim.adapters import storage
 
-from sim.samples.packing import PACKED_COLUMNS, Ragged, dense_batch
+from sim.formats.packing import PACKED_COLUMNS, Ragged, dense_batch
 
 log = logging.getLogger(__name__)
 

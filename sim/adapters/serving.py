@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sim.samples.packing import PACKED_COLUMNS, Ragged
+from sim.formats.packing import PACKED_COLUMNS, Ragged
 
 SIM_PACKAGE = Path(__file__).resolve().parents[1]  # the sim/ directory, shipped with the logged model
 

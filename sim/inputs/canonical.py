@@ -30,7 +30,7 @@ from pyspark.sql import types as T
 from sim.adapters import delta_io
 from sim.inputs.schema import BEHAVIORS, IMPRESSIONS, REJECTS
 # Item and category ids are sequence elements of the samples, stored as int32: they fit in 31 bits.
-from sim.samples.packing import ID_MAX as SEQUENCE_ID_MAX  # noqa: F401  (the importers use it)
+from sim.formats.packing import ID_MAX as SEQUENCE_ID_MAX  # noqa: F401  (the importers use it)
 
 log = logging.getLogger(__name__)
 

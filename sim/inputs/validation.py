@@ -20,7 +20,7 @@ Each row gets the first reason that applies, in this order (:data:`REASONS`):
 ``negative_id``               an id is below 0
 ``zero_id``                   an id is 0 (0 is the padding id downstream)
 ``id_too_large``              an item or category id above 2**31 - 1: the samples table stores sequence
-                              ids as int32 (:mod:`sim.samples.packing`); remap such ids before import
+                              ids as int32 (:mod:`sim.formats.packing`); remap such ids before import
 ``bad_timestamp``             ``ts`` is neither epoch seconds nor ``yyyy-MM-dd[ HH:mm:ss]``, or < 0
 ``ts_in_future``              ``ts`` after the run's ``now``
 ``ts_outside_run_date``       ``dt`` of ``ts`` outside the run's date (range)
@@ -54,7 +54,7 @@ from pyspark.sql import types as T
 from sim.inputs.rejects import VALIDATION_REASONS as REASONS  # noqa: F401  (the codes explained above)
 
 from sim.inputs.canonical import dt_of
-from sim.samples.packing import ID_MAX
+from sim.formats.packing import ID_MAX
 from sim.inputs.schema import BEHAVIOR_TYPES
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ user's day-D behaviors with ts < t, the offline twin of the paper's real-time be
 - long sequence (soft-search GSU input and average pooling): the newest ``caps.long_cap`` behaviors of
   (t - long_days, t) across categories;
 - for each: item ids, category ids and time-gap buckets of t minus the behavior time (the e^t_j of
-  the ESU), stored packed, only the real elements, as int32 (:mod:`sim.samples.packing`; training pads
+  the ESU), stored packed, only the real elements, as int32 (:mod:`sim.formats.packing`; training pads
   them per batch); plus the real lengths, ``long_len`` (uncapped count in the
   long window) and ``d_category`` (days since the user's last behavior in the candidate's category,
   -1 if none; the paper's Table 6 analysis).

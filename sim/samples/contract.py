@@ -9,15 +9,15 @@ One row is an impression with its label and three behavior sequences, each of at
 
 Each sequence has ``*_items`` (item ids), ``*_cats`` (category ids) and ``*_gaps`` (time-gap buckets of
 impression time minus behavior time), stored packed: one ``binary`` value per row holding only the real
-elements as big-endian int32 (:mod:`sim.samples.packing` says why and how it is decoded; ids must be in
+elements as big-endian int32 (:mod:`sim.formats.packing` says why and how it is decoded; ids must be in
 0..2**31-1, the job fails otherwise). ``short_len`` and ``hard_len`` are the real lengths; ``long_len``
 is the uncapped number of behaviors in the long window (the stored long sequence holds
 ``min(long_len, long_cap)``), ``d_category`` the days since the user's last behavior in the candidate's
 category (-1 if none). Id 0 and bucket 0 mean padding in the dense batches training reads.
 
 Reading the sequences back as arrays: in Spark :func:`with_sequence_arrays` (or :func:`unpack_ids` on
-one column), in pandas :func:`sim.samples.packing.unpack_frame`, in numpy
-:func:`sim.samples.packing.unpack`.
+one column), in pandas :func:`sim.formats.packing.unpack_frame`, in numpy
+:func:`sim.formats.packing.unpack`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
 from sim.config.pipeline import check_time_gaps_fit
 from sim.ubt.settings import long_seq_len, recent_seq_len, short_seq_len
 # The packed sequence format is defined once, in numpy (the training processes need no pyspark).
-from sim.samples.packing import (ID_MAX, PACKED_COLUMNS, SEQ_FIELDS, SEQUENCES, seq_columns,  # noqa: F401
+from sim.formats.packing import (ID_MAX, PACKED_COLUMNS, SEQ_FIELDS, SEQUENCES, seq_columns,  # noqa: F401
                                  unpack, unpack_frame)
 
 log = logging.getLogger(__name__)

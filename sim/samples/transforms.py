@@ -225,7 +225,7 @@ def leak_condition() -> Column:
 
 def id_range_condition() -> Column:
     """True for a row of :func:`build_sequences` whose sequences would hold an id that the stored int32
-    cannot (outside 0..ID_MAX, :mod:`sim.samples.packing`): it must fail, never be truncated."""
+    cannot (outside 0..ID_MAX, :mod:`sim.formats.packing`): it must fail, never be truncated."""
     out = (F.col("category_id") < 0) | (F.col("category_id") > ID_MAX)  # the hard sequence's categories
     for arr in ("all_items", "all_cats", "hard_items"):
         out = out | F.coalesce((F.array_min(arr) < 0) | (F.array_max(arr) > ID_MAX), F.lit(False))
@@ -255,7 +255,7 @@ def to_samples(seqs: DataFrame, spec: SampleSpec, guard: bool = True) -> DataFra
     d_category = F.when(id_range_condition(), F.raise_error(F.concat(
         F.lit(f"{ID_MARK}: impression_id="), F.col("impression_id").cast("string"),
         F.lit(f" has an item or category id outside 0..{ID_MAX} in its sequences; the samples table "
-              "stores sequence ids as int32 (sim.samples.packing): remap the ids")))).otherwise(d_category)
+              "stores sequence ids as int32 (sim.formats.packing): remap the ids")))).otherwise(d_category)
     seqs = seqs.select("*", gaps_all.alias("_gaps"))
     out = {}
     for name, start, n in (("short", F.lit(1), F.col("n_short")), ("long", F.col("long_from"), F.col("n_long"))):

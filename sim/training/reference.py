@@ -49,7 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from sim.config.experiment import SPLITS
-from sim.samples.packing import Ragged
+from sim.formats.packing import Ragged
 from sim.training.experiment import DataManifest
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from sim.adapters import delta_io
 from sim.samples.contract import SAMPLES, SAMPLES_COLUMNS
-from sim.samples.packing import pack
+from sim.formats.packing import pack
 
 
 def samples_frame(n: int, date: str, seed: int, short: int = 8, hard: int = 10, long: int = 20,
