@@ -9,11 +9,11 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.local.demo
 
 # The demo flow on a local cluster (S3 server, Spark master + 2 workers, MLflow server), small data.
 cluster-demo: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.cluster_demo $(CLUSTER_DEMO_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.local.cluster_demo $(CLUSTER_DEMO_ARGS)
 
 # Test files run on TEST_WORKERS pytest-xdist processes (a file stays on one worker: module fixtures).
 TEST_WORKERS ?= 2

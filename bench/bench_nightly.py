@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from measure import Resources  # noqa: E402
-from sim.cluster import spark_home  # noqa: E402
+from sim.local.cluster import spark_home  # noqa: E402
 
 D = "2024-07-03"  # the last day of a block of 7 days (blocks start on 1970-01-01 + 7k days)
 LONG_DAYS = 180

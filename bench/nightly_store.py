@@ -11,7 +11,7 @@ an object store against local disk, same data, one run.
    ``s3://`` with pyarrow's S3 file system): rows/s, best of ``--passes``, and their ratio.
 
 The store is the one the ``AWS_*`` variables name (``AWS_ENDPOINT_URL`` etc., see README "Object
-storage"); ``--start-s3-server`` starts the local S3 server (s3proxy, :class:`sim.cluster.LocalCluster`)
+storage"); ``--start-s3-server`` starts the local S3 server (s3proxy, :class:`sim.local.cluster.LocalCluster`)
 for the run and stops it after. On one machine that server writes to the same disk through one more
 process and HTTP, so its ratio is the cost of the protocol and the S3A / Delta round trips, not of a
 remote network. The last line is JSON with the figures.
@@ -49,7 +49,7 @@ def run(args) -> int:
     bucket = storage.bucket_key(args.lakehouse).split("/", 1)[0]
     with contextlib.ExitStack() as stack:
         if args.start_s3_server:
-            from sim.cluster import LocalCluster
+            from sim.local.cluster import LocalCluster
             cluster = stack.enter_context(LocalCluster(work / "s3-server", bucket=bucket))
             cluster.start_s3()
             os.environ.update(cluster.client_env)

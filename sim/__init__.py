@@ -9,8 +9,9 @@ The layout follows the flow; each stage is one sub-package:
 - :mod:`sim.training`   distributed training and evaluation (metrics, search diagnostics)
 - :mod:`sim.reporting`  the paper's tables and figures from the MLflow runs
 - :mod:`sim.adapters`   Spark, Delta, Petastorm, Horovod and MLflow, each behind one module
+- :mod:`sim.local`      the local S3, Spark and MLflow servers and the demo flows run on them (at the top)
 
-At the top: the commands a user runs (``python -m sim.train``, ``sim.compare``, ``sim.demo``), the
+At the top: the commands a user runs (``python -m sim.train``, ``sim.compare``, ``sim.local.demo``), the
 configuration (:mod:`sim.config`) and the jobs' command-line plumbing (:mod:`sim.cli`).
 """
 __version__ = "0.1.0"

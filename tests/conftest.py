@@ -58,7 +58,7 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{secs:8.1f}s  {name}")
 
 
-from sim.cluster import free_port, spark_home  # noqa: E402,F401 - the tests import them from here
+from sim.local.cluster import free_port, spark_home  # noqa: E402,F401 - the tests import them from here
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -116,8 +116,9 @@ def run(cmd: list[str], timeout: int = 900, check: bool = True, **env: str) -> s
 def mlflow_server(tmp_path_factory, s3_server):
     """An MLflow tracking server on 127.0.0.1 (``mlflow server``: SQLite backend store, artifacts
     uploaded through the server to ``s3://<bucket>/mlflow`` on the ``s3_server``, one worker), started
-    by :class:`sim.cluster.LocalCluster`; yields its http URL and stops its process group in teardown."""
-    from sim.cluster import LocalCluster
+    by :class:`sim.local.cluster.LocalCluster`; yields its http URL and stops its process group in
+    teardown."""
+    from sim.local.cluster import LocalCluster
     with LocalCluster(tmp_path_factory.mktemp("mlflow-server"), env=subprocess_env(), bucket=s3_server.bucket,
                       access_key=s3_server.access_key, secret_key=s3_server.secret_key,
                       s3_endpoint=s3_server.endpoint) as cluster:

@@ -1,4 +1,4 @@
-"""The local cluster (``sim.cluster``): its services stop with their process groups; the demo flow of
+"""The local cluster (``sim.local.cluster``): its services stop with their process groups; the demo flow of
 ``make cluster-demo`` on it; and two faults on a running cluster, each on small data:
 
 - the S3 server stopped in the middle of a nightly job on an ``s3a://`` lakehouse: the job fails
@@ -8,7 +8,7 @@
   a nightly job on the standalone cluster: the job finishes on the other worker, with the rows the
   same job gives in one process.
 
-The flow (``sim.cluster_demo.run_flow``) runs on the module's cluster, with the MLflow server started
+The flow (``sim.local.cluster_demo.run_flow``) runs on the module's cluster, with the MLflow server started
 on it, on tiny data and one model: ``make cluster-demo`` is that flow on a cluster it starts and stops
 (the stop is the first test's, the make target's recipe test_readme's).
 """
@@ -27,7 +27,7 @@ import pytest
 from conftest import ROOT, run, subprocess_env
 from helpers.tiny_data import tiny_logs
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
-from sim.cluster import SHORT_JVM_OPTS, LocalCluster
+from sim.local.cluster import SHORT_JVM_OPTS, LocalCluster
 from test_ubt import rows_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -70,7 +70,7 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     import pandas as pd
 
     from sim.adapters import tracking
-    from sim.cluster_demo import FEW_PARTITIONS, parse_args, run_flow
+    from sim.local.cluster_demo import FEW_PARTITIONS, parse_args, run_flow
     from sim.training.metrics import auc
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
@@ -216,8 +216,8 @@ def _busy_executor(ui: str) -> str | None:
 
 
 def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark, cluster, ubt_lake, tmp_path):
-    from sim.cluster import free_port
     from sim.config import load_pipeline_conf
+    from sim.local.cluster import free_port
     from sim.samples.contract import SampleSpec
     from sim.samples.job import build_samples
     reference, faulted = tmp_path / "reference", tmp_path / "faulted"

@@ -55,7 +55,7 @@ def test_pipeline_values_are_typed():
 
 
 def test_demo_models_all_paper_variants_and_unknown_names():
-    from sim.demo import DEMO_MODELS, resolve_models
+    from sim.local.demo import DEMO_MODELS, resolve_models
     from sim.models import MODEL_NAMES
     assert sorted(resolve_models("paper")) == sorted(MODEL_NAMES) and "mimn" in MODEL_NAMES and "dien" in MODEL_NAMES
     every = resolve_models("all")

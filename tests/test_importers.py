@@ -317,14 +317,14 @@ def test_import_cli_fails_on_too_many_rejects(tmp_path):
 
 
 def test_ml100k_demo_uses_the_papers_protocol_and_windows():
-    """``sim.demo --dataset ml-100k``: the import gets the every-behavior protocol (uniform negatives,
+    """``sim.local.demo --dataset ml-100k``: the import gets the every-behavior protocol (uniform negatives,
     popularity with --ml-negatives), the papers' count windows fit the caps, the replay is forced (its
     skip check cannot see a changed import), the last-N protocol stays reachable, and each variant is
     its own dataset in sim.compare."""
     from sim.config import load_pipeline_conf
-    from sim.demo import main, ml100k_data_stages, ml100k_dataset, ml100k_windows, plan_ml100k
     from sim.inputs.import_dataset import parser, protocol_of
     from sim.inputs.importers import Protocol
+    from sim.local.demo import main, ml100k_data_stages, ml100k_dataset, ml100k_windows, plan_ml100k
 
     def import_args(*variant):
         stages = ml100k_data_stages("py", "DIR", ["--lakehouse", "L"], plan_ml100k(), *variant)

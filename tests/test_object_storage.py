@@ -84,7 +84,7 @@ def test_object_storage_jars_match_pyspark_and_setup():
     """hadoop-aws must be pyspark's Hadoop; setup.sh caches the versions sim.adapters.spark loads."""
     import pyspark
     from sim.adapters.spark import AWS_SDK_VERSION, HADOOP_AWS_VERSION, s3a_jars
-    from sim.s3server import S3PROXY_VERSION
+    from sim.local.s3server import S3PROXY_VERSION
     hadoop = {m.group(1) for p in (Path(pyspark.__file__).parent / "jars").iterdir()
               if (m := re.fullmatch(r"hadoop-client-api-(.+)\.jar", p.name))}
     assert hadoop == {HADOOP_AWS_VERSION}

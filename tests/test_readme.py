@@ -6,7 +6,7 @@ Each README command must match a rule of ``helpers.readme.RULES`` (test_every_re
 fails otherwise: a new command needs a check before it ships). ``make demo`` takes 15 minutes and
 ``make test`` is the whole suite, so they are checked without running them: ``make -n`` of the exact
 line must succeed, and every recipe line make would run (``bash scripts/setup.sh``, ``python -m
-sim.demo``, ``python -m pytest -n 2 --dist loadfile``) must run with ``--help`` appended, exit 0 and
+sim.local.demo``, ``python -m pytest -n 2 --dist loadfile``) must run with ``--help`` appended, exit 0 and
 print its usage: the targets, programs and options exist as written.
 """
 from __future__ import annotations

@@ -176,7 +176,7 @@ def user_env(**extra: str) -> dict[str, str]:
 # C1 JIT alone halves their CPU time (spark-submit and the JVMs pyspark launches read SPARK_SUBMIT_OPTS).
 # The tests' long-lived in-process session keeps the default JIT: measured on test_ubt, test_samples and
 # test_validation, C1 with whole-stage codegen off made it slower (350 s against 326 s).
-from sim.cluster import SHORT_JVM_OPTS, stop_group  # noqa: E402 - one definition each, with the local cluster
+from sim.local.cluster import SHORT_JVM_OPTS, stop_group  # noqa: E402 - defined once, by the local cluster
 
 
 def scratch_env(root: Path, **extra: str) -> dict[str, str]:

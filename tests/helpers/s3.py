@@ -1,5 +1,5 @@
-"""A real S3 server for the tests: s3proxy (``python -m sim.s3server``'s configuration) over a directory,
-on 127.0.0.1 at a free port, in its own process group, stopped with the group when the block ends (also
+"""A real S3 server for the tests: s3proxy (``python -m sim.local.s3server``'s configuration) over a
+directory, on 127.0.0.1 at a free port, in its own process group, stopped with the group when the block ends (also
 on failure). Yields what a client needs: the endpoint, the bucket and credentials, as the ``AWS_*``
 variables every reader takes and as the Hadoop S3A settings of an already running Spark session."""
 from __future__ import annotations
@@ -37,8 +37,8 @@ class S3Server:
 
 @contextlib.contextmanager
 def s3proxy(work: Path, port: int, bucket: str = "lake", timeout: float = 120) -> Iterator[S3Server]:
-    """s3proxy started (and stopped with its process group) by :class:`sim.cluster.LocalCluster`."""
-    from sim.cluster import LocalCluster
+    """s3proxy started (and stopped with its process group) by :class:`sim.local.cluster.LocalCluster`."""
+    from sim.local.cluster import LocalCluster
     access, secret = "test-" + secrets.token_hex(4), secrets.token_hex(16)
     with LocalCluster(work, bucket=bucket, access_key=access, secret_key=secret) as cluster:
         cluster.start_s3(port, timeout=timeout)

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sim.cluster import LocalCluster, http_answers
+from sim.local.cluster import LocalCluster, http_answers
 
 
 @contextlib.contextmanager
@@ -18,7 +18,7 @@ def server(cmd: Sequence[str] | str, url: str, log_path: Path, *, cwd: Path | st
            env: dict | None = None, ready: str = "/health", timeout: float = 240) -> Iterator[str]:
     """Run ``cmd`` (a list, or a string for ``bash -c``) until ``url + ready`` answers 200; yield
     ``url``; stop the process group afterwards. Fails with the server's log (``log_path``) if it exits
-    or does not answer within ``timeout`` seconds (:meth:`sim.cluster.LocalCluster.start_service`)."""
+    or does not answer within ``timeout`` seconds (:meth:`sim.local.cluster.LocalCluster.start_service`)."""
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     with LocalCluster(log_path.parent) as c:
         c.start_service(log_path.stem, argv, lambda: http_answers(url + ready, ok_only=True), timeout,

@@ -1,7 +1,7 @@
 """The demo flow on a local cluster (``make cluster-demo``): everything on 127.0.0.1, each piece the
 server a real deployment has (README "Running on a cluster"):
 
-1. start the cluster (:class:`sim.cluster.LocalCluster`): the S3 server (s3proxy), a Spark master and
+1. start the cluster (:class:`sim.local.cluster.LocalCluster`): the S3 server (s3proxy), a Spark master and
    two workers, the MLflow tracking server (SQLite backend store, artifacts on the S3 server);
 2. the nightly jobs through ``spark-submit --master spark://...`` on an ``s3a://`` lakehouse: generate
    the synthetic logs, backfill the User Behavior Tree, build the samples;
@@ -11,7 +11,7 @@ server a real deployment has (README "Running on a cluster"):
 4. ``sim.compare`` from the tracking server: prints the comparison;
 5. stop everything it started, also when a step failed.
 
-The stages are :mod:`sim.demo`'s, with a ``spark-submit`` launcher and the cluster's locations
+The stages are :mod:`sim.local.demo`'s, with a ``spark-submit`` launcher and the cluster's locations
 (:func:`run_flow`, which tests/test_cluster.py runs on its own cluster). The
 default data are small (300 users, 3 impression days, two models, one epoch), not the demo's; ``--set`` / ``--train-set`` / ``--models`` scale it up. The figures of data
 this small say nothing about the models: the point is the flow.
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Sequence
 
 from sim.adapters import storage
-from sim.cluster import LocalCluster
 from sim.config import ConfigError, load_pipeline_conf
-from sim.demo import compare_stage, data_stages, plan, resolve_models, run_stages, split_sets, train_stages
+from sim.local.cluster import LocalCluster
+from sim.local.demo import (compare_stage, data_stages, plan, resolve_models, run_stages, split_sets,
+                            train_stages)
 
-log = logging.getLogger("sim.cluster_demo")
+log = logging.getLogger("sim.local.cluster_demo")
 
 # Small data: 300 users with 40 days of history, impressions on 3 days (train, validation, test).
 SMALL_DATA = ["generator.users=300", "generator.history_days=40", "generator.impression_days=3",
@@ -47,7 +48,7 @@ DEFAULT_MODELS = "din,sim_hard"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sim.cluster_demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sim.local.cluster_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=None, help="directory for the servers' data and logs (default: a "
                    "temporary directory, removed at the end)")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated experiment ids of conf/experiments.yaml, 'all' or 'paper'")
@@ -88,7 +89,7 @@ def run_demo(args: argparse.Namespace, work: Path) -> int:
 
 
 def flow_plan(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The flow's models and dates (:func:`sim.demo.plan`); a bad model name or override fails here."""
+    """The flow's models and dates (:func:`sim.local.demo.plan`); a bad model name or override fails here."""
     return resolve_models(args.models), plan(load_pipeline_conf(overrides=list(overrides)))
 
 

@@ -1,7 +1,7 @@
 """A local cluster on 127.0.0.1, each piece a real server in its own process group: the S3 server
-(s3proxy, :mod:`sim.s3server`), a Spark standalone master and its workers, and an MLflow tracking server
+(s3proxy, :mod:`sim.local.s3server`), a Spark standalone master and its workers, and an MLflow tracking server
 (SQLite backend store, artifacts on the S3 server). The tests' fixtures and ``make cluster-demo``
-(:mod:`sim.cluster_demo`) start them through :class:`LocalCluster`, which stops everything it started
+(:mod:`sim.local.cluster_demo`) start them through :class:`LocalCluster`, which stops everything it started
 when its block ends, also when a step inside failed.
 
 Each service runs in a new session (``start_new_session``), so stopping it signals its whole process
@@ -207,7 +207,7 @@ class LocalCluster:
     def start_s3(self, port: int | None = None, timeout: float = 120) -> str:
         """s3proxy over ``work/s3`` with :attr:`bucket` created; its endpoint. Called again after
         ``stop_service("s3")`` it restarts on the same port and directory (the same objects)."""
-        from sim import s3server
+        from sim.local import s3server
         if not self.s3_endpoint:
             self.s3_endpoint = f"http://127.0.0.1:{port or free_port()}"
         port = int(self.s3_endpoint.rsplit(":", 1)[1])

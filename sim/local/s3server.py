@@ -1,7 +1,7 @@
 """A local S3 server for the tests and a local cluster: s3proxy (Apache jclouds) over a directory, run
 from the jars ``make setup`` caches in ``$SIM_CACHE/s3proxy-<version>/lib``.
 
-    AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... python -m sim.s3server --dir /tmp/s3 --port 9000 --bucket lake
+    AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... python -m sim.local.s3server --dir /tmp/s3 --port 9000 --bucket lake
 
 then point every reader at it (see the README's "Object storage"): ``AWS_ENDPOINT_URL=http://127.0.0.1:9000``
 ``AWS_ALLOW_HTTP=true`` ``AWS_REGION=us-east-1`` and ``--lakehouse s3a://lake/prefix``.
@@ -84,7 +84,7 @@ def prepare(basedir: str | os.PathLike, port: int, access_key: str, secret_key: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.s3server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sim.local.s3server", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", required=True, help="directory that holds the buckets (one sub-directory each)")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--bucket", action="append", default=[], help="create this bucket first (repeatable)")

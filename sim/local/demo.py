@@ -26,7 +26,7 @@ from typing import Sequence
 
 from sim.config import PROJECT_ROOT, PipelineConfig, load_pipeline_conf
 
-log = logging.getLogger("sim.demo")
+log = logging.getLogger("sim.local.demo")
 
 # The paper's DIN, Avg-Pooling and SIM hard, and the two variants that keep counts and recency that did best
 # on the validation day (docs/RESULTS.md).
@@ -140,7 +140,7 @@ def _stage(i: int, total: int, title: str, cmd: list[str], env: dict) -> float:
     try:
         rc = proc.wait()
     except BaseException:
-        from sim.cluster import stop_group
+        from sim.local.cluster import stop_group
         stop_group(proc)
         raise
     took = time.perf_counter() - started
@@ -212,7 +212,7 @@ def run_stages(stages: list[Stage], env: dict, label: str = "demo") -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sim.local.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
                    help="synthetic lifelong logs (default) or MovieLens-100k from the recbole wheel")
     p.add_argument("--lakehouse", default=None, help="default: ./lakehouse (synthetic), ./lakehouse_ml-100k")
