@@ -322,7 +322,7 @@ def test_ml100k_demo_uses_the_papers_protocol_and_windows():
     skip check cannot see a changed import), the last-N protocol stays reachable, and each variant is
     its own dataset in sim.compare."""
     from sim.config import load_pipeline_conf
-    from sim.inputs.import_dataset import parser, protocol_of
+    from sim.inputs.cli_import import parser, protocol_of
     from sim.inputs.importers import Protocol
     from sim.local.demo import main, ml100k_data_stages, ml100k_dataset, ml100k_windows, plan_ml100k
 

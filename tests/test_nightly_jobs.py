@@ -162,7 +162,7 @@ def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(
     assert rows_of(read_table(spark, str(reference / "samples"))) == rows_of(s)
 
 
-@pytest.mark.parametrize("module", ["sim.ubt.build_ubt", "sim.samples.build_samples"])
+@pytest.mark.parametrize("module", ["sim.ubt.cli", "sim.samples.cli"])
 def test_the_jobs_take_allow_empty(module, capsys):
     import importlib
     with pytest.raises(SystemExit) as done:
