@@ -22,13 +22,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from measure import Resources  # noqa: E402
-from sim.config import load_pipeline_conf  # noqa: E402
-from sim.inputs.generator.settings import GeneratorConfig  # noqa: E402
-from sim.inputs.ingest import run_generator, run_import  # noqa: E402
-from sim.adapters.spark import spark_from_conf  # noqa: E402
+from common import Resources  # first: it puts the checkout's sim on sys.path
+from sim.config import load_pipeline_conf
+from sim.inputs.generator.settings import GeneratorConfig
+from sim.inputs.ingest import run_generator, run_import
+from sim.adapters.spark import spark_from_conf
 
 
 def figures(res: Resources, n: int, secs: float) -> dict:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,10 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sim.formats.packing import PACKED, PACKED_COLUMNS, SEQUENCES, Ragged  # noqa: E402
+from common import ROOT, best_of, loader_epoch  # first: it puts the checkout's sim on sys.path
+from sim.formats.packing import PACKED, PACKED_COLUMNS, SEQUENCES, Ragged
 
 CAPS = {"short": 50, "hard": 200, "long": 1000}
 SCALARS = {"impression_id": np.int64, "user_id": np.int64, "item_id": np.int64, "category_id": np.int64,
@@ -156,28 +153,6 @@ def write_layouts(data: dict, out: Path) -> tuple[list, list]:
 
 
 # --------------------------------------------------------------------------------------- measurements
-def best_of(passes: int, fn) -> float:
-    """The highest rows/s of ``passes`` runs of ``fn`` (which returns the rows it read)."""
-    best = 0.0
-    for _ in range(passes):
-        start = time.perf_counter()
-        rows = fn()
-        best = max(best, rows / (time.perf_counter() - start))
-    return best
-
-
-def loader_epoch(files, workers: int, columns, batch: int, keep: list | None = None) -> int:
-    from sim.training.loader import ShardedLoader
-    loader = ShardedLoader(files, columns, batch_size=batch, seed=1, trim=SEQUENCES, bucket_batches=16,
-                           workers=workers)
-    rows = 0
-    for b in loader.epoch(0):
-        rows += len(b["label"])
-        if keep is not None and len(keep) < 40:
-            keep.append(b)
-    return rows
-
-
 def baseline_epoch(files, columns, batch: int) -> int:
     """The rows of ``files`` the way the loader read them before the packed format (see the docstring)."""
     from petastorm import make_batch_reader

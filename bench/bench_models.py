@@ -35,10 +35,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT  # also puts the checkout's sim first on sys.path
+
 MODELS = ("sim_hard", "sim_soft", "din_long", "mimn", "mimn_reference", "dien")
 RECURRENT = ("mimn", "mimn_reference", "dien")
 
@@ -71,7 +71,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one configuration in this process; returns the figures."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from sim.models.registry import MODELS as PARTS_OF, compose
 
     torch.set_num_threads(spec["threads"])

@@ -4,8 +4,8 @@ data, same rows (target: the UBT path at least 10x faster at 20M behaviors).
 
     .venv/bin/python bench/bench_samples_join.py [--behaviors 20000000] [--users 50000] [--exact]
 
-1. data: bench_nightly's synthetic behaviors (181 days ending on D) and impressions (on D) (timed,
-   reported, not compared);
+1. data: the synthetic behaviors (181 days ending on D) and impressions (on D) of bench/common.py,
+   bench_nightly's too (timed, reported, not compared);
 2. UBT(D-1), a full build of its 180 days (timed and reported apart: the nightly path pays for it
    once per day, amortised over the day's samples; see bench_nightly for the nightly update);
 3. build_samples(D): the job as it runs at night, Delta write of the samples included;
@@ -34,11 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench_nightly import D, LONG_DAYS, QUICK_BEHAVIORS, QUICK_USERS, data_args, generate  # noqa: E402
-from measure import Resources  # noqa: E402
+from common import D, LONG_DAYS, QUICK_BEHAVIORS, QUICK_USERS, Resources, data_args, generate
 
 
 def timed(fn):

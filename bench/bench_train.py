@@ -46,10 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sim.formats.packing import PACKED, SEQUENCES, seq_columns  # noqa: E402
+from common import ROOT  # first: it puts the checkout's sim on sys.path
+from sim.formats.packing import PACKED, SEQUENCES, seq_columns
 
 CONFIG = ROOT / "conf" / "experiments.yaml"
 CAPS = {"short": 50, "hard": 200, "long": 1000}  # conf/pipeline.yaml caps: short_cap, hard_k, long_cap

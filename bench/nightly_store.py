@@ -1,7 +1,7 @@
 """``bench/bench_nightly.py --lakehouse s3a://BUCKET/PREFIX``: the nightly jobs and the training loader on
 an object store against local disk, same data, one run.
 
-1. Data (:func:`bench_nightly.generate`, ``--behaviors``) written to a local lakehouse, then copied by
+1. Data (:func:`common.generate`, ``--behaviors``) written to a local lakehouse, then copied by
    Spark to the ``s3a://`` one (not timed).
 2. On each lakehouse, as spark-submit processes (``local[2]``): the UBT of D-1 (full build, not
    compared), then the nightly UBT of D and the samples of D, timed. The figures are the ratios
@@ -25,11 +25,10 @@ import shutil
 import time
 from pathlib import Path
 
-from bench_nightly import D, generate, submit
+from common import D, best_of, generate, loader_epoch, submit
 
 
 def _loader_rows_per_s(table: str, passes: int) -> tuple[float, int]:
-    from bench_loader import best_of, loader_epoch
     from sim.adapters import delta_io
     from sim.samples.contract import TRAINING_COLUMNS
     files = [(f.path, f.num_rows) for f in delta_io.log_snapshot(table).between(D, D)]

@@ -1,6 +1,7 @@
 """The benchmarks' plumbing, without Spark and in seconds: the summary of `make bench` reads each
-benchmark's last JSON line and names a benchmark whose output has none; bench_train's rows are the worst
-case it claims (every sequence at its cap) and its measurement trains a real model on them."""
+benchmark's last JSON line and names a benchmark whose output has none; the benchmarks share one module,
+not each other; bench_train's rows are the worst case it claims (every sequence at its cap) and its
+measurement trains a real model on them."""
 from __future__ import annotations
 
 import json
@@ -45,6 +46,19 @@ def test_summary_table_from_logs_and_exit_status(tmp_path, capsys):
     assert summary.main([str(good), str(bad)]) == 1
     text = capsys.readouterr().out
     assert "bench_good" in text and "FAILED bench_bad: its output does not end with a JSON object" in text
+
+
+def test_no_benchmark_imports_another():
+    """What more than one benchmark uses is in bench/common.py: no module of bench/ imports a benchmark."""
+    import ast
+    bench = Path(summary.__file__).parent
+    found = []
+    for path in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in summary.BENCHES]
+    assert not found, found
 
 
 def test_bench_train_rows_are_full_length(tmp_path):
