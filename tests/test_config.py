@@ -90,3 +90,53 @@ def test_jobs_are_console_scripts_and_the_job_files_need_no_path_edits(tmp_path)
     proc = subprocess.run([os.path.join(bin_dir, "sim-build-ubt"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--date" in proc.stdout, proc.stderr[-500:]
+
+
+def _differences_from_defaults(parsed, prefix: str = "") -> list[str]:
+    """Walk a parsed config block and the typed defaults side by side: one line per key (dotted; Spark
+    conf keys one by one) whose value differs from its class's default. Fields without a default
+    (required, such as the experiment's dates) are skipped; blocks are walked into."""
+    from pydantic import BaseModel
+    out = []
+    for name, field in type(parsed).model_fields.items():
+        key, value = f"{prefix}{name}", getattr(parsed, name)
+        if isinstance(value, BaseModel):
+            out += _differences_from_defaults(value, key + ".")
+            continue
+        if field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(value, dict) and isinstance(default, dict):
+            out += [f"{key}.{k}: YAML {value.get(k)!r}, typed default {default.get(k)!r}"
+                    for k in sorted(set(value) | set(default)) if value.get(k) != default.get(k)]
+        elif value != default:
+            out.append(f"{key}: YAML {value!r}, typed default {default!r}")
+    return out
+
+
+def test_yaml_values_are_the_typed_defaults():
+    """One source of defaults: every value conf/pipeline.yaml and the Base block of conf/experiments.yaml
+    write equals the default of the typed setting that reads it, so a config built in Python
+    (benchmarks, notebooks, tests) gets what `make demo` runs with."""
+    from sim.config import PipelineConfig, load_yaml
+    from sim.config.experiment import ExperimentConfig
+    from sim.samples.contract import SampleSpec
+    pipeline = PipelineConfig.parse(load_yaml(ROOT / "conf" / "pipeline.yaml"))
+    base = ExperimentConfig.parse({**load_yaml(ROOT / "conf" / "experiments.yaml")["Base"], "expid": "Base"})
+    assert _differences_from_defaults(pipeline) + _differences_from_defaults(base) == []
+    # The walk sees a difference where there is one.
+    assert _differences_from_defaults(load_pipeline_conf(overrides=["caps.hard_k=7"])) == [
+        "caps.hard_k: YAML 7, typed default 200"]
+    default = PipelineConfig()
+    assert SampleSpec.from_conf(default) == SampleSpec(default.windows, default.caps)
+
+
+def test_default_config_passes_its_own_checks_in_count_mode():
+    """The count mode of the typed defaults fits the default caps (short_count <= short_cap, long_count
+    <= long_cap): a config built in Python with mode="count" and nothing else is accepted."""
+    from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
+    from sim.samples.contract import SampleSpec
+    assert check_caps_fit(Windows(mode="count"), Caps()) is None
+    cfg = PipelineConfig(windows=Windows(mode="count"))
+    SampleSpec.from_conf(cfg)
+    assert load_pipeline_conf(overrides=["windows.mode=count"]).windows == cfg.windows
