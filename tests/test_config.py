@@ -140,3 +140,46 @@ def test_default_config_passes_its_own_checks_in_count_mode():
     cfg = PipelineConfig(windows=Windows(mode="count"))
     SampleSpec.from_conf(cfg)
     assert load_pipeline_conf(overrides=["windows.mode=count"]).windows == cfg.windows
+
+
+def test_settings_a_running_spark_cannot_take_are_warned_about(spark, caplog):
+    """Asked for while a SparkSession runs (as under spark-submit, whose JVM is started before the job's
+    code runs), a setting Spark reads only at JVM start or context creation is warned about, naming the
+    key, the value in force and the spark-submit option; a runtime SQL setting is applied silently."""
+    from sim.adapters.spark import get_spark
+    in_force = spark.sparkContext.getConf().get("spark.driver.memory")
+    parallelism = spark.sparkContext.getConf().get("spark.default.parallelism")
+    asked = {"spark.driver.memory": "5g", "spark.default.parallelism": "3", "spark.sql.shuffle.partitions": "7",
+             "spark.sql.warehouse.dir": "/elsewhere"}
+    session_before = {k: spark.conf.get(k, None) for k in asked}  # the shared session is put back as it was
+    partitions = session_before["spark.sql.shuffle.partitions"]
+    try:
+        with caplog.at_level("WARNING", logger="sim.adapters.spark"):
+            again = get_spark("sim-tests", master="local[2]", conf=asked)
+        assert again is spark and spark.conf.get("spark.sql.shuffle.partitions") == "7"
+    finally:  # through the builder, as get_spark did: the session takes non-static settings that way
+        from pyspark.sql import SparkSession
+        SparkSession.builder.config(map=session_before).getOrCreate()
+        assert {k: spark.conf.get(k, None) for k in asked} == session_before
+    warned = [r.getMessage() for r in caplog.records if r.name == "sim.adapters.spark"]
+    assert any(f"spark.driver.memory=5g is not applied; in force: {in_force}" in w and "--driver-memory 5g" in w
+               for w in warned), warned
+    assert any(f"spark.default.parallelism=3 is not applied; in force: {parallelism}" in w
+               and "--conf spark.default.parallelism=3" in w for w in warned), warned
+    assert any("spark.sql.warehouse.dir=/elsewhere is not applied; in force: "
+               f"{session_before['spark.sql.warehouse.dir']}" in w for w in warned), warned
+    assert not any("shuffle.partitions" in w or "spark.app.name" in w or "spark.master" in w for w in warned), warned
+    # The settings the session runs with already are not warned about.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sim.adapters.spark"):
+        get_spark("another-name", master="local[2]", conf={"spark.driver.memory": in_force,
+                                                          "spark.sql.shuffle.partitions": partitions})
+    assert [r.getMessage() for r in caplog.records if r.name == "sim.adapters.spark"] == []
+
+
+def test_spark_app_name_prefixes_each_job_name():
+    """spark.app_name of conf/pipeline.yaml is the prefix of every job's Spark application name."""
+    from sim.adapters.spark import app_name
+    assert app_name(load_pipeline_conf(), "build_ubt") == "sim-pipeline-build_ubt"
+    nightly = load_pipeline_conf(overrides=["spark.app_name=nightly"])
+    assert app_name(nightly, "build_samples") == "nightly-build_samples"
