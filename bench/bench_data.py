@@ -57,7 +57,7 @@ def main() -> int:
     gc = GeneratorConfig.parse({**cfg.generator.model_dump(), "users": users})
     work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
     phases = set(args.phases.split(","))
-    spark = spark_from_conf(cfg, app_name="bench_data")
+    spark = spark_from_conf(cfg, job="bench_data")
     print(f"bench_data: target {args.behaviors:,} behaviors = {gc.users:,} users x mean {gc.mean_behaviors_per_user:g}; "
           f"Spark {spark.sparkContext.master}, driver memory {spark.conf.get('spark.driver.memory', '?')}, "
           f"{os.cpu_count()} cpus; workdir {work}", flush=True)

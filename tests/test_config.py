@@ -90,3 +90,96 @@ def test_jobs_are_console_scripts_and_the_job_files_need_no_path_edits(tmp_path)
     proc = subprocess.run([os.path.join(bin_dir, "sim-build-ubt"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--date" in proc.stdout, proc.stderr[-500:]
+
+
+def _differences_from_defaults(parsed, prefix: str = "") -> list[str]:
+    """Walk a parsed config block and the typed defaults side by side: one line per key (dotted; Spark
+    conf keys one by one) whose value differs from its class's default. Fields without a default
+    (required, such as the experiment's dates) are skipped; blocks are walked into."""
+    from pydantic import BaseModel
+    out = []
+    for name, field in type(parsed).model_fields.items():
+        key, value = f"{prefix}{name}", getattr(parsed, name)
+        if isinstance(value, BaseModel):
+            out += _differences_from_defaults(value, key + ".")
+            continue
+        if field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(value, dict) and isinstance(default, dict):
+            out += [f"{key}.{k}: YAML {value.get(k)!r}, typed default {default.get(k)!r}"
+                    for k in sorted(set(value) | set(default)) if value.get(k) != default.get(k)]
+        elif value != default:
+            out.append(f"{key}: YAML {value!r}, typed default {default!r}")
+    return out
+
+
+def test_yaml_values_are_the_typed_defaults():
+    """One source of defaults: every value conf/pipeline.yaml and the Base block of conf/experiments.yaml
+    write equals the default of the typed setting that reads it, so a config built in Python
+    (benchmarks, notebooks, tests) gets what `make demo` runs with."""
+    from sim.config import PipelineConfig, load_yaml
+    from sim.config.experiment import ExperimentConfig
+    from sim.samples.contract import SampleSpec
+    pipeline = PipelineConfig.parse(load_yaml(ROOT / "conf" / "pipeline.yaml"))
+    base = ExperimentConfig.parse({**load_yaml(ROOT / "conf" / "experiments.yaml")["Base"], "expid": "Base"})
+    assert _differences_from_defaults(pipeline) + _differences_from_defaults(base) == []
+    # The walk sees a difference where there is one.
+    assert _differences_from_defaults(load_pipeline_conf(overrides=["caps.hard_k=7"])) == [
+        "caps.hard_k: YAML 7, typed default 200"]
+    default = PipelineConfig()
+    assert SampleSpec.from_conf(default) == SampleSpec(default.windows, default.caps)
+
+
+def test_default_config_passes_its_own_checks_in_count_mode():
+    """The count mode of the typed defaults fits the default caps (short_count <= short_cap, long_count
+    <= long_cap): a config built in Python with mode="count" and nothing else is accepted."""
+    from sim.config import Caps, PipelineConfig, Windows, check_caps_fit
+    from sim.samples.contract import SampleSpec
+    assert check_caps_fit(Windows(mode="count"), Caps()) is None
+    cfg = PipelineConfig(windows=Windows(mode="count"))
+    SampleSpec.from_conf(cfg)
+    assert load_pipeline_conf(overrides=["windows.mode=count"]).windows == cfg.windows
+
+
+def test_settings_a_running_spark_cannot_take_are_warned_about(spark, caplog):
+    """Asked for while a SparkSession runs (as under spark-submit, whose JVM is started before the job's
+    code runs), a setting Spark reads only at JVM start or context creation is warned about, naming the
+    key, the value in force and the spark-submit option; a runtime SQL setting is applied silently."""
+    from sim.adapters.spark import get_spark
+    in_force = spark.sparkContext.getConf().get("spark.driver.memory")
+    parallelism = spark.sparkContext.getConf().get("spark.default.parallelism")
+    asked = {"spark.driver.memory": "5g", "spark.default.parallelism": "3", "spark.sql.shuffle.partitions": "7",
+             "spark.sql.warehouse.dir": "/elsewhere"}
+    session_before = {k: spark.conf.get(k, None) for k in asked}  # the shared session is put back as it was
+    partitions = session_before["spark.sql.shuffle.partitions"]
+    try:
+        with caplog.at_level("WARNING", logger="sim.adapters.spark"):
+            again = get_spark("sim-tests", master="local[2]", conf=asked)
+        assert again is spark and spark.conf.get("spark.sql.shuffle.partitions") == "7"
+    finally:  # through the builder, as get_spark did: the session takes non-static settings that way
+        from pyspark.sql import SparkSession
+        SparkSession.builder.config(map=session_before).getOrCreate()
+        assert {k: spark.conf.get(k, None) for k in asked} == session_before
+    warned = [r.getMessage() for r in caplog.records if r.name == "sim.adapters.spark"]
+    assert any(f"spark.driver.memory=5g is not applied; in force: {in_force}" in w and "--driver-memory 5g" in w
+               for w in warned), warned
+    assert any(f"spark.default.parallelism=3 is not applied; in force: {parallelism}" in w
+               and "--conf spark.default.parallelism=3" in w for w in warned), warned
+    assert any("spark.sql.warehouse.dir=/elsewhere is not applied; in force: "
+               f"{session_before['spark.sql.warehouse.dir']}" in w for w in warned), warned
+    assert not any("shuffle.partitions" in w or "spark.app.name" in w or "spark.master" in w for w in warned), warned
+    # The settings the session runs with already are not warned about.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sim.adapters.spark"):
+        get_spark("another-name", master="local[2]", conf={"spark.driver.memory": in_force,
+                                                          "spark.sql.shuffle.partitions": partitions})
+    assert [r.getMessage() for r in caplog.records if r.name == "sim.adapters.spark"] == []
+
+
+def test_spark_app_name_prefixes_each_job_name():
+    """spark.app_name of conf/pipeline.yaml is the prefix of every job's Spark application name."""
+    from sim.adapters.spark import app_name
+    assert app_name(load_pipeline_conf(), "build_ubt") == "sim-pipeline-build_ubt"
+    nightly = load_pipeline_conf(overrides=["spark.app_name=nightly"])
+    assert app_name(nightly, "build_samples") == "nightly-build_samples"

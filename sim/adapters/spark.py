@@ -12,6 +12,12 @@ pyspark's Hadoop and the AWS SDK bundle it was built against, cached by ``make s
 driver's and executors' class path (under spark-submit, pass them with ``--jars``). Endpoint and credentials are settings,
 never code: ``spark.hadoop.fs.s3a.*`` in ``spark.conf``, else derived from ``AWS_*`` variables
 (:func:`sim.adapters.storage.spark_s3a_conf`).
+
+Settings that cannot apply are warned about, naming the key, the value in force and how to set it
+(:func:`warn_ignored_settings`): Spark reads some settings only when the driver JVM starts
+(``spark.driver.memory``, ``spark.driver.extraJavaOptions``, ``spark.jars*``, ...), which spark-submit or
+an earlier session in this process has done already; and a SparkSession that already exists keeps its
+context's settings (the master, executors, static SQL settings), taking only runtime SQL settings.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from sim.adapters import storage
@@ -48,6 +55,24 @@ DEFAULT_CONFS = {
     # Delta tables that Petastorm reads must never carry deletion vectors (DESIGN.md "Data model").
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
 }
+
+
+# Settings Spark reads only when the driver JVM starts (spark-submit's launcher, or PySpark's, which hands
+# them to spark-submit).
+JVM_LAUNCH_SETTINGS = ("spark.driver.memory", "spark.driver.cores", "spark.driver.extraJavaOptions",
+                       "spark.driver.extraClassPath", "spark.driver.extraLibraryPath", "spark.jars",
+                       "spark.jars.packages", "spark.jars.repositories", "spark.jars.excludes", "spark.jars.ivy",
+                       "spark.jars.ivySettings")
+# The spark-submit options of settings that have one (any setting also goes as --conf key=value).
+SUBMIT_OPTIONS = {"spark.master": "--master", "spark.driver.memory": "--driver-memory",
+                  "spark.driver.cores": "--driver-cores", "spark.driver.extraJavaOptions": "--driver-java-options",
+                  "spark.driver.extraClassPath": "--driver-class-path",
+                  "spark.driver.extraLibraryPath": "--driver-library-path", "spark.jars": "--jars",
+                  "spark.jars.packages": "--packages", "spark.jars.repositories": "--repositories",
+                  "spark.jars.excludes": "--exclude-packages", "spark.executor.memory": "--executor-memory",
+                  "spark.executor.cores": "--executor-cores"}
+# A session's name is only a label: another one than the running session's is not worth a warning.
+_LABELS = ("spark.app.name",)
 
 
 def cache_dir() -> Path:
@@ -90,8 +115,7 @@ def get_spark(app_name: str = "sim-pipeline", master: str | None = None,
     confs.update({k: str(v) for k, v in (conf or {}).items()})
     confs.update(DELTA_CONFS)
     if not under_spark_submit():
-        master = master or os.environ.get("SIM_SPARK_MASTER") or "local[*]"
-        builder = builder.master(master)
+        confs["spark.master"] = master or os.environ.get("SIM_SPARK_MASTER") or "local[*]"
         jars = delta_jars()
         if not jars:
             log.warning("Delta jars not cached (run `make setup`); resolving %s with Ivy", DELTA_PACKAGE)
@@ -107,13 +131,80 @@ def get_spark(app_name: str = "sim-pipeline", master: str | None = None,
             confs[key] = os.pathsep.join([p for p in (confs.get(key), *s3a) if p])
     for key, value in confs.items():
         builder = builder.config(key, value)
+    # Whether the driver JVM runs already (spark-submit started it, or an earlier session of this process)
+    # and whether a SparkContext does: then some of ``confs`` cannot apply (warn_ignored_settings).
+    jvm_started = SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ
+    context_running = SparkContext._active_spark_context is not None
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SIM_SPARK_LOG_LEVEL", "WARN"))
+    warn_ignored_settings(spark, confs, jvm_started=jvm_started, context_running=context_running)
     return spark
 
 
-def spark_from_conf(cfg, app_name: str | None = None, master: str | None = None) -> SparkSession:
-    """SparkSession from the ``spark`` block of the pipeline config (:class:`sim.config.PipelineConfig`)."""
+def ignored_settings(spark: SparkSession, requested: Mapping[str, str], jvm_started: bool,
+                     context_running: bool) -> list[str]:
+    """The ``requested`` settings that ``spark`` does not run with, one line each naming the key, the
+    value in force and how to set it.
+
+    ``jvm_started``: the driver JVM ran before the session was asked for, so the settings read at its
+    start (:data:`JVM_LAUNCH_SETTINGS`) hold what it started with (its system properties).
+    ``context_running``: a SparkSession existed; it takes the runtime settings of the SQL session
+    (``spark.sql.*`` that are not static, Delta's ``spark.databricks.*``) and keeps the rest: the static
+    SQL settings and those its SparkContext read when it was created (master, executors, UI, Hadoop).
+    A value unset where it is in force means Spark's default."""
+    jvm = spark.sparkContext._jvm
+    context_conf = spark.sparkContext.getConf()
+    out = []
+    for key, want in requested.items():
+        option = SUBMIT_OPTIONS.get(key)
+        submit = f"{option} {want} or --conf {key}={want}" if option else f"--conf {key}={want}"
+        if key in JVM_LAUNCH_SETTINGS and jvm_started:
+            have = jvm.java.lang.System.getProperty(key)
+            how = (f"Spark reads it when the driver JVM starts: pass it to spark-submit ({submit}), or set "
+                   "it in the process's first SparkSession")
+        elif context_running and key not in _LABELS:
+            if jvm.org.apache.spark.sql.internal.SQLConf.isStaticConfigKey(key):
+                have = spark.conf.get(key, None)
+            elif spark.conf.isModifiable(key) or key.startswith(("spark.sql.", "spark.databricks.")):
+                continue  # the session's own settings: applied to the running session
+            else:
+                have = context_conf.get(key, None)
+            how = f"a running SparkSession keeps its own: stop it first, or pass it to spark-submit ({submit})"
+        else:
+            continue
+        if not _same_setting(key, have, want):
+            shown = "unset (Spark's default)" if have is None else have
+            out.append(f"{key}={want} is not applied; in force: {shown}. {how}")
+    return out
+
+
+def _same_setting(key: str, have: str | None, want: str) -> bool:
+    """Whether the value in force is the one asked for; spark-submit records the jars of ``spark.jars``
+    as ``file://`` URIs."""
+    if have is None or key != "spark.jars":
+        return have == want
+
+    def paths(value: str) -> list[str]:
+        return [j.strip().removeprefix("file://").removeprefix("file:") for j in value.split(",") if j.strip()]
+    return paths(have) == paths(want)
+
+
+def warn_ignored_settings(spark: SparkSession, requested: Mapping[str, str], jvm_started: bool,
+                          context_running: bool) -> None:
+    """Log a warning per requested setting ``spark`` does not run with (:func:`ignored_settings`)."""
+    for line in ignored_settings(spark, requested, jvm_started, context_running):
+        log.warning("Spark setting %s", line)
+
+
+def spark_from_conf(cfg, job: str | None = None, master: str | None = None) -> SparkSession:
+    """SparkSession from the ``spark`` block of the pipeline config (:class:`sim.config.PipelineConfig`),
+    named ``<spark.app_name>-<job>`` (:func:`app_name`)."""
     block = cfg.spark
-    return get_spark(app_name=app_name or block.app_name,
+    return get_spark(app_name=app_name(cfg, job),
                      master=master or os.environ.get("SIM_SPARK_MASTER") or block.master, conf=dict(block.conf))
+
+
+def app_name(cfg, job: str | None = None) -> str:
+    """The Spark application name of ``job``: ``spark.app_name`` of the pipeline config as its prefix,
+    so the jobs of one pipeline are told apart yet found together in a cluster's application list."""
+    return f"{cfg.spark.app_name}-{job}" if job else cfg.spark.app_name

@@ -39,14 +39,14 @@ class TrainSettings(Settings):
     epochs: PositiveInt = 4
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 0.004
-    lr_decay_rate: float = Field(1.0, gt=0.0, le=1.0, description="lr * rate ** (step / lr_decay_steps)")
+    lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0, description="lr * rate ** (step / lr_decay_steps)")
     lr_decay_steps: PositiveFloat = 1000
     weight_decay: NonNegativeFloat = 0.0
     eval_batch_size: PositiveInt = 1024
     checkpoint_dir: str = "./checkpoints"
     threads: NonNegativeInt = 0
-    patience: NonNegativeInt = 0
-    length_buckets: NonNegativeInt = 0
+    patience: NonNegativeInt = 1
+    length_buckets: NonNegativeInt = 16
     loader_workers: PositiveInt = Field(3, description="row groups read ahead by threads (batches unchanged)")
     fail_after_epoch: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = Field(

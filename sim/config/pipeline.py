@@ -27,7 +27,7 @@ class Windows(Settings):
     long_days: PositiveInt = 180
     short_days: PositiveInt = 14
     long_count: PositiveInt = 400
-    short_count: PositiveInt = 100
+    short_count: PositiveInt = 50
     segment_days: PositiveInt = 7  # UBT rows hold a key's behaviors per block of this many days
 
     @model_validator(mode="after")
@@ -95,12 +95,19 @@ def _spark_value(value: Any) -> str:
     raise ValueError(f"a Spark setting must be a string, number or boolean, got {value!r}")
 
 
+def _default_spark_conf() -> dict[str, str]:
+    """``spark.conf`` of conf/pipeline.yaml: settings for a two-core machine (``spark.driver.memory``
+    applies only where our process launches the JVM; sim.adapters.spark warns otherwise)."""
+    return {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "4g", "spark.sql.session.timeZone": "UTC",
+            "spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "true"}
+
+
 class SparkSettings(Settings):
     """The ``spark:`` block: the master (``--master`` or SIM_SPARK_MASTER override it) and Spark conf."""
     section = "spark"
     master: str = "local[2]"
     app_name: str = "sim-pipeline"
-    conf: dict[str, Annotated[str, BeforeValidator(_spark_value)]] = Field(default_factory=dict)
+    conf: dict[str, Annotated[str, BeforeValidator(_spark_value)]] = Field(default_factory=_default_spark_conf)
 
 
 class Retention(Settings):

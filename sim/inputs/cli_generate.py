@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="epoch seconds treated as 'now' by validation (default: wall clock)")
     args = parser.parse_args(argv)
     cfg = load_job_conf(args)
-    spark = spark_from_conf(cfg, app_name="generate_logs", master=args.master)
+    spark = spark_from_conf(cfg, job="generate_logs", master=args.master)
     return report_or_fail("generate_logs", lambda: run_generator(
         spark, cfg.generator, cfg.lakehouse, max_reject_ratio=cfg.validation.max_reject_ratio,
         now_ts=args.now_ts))

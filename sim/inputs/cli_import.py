@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     date_range = (default_range[0] if args.start_date is None else (args.start_date or None),
                   default_range[1] if args.end_date is None else (args.end_date or None))
     protocol = protocol_of(args)
-    spark = spark_from_conf(cfg, app_name=f"import_dataset.{args.format}", master=args.master)
+    spark = spark_from_conf(cfg, job=f"import_dataset.{args.format}", master=args.master)
     return report_or_fail(f"import_dataset.{args.format}", lambda: run_import(
         spark, args.format, args.input, cfg.lakehouse, max_reject_ratio=cfg.validation.max_reject_ratio,
         date_range=date_range, seed=args.seed, protocol=protocol, same_time=args.same_time,

@@ -44,7 +44,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     item_buckets: Buckets = Field(
-        1_000_003, description="rows of the item embedding table (the memory knob: rows * emb_dim floats)")
+        1009, description="rows of the item embedding table (the memory knob: rows * emb_dim floats); "
+        "ids are hashed into them")
     category_buckets: Buckets = Field(10_007, description="rows of the category embedding table")
     time_gap_buckets: PositiveInt = Field(
         64, description="rows of the time-gap table; must match the pipeline's time_gap_buckets")
@@ -54,7 +55,7 @@ class ModelConfig(BaseModel):
     attention_dims: Widths = Field([80, 40], description="hidden widths of the DIN score MLP")
     esu_heads: PositiveInt = Field(2, description="q, ESU heads")
     esu_proj_dim: PositiveInt = Field(16, description="P, per-head projection dim of W_b^i / W_a^i")
-    soft_k: PositiveInt = Field(50, description="K behaviors soft search keeps")
+    soft_k: PositiveInt = Field(20, description="K behaviors soft search keeps")
     gsu_proj_dim: PositiveInt = Field(16, description="dim of W_b e_i and W_a e_a in soft search")
     gsu_aux_pooling: Literal["softmax", "sum"] = Field(
         "softmax", description="weights of e_i in soft search's aux input U_r: softmax(r) or r (Eq. 2)")

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
     spec = SampleSpec.from_conf(cfg)
-    spark = spark_from_conf(cfg, app_name="build_samples", master=args.master)
+    spark = spark_from_conf(cfg, job="build_samples", master=args.master)
     dates = date_range(args.backfill, args.date) if args.backfill else [args.date]
     lakehouse = cfg.lakehouse
     opts = {"force": args.force, "allow_empty": args.allow_empty}

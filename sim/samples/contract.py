@@ -102,15 +102,20 @@ class SamplesInputError(RuntimeError):
     """An input the samples job needs is missing or does not fit; the message says what to run."""
 
 
+def _pipeline_default(key: str):
+    return PipelineConfig.model_fields[key].get_default(call_default_factory=True)
+
+
 @dataclass(frozen=True)
 class SampleSpec:
+    """The settings the samples job reads; defaults are the pipeline config's (:class:`PipelineConfig`)."""
     windows: Windows
     caps: Caps
-    time_gap_buckets: int = 64
+    time_gap_buckets: int = _pipeline_default("time_gap_buckets")
     # Days back a date can be rebuilt: the UBT and samples tables keep their versions this long.
-    backfill_days: int = 30
+    backfill_days: int = _pipeline_default("retention").backfill_days
     # r time-gap buckets per doubling of the hours (sim.samples.transforms.time_gap_bucket); 1 = log2.
-    time_gap_per_octave: int = 1
+    time_gap_per_octave: int = _pipeline_default("time_gap_per_octave")
 
     def __post_init__(self) -> None:
         if self.time_gap_buckets < 2:

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="build dates without behaviors (the day genuinely had none); refused otherwise")
     args = p.parse_args(argv)
     cfg = load_job_conf(args)
-    spark = spark_from_conf(cfg, app_name="build_ubt", master=args.master)
+    spark = spark_from_conf(cfg, job="build_ubt", master=args.master)
     started = time.perf_counter()
     try:
         results = build_ubt(spark, cfg.lakehouse, args.date, cfg.windows, cfg.caps,
