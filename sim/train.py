@@ -22,7 +22,9 @@ any worker starts, otherwise by rank 0, which broadcasts it. Shards are balanced
 (:class:`sim.training.loader.ShardedLoader`): each epoch the row groups of the train files are laid end
 to end in an order drawn from the seed and the epoch, and each rank takes the next rows // ranks rows
 (one more for the first rows % ranks ranks), a row group on a border being read by both ranks, each
-keeping its own rows. So every row is trained on exactly once per epoch, by one rank. Every rank takes
+keeping its own rows (a table of fewer than ``train.shuffle_groups`` row groups per rank is dealt out
+row by row instead). So every row is trained on exactly once per epoch, by one rank; a rank shuffles the
+rows of ``train.shuffle_groups`` row groups together, so its batches mix dates and partitions. Every rank takes
 the same number of steps per epoch, ceil(ceil(rows / ranks) / batch), its last batch or two smaller
 (never empty, never repeating a row), so no rank waits in a collective for a batch that never comes.
 Validation and test files are split the same way, unshuffled, and every row is scored once. A reader

@@ -146,7 +146,7 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
                            trim=model.sequences, bucket_batches=t["length_buckets"],
-                           workers=t["loader_workers"])
+                           workers=t["loader_workers"], shuffle_groups=t["shuffle_groups"])
     item_topic = load_item_topics(cfg["lakehouse"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 placement, item_topic.to(placement.device) if item_topic is not None else None)
