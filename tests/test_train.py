@@ -195,9 +195,9 @@ def test_resume_after_crash_matches_uninterrupted_run_on_the_version_it_started_
     full = tmp_path / "full"
     run(train_cmd("sim_hard", root, full, "train.epochs=2", f"tracking_uri={uri}"))
     crashed = tmp_path / "crashed"
-    proc = run(train_cmd("sim_hard", root, crashed, "train.epochs=2", "train.fail_after_epoch=1",
-                         f"tracking_uri={uri}"), check=False)
-    assert proc.returncode != 0 and "fault injected after epoch 1" in proc.stderr
+    proc = run(train_cmd("sim_hard", root, crashed, "train.epochs=2", f"tracking_uri={uri}"), check=False,
+               SIM_CRASH_AT="train.epoch_1_checkpointed")
+    assert proc.returncode != 0 and "crash injected at train.epoch_1_checkpointed" in proc.stderr
     assert (crashed / "ckpt").exists()
     runs = tracking.search_runs(["sim-synthetic"], uri=uri)
     assert sorted(runs.status) == ["FAILED", "FINISHED"]

@@ -26,6 +26,7 @@ import yaml
 from sim.adapters.delta_io import MissingTableError
 from sim.config import ConfigError
 from sim.config.experiment import SPLITS
+from sim.faults import crash_point, dump_weights
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
 from sim.training.device import Placement, place, to_device
 from sim.training.loader import ShardedLoader
@@ -36,7 +37,7 @@ log = logging.getLogger("sim.train")
 
 # -------------------------------------------------------------------------------------------- training
 # Settings a --resume may change without making it another run (a GPU run may continue on the CPU).
-_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "device", "loader_workers"),
+_RESUMABLE_KEYS = {"train": ("epochs", "checkpoint_dir", "threads", "device", "loader_workers"),
                    "": ("tracking_uri",)}
 
 
@@ -376,10 +377,9 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
             epoch += 1
             validate_and_pick(s, epoch, train_loss, elapsed)
             save_checkpoint(s, epoch, active_run_id)
-            if t["fail_after_epoch"] == epoch:
-                raise RuntimeError(f"fault injected after epoch {epoch} (train.fail_after_epoch)")
+            crash_point(f"train.epoch_{epoch}_checkpointed")
         metrics = final_test_and_log(s, epoch)
-        _dump_weights(s.model, cfg, s.rank)
+        dump_weights(s.model, s.rank)
     return metrics
 
 
@@ -419,16 +419,3 @@ def _input_example(files: list[str], columns: Sequence[str], rows: int = 4) -> d
     from sim.adapters import petastorm_io
     with petastorm_io.open_reader(files[:1], list(columns)) as reader:
         return next(petastorm_io.iter_batches(reader, list(columns), rows))
-
-
-def _dump_weights(model, cfg: dict, rank: int) -> None:
-    """With SIM_DUMP_WEIGHTS=DIR every rank saves its final weights (tests compare ranks)."""
-    out = os.environ.get("SIM_DUMP_WEIGHTS")
-    if out:
-        import torch
-
-        from sim.adapters import hvd
-        Path(out).mkdir(parents=True, exist_ok=True)
-        torch.save(hvd.to_cpu(model.state_dict()), Path(out) / f"rank{rank}.pt")
-
-
