@@ -27,6 +27,8 @@ Measured, in this order, in this process:
 - ``training``: forward + backward + optimizer step of each model on the loader's first 40 batches,
   already in memory (as ``sim.training.loop.run_epoch`` does, torch threads = cores), samples/s; each
   pass stops after 15 s.
+- ``loader_files_per_batch``: the mean number of files a batch of the loader draws rows from (one
+  file per 48,000 rows, as the demo writes one per date: its dates per batch).
 
 Every throughput is the best of ``--passes`` passes (the machine is shared and noisy). The last line is
 JSON with ``loader_rows_per_s``, ``baseline_rows_per_s``, ``pyarrow_rows_per_s``,
@@ -188,6 +190,20 @@ def pyarrow_batches(files, columns, batch: int) -> int:
                                                       trim=SEQUENCES, bucket_batches=16))
 
 
+def files_per_batch(files, columns, batch: int) -> float:
+    """Mean distinct files per batch of one loader epoch (with training's settings): the files are
+    written one per 48,000 rows, as the demo writes one per date, so this is its dates per batch."""
+    from sim.training.loader import ShardedLoader
+    ids = [pq.read_table(p, columns=["impression_id"]).column(0).to_numpy() for p, _ in files]
+    source = np.concatenate([np.full(len(a), i) for i, a in enumerate(ids)])
+    ids = np.concatenate(ids)
+    order = np.argsort(ids)
+    ids, source = ids[order], source[order]
+    loader = ShardedLoader(files, columns, batch_size=batch, seed=1, trim=SEQUENCES, bucket_batches=16)
+    return float(np.mean([len(np.unique(source[np.searchsorted(ids, b["impression_id"])]))
+                          for b in loader.epoch(0)]))
+
+
 def training_samples_per_s(expid: str, batches: list, warmup: int = 2, passes: int = 2,
                            budget_s: float = 15.0) -> float:
     """Samples/s of ``expid``'s training step on ``batches`` (after ``warmup`` of them), each pass
@@ -266,6 +282,7 @@ def main() -> None:
         res["pyarrow_batches_rows_per_s"] = best_of(args.passes, lambda: pyarrow_batches(new, columns, args.batch_size))
         batches: list = []
         loader_epoch(new, best_w, columns, args.batch_size, keep=batches)
+        res["loader_files_per_batch"] = files_per_batch(new, columns, args.batch_size)
         train = {m: training_samples_per_s(m, batches) for m in args.models}
     fastest = max(train, key=train.get)
     res["training_samples_per_s"], res["training_fastest_model"] = train[fastest], fastest
@@ -281,6 +298,8 @@ def main() -> None:
     print(f"{'baseline: padded lists, the former path (1 thread)':<52}{res['baseline_rows_per_s']:>10.0f}")
     for w, v in per_workers.items():
         print(f"{f'loader: packed, ShardedLoader, {w} reader thread(s)':<52}{v:>10.0f}")
+    print(f"loader: {res['loader_files_per_batch']:.2f} distinct files (dates, in the demo's layout) per batch "
+          f"of {len(new)} files")
     print(f"{'pyarrow: read + decode packed files (no batches)':<52}{res['pyarrow_rows_per_s']:>10.0f}")
     print(f"{'pyarrow + the loader batching (no Petastorm)':<52}{res['pyarrow_batches_rows_per_s']:>10.0f}")
     for m, v in train.items():

@@ -18,11 +18,15 @@ item popularity).
 
 The data (files of the samples snapshot for the three date ranges, with row counts and the table
 version) is resolved once, from the Delta log (no JVM), before training: by the ``--np`` launcher before
-any worker starts, otherwise by rank 0, which broadcasts it. Shards are balanced by rows
+any worker starts, otherwise by rank 0, which broadcasts it. ``--resume`` trains on the samples version
+the run started on, which its checkpoint directory records, even after the table has moved on
+(:func:`sim.training.loop.resume_manifest`); a run on a newer version is a new run. Shards are balanced by rows
 (:class:`sim.training.loader.ShardedLoader`): each epoch the row groups of the train files are laid end
 to end in an order drawn from the seed and the epoch, and each rank takes the next rows // ranks rows
 (one more for the first rows % ranks ranks), a row group on a border being read by both ranks, each
-keeping its own rows. So every row is trained on exactly once per epoch, by one rank. Every rank takes
+keeping its own rows (a table of fewer than ``train.shuffle_groups`` row groups per rank is dealt out
+row by row instead). So every row is trained on exactly once per epoch, by one rank; a rank shuffles the
+rows of ``train.shuffle_groups`` row groups together, so its batches mix dates and partitions. Every rank takes
 the same number of steps per epoch, ceil(ceil(rows / ranks) / batch), its last batch or two smaller
 (never empty, never repeating a row), so no rank waits in a collective for a batch that never comes.
 Validation and test files are split the same way, unshuffled, and every row is scored once. A reader
@@ -48,8 +52,8 @@ from sim.config import ConfigError
 from sim.adapters.delta_io import MissingTableError
 from sim.config.experiment import check_model_builds
 from sim.training.device import check_device
-from sim.training.experiment import DataManifest, load_experiment, resolve_data
-from sim.training.loop import train
+from sim.training.experiment import DataManifest, load_experiment
+from sim.training.loop import data_for, train
 
 log = logging.getLogger("sim.train")
 
@@ -78,7 +82,7 @@ GLOO_TIMEOUT_SECONDS = 600
 
 def launch(args: argparse.Namespace, cfg: dict) -> int:
     """Validate data before any worker starts, then run this module under horovodrun."""
-    manifest = resolve_data(cfg)
+    manifest = data_for(cfg, args.resume)
     with tempfile.TemporaryDirectory() as d:
         mpath = Path(d) / "manifest.json"
         mpath.write_text(manifest.to_json())
@@ -110,7 +114,7 @@ def _spark_rank(cfg: dict, manifest_json: str, resume: bool, config_name: str, c
 def launch_on_spark(args: argparse.Namespace, cfg: dict) -> int:
     """Validate data, then run ``--np`` ranks as tasks of the Spark cluster at ``--spark-master``."""
     from sim.adapters import hvd
-    manifest = resolve_data(cfg)
+    manifest = data_for(cfg, args.resume)
     log.info("launching %d ranks on %s (Horovod's Spark runner)", args.np, args.spark_master)
     config = Path(args.config)
     results = hvd.run_on_spark(_spark_rank, (cfg, manifest.to_json(), args.resume, config.name, config.read_text()),
@@ -135,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return launch_on_spark(args, cfg) if args.spark_master else launch(args, cfg)
         manifest = DataManifest.from_json(Path(args.manifest).read_text()) if args.manifest else None
         if manifest is None and "HOROVOD_RANK" not in os.environ:
-            manifest = resolve_data(cfg)  # one process: fail on missing data before anything starts
+            manifest = data_for(cfg, args.resume)  # one process: fail on missing data before anything starts
         train(cfg, manifest, resume=args.resume, config_path=args.config)
     except (ConfigError, MissingTableError, tracking.TrackingUnreachable) as e:
         log.error("%s", e)

@@ -115,6 +115,88 @@ def test_every_rank_same_steps_and_every_row_once_per_epoch(uneven_files, size, 
     assert [[b.tolist() for b in r] for r in other_seed] != [[b.tolist() for b in r] for r in ranks]
 
 
+# One file per date, as the samples job writes a date's partition, in row groups of 100 rows: a row group
+# holds one date (and, in the real table, one Spark partition of users).
+DATES, DATE_ROWS, GROUP_ROWS = 6, 300, 100
+DATED_COLUMNS = ["row", "day", "long_items", "long_cats", "long_len"]
+
+
+@pytest.fixture(scope="module")
+def dated_files(tmp_path_factory) -> list[tuple[str, int]]:
+    d = tmp_path_factory.mktemp("dated")
+    out = []
+    for day in range(DATES):
+        g = groups(sizes=(DATE_ROWS,), seed=day)[0]
+        table = pa.table({"row": g.row + day * DATE_ROWS, "day": np.full(DATE_ROWS, day),
+                          "long_items": list(g.long_items), "long_cats": list(g.long_cats), "long_len": g.long_len})
+        path = str(d / f"dt={day}.parquet")
+        pq.write_table(table, path, row_group_size=GROUP_ROWS)
+        out.append((path, DATE_ROWS))
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_training_batches_mix_dates(dated_files, size):
+    """The rows of several row groups of a rank's shard are shuffled together, so a batch mixes dates
+    (shuffling inside one row group at a time gave batches of one date but at group borders: 1.3 dates
+    per batch here); every row still once per epoch, the same order for the same seed and epoch."""
+    def epoch(e: int, seed: int = 3) -> list[list[dict]]:
+        return [list(ShardedLoader(dated_files, DATED_COLUMNS, rank=r, size=size, batch_size=32, seed=seed,
+                                   trim=("long",), bucket_batches=2).epoch(e)) for r in range(size)]
+    ranks = epoch(0)
+    dates_per_batch = np.mean([len(np.unique(b["day"])) for r in ranks for b in r])
+    assert dates_per_batch > 2.5, dates_per_batch
+    rows = [b["row"].tolist() for r in ranks for b in r]
+    assert sorted(sum(rows, [])) == list(range(DATES * DATE_ROWS))  # every row once
+    assert len({len(r) for r in ranks}) == 1  # the same steps on every rank
+    assert [b["row"].tolist() for r in epoch(0) for b in r] == rows
+    assert [b["row"].tolist() for r in epoch(0, seed=4) for b in r] != rows
+    assert [b["row"].tolist() for r in epoch(1) for b in r] != rows
+    for r in ranks:
+        for b in r:  # the row's columns stay together
+            assert (b["day"] == b["row"] // DATE_ROWS).all()
+            assert (np.count_nonzero(b["long_items"], axis=1) == b["long_len"]).all()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_table_of_few_row_groups_is_dealt_so_every_rank_mixes_them(dated_files, size):
+    """The demo's layout: one row group per date, fewer than ``shuffle_groups`` per rank. Whole row
+    groups per rank would give each rank one date; dealt row by row, every rank's batches mix the dates,
+    each row still once per epoch over the ranks, shards as balanced as before."""
+    files = [(p, n) for p, n in dated_files[:2]]
+    single = []
+    for path, n in files:  # one row group per file
+        one = path.replace(".parquet", "-one.parquet")
+        pq.write_table(pq.read_table(path), one, row_group_size=n)
+        single.append((one, n))
+    ranks = [list(ShardedLoader(single, DATED_COLUMNS, rank=r, size=size, batch_size=32, seed=3).epoch(0))
+             for r in range(size)]
+    assert all(len(np.unique(b["day"])) == 2 for r in ranks for b in r)
+    assert sorted(np.concatenate([b["row"] for r in ranks for b in r]).tolist()) == list(range(2 * DATE_ROWS))
+    assert len({len(r) for r in ranks}) == 1
+    shard_rows = [sum(len(b["row"]) for b in r) for r in ranks]
+    assert max(shard_rows) - min(shard_rows) <= 1
+
+
+def test_mixed_row_groups_are_held_a_window_at_a_time():
+    """The shuffle buffer reads ``shuffle_groups`` row groups before its first batch, never more: memory
+    stays bounded by the window, whatever the shard's size."""
+    g = groups(sizes=(100,) * 10)
+    pulled = []
+
+    def source():
+        for x in g:
+            pulled.append(x)
+            yield x
+    batches = iter_batches(source(), COLUMNS, 32, shuffle_seed=1, shuffle_groups=3)
+    first = next(batches)
+    assert len(pulled) == 3 and len(np.unique(first["row"] // 100)) == 3
+    rows = np.concatenate([first["row"], *(b["row"] for b in batches)])
+    assert sorted(rows.tolist()) == list(range(1000))
+    unshuffled = np.concatenate([b["row"] for b in iter_batches(iter(g), COLUMNS, 32, shuffle_groups=3)])
+    assert unshuffled.tolist() == list(range(1000))  # without shuffling, rows in order
+
+
 def test_shards_change_between_epochs_but_the_batches_keep_their_rows_whole(uneven_files):
     loader = ShardedLoader(uneven_files, COLUMNS, rank=0, size=2, batch_size=64, seed=3, trim=("long",))
     a, b = (set(np.concatenate([x["row"] for x in loader.epoch(e)]).tolist()) for e in (0, 1))

@@ -33,6 +33,8 @@ DATES = ["2024-06-28", "2024-06-29", "2024-06-30", "2024-07-01"]
     ("valid_dates=[2024-07-01,2024-06-30]", "valid_dates: [first, last] is empty: first date 2024-07-01"),
     ("test_dates=[2024-06-30,2024-06-30]", "valid_dates 2024-06-30..2024-06-30 must end before test_dates"),
     ("trian.epochs=1", "trian: unknown key; known: dataset, experiment, expid, lakehouse, model"),
+    # Test hooks are environment variables of sim.faults, no settings of the user's config.
+    ("train.fail_after_epoch=1", "train.fail_after_epoch: unknown key; known: batch_size"),
 ])
 def test_every_bad_value_is_refused_naming_its_key(override, message):
     with pytest.raises(ConfigError) as e:

@@ -3,6 +3,7 @@ checkpoint / resume, and configuration errors that stop before any worker starts
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -183,26 +184,63 @@ def test_unreachable_tracking_server_fails_before_training(lakehouse, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_crash_matches_uninterrupted_run(lakehouse, tmp_path):
-    lakehouse = lakehouse[0]
+def test_resume_after_crash_matches_uninterrupted_run_on_the_version_it_started_on(spark, lakehouse, tmp_path):
+    """A run crashes after epoch 1 and the samples table then gets a new commit (a train date rebuilt
+    with other rows): --resume finishes the run on the version it started on, with the weights of an
+    uninterrupted run on that version, and its MLflow run names that version."""
+    root = tmp_path / "lakehouse"
+    shutil.copytree(lakehouse[0], root)  # the module's table stays as the other tests expect it
+    version = lakehouse[2]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     full = tmp_path / "full"
-    run(train_cmd("sim_hard", lakehouse, full, "train.epochs=2", f"tracking_uri={uri}"))
+    run(train_cmd("sim_hard", root, full, "train.epochs=2", f"tracking_uri={uri}"))
     crashed = tmp_path / "crashed"
-    proc = run(train_cmd("sim_hard", lakehouse, crashed, "train.epochs=2", "train.fail_after_epoch=1",
-                         f"tracking_uri={uri}"), check=False)
-    assert proc.returncode != 0 and "fault injected after epoch 1" in proc.stderr
+    proc = run(train_cmd("sim_hard", root, crashed, "train.epochs=2", f"tracking_uri={uri}"), check=False,
+               SIM_CRASH_AT="train.epoch_1_checkpointed")
+    assert proc.returncode != 0 and "crash injected at train.epoch_1_checkpointed" in proc.stderr
     assert (crashed / "ckpt").exists()
     runs = tracking.search_runs(["sim-synthetic"], uri=uri)
     assert sorted(runs.status) == ["FAILED", "FINISHED"]
-    run(train_cmd("sim_hard", lakehouse, crashed, "train.epochs=2", f"tracking_uri={uri}") + ["--resume"])
+    write_samples(spark, str(root / "samples"), [TRAIN_DATES[1]], 300, seed=11, force=True)
+    assert delta_io.latest_version(spark, str(root / "samples")) == version + 1
+    proc = run(train_cmd("sim_hard", root, crashed, "train.epochs=2", f"tracking_uri={uri}") + ["--resume"])
     runs = tracking.search_runs(["sim-synthetic"], uri=uri).set_index("run_id")
     assert len(runs) == 2  # the resumed run continued the crashed run
     assert sorted(runs.status) == ["FINISHED", "FINISHED"]
+    la, lb = runs["metrics.final_weight_checksum"].to_numpy()
+    assert la == pytest.approx(lb, rel=1e-5)  # epoch 2 trained on the rows of the version it started on
     a, b = runs["metrics.auc"].to_numpy()
     assert a == pytest.approx(b, abs=1e-6)
-    la, lb = runs["metrics.final_weight_checksum"].to_numpy()
-    assert la == pytest.approx(lb, rel=1e-5)
+    assert (runs["params.data.samples_version"] == str(version)).all()
+    resumed = runs[runs["tags.resumed_at_epoch"] == "1"]
+    assert len(resumed) == 1 and resumed["tags.samples_version"].item() == str(version)
+    assert (f"resuming on samples version {version} of {root / 'samples'}, the version this run started on; "
+            f"the table is now at version {version + 1}") in proc.stderr
+
+
+def test_resume_refuses_without_a_checkpoint_or_a_readable_version(lakehouse, tmp_path):
+    """What --resume reads before any worker starts (the launcher's and the single process's data):
+    the samples version its checkpoint recorded; none without a checkpoint, and a version the log can no
+    longer give is refused with both versions named."""
+    from sim.config import ConfigError
+    from sim.training.experiment import DataManifest, load_experiment, resolve_data
+    from sim.training.loop import MANIFEST_FILE, checkpoint_dir, resume_manifest
+    root, _, version = lakehouse
+    cfg = load_experiment(ROOT / "conf/experiments.yaml", "din",
+                          SMALL + [f"lakehouse={root}", f"train.checkpoint_dir={tmp_path / 'ckpt'}"])
+    with pytest.raises(ConfigError, match="--resume given but no checkpoint in .*: start the run without --resume"):
+        resume_manifest(cfg)
+    ckpt = checkpoint_dir(cfg)
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.pt").write_bytes(b"")
+    recorded = resolve_data(cfg)
+    (ckpt / MANIFEST_FILE).write_text(recorded.to_json())
+    assert resume_manifest(cfg) == recorded
+    gone = DataManifest(recorded.samples_path, version + 5, recorded.files)  # a version the log does not hold
+    (ckpt / MANIFEST_FILE).write_text(gone.to_json())
+    with pytest.raises(ConfigError, match=rf"trained on samples version {version + 5} of .*the table is at "
+                                          rf"version {version}: start a new run on version {version} without --resume"):
+        resume_manifest(cfg)
 
 
 @pytest.mark.parametrize("extra, message", [

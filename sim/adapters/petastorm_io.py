@@ -236,43 +236,73 @@ def _arrays(group, columns: Sequence[str]) -> dict:
     return arrays
 
 
+def _own_rows(column):
+    """``column``'s rows in arrays of their own: a :class:`Ragged` view keeps the elements of its whole
+    row group alive (a fancy-indexed numpy column is a copy already)."""
+    if not isinstance(column, Ragged):
+        return column
+    r = column.converted()
+    starts = np.cumsum(r.lengths) - r.lengths
+    total = int(r.lengths.sum())
+    values = np.empty(total + 1, dtype=r.dtype)
+    values[:-1] = r.values[np.repeat(r.starts - starts, r.lengths) + np.arange(total)]
+    values[-1] = 0
+    return Ragged(values, starts, r.lengths, r.dtype)
+
+
 def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
                  sizes: Sequence[int] | None = None, shuffle_seed=None, trim: Sequence[str] = (),
-                 bucket_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 bucket_batches: int = 0, shuffle_groups: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Re-batch row groups into dicts of dense numpy arrays of ``batch_size`` rows (the last one smaller).
 
     ``groups`` are a Petastorm reader's batches (one per row group) or dicts of arrays (packed sequence
     columns as :class:`Ragged`). A row group may hold tens of thousands of rows: each batch gathers its
-    own rows from the group (one copy per row, batch by batch), so a shuffled group is never copied whole.
+    own rows from the groups (one copy per row, batch by batch), so a shuffled group is never copied whole.
     Packed sequence columns are padded to the batch's longest row (at least 1 position), whatever
     ``trim`` says.
 
     Args:
         sizes: the size of every batch instead (they must add up to the rows of ``groups``, so nothing is
             dropped and exactly ``len(sizes)`` batches come out).
-        shuffle_seed: shuffle rows inside each row group with this seed (deterministic order).
+        shuffle_seed: shuffle rows with this seed (deterministic order).
         trim: sequences (``short``, ``hard``, ``long``) whose columns are cut to the batch's longest real
             length, so a batch of short histories does not pay for the cap.
         bucket_batches: with shuffling, group rows of similar length (of the ``trim`` sequences) into
             batches, sorted within windows of this many batches, so trimming saves more; 0 = off.
+        shuffle_groups: with shuffling, the rows of this many consecutive row groups are shuffled together
+            (a shuffle buffer of row groups), so a batch mixes rows of all of them: a samples row group
+            holds one date and one Spark partition of users. At most this many row groups are held,
+            plus the rows (fewer than a batch) left of the previous ones, copied out of theirs.
+            1 = one row group at a time. Without shuffling, row groups are read one at a time, in order.
     """
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # (a row group's arrays, rows to take)
+    mix = max(1, int(shuffle_groups)) if rng is not None else 1
+    # (the arrays of a window's row groups, then for each row still to take: its group, its row in it)
+    pending: list[tuple[list[dict], np.ndarray, np.ndarray]] = []
     buffered = 0
     planned = iter(sizes) if sizes is not None else None
     want = next(planned, None) if planned is not None else batch_size
+
+    def gather(window: list[dict], gid: np.ndarray, rows: np.ndarray) -> list[dict]:
+        """The rows, one part per row group they come from (in the order of the groups)."""
+        if len(window) == 1:
+            return [{c: window[0][c][rows] for c in columns}]
+        order = np.argsort(gid, kind="stable")
+        gid, rows = gid[order], rows[order]
+        cuts = np.flatnonzero(np.diff(gid)) + 1
+        return [{c: window[g][c][r] for c in columns} for g, r in zip(gid[np.r_[0, cuts]], np.split(rows, cuts))]
 
     def take(n: int) -> dict[str, np.ndarray]:
         nonlocal buffered
         parts: list[dict[str, np.ndarray]] = []
         while n > 0:
-            arrays, idx = pending[0]
-            k = min(n, len(idx))
-            parts.append({c: arrays[c][idx[:k]] for c in columns})
-            if k == len(idx):
+            window, gid, rows = pending[0]
+            k = min(n, len(rows))
+            parts.extend(gather(window, gid[:k], rows[:k]))
+            if k == len(rows):
                 pending.pop(0)
             else:
-                pending[0] = (arrays, idx[k:])
+                pending[0] = (window, gid[k:], rows[k:])
             n -= k
             buffered -= k
         batch, packed = {}, {}
@@ -288,19 +318,42 @@ def iter_batches(groups: Iterable, columns: Sequence[str], batch_size: int, *,
         dense_trim = [s for s in trim if not isinstance(parts[0].get(f"{s}_items"), Ragged)]
         return _trim(batch, dense_trim) if dense_trim else batch
 
-    for group in groups:
-        arrays = _arrays(group, columns)
-        idx = np.arange(len(arrays[columns[0]]))
+    def add(window: list[dict]) -> None:
+        nonlocal buffered
+        # What is left of the previous windows is copied out, so their row groups are freed.
+        for i, (w, gid, rows) in enumerate(pending):
+            parts = gather(w, gid, rows)
+            left = {c: _concat([_own_rows(p[c]) for p in parts]) for c in columns}
+            pending[i] = ([left], np.zeros(len(rows), dtype=np.int64), np.arange(len(rows)))
+        counts = [len(a[columns[0]]) for a in window]
+        gid = np.repeat(np.arange(len(window)), counts)
+        rows = np.concatenate([np.arange(n) for n in counts])
         if rng is not None:
-            idx = rng.permutation(idx)
+            idx = rng.permutation(len(rows))
             if bucket_batches and trim:
-                idx = _bucketed(idx, _real_lengths(arrays, trim), batch_size, bucket_batches, rng)
-        if len(idx):
-            pending.append((arrays, idx))
-            buffered += len(idx)
+                lengths = np.concatenate([_real_lengths(a, trim) for a in window])
+                idx = _bucketed(idx, lengths, batch_size, bucket_batches, rng)
+            gid, rows = gid[idx], rows[idx]
+        if len(rows):
+            pending.append((window, gid, rows))
+            buffered += len(rows)
+
+    def ready() -> Iterator[dict[str, np.ndarray]]:
+        nonlocal want
         while want is not None and buffered >= want:
             yield take(want)
             want = next(planned, None) if planned is not None else batch_size
+
+    window: list[dict] = []
+    for group in groups:
+        window.append(_arrays(group, columns))
+        if len(window) == mix:
+            add(window)
+            window = []
+            yield from ready()
+    if window:
+        add(window)
+        yield from ready()
     if planned is None:
         if buffered:
             yield take(buffered)

@@ -244,3 +244,9 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
     from mlflow.tracking import MlflowClient
     client = MlflowClient(resolve_tracking_uri(uri))
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params a run logged (of the active tracking URI)."""
+    import mlflow
+    return dict(mlflow.get_run(run_id).data.params)

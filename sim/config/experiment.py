@@ -48,7 +48,8 @@ class TrainSettings(Settings):
     patience: NonNegativeInt = 1
     length_buckets: NonNegativeInt = 16
     loader_workers: PositiveInt = Field(3, description="row groups read ahead by threads (batches unchanged)")
-    fail_after_epoch: NonNegativeInt = 0
+    shuffle_groups: PositiveInt = Field(4, description="row groups whose rows are shuffled together, so a "
+                                                       "batch mixes dates and partitions (held in memory at once)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the GPU of each rank's local rank when torch sees one, else the CPU "
                             "(sim.training.device)")

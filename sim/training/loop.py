@@ -23,8 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from sim.adapters.delta_io import MissingTableError
 from sim.config import ConfigError
 from sim.config.experiment import SPLITS
+from sim.faults import crash_point, dump_weights
 from sim.training.experiment import DataManifest, _to_tensors, date_range, load_item_topics, resolve_data
 from sim.training.device import Placement, place, to_device
 from sim.training.loader import ShardedLoader
@@ -35,7 +37,7 @@ log = logging.getLogger("sim.train")
 
 # -------------------------------------------------------------------------------------------- training
 # Settings a --resume may change without making it another run (a GPU run may continue on the CPU).
-_RESUMABLE_KEYS = {"train": ("epochs", "fail_after_epoch", "checkpoint_dir", "threads", "device", "loader_workers"),
+_RESUMABLE_KEYS = {"train": ("epochs", "checkpoint_dir", "threads", "device", "loader_workers"),
                    "": ("tracking_uri",)}
 
 
@@ -56,11 +58,64 @@ def checkpoint_dir(cfg: dict) -> Path:
     return root / cfg["experiment"] / cfg["expid"] / f"seed{cfg['train']['seed']}-{digest}"
 
 
-def _save_checkpoint(ckpt_dir: Path, state: dict) -> None:
+# Beside a run's checkpoints: the data it trains on (DataManifest), what --resume reads again.
+MANIFEST_FILE = "manifest.json"
+
+
+def resume_manifest(cfg: dict) -> DataManifest:
+    """The data ``--resume`` trains on: the samples version the run started on, as its checkpoint
+    directory records it (:data:`MANIFEST_FILE`), resolved again from the Delta log at that version
+    (time travel), whatever the table's latest version is now.
+
+    A run is one snapshot. The run key (:func:`checkpoint_dir`) holds ``samples_version`` only when the
+    experiment pins one, so after a samples rebuild an unpinned resume would otherwise train its
+    remaining epochs on other rows while its checkpoint and the params MLflow logged at its start name
+    the old version. So the resume continues on the old version (and says so when the table has moved
+    on); a run on the new version is a new run: without ``--resume`` (the same settings start over in
+    this checkpoint directory), or pinned with ``--set samples_version=N`` (a run key of its own). When
+    the log can no longer give the recorded version (expired log entries, a table rewritten elsewhere),
+    the resume is refused, naming both versions. Raises :class:`ConfigError` before any worker starts."""
+    from sim.adapters import delta_io
+    ckpt = checkpoint_dir(cfg)
+    if not (ckpt / "last.pt").is_file():
+        raise ConfigError(f"--resume given but no checkpoint in {ckpt}: start the run without --resume")
+    try:
+        recorded = DataManifest.from_json((ckpt / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"the checkpoint in {ckpt} does not record the samples version it trained on: "
+                          "start the run again without --resume") from None
+    was = recorded.samples_version
+    if not delta_io.log_exists(recorded.samples_path):
+        raise ConfigError(f"--resume: the run trained on samples version {was} of {recorded.samples_path}, "
+                          "where no Delta table is any more: restore it, or start a new run without --resume")
+    latest = delta_io.open_log(recorded.samples_path).version()
+    try:
+        manifest = resolve_data({**cfg, "samples_version": was})
+    except (ConfigError, MissingTableError) as e:
+        raise ConfigError(f"--resume: the run trained on samples version {was} of {recorded.samples_path}, "
+                          f"which its log can no longer give ({e}); the table is at version {latest}: start a "
+                          f"new run on version {latest} without --resume, or pin another with --set "
+                          "samples_version=N") from None
+    if latest != was:
+        log.warning("resuming on samples version %d of %s, the version this run started on; the table is "
+                    "now at version %d, which a new run (without --resume) trains on", was,
+                    recorded.samples_path, latest)
+    return manifest
+
+
+def data_for(cfg: dict, resume: bool) -> DataManifest:
+    """What a run trains on: the latest (or pinned) samples snapshot, or, with ``resume``, the one the
+    run started on (:func:`resume_manifest`)."""
+    return resume_manifest(cfg) if resume else resolve_data(cfg)
+
+
+def _save_checkpoint(ckpt_dir: Path, state: dict, manifest: DataManifest) -> None:
     import torch
 
     from sim.adapters import hvd
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / f"{MANIFEST_FILE}.tmp").write_text(manifest.to_json())
+    os.replace(ckpt_dir / f"{MANIFEST_FILE}.tmp", ckpt_dir / MANIFEST_FILE)  # before last.pt names it
     tmp = ckpt_dir / "last.pt.tmp"
     torch.save(hvd.to_cpu(state), tmp)  # host tensors: the run continues on a GPU or on the CPU
     shutil.copyfile(tmp, ckpt_dir / f"epoch_{state['epoch']}.pt")
@@ -127,7 +182,7 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     if manifest is None:
-        manifest = hvd.broadcast_object(resolve_data(cfg) if rank == 0 else None, name="manifest")
+        manifest = hvd.broadcast_object(data_for(cfg, resume) if rank == 0 else None, name="manifest")
     t = cfg["train"]
     placement = place(t["device"], hvd.local_rank(), hvd.gpu_operations())
     torch.set_num_threads(int(t.get("threads") or max(1, (os.cpu_count() or 2) // size)))
@@ -146,7 +201,7 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
                            trim=model.sequences, bucket_batches=t["length_buckets"],
-                           workers=t["loader_workers"])
+                           workers=t["loader_workers"], shuffle_groups=t["shuffle_groups"])
     item_topic = load_item_topics(cfg["lakehouse"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 placement, item_topic.to(placement.device) if item_topic is not None else None)
@@ -230,7 +285,8 @@ def save_checkpoint(s: Session, epoch: int, run_id: str | None) -> None:
                                       "optimizer": s.optimizer.state_dict(),
                                       "scheduler": s.scheduler.state_dict(),
                                       "best": dataclasses.asdict(s.best), "since_best": s.since_best,
-                                      "run_id": run_id})
+                                      "run_id": run_id},
+                         s.manifest)
     hvd.barrier()
 
 
@@ -309,31 +365,37 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
                             run_id=s.run_id, tags={"model": cfg["model"]["name"]})
                if s.rank == 0 else contextlib.nullcontext())
     with run_ctx as active_run_id:
-        if s.rank == 0 and not resume:
-            _log_run_params(cfg, s.manifest, s.size, s.loader.steps_per_epoch, s.placement, config_path)
+        if s.rank == 0:
+            params = _run_params(cfg, s.manifest, s.size, s.loader.steps_per_epoch, s.placement)
+            if resume:
+                _log_resume(active_run_id, s.start_epoch, params)
+            else:
+                _log_run_params(params, cfg, config_path)
         epoch = s.start_epoch
         while epoch < epochs and not (patience and s.since_best >= patience):
             train_loss, elapsed = run_epoch(s, epoch)
             epoch += 1
             validate_and_pick(s, epoch, train_loss, elapsed)
             save_checkpoint(s, epoch, active_run_id)
-            if t["fail_after_epoch"] == epoch:
-                raise RuntimeError(f"fault injected after epoch {epoch} (train.fail_after_epoch)")
+            crash_point(f"train.epoch_{epoch}_checkpointed")
         metrics = final_test_and_log(s, epoch)
-        _dump_weights(s.model, cfg, s.rank)
+        dump_weights(s.model, s.rank)
     return metrics
 
 
-def _log_run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
-                    placement: Placement, config_path: str | None) -> None:
+def _run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
+                placement: Placement) -> dict:
+    """What a run logs as its MLflow params: the resolved config, the processes, the device, the data."""
+    return {**cfg, "horovod": {"size": size}, "device": placement.params(),
+            "data": {"samples_version": manifest.samples_version, "samples_path": manifest.samples_path,
+                     **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
+                     "train_files": len(manifest.files["train"]), "steps_per_epoch": steps_per_epoch}}
+
+
+def _log_run_params(params: dict, cfg: dict, config_path: str | None) -> None:
     from sim.adapters import tracking
-    tracking.log_params({**cfg, "horovod": {"size": size}, "device": placement.params(),
-                         "data": {"samples_version": manifest.samples_version,
-                                  "samples_path": manifest.samples_path,
-                                  **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
-                                  "train_files": len(manifest.files["train"]),
-                                  "steps_per_epoch": steps_per_epoch}})
-    tracking.set_tags({"samples_version": manifest.samples_version})
+    tracking.log_params(params)
+    tracking.set_tags({"samples_version": params["data"]["samples_version"]})
     if config_path:
         tracking.log_artifact(config_path, "config")
     with tempfile.TemporaryDirectory() as d:
@@ -341,20 +403,19 @@ def _log_run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoc
         tracking.log_artifact(Path(d) / "resolved_config.yaml", "config")
 
 
+def _log_resume(run_id: str, epoch: int, params: dict) -> None:
+    """A resumed run keeps the params of its start (MLflow params never change), and they still say
+    what it trains on: the data is the same snapshot (:func:`resume_manifest`). A setting ``--resume``
+    may change (epochs, threads, device, processes) and did is tagged ``resumed.<param>`` with its new
+    value; ``resumed_at_epoch`` says from which epoch on."""
+    from sim.adapters import tracking
+    logged = tracking.run_params(run_id)
+    changed = {k: tracking.param_value(v) for k, v in tracking.flatten(params).items()
+               if logged.get(k) != tracking.param_value(v)[:6000]}
+    tracking.set_tags({"resumed_at_epoch": epoch, **{f"resumed.{k}": v for k, v in changed.items()}})
+
+
 def _input_example(files: list[str], columns: Sequence[str], rows: int = 4) -> dict[str, np.ndarray]:
     from sim.adapters import petastorm_io
     with petastorm_io.open_reader(files[:1], list(columns)) as reader:
         return next(petastorm_io.iter_batches(reader, list(columns), rows))
-
-
-def _dump_weights(model, cfg: dict, rank: int) -> None:
-    """With SIM_DUMP_WEIGHTS=DIR every rank saves its final weights (tests compare ranks)."""
-    out = os.environ.get("SIM_DUMP_WEIGHTS")
-    if out:
-        import torch
-
-        from sim.adapters import hvd
-        Path(out).mkdir(parents=True, exist_ok=True)
-        torch.save(hvd.to_cpu(model.state_dict()), Path(out) / f"rank{rank}.pt")
-
-
