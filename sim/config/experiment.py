@@ -78,7 +78,8 @@ class DateRange(Settings):
 class ExperimentConfig(Settings):
     expid: str
     experiment: str = Field(description="MLflow experiment name")
-    dataset: str = "synthetic"
+    dataset: str | None = Field(None, description="a label of the data shown by sim.compare beside the "
+                                                  "dataset it derives from the samples' commits (never instead)")
     tracking_uri: str | None = None
     lakehouse: str
     samples_table: str = "samples"

@@ -327,12 +327,15 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
 def _log_run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
                     placement: Placement, config_path: str | None) -> None:
     from sim.adapters import tracking
+    from sim.training.comparability import comparison_params
     tracking.log_params({**cfg, "horovod": {"size": size}, "device": placement.params(),
                          "data": {"samples_version": manifest.samples_version,
                                   "samples_path": manifest.samples_path,
                                   **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
                                   "train_files": len(manifest.files["train"]),
-                                  "steps_per_epoch": steps_per_epoch}})
+                                  "steps_per_epoch": steps_per_epoch},
+                         "comparison": comparison_params(cfg, manifest.samples_path, manifest.samples_version,
+                                                         size)})
     tracking.set_tags({"samples_version": manifest.samples_version})
     if config_path:
         tracking.log_artifact(config_path, "config")
