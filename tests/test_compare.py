@@ -250,3 +250,85 @@ def test_runs_logged_before_the_comparison_keys_are_shown_apart(tmp_path):
     assert t.loc["synthetic", "runs"] == 2 and t.loc["synthetic", "auc_mean"] == pytest.approx(0.71)
     assert t.loc["synthetic (unrecorded)", "processes"] == "unrecorded"
     assert "synthetic (unrecorded)" in compare.report(res, "cmp")
+
+
+# ---------------------------------------------------------------- the keys a real training run records
+IMPORT_DATES = ("2017-11-25", "2017-11-30")
+SPLIT_SETS = ["train_dates=[2017-11-26,2017-11-28]", "valid_dates=[2017-11-29,2017-11-29]",
+              "test_dates=[2017-11-30,2017-11-30]"]
+TINY = ["model.emb_dim=4", "model.item_buckets=101", "model.category_buckets=11", "model.mlp_dims=[16,8]",
+        "train.batch_size=32", "train.eval_batch_size=256", "train.threads=1", "train.epochs=2",
+        "train.patience=0", "train.loader_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def imported_lakehouse(spark, tmp_path_factory):
+    """A Taobao-format log imported by the import job (every behavior after a user's first a target) and
+    its count-mode samples replayed by the samples job: the commits a user's lakehouse holds."""
+    from sim.config import Caps, Windows
+    from sim.inputs.canonical import day_start_ts
+    from sim.inputs.importers import Protocol
+    from sim.inputs.ingest import run_import
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples_replay
+
+    root = tmp_path_factory.mktemp("imported")
+    rng = np.random.default_rng(5)
+    start = day_start_ts(IMPORT_DATES[0])
+    lines = []
+    for user in range(1, 61):
+        for t in np.sort(rng.choice(6 * 86400, 12, replace=False)):
+            item = int(rng.integers(1, 80))
+            lines.append(f"{user},{item},{item % 8 + 1},pv,{start + int(t)}")
+    (root / "UserBehavior.csv").write_text("\n".join(lines) + "\n")
+    lake = root / "lake"
+    run_import(spark, "taobao", str(root / "UserBehavior.csv"), str(lake), max_reject_ratio=0.0,
+               date_range=IMPORT_DATES, protocol=Protocol(mode="every"), now_ts=day_start_ts("2030-01-01"))
+    spec = SampleSpec(Windows(mode="count", long_count=20, short_count=5), Caps(short_cap=5, hard_k=10, long_cap=20))
+    build_samples_replay(spark, str(lake), "2017-11-26", IMPORT_DATES[1], spec)
+    return lake
+
+
+def _train_in_process(lake, tmp_path, *sets: str) -> dict:
+    """``sim.train`` of din in this process (one Horovod process), tracked to ``tmp_path``'s store; returns
+    the run's params and metrics."""
+    from sim.config.experiment import load_experiment
+    from sim.training.loop import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_experiment(ROOT / "conf/experiments.yaml", "din",
+                          [*TINY, *SPLIT_SETS, f"lakehouse={lake}", f"tracking_uri={uri}", "experiment=keys",
+                           f"train.checkpoint_dir={tmp_path / 'ckpt'}", *sets])
+    train(cfg)
+    runs = tracking.search_runs(["keys"], uri=uri)
+    r = runs.sort_values("start_time").iloc[-1]
+    return {"params": {k[len("params."):]: v for k, v in r.items() if k.startswith("params.")},
+            "metrics": {k[len("metrics."):]: v for k, v in r.items() if k.startswith("metrics.")},
+            "uri": uri, "run_id": r.run_id}
+
+
+def test_a_training_run_names_its_data_from_the_samples_commits(spark, imported_lakehouse, tmp_path):
+    """Training derives the dataset from what the lakehouse's commits record (the import of a Taobao
+    log: ``taobao``, whatever the config's label says), records the samples commits it read and its
+    processes; a samples table whose commits record no input is ``unknown``, not ``synthetic``; and
+    sim.compare groups by those records."""
+    from helpers.samples_table import write_samples
+    from sim.adapters import delta_io
+
+    run = _train_in_process(imported_lakehouse, tmp_path, "dataset=synthetic")
+    p = run["params"]
+    assert p["comparison.dataset"] == "taobao"
+    samples = delta_io.table_path(str(imported_lakehouse), "samples")
+    replay = [v for v, m in delta_io.log_commit_metadata(samples) if m.get("job") == "build_samples"]
+    assert p["comparison.samples_versions"] == str(replay[-1])
+    assert p["comparison.processes"] == "1"
+    # Another lakehouse whose samples commits record no inputs (written straight, as by another tool).
+    legacy = tmp_path / "legacy"
+    write_samples(spark, delta_io.table_path(str(legacy), "samples"),
+                  ["2017-11-26", "2017-11-27", "2017-11-28", "2017-11-29", "2017-11-30"], 200)
+    other = _train_in_process(legacy, tmp_path)
+    assert other["params"]["comparison.dataset"] == "unknown"
+    assert other["params"]["comparison.data_hash"] != p["comparison.data_hash"]
+    t = compare.auc_table(compare.finished_runs("keys", run["uri"])).set_index("dataset")
+    assert set(t.index) == {"synthetic (taobao)", "unknown"}  # a label never hides the data's own name
+    assert (t.runs == 1).all()
