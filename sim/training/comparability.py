@@ -12,7 +12,8 @@ them agree:
   time-gap buckets and sizes) and what identifies their input data (the input job's fingerprint: the
   generator's whole config, or the import's files and options, with the import's protocol settings);
 - ``comparison.samples_versions``: the versions of the samples commits whose rows the run reads (the
-  newest commit of each of its dates; a later commit of other dates leaves them unchanged);
+  newest commit of each of its dates; a later commit of other dates leaves them unchanged; dates no
+  commit of ours names count as the snapshot's version);
 - ``comparison.model_hash`` and ``comparison.train_hash``: the ``model`` block, and the ``train`` block
   less what does not change the result (:data:`RESULT_FREE_TRAIN_KEYS`: the seed is what runs are averaged
   over; threads, paths, read-ahead, device, the evaluation batch and fault injection do not decide the
@@ -92,6 +93,11 @@ def _input_identity(meta: Mapping) -> dict:
     return {k: meta[k] for k in ("job", "fingerprint", "import") if k in meta}
 
 
+def _distinct(items: list[dict]) -> list[dict]:
+    """``items`` without repeats, in a stable order."""
+    return [json.loads(x) for x in sorted({json.dumps(i, sort_keys=True, default=str) for i in items})]
+
+
 class _InputLogs:
     """The commit metadata of the input tables at the versions samples commits read, each read once."""
 
@@ -151,12 +157,12 @@ def comparison_params(cfg: Mapping[str, Any], samples_path: str, snapshot_versio
         names.add(UNKNOWN)
     # One name, or the names of every source joined (dates built from two sources).
     dataset = "+".join(sorted(names - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in names else []))
-    versions = sorted(per_day) if not unrecorded_days else sorted(per_day) + [snapshot_version]
-    unique = lambda items: [json.loads(s) for s in sorted({json.dumps(i, sort_keys=True, default=str)  # noqa: E731
-                                                            for i in items})]
+    # Dates no commit names (written by other writers): the snapshot's version stands for them.
+    versions = set(per_day) | ({snapshot_version} if unrecorded_days else set())
     return {"dataset": dataset,
-            "data_hash": digest({"dates": dates, "samples": unique(samples_settings), "sources": unique(sources)}),
-            "samples_versions": ",".join(str(v) for v in sorted(set(versions))),
+            "data_hash": digest({"dates": dates, "samples": _distinct(samples_settings),
+                                 "sources": _distinct(sources)}),
+            "samples_versions": ",".join(str(v) for v in sorted(versions)),
             "model_hash": digest(dict(cfg["model"])),
             "train_hash": digest(train_settings(cfg["train"])),
             "processes": int(processes)}
