@@ -96,6 +96,11 @@ def test_horovodrun_two_ranks_identical_weights_and_tracked_auc(two_ranks):
         assert (r["params.device.type"], r["params.device.gradients"]) == ("cpu", "cpu")
     assert r["params.data.steps_per_epoch"] == "5"  # 600 train rows: 300 per rank, batches of 64
     assert r["params.data.samples_version"] == str(two_ranks["version"])
+    # batch_size is per process: a step of the two ranks averages 2 x 64 rows, the rate unscaled.
+    assert (r["params.schedule.processes"], r["params.schedule.global_batch_size"]) == ("2", "128")
+    assert r["params.schedule.lr_rule"] == "lr * 0.9 ** (optimizer_step / 1000)"
+    # What sim.compare groups by: samples written without recording their inputs name no dataset.
+    assert (r["params.comparison.processes"], r["params.comparison.dataset"]) == ("2", "unknown")
     assert len(pred) == 250 and set(pred.impression_id) == two_ranks["eval_ids"]  # every eval row once
     assert r["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
     history = dict(tracking.metric_history(r.run_id, "val_auc", uri=uri))
@@ -280,3 +285,53 @@ def test_checkpoints_are_keyed_by_run():
     assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=2"])) != base
     assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=1", "train.lr=0.01"])) != base
     assert checkpoint_dir(load_experiment(conf, "sim_hard", ["train.seed=1", "train.epochs=9"])) == base
+
+
+def test_the_per_process_batch_and_learning_rate_rule():
+    """``train.batch_size`` is per process: with N processes a step averages N batches. ``lr_scaling``
+    none keeps lr and counts the decay in optimizer steps; linear (Horovod's rule) warms up from lr to
+    lr * N and counts the decay in batches of batch_size rows; with one process both are today's rule."""
+    from sim.config.experiment import load_experiment
+    from sim.training.loop import lr_schedule
+    t = load_experiment(ROOT / "conf/experiments.yaml", "din")["train"]
+    rate, steps = t["lr_decay_rate"], t["lr_decay_steps"]
+    assert t["lr_scaling"] == "none"  # the default: runs train as they always did
+    for scaling in ("none", "linear"):
+        one = lr_schedule({**t, "lr_scaling": scaling}, 1, steps_per_epoch=50)
+        assert [one.factor(s) for s in range(0, 3000, 7)] == [rate ** (s / steps) for s in range(0, 3000, 7)]
+    none2 = lr_schedule(t, 2, steps_per_epoch=50)
+    assert none2.factor(500) == rate ** (500 / steps)
+    linear2 = lr_schedule({**t, "lr_scaling": "linear", "lr_warmup_epochs": 2}, 2, steps_per_epoch=50)
+    assert linear2.factor(0) == 1.0  # the warm-up starts at lr
+    assert linear2.factor(50) == pytest.approx(1.5 * rate ** (100 / steps))
+    assert linear2.factor(500) == pytest.approx(2 * rate ** (1000 / steps))  # lr * 2, decayed by rows
+    recorded = linear2.params(t)
+    assert (recorded["processes"], recorded["global_batch_size"], recorded["lr_peak"]) == (2, 2 * t["batch_size"],
+                                                                                           2 * t["lr"])
+    assert none2.params(t)["lr_peak"] == t["lr"] and none2.params(t)["global_batch_size"] == 2 * t["batch_size"]
+
+
+def test_one_process_trains_alike_under_either_lr_scaling_and_records_the_rule(lakehouse, tmp_path):
+    """In this process (Horovod size 1): ``lr_scaling`` linear trains exactly the weights of none, and
+    the run records the processes, the global batch and the rate rule it trained with."""
+    from sim.training.experiment import load_experiment
+    from sim.training.loop import train
+    root, _, _ = lakehouse
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = {}
+    for scaling in ("none", "linear"):
+        cfg = load_experiment(ROOT / "conf/experiments.yaml", "din",
+                              [*SMALL, f"lakehouse={root}", f"tracking_uri={uri}", "train.epochs=2",
+                               f"train.checkpoint_dir={tmp_path / scaling}", f"train.lr_scaling={scaling}",
+                               "train.loader_workers=1", f"experiment=scaling-{scaling}"])
+        train(cfg)
+        (r,) = [r for _, r in tracking.search_runs([f"scaling-{scaling}"], uri=uri).iterrows()]
+        runs[scaling] = r
+    none, linear = runs["none"], runs["linear"]
+    assert none["params.schedule.processes"] == "1" and none["params.schedule.global_batch_size"] == "64"
+    assert none["params.schedule.lr_peak"] == linear["params.schedule.lr_peak"] == "0.004"
+    assert none["params.schedule.lr_rule"] == "lr * 0.9 ** (optimizer_step / 1000)"
+    assert linear["params.schedule.lr_scaling"] == "linear"
+    assert linear["metrics.final_weight_checksum"] == none["metrics.final_weight_checksum"]
+    assert (tracking.metric_history(linear.run_id, "lr", uri=uri)
+            == tracking.metric_history(none.run_id, "lr", uri=uri))

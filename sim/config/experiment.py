@@ -34,13 +34,29 @@ class ModelSettings(ModelConfig):
 
 
 class TrainSettings(Settings):
-    """The ``train:`` block."""
+    """The ``train:`` block.
+
+    Per-process semantics (Horovod): ``batch_size`` is the rows of one process's batch, so an optimizer
+    step with N processes (``--np N``) averages the gradients of ``N * batch_size`` rows and an epoch takes
+    1/N of the steps. ``lr_scaling`` says what follows from that (:func:`sim.training.loop.lr_schedule`):
+    ``none`` (the default) keeps ``lr`` and counts the decay in optimizer steps whatever N is (runs with
+    other N are other experiments, and sim.compare keeps them apart); ``linear`` is Horovod's rule: the
+    rate is ``lr * N``, reached by a linear warm-up from ``lr`` over ``lr_warmup_epochs`` epochs, and the
+    decay counts rows in units of ``batch_size`` (``N`` per step), so it follows the epochs as with one
+    process. With one process both train exactly alike."""
     seed: int = 1
     epochs: PositiveInt = 4
-    batch_size: PositiveInt = 256
+    batch_size: PositiveInt = Field(256, description="rows per batch of each process; one optimizer step "
+                                                     "averages batch_size * processes rows")
     lr: PositiveFloat = 0.004
     lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0, description="lr * rate ** (step / lr_decay_steps)")
-    lr_decay_steps: PositiveFloat = 1000
+    lr_decay_steps: PositiveFloat = Field(1000, description="optimizer steps (lr_scaling none) or batches of "
+                                                            "batch_size rows (linear) per decay by lr_decay_rate")
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none", description="none: lr whatever the processes; linear: lr * processes after a warm-up "
+                            "(Horovod's rule), the decay counted in rows")
+    lr_warmup_epochs: NonNegativeFloat = Field(1.0, description="with lr_scaling linear: epochs of the "
+                                                                "linear warm-up from lr to lr * processes")
     weight_decay: NonNegativeFloat = 0.0
     eval_batch_size: PositiveInt = 1024
     checkpoint_dir: str = "./checkpoints"
@@ -79,7 +95,8 @@ class DateRange(Settings):
 class ExperimentConfig(Settings):
     expid: str
     experiment: str = Field(description="MLflow experiment name")
-    dataset: str = "synthetic"
+    dataset: str | None = Field(None, description="a label of the data shown by sim.compare beside the "
+                                                  "dataset it derives from the samples' commits (never instead)")
     tracking_uri: str | None = None
     lakehouse: str
     samples_table: str = "samples"

@@ -19,7 +19,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.inputs import canonical
+from sim.inputs import GENERATOR_JOB, IMPORT_JOB_PREFIX, canonical
 from sim.inputs.rejects import REJECTS_TABLE, write_rejects
 from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, date_range_predicate, to_behaviors,
                                   to_impressions, to_rejects, write_log_table)
@@ -130,7 +130,7 @@ def run_generator(spark: SparkSession, gc: GeneratorConfig, lakehouse: str, *, m
     start = time.time()
     now_ts = int(time.time()) if now_ts is None else now_ts
     fp = canonical.fingerprint({"generator": gc.model_dump()})
-    job = "generate_logs"
+    job = GENERATOR_JOB
     first, last = gc.first_date, gc.end_date
     users = user_profiles(spark, gc).persist(StorageLevel.MEMORY_AND_DISK)
     stats = users.agg(F.sum("n_behaviors").alias("n"), F.max("n_behaviors").alias("max"),
@@ -197,7 +197,7 @@ def run_import(spark: SparkSession, fmt: str, inputs: str | Sequence[str], lakeh
         raise ConfigError("give targets_per_user inside the protocol, not beside it")
     if same_time not in SAME_TIME:
         raise ConfigError(f"same_time {same_time!r} is not one of {', '.join(SAME_TIME)}")
-    job = f"import_dataset.{fmt}"
+    job = f"{IMPORT_JOB_PREFIX}{fmt}"
     ins = import_inputs(spark, fmt, inputs, date_range=date_range, now_ts=now_ts)
     checked = []
     if ins.items is not None:

@@ -118,8 +118,9 @@ def ml100k_windows(protocol: str = "every") -> list[str]:
 
 
 def ml100k_dataset(protocol: str = "every", negatives: str = "uniform") -> str:
-    """The runs' ``dataset`` (what sim.compare groups by): one name per protocol, so the variants logged
-    to one experiment never mix."""
+    """The runs' ``dataset`` label, one per protocol: sim.compare shows it beside the dataset it names
+    from the lakehouse's commits (``movielens``); the variants' import settings and samples keep their
+    runs apart in any case."""
     if protocol == "last":
         return "ml-100k-last"
     return "ml-100k" if negatives == "uniform" else f"ml-100k-{negatives}"

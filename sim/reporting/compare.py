@@ -1,7 +1,7 @@
 """Compare training runs from MLflow in the form of the paper's tables and figures.
 
 - The paper's Tables 2, 3 and 4 with our test AUCs beside the paper's figures (``PAPER_TABLES``).
-- Test AUC mean ± std over seeds, per model and dataset (the epoch of each run was picked
+- Test AUC mean ± std over seeds, per group of comparable runs (the epoch of each run was picked
   on its validation dates), with the reference rows of the same test impressions: the generator's
   oracles ``p_click`` and ``p_click_short`` (synthetic data), item popularity (no model) and gradient
   boosting on the counts a samples row holds (:mod:`sim.training.reference`), and two statistics of the
@@ -17,8 +17,14 @@
   category, -1 if none) over the clicked impressions each model scores highest.
 - Table 6: average d_category and p(d_category > -1) over those impressions.
 
-Everything is keyed by (dataset, experiment id): runs of several datasets logged to one experiment never mix,
-and a variant of a model (its own expid in conf/experiments.yaml) never pools with the paper's form.
+Runs are averaged only with runs that are comparable (:data:`GROUP`, what training logs as its
+``comparison.*`` params, :mod:`sim.training.comparability`): the same dataset, named from the samples'
+own commits (an optional ``dataset`` label is shown beside it, never instead), the same split dates,
+data settings and samples commits read, the same experiment id (a variant of a model never pools with
+the paper's form), model and training settings, and number of processes; of one seed the latest run.
+Every table and figure is computed per group and says how many seeds it averages; where one dataset or
+expid has more than one group, its label names the keys that tell them apart. The reference rows are
+per column (one dataset's test data). Runs logged before these keys show ``unrecorded`` for them.
 
     python -m sim.compare --experiment sim-synthetic [--tracking-uri URI] [--out compare_out]
 
@@ -52,7 +58,6 @@ DATA_STATISTICS = (("hard_nonempty_share", "hard search non-empty", "{:.1%}"),
                    ("long_len_median", "median long length", "{:.0f}"))
 # The reference rows the lift table puts beside the models: (run metric, row name).
 LIFT_REFERENCES = (("gbdt_auc", "gbdt (reference)"),)
-KEY = ["dataset", "model"]
 # The paper's Tables 2-4 (Pi et al. 2020): title, the paper's columns, rows of (the paper's label, our
 # model, the paper's AUC per column or None where the paper has none). Table 3's "Avg-Pooling without
 # Search" is the same model as Table 2's Avg-Pooling Long DIN (same figures in the paper).
@@ -84,8 +89,46 @@ PAPER_TABLES = (
 )
 
 
+UNRECORDED = "unrecorded"
+# What makes runs comparable, as sim.training logs it (the ``comparison.*`` params,
+# :mod:`sim.training.comparability`): a column of the tables is one dataset's data (the same samples
+# commits, split dates and data settings), a row one experiment id trained alike (model and training
+# settings, processes). Runs are averaged only within one group: one column and one row.
+COLUMN_KEY = ["dataset", "data_hash", "samples_versions"]
+ROW_KEY = ["model", "model_hash", "train_hash", "processes"]
+GROUP = COLUMN_KEY + ROW_KEY
+# The labels of a group's column and row in the printed tables: the dataset and the expid, with the keys
+# that tell them apart in brackets where one dataset or expid has more than one group.
+KEY = ["column", "row"]
+LABEL_PARTS = {"column": ("dataset", (("samples_versions", "samples {}"), ("data_hash", "data {}"))),
+               "row": ("model", (("processes", "np {}"), ("train_hash", "train {}"), ("model_hash", "model {}")))}
+KEY_LEGEND = ("[...]: what tells apart runs never averaged together: np = processes, samples = the versions of "
+              "the samples commits read, train / model / data = hashes of the settings (MLflow params "
+              "comparison.*); n = seeds averaged")
+
+
+def _param(runs: pd.DataFrame, name: str) -> pd.Series:
+    """``params.<name>`` of each run, NaN where not logged (or logged empty)."""
+    col = f"params.{name}"
+    if col not in runs:
+        return pd.Series(np.nan, index=runs.index, dtype=object)
+    return runs[col].where(runs[col].notna() & (runs[col].astype(str) != ""), np.nan)
+
+
+def _dataset_name(label, derived) -> str:
+    """The dataset a run is shown and grouped under: the one training derived from the samples' commits,
+    with the config's ``dataset`` label beside it when that says something else; a run logged before
+    the derivation shows its label marked unrecorded."""
+    label = None if pd.isna(label) else str(label)
+    if pd.isna(derived):
+        return f"{label} ({UNRECORDED})" if label else UNRECORDED
+    return str(derived) if not label or label == derived else f"{label} ({derived})"
+
+
 def finished_runs(experiment: str, uri: str | None = None) -> pd.DataFrame:
-    """Finished training runs (those with a test AUC) of ``experiment``."""
+    """Finished training runs (those with a test AUC) of ``experiment``, with the keys they are grouped
+    by (:data:`GROUP`; ``unrecorded`` where a run logged before them lacks one) and their labels
+    (:data:`KEY`); of the runs of one group and seed only the latest (a re-run is not another seed)."""
     runs = tracking.search_runs([experiment], uri=uri)
     if runs.empty or "metrics.auc" not in runs:
         return pd.DataFrame()
@@ -93,10 +136,57 @@ def finished_runs(experiment: str, uri: str | None = None) -> pd.DataFrame:
     # A row per experiment id (conf/experiments.yaml): the paper's forms run under their model names, a
     # variant of a model (count features, a search prior) under its own id, so the two never pool. Runs
     # logged without an expid fall back to the model name.
-    name = runs.get("params.model.name", pd.Series(index=runs.index, dtype=object))
-    runs["model"] = runs.get("params.expid", pd.Series(index=runs.index, dtype=object)).fillna(name)
-    runs["dataset"] = runs.get("params.dataset", pd.Series("default", index=runs.index)).fillna("default")
-    runs["seed"] = runs.get("params.train.seed", pd.Series("", index=runs.index))
+    runs["model"] = _param(runs, "expid").fillna(_param(runs, "model.name")).astype(str)
+    runs["dataset"] = [_dataset_name(lbl, d) for lbl, d in zip(_param(runs, "dataset"),
+                                                               _param(runs, "comparison.dataset"))]
+    runs["data_hash"] = _param(runs, "comparison.data_hash").fillna(UNRECORDED)
+    # Runs logged before the versions of the commits read: the snapshot version they read.
+    runs["samples_versions"] = (_param(runs, "comparison.samples_versions")
+                                .fillna(_param(runs, "data.samples_version")).fillna(UNRECORDED))
+    runs["model_hash"] = _param(runs, "comparison.model_hash").fillna(UNRECORDED)
+    runs["train_hash"] = _param(runs, "comparison.train_hash").fillna(UNRECORDED)
+    runs["processes"] = (_param(runs, "comparison.processes").fillna(_param(runs, "horovod.size"))
+                         .fillna(UNRECORDED))
+    runs["seed"] = _param(runs, "train.seed").fillna("")
+    for c in GROUP:
+        runs[c] = runs[c].astype(str)
+    runs = runs.sort_values("start_time")
+    seeded = runs.seed != ""
+    repeats = seeded & runs.duplicated(GROUP + ["seed"], keep="last")
+    if repeats.any():
+        log.warning("%d earlier run(s) of a seed already run in the same group left out (the latest counts): %s",
+                    int(repeats.sum()), ", ".join(runs.run_id[repeats]))
+    return _with_labels(runs[~repeats].reset_index(drop=True))
+
+
+def _samples_label(versions: str) -> str:
+    """``3,4,5,7`` as ``3-5,7``."""
+    try:
+        vs = sorted(int(v) for v in versions.split(","))
+    except ValueError:
+        return versions
+    spans: list[list[int]] = []
+    for v in vs:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _with_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the labels of :data:`KEY`: the dataset (expid), followed in brackets by the keys
+    that differ between its groups when it has more than one."""
+    runs = runs.copy()
+    for label, (name, parts) in LABEL_PARTS.items():
+        out = runs[name].astype(str).copy()
+        for value, g in runs.groupby(name, sort=False):
+            varying = [(c, fmt) for c, fmt in parts if g[c].nunique() > 1]
+            if varying:
+                out[g.index] = [f"{value} [" + ", ".join(
+                    fmt.format(_samples_label(r[c]) if c == "samples_versions" else r[c]) for c, fmt in varying) + "]"
+                    for _, r in g.iterrows()]
+        runs[label] = out
     return runs
 
 
@@ -106,8 +196,10 @@ def _order(models) -> list[str]:
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    """By column label, then model in the paper's order, then row label."""
     order = {m: i for i, m in enumerate(_order(table.model))}
-    return table.sort_values(KEY, key=lambda s: s.map(order) if s.name == "model" else s).reset_index(drop=True)
+    return (table.assign(_m=table.model.map(order)).sort_values(["column", "_m", "row"], kind="stable")
+            .drop(columns="_m").reset_index(drop=True))
 
 
 def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -115,10 +207,15 @@ def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[col] if col in runs else pd.Series(np.nan, index=runs.index)
 
 
+def _groups(frame: pd.DataFrame, by: list[str]):
+    return frame.groupby(by, sort=False, dropna=False)
+
+
 def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model): test AUC mean, std over seeds, number of runs, mean gAUC, logloss
-    and picked epoch."""
-    g = runs.assign(**{n: _metric(runs, n) for n in ("auc", "gauc", "logloss", "best_epoch")}).groupby(KEY)
+    """One row per group (:data:`GROUP`): test AUC mean, std over its seeds, their number (``runs``), mean
+    gAUC, logloss and picked epoch."""
+    g = _groups(runs.assign(**{n: _metric(runs, n) for n in ("auc", "gauc", "logloss", "best_epoch")}),
+                GROUP + KEY)
     table = pd.DataFrame({"auc_mean": g["auc"].mean(), "auc_std": g["auc"].std(ddof=0),
                           "runs": g["auc"].size(), "gauc_mean": g["gauc"].mean(),
                           "logloss_mean": g["logloss"].mean(), "best_epoch_mean": g["best_epoch"].mean()})
@@ -126,29 +223,47 @@ def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def reference_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset: the reference AUCs of its test impressions and the statistics of its test
-    rows (NaN where not logged)."""
+    """One row per column (:data:`COLUMN_KEY`: the same test impressions): the reference AUCs and the
+    statistics of its test rows (NaN where not logged), mean over its runs (``runs``), which logged the
+    same figures (a reference depends on the data only)."""
     names = [n for n, _ in REFERENCES] + [n for n, *_ in DATA_STATISTICS]
-    refs = runs.assign(**{n: _metric(runs, n) for n in names})
-    return refs.groupby("dataset")[names].mean().reset_index()
+    g = _groups(runs.assign(**{n: _metric(runs, n) for n in names}), COLUMN_KEY + ["column"])
+    out = g[names].mean()
+    out["runs"] = g.size()
+    return out.reset_index().sort_values("column", kind="stable").reset_index(drop=True)
+
+
+def _din_auc(row: pd.Series, din: pd.DataFrame) -> tuple[float, float]:
+    """(AUC, seeds) of the DIN group ``row`` is measured against: in its column, trained with the same
+    training settings and processes (a reference row: the column's only DIN group); NaN if none or
+    several match."""
+    same = din[(din[COLUMN_KEY] == row[COLUMN_KEY]).all(axis=1)]
+    if row.get("train_hash") == row.get("train_hash"):  # a model's group, not a reference row
+        same = same[(same.train_hash == row.train_hash) & (same.processes == row.processes)]
+    return (float(same.auc_mean.iloc[0]), float(same.runs.iloc[0])) if len(same) == 1 else (np.nan, np.nan)
 
 
 def lift_table(table: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, model): ``short_share`` = (AUC - 0.5) / (oracle_short - 0.5), the share of the
-    short-window oracle's lift over chance; ``oracle_share`` = (AUC - AUC_din) / (oracle - AUC_din),
-    the share of the oracle's lift over DIN a model recovers (SIM's part of the gap). The references of
-    :data:`LIFT_REFERENCES` get a row of their own per dataset that logged them (after the models)."""
-    extra = [pd.DataFrame({"dataset": refs.dataset, "model": name, "auc_mean": refs[metric]})
+    """Per group: ``short_share`` = (AUC - 0.5) / (oracle_short - 0.5), the share of the short-window
+    oracle's lift over chance; ``oracle_share`` = (AUC - AUC_din) / (oracle - AUC_din), the share of the
+    oracle's lift over DIN a model recovers (SIM's part of the gap), against the DIN group of the same
+    column trained with the same settings and processes. The references of :data:`LIFT_REFERENCES` get a
+    row of their own per column that logged them (after the models)."""
+    cols = GROUP + KEY + ["auc_mean", "runs"]
+    extra = [refs.assign(model=name, row=name, auc_mean=refs[metric])[COLUMN_KEY + ["column", "model", "row",
+                                                                                    "auc_mean", "runs"]]
              for metric, name in LIFT_REFERENCES if metric in refs]
     extra = [e[e.auc_mean.notna()] for e in extra]
-    table = pd.concat([table[KEY + ["auc_mean"]], *extra], ignore_index=True)
-    table = table.sort_values("dataset", kind="stable").reset_index(drop=True)
-    t = table.merge(refs, on="dataset", how="left")
-    din = t[t.model == "din"].set_index("dataset").auc_mean
-    t["din_auc"] = t.dataset.map(din)
+    t = pd.concat([table[cols], *extra], ignore_index=True)
+    t = t.sort_values("column", kind="stable").reset_index(drop=True)
+    t = t.merge(refs.drop(columns=["column", "runs"]), on=COLUMN_KEY, how="left")
+    din = table[table.model == "din"]
+    base = [_din_auc(r, din) for _, r in t.iterrows()]
+    t["din_auc"] = [a for a, _ in base]
+    t["din_runs"] = [n for _, n in base]
     t["short_share"] = (t.auc_mean - 0.5) / (t.oracle_short_auc - 0.5)
     t["oracle_share"] = (t.auc_mean - t.din_auc) / (t.oracle_auc - t.din_auc)
-    return t[KEY + ["auc_mean", "short_share", "oracle_share"]]
+    return t[cols + ["short_share", "oracle_share", "din_runs"]]
 
 
 def _at_epoch(run_id: str, name: str, epoch: float, uri: str | None) -> float:
@@ -159,8 +274,8 @@ def _at_epoch(run_id: str, name: str, epoch: float, uri: str | None) -> float:
 
 
 def diagnostics_table(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
-    """Per (dataset, model) of the search models: each diagnostic at the run's picked epoch, mean and
-    std over runs."""
+    """Per group of the search models: each diagnostic at the run's picked epoch, mean and std over its
+    runs (``runs``)."""
     names = [n for n in DIAGNOSTICS if f"metrics.{n}" in runs]
     if not names:
         return pd.DataFrame()
@@ -169,12 +284,11 @@ def diagnostics_table(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFram
         if all(pd.isna(r.get(f"metrics.{n}")) for n in names):
             continue
         epoch = r.get("metrics.best_epoch", float("nan"))
-        rows.append({"dataset": r.dataset, "model": r.model,
-                     **{n: _at_epoch(r.run_id, n, epoch, uri) for n in names}})
+        rows.append({**{k: r[k] for k in GROUP + KEY}, **{n: _at_epoch(r.run_id, n, epoch, uri) for n in names}})
     if not rows:
         return pd.DataFrame()
-    g = pd.DataFrame(rows).groupby(KEY)
-    out = pd.concat([g.mean().add_suffix("_mean"), g.std(ddof=0).add_suffix("_std"),
+    g = _groups(pd.DataFrame(rows), GROUP + KEY)
+    out = pd.concat([g[names].mean().add_suffix("_mean"), g[names].std(ddof=0).add_suffix("_std"),
                      g.size().rename("runs")], axis=1)
     return _sorted(out.reset_index())
 
@@ -185,73 +299,107 @@ def _cell(mean: float, std: float, n: int | None = None) -> str:
     return f"{mean:.4f} ± {std:.4f}" + (f" (n={n})" if n is not None else "")
 
 
+def _width(labels, least: int) -> int:
+    return max([least, *(len(str(x)) + 2 for x in labels)])
+
+
+def _labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the labels of :data:`KEY`, the dataset and the model where it has none."""
+    return table.assign(**{k: table[name] for k, (name, _) in LABEL_PARTS.items() if k not in table})
+
+
+def _row_labels(table: pd.DataFrame) -> list[str]:
+    """The row labels of ``table`` in the paper's model order."""
+    order = {m: i for i, m in enumerate(_order(table.model))}
+    pairs = table[["model", "row"]].drop_duplicates()
+    return [r for _, r in sorted(zip(pairs.model.map(order), pairs.row))]
+
+
 def format_auc_table(table: pd.DataFrame, refs: pd.DataFrame | None = None) -> str:
-    """The paper's Table 2 layout: models as rows, one test-AUC column per dataset (mean ± std (n)),
-    then the reference rows and the statistics of each dataset's test rows."""
-    datasets = list(dict.fromkeys(table.dataset))
-    header = f"{'Model':<28}" + "".join(f"{d:>26}" for d in datasets)
+    """The paper's Table 2 layout: a row per experiment id (and its keys where it has several groups), a
+    column per dataset (and its keys where it has several), test AUC mean ± std (n seeds); then the
+    reference rows and the statistics of each column's test rows."""
+    table = _labelled(table)
+    columns = list(dict.fromkeys(table.column))
+    rows = _row_labels(table)
+    w, cw = _width(rows, 28), _width(columns, 26)
+    header = f"{'Model':<{w}}" + "".join(f"{c:>{cw}}" for c in columns)
     lines = [header, "-" * len(header)]
-    for m in _order(table.model):
+    for row in rows:
         cells = []
-        for d in datasets:
-            r = table[(table.model == m) & (table.dataset == d)]
+        for c in columns:
+            r = table[(table.row == row) & (table.column == c)]
             cells.append(_cell(r.auc_mean.iloc[0], r.auc_std.iloc[0], int(r.runs.iloc[0])) if len(r) else "-")
-        lines.append(f"{m:<28}" + "".join(f"{c:>26}" for c in cells))
+        lines.append(f"{row:<{w}}" + "".join(f"{x:>{cw}}" for x in cells))
     if refs is not None and not refs.empty:
         lines.append("-" * len(header))
-        by_dataset = refs.set_index("dataset")
+        by_column = refs.set_index("column")
         for metric, label, fmt in [(m, label, "{:.4f}") for m, label in REFERENCES] + list(DATA_STATISTICS):
-            vals = [by_dataset[metric].get(d, np.nan) if metric in by_dataset else np.nan for d in datasets]
+            vals = [by_column[metric].get(c, np.nan) if metric in by_column else np.nan for c in columns]
             if all(v != v for v in vals):
                 continue
-            lines.append(f"{label:<28}" + "".join(f"{'-' if v != v else fmt.format(v):>26}" for v in vals))
+            lines.append(f"{label:<{w}}" + "".join(f"{'-' if v != v else fmt.format(v):>{cw}}" for v in vals))
     return "\n".join(lines)
 
 
 def format_paper_tables(table: pd.DataFrame) -> str:
-    """The paper's Tables 2, 3 and 4 with our test AUCs (mean ± std (n) per dataset) beside the paper's
-    figures; a model without finished runs is marked ``no runs``."""
-    datasets = list(dict.fromkeys(table.dataset))
+    """The paper's Tables 2, 3 and 4 with our test AUCs (mean ± std (n seeds) per column) beside the
+    paper's figures; a model without finished runs is marked ``no runs``, a model with several groups
+    has a line per group (its keys in brackets)."""
+    table = _labelled(table)
+    columns = list(dict.fromkeys(table.column))
+    cw = _width(columns, 20) + 6
     blocks = []
     for title, paper_cols, figures, rows in PAPER_TABLES:
-        header = (f"{'Model':<28}" + "".join(f"{'ours ' + d:>26}" for d in datasets)
+        lines_of = [(label, model, row) for label, model in rows
+                    for row in ([r for r in _row_labels(table) if table[table.row == r].model.iloc[0] == model]
+                                or [model])]
+        w = _width([label + row[len(model):] for label, model, row in lines_of], 28)
+        header = (f"{'Model':<{w}}" + "".join(f"{'ours ' + c:>{cw}}" for c in columns)
                   + "".join(f"{'paper ' + c:>20}" for c in paper_cols))
         lines = [title, header, "-" * len(header)]
-        for label, model in rows:
+        for label, model, row in lines_of:
             paper, cells = figures[model], []
-            for d in datasets:
-                r = table[(table.model == model) & (table.dataset == d)]
+            for c in columns:
+                r = table[(table.row == row) & (table.model == model) & (table.column == c)]
                 cells.append(_cell(r.auc_mean.iloc[0], r.auc_std.iloc[0], int(r.runs.iloc[0]))
                              if len(r) else "no runs")
-            lines.append(f"{label:<28}" + "".join(f"{c:>26}" for c in cells)
+            lines.append(f"{label + row[len(model):]:<{w}}" + "".join(f"{x:>{cw}}" for x in cells)
                          + "".join(f"{p or '-':>20}" for p in paper))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
 def _dataset_width(table: pd.DataFrame) -> int:
-    """Width of the dataset column: its longest name plus two spaces (at least 14)."""
-    return max([14, *(len(str(d)) + 2 for d in table.get("dataset", []))])
+    """Width of the dataset column: its longest label plus two spaces (at least 14)."""
+    return _width(table.get("column", []), 14)
+
+
+def _model_width(table: pd.DataFrame) -> int:
+    return _width(table.get("row", []), 22)
 
 
 def format_lift_table(lifts: pd.DataFrame) -> str:
-    w = _dataset_width(lifts)
-    lines = [f"{'dataset':<{w}}{'Model':<22}{'AUC':>8}{'of short oracle lift':>22}{'of oracle lift over DIN':>25}"]
+    lifts = _labelled(lifts)
+    w, mw = _dataset_width(lifts), _model_width(lifts)
+    lines = [f"{'dataset':<{w}}{'Model':<{mw}}{'AUC':>8}{'n':>4}{'of short oracle lift':>22}"
+             f"{'of oracle lift over DIN':>25}"]
     for _, r in lifts.iterrows():
         share = "-" if r.short_share != r.short_share else f"{100 * r.short_share:.1f}%"
         lift = "-" if r.oracle_share != r.oracle_share else f"{100 * r.oracle_share:.1f}%"
-        lines.append(f"{r.dataset:<{w}}{r.model:<22}{r.auc_mean:>8.4f}{share:>22}{lift:>25}")
+        lines.append(f"{r.column:<{w}}{r.row:<{mw}}{r.auc_mean:>8.4f}{int(r.runs):>4}{share:>22}{lift:>25}")
     return "\n".join(lines)
 
 
 def format_diagnostics_table(diag: pd.DataFrame) -> str:
     if diag.empty:
         return "(no search diagnostics logged)"
+    diag = _labelled(diag)
     names = [n for n in DIAGNOSTICS if f"{n}_mean" in diag]
-    w = _dataset_width(diag)
-    lines = [f"{'dataset':<{w}}{'Model':<22}" + "".join(f"{n:>22}" for n in names)]
+    w, mw = _dataset_width(diag), _model_width(diag)
+    lines = [f"{'dataset':<{w}}{'Model':<{mw}}{'n':>4}" + "".join(f"{n:>22}" for n in names)]
     for _, r in diag.iterrows():
-        lines.append(f"{r.dataset:<{w}}{r.model:<22}"
+        lines.append(f"{r.column:<{w}}{r.row:<{mw}}{int(r.runs):>4}"
                      + "".join(f"{_cell(r[f'{n}_mean'], r[f'{n}_std']):>22}" for n in names))
     return "\n".join(lines)
 
@@ -284,17 +432,20 @@ def d_category_distribution(pred: pd.DataFrame, top_fraction: float = 0.2) -> pd
 
 
 def _learning_curves(runs: pd.DataFrame, experiment: str, uri: str | None, plt):
-    datasets = list(dict.fromkeys(runs.dataset))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        part = runs[runs.dataset == dataset]
-        for model in _order(part.model):
-            curves = [dict(tracking.metric_history(r, "val_auc", uri=uri)) for r in part[part.model == model].run_id]
+    """A panel per column, a line per group: validation AUC per epoch, mean over the group's runs."""
+    columns = sorted(dict.fromkeys(runs.column))
+    fig, axes = plt.subplots(1, len(columns), figsize=(7 * len(columns), 4.5), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        part = runs[runs.column == column]
+        for row in _row_labels(part):
+            group = part[part.row == row]
+            curves = [dict(tracking.metric_history(r, "val_auc", uri=uri)) for r in group.run_id]
             steps = sorted(set().union(*curves))
-            ax.plot(steps, [np.mean([c[s] for c in curves if s in c]) for s in steps], marker="o", label=model)
+            ax.plot(steps, [np.mean([c[s] for c in curves if s in c]) for s in steps], marker="o",
+                    label=f"{row} (n={len(group)})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation AUC")
-        ax.set_title(f"{dataset} ({experiment})")
+        ax.set_title(f"{column} ({experiment})")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -316,6 +467,29 @@ def _d_category_figure(dist: dict[tuple[str, str], pd.Series], top_fraction: flo
     return fig
 
 
+def d_category_table(runs: pd.DataFrame, uri: str | None = None, top_fraction: float = 0.2
+                     ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.Series]]:
+    """Figure 4 and Table 6 per group, from the test predictions of each of its runs: the statistics
+    and the distribution of each run, mean over the group's runs (``runs``: those that logged
+    predictions). Returns the table and the distributions by (column, row)."""
+    stats, dists = [], {}
+    for _, r in runs.iterrows():
+        try:
+            pred = run_predictions(r.run_id, uri)
+        except Exception as e:  # an older run without predictions: say so, keep comparing the rest
+            log.warning("run %s (%s) has no test predictions: %s", r.run_id, r.model, e)
+            continue
+        key = (r.column, r.row)
+        dists.setdefault(key, []).append(d_category_distribution(pred, top_fraction))
+        stats.append({**{k: r[k] for k in GROUP + KEY}, **d_category_stats(pred, top_fraction)})
+    if not stats:
+        return pd.DataFrame(), {}
+    g = _groups(pd.DataFrame(stats), GROUP + KEY)
+    names = ["avg_d_category", "p_d_category_gt_-1", "clicked_in_top"]
+    table = pd.concat([g[names].mean(), g.size().rename("runs")], axis=1).reset_index()
+    return _sorted(table), {k: pd.concat(v, axis=1).mean(axis=1) for k, v in dists.items()}
+
+
 def compare(experiment: str, uri: str | None = None, out_dir: str | Path = "compare_out",
             top_fraction: float = 0.2, log_to_mlflow: bool = True) -> dict:
     """Build the tables and figures of ``experiment``; returns them (and writes/logs the files)."""
@@ -335,18 +509,7 @@ def compare(experiment: str, uri: str | None = None, out_dir: str | Path = "comp
              "diagnostics_table.csv": diag}
     figs = {"auc_per_epoch.png": _learning_curves(runs, experiment, uri, plt)}
 
-    # Figure 4 and Table 6 from each (dataset, model)'s latest run's test predictions.
-    latest = runs.sort_values("start_time").groupby(KEY).tail(1)
-    dist, stats = {}, []
-    for _, r in latest.iterrows():
-        try:
-            pred = run_predictions(r.run_id, uri)
-        except Exception as e:  # an older run without predictions: say so, keep comparing the rest
-            log.warning("run %s (%s) has no test predictions: %s", r.run_id, r.model, e)
-            continue
-        dist[(r.dataset, r.model)] = d_category_distribution(pred, top_fraction)
-        stats.append({"dataset": r.dataset, "model": r.model, **d_category_stats(pred, top_fraction)})
-    d_table = _sorted(pd.DataFrame(stats)) if stats else pd.DataFrame()
+    d_table, dist = d_category_table(runs, uri, top_fraction)
     if not d_table.empty:
         files["d_category_table.csv"] = d_table
         figs["d_category_distribution.png"] = _d_category_figure(dist, top_fraction, plt)
@@ -370,27 +533,31 @@ def compare(experiment: str, uri: str | None = None, out_dir: str | Path = "comp
 def format_d_category_table(d_table: pd.DataFrame) -> str:
     if d_table.empty:
         return "(no test predictions logged)"
-    w = _dataset_width(d_table)
-    lines = [f"{'dataset':<{w}}{'Model':<22}{'avg d_category':>16}{'p(d_category > -1)':>20}{'clicks':>8}"]
+    d_table = _labelled(d_table)
+    w, mw = _dataset_width(d_table), _model_width(d_table)
+    lines = [f"{'dataset':<{w}}{'Model':<{mw}}{'n':>4}{'avg d_category':>16}{'p(d_category > -1)':>20}{'clicks':>8}"]
     for _, r in d_table.iterrows():
-        lines.append(f"{r.dataset:<{w}}{r.model:<22}{r.avg_d_category:>16.2f}{r['p_d_category_gt_-1']:>20.3f}"
-                     f"{int(r.clicked_in_top):>8}")
+        lines.append(f"{r.column:<{w}}{r.row:<{mw}}{int(r.runs):>4}{r.avg_d_category:>16.2f}"
+                     f"{r['p_d_category_gt_-1']:>20.3f}{r.clicked_in_top:>8.1f}")
     return "\n".join(lines)
 
 
 def report(res: dict, experiment: str, top_fraction: float = 0.2) -> str:
     """Every table of :func:`compare` as text, as the CLI prints it."""
+    labels = [*res["auc_table"].column, *res["auc_table"].row]
     return "\n".join([
-        f"Test AUC (mean ± std over runs; epoch picked on validation), experiment {experiment}",
+        f"Test AUC (mean ± std over the seeds of a group, n = seeds; epoch picked on validation), "
+        f"experiment {experiment}", *([KEY_LEGEND] if any("[" in str(x) for x in labels) else []),
         format_auc_table(res["auc_table"], res["reference_table"]), "",
         "The paper's tables, our runs beside its figures (model: sim.models)",
         format_paper_tables(res["auc_table"]), "",
         "Share of the reachable lift: DIN against p_click_short's lift over 0.5; every model against the "
         "oracle's lift over DIN",
         format_lift_table(res["lift_table"]), "",
-        "Search diagnostics at the picked epoch (validation impressions; mean ± std over runs)",
+        "Search diagnostics at the picked epoch (validation impressions; mean ± std over the seeds)",
         format_diagnostics_table(res["diagnostics_table"]), "",
-        f"d_category of clicked impressions in each model's top {int(top_fraction * 100)}% (paper Table 6)",
+        f"d_category of clicked impressions in each model's top {int(top_fraction * 100)}% (paper Table 6; "
+        "mean over the seeds)",
         format_d_category_table(res["d_category_table"])])
 
 

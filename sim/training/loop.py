@@ -128,6 +128,47 @@ def _load_checkpoint(ckpt_dir: Path) -> dict | None:
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
 
 
+@dataclasses.dataclass(frozen=True)
+class LrSchedule:
+    """The learning rate of each optimizer step under ``train.lr_scaling`` with ``processes`` Horovod
+    processes (:class:`sim.config.experiment.TrainSettings` says the rule): ``factor(step)`` multiplies
+    ``train.lr``. With one process ``none`` and ``linear`` give the same factors."""
+    scaling: str
+    processes: int
+    rate: float
+    decay_steps: float
+    warmup_steps: float
+
+    def factor(self, step: int) -> float:
+        if self.scaling == "none":
+            return self.rate ** (step / self.decay_steps)
+        n = self.processes
+        warm = n if step >= self.warmup_steps else 1 + (n - 1) * step / self.warmup_steps
+        return warm * self.rate ** (step * n / self.decay_steps)
+
+    def params(self, t: dict) -> dict:
+        """What a run records of its batches and rates: processes, the global batch, the peak rate and
+        the rule in words."""
+        n, lr = self.processes, t["lr"]
+        if self.scaling == "none":
+            rule = f"lr * {self.rate:g} ** (optimizer_step / {self.decay_steps:g})"
+            peak = lr
+        else:
+            rule = (f"lr * {n} * {self.rate:g} ** (optimizer_step * {n} / {self.decay_steps:g}), warmed up "
+                    f"linearly from lr over {self.warmup_steps:g} optimizer steps")
+            peak = lr * n
+        return {"processes": n, "batch_size_per_process": t["batch_size"],
+                "global_batch_size": t["batch_size"] * n, "lr_scaling": self.scaling, "lr_peak": peak,
+                "lr_rule": rule}
+
+
+def lr_schedule(t: dict, processes: int, steps_per_epoch: int) -> LrSchedule:
+    """The :class:`LrSchedule` of the ``train`` settings ``t`` for ``processes`` processes taking
+    ``steps_per_epoch`` optimizer steps an epoch."""
+    return LrSchedule(t.get("lr_scaling", "none"), int(processes), t["lr_decay_rate"], t["lr_decay_steps"],
+                      t.get("lr_warmup_epochs", 1.0) * steps_per_epoch)
+
+
 def make_optimizer(model, t: dict):
     """Adam (the paper's optimizer); with ``train.weight_decay`` > 0, AdamW's decoupled weight decay."""
     import torch
@@ -196,12 +237,12 @@ def setup(cfg: dict, manifest: DataManifest | None, resume: bool) -> Session:
     model.to(placement.device)  # before the optimizer: its state follows the parameters' device
     optimizer = hvd.distributed_optimizer(make_optimizer(model, t), model,
                                           through_host=placement.through_host)
-    rate, decay_steps = t["lr_decay_rate"], t["lr_decay_steps"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate ** (step / decay_steps))
     loader = ShardedLoader(manifest.files["train"], list(dict.fromkeys([*model.input_columns, "label"])),
                            rank=rank, size=size, batch_size=int(t["batch_size"]), seed=seed,
                            trim=model.sequences, bucket_batches=t["length_buckets"],
                            workers=t["loader_workers"], shuffle_groups=t["shuffle_groups"])
+    schedule = lr_schedule(t, size, loader.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
     item_topic = load_item_topics(cfg["lakehouse"])
     s = Session(cfg, manifest, rank, size, model, optimizer, scheduler, loader, checkpoint_dir(cfg),
                 placement, item_topic.to(placement.device) if item_topic is not None else None)
@@ -385,11 +426,15 @@ def train(cfg: dict, manifest: DataManifest | None = None, resume: bool = False,
 
 def _run_params(cfg: dict, manifest: DataManifest, size: int, steps_per_epoch: int,
                 placement: Placement) -> dict:
-    """What a run logs as its MLflow params: the resolved config, the processes, the device, the data."""
+    """What a run logs as its MLflow params: the resolved config, the processes, the device, the data,
+    the learning-rate rule and what makes it comparable (:mod:`sim.training.comparability`)."""
+    from sim.training.comparability import comparison_params
     return {**cfg, "horovod": {"size": size}, "device": placement.params(),
             "data": {"samples_version": manifest.samples_version, "samples_path": manifest.samples_path,
                      **{f"{s}_rows": manifest.rows(s) for s in SPLITS},
-                     "train_files": len(manifest.files["train"]), "steps_per_epoch": steps_per_epoch}}
+                     "train_files": len(manifest.files["train"]), "steps_per_epoch": steps_per_epoch},
+            "schedule": lr_schedule(cfg["train"], size, steps_per_epoch).params(cfg["train"]),
+            "comparison": comparison_params(cfg, manifest.samples_path, manifest.samples_version, size)}
 
 
 def _log_run_params(params: dict, cfg: dict, config_path: str | None) -> None:
