@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,61 @@ def spark(tmp_path_factory):
     })
     yield s
     s.stop()
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """The tiny pipeline's lakehouses (read-only: copy a table before changing it)."""
+    ubt_d0: Path  # the logs (behaviors, impressions, rejects, item_topics) and UBT(TINY_D0), full build
+    full: Path  # the same logs, UBT(TINY_D0) and UBT(06-30) nightly, samples of both TINY_DATES
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(spark, tmp_path_factory, worker_id) -> TinyPipeline:
+    """generate_logs -> build_ubt -> build_samples on ``helpers.tiny_data.TINY_PIPELINE``, the jobs'
+    functions with the jobs' config, once per test run: the pytest-xdist workers share it (the first
+    that needs it builds it under a file lock in their common temporary directory; the others wait
+    and read it)."""
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "tiny-pipeline"
+    out = TinyPipeline(ubt_d0=root / "ubt_d0" / "lakehouse", full=root / "full" / "lakehouse")
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / "done").exists():
+            shutil.rmtree(root / "full", ignore_errors=True)
+            shutil.rmtree(root / "ubt_d0", ignore_errors=True)
+            run_tiny_pipeline(spark, str(out.full), after_d0=lambda: shutil.copytree(out.full, out.ubt_d0))
+            (root / "done").touch()
+    return out
+
+
+def run_tiny_pipeline(spark, lakehouse: str, after_d0=None) -> None:
+    """The tiny pipeline into ``lakehouse`` (a path or ``s3a://`` URI): the generator, UBT(TINY_D0) (full
+    build; then ``after_d0()``), UBT(06-30) nightly, the samples of both impression days."""
+    from helpers.tiny_data import TINY_D0, TINY_DATES, TINY_NOW, TINY_PIPELINE
+    from sim.config import load_pipeline_conf
+    from sim.inputs.ingest import run_generator
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples
+    from sim.ubt.job import build_ubt
+    cfg = load_pipeline_conf(overrides=TINY_PIPELINE)
+    run_generator(spark, cfg.generator, lakehouse, max_reject_ratio=0.5, now_ts=TINY_NOW)
+    for d in (TINY_D0, TINY_DATES[0]):
+        build_ubt(spark, lakehouse, d, cfg.windows, cfg.caps, backfill_from=TINY_D0,
+                  backfill_days=cfg.retention.backfill_days)
+        if d == TINY_D0 and after_d0 is not None:
+            after_d0()
+    spec = SampleSpec.from_conf(cfg)
+    for d in TINY_DATES:
+        assert build_samples(spark, lakehouse, d, spec).action == "written"
+
+
+def copy_lakehouse(src: Path, dst: Path, tables: tuple[str, ...] | None = None) -> Path:
+    """A writable copy of (some tables of) a lakehouse."""
+    for t in tables or sorted(p.name for p in src.iterdir() if p.is_dir()):
+        shutil.copytree(src / t, dst / t)
+    return dst
 
 
 def spark_submit_cmd(*args: str, packages: bool = False) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run, subprocess_env
+from helpers.events import FileEvents
 from helpers.tiny_data import tiny_logs
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
 from sim.local.cluster import SHORT_JVM_OPTS, LocalCluster
@@ -130,16 +131,12 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ubt_lake(spark, tmp_path_factory) -> Path:
-    """A local lakehouse with the tiny logs and UBT(D0), built in this session's JVM."""
-    from sim.config import load_pipeline_conf
-    from sim.inputs.ingest import run_generator
-    from sim.ubt.job import build_ubt
-    lake = tmp_path_factory.mktemp("ubt_lake") / "lakehouse"
-    cfg = load_pipeline_conf(overrides=TINY)
-    run_generator(spark, cfg.generator, str(lake), max_reject_ratio=0.5)
-    build_ubt(spark, str(lake), D0, cfg.windows, cfg.caps, backfill_from=D0)
-    return lake
+def ubt_lake(tiny_pipeline) -> Path:
+    """A local lakehouse with tiny logs and UBT(D0), built in the session's JVM (the session's tiny
+    pipeline; read-only: the tests copy it)."""
+    from helpers.tiny_data import TINY_D0
+    assert TINY_D0 == D0
+    return tiny_pipeline.ubt_d0
 
 
 def job_cmd(script: str, lakehouse: str, *args: str) -> list[str]:
@@ -167,17 +164,14 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     v_prev = latest_version(spark, str(ubt))
     rows_prev = rows_of(read_table(spark, str(ubt)))
 
-    existing = {p.name for p in ubt.rglob("*.parquet")}
     out_path, err_path = cluster.work / "build_ubt.out", cluster.work / "build_ubt.err"
-    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:  # files: a full pipe would stall the job
+    # The kernel reports the first new data file the server stores (inotify): the write has begun.
+    with FileEvents(ubt) as events, open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+        # files for the job's output: a full pipe would stall it
         proc = subprocess.Popen([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], cwd=ROOT,
                                 env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS), stdout=out_f, stderr=err_f,
                                 start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if {p.name for p in ubt.rglob("*.parquet")} - existing:
-            break
-        time.sleep(0.01)
+        events.wait_for(lambda name: name.endswith(".parquet"), lambda: proc.poll() is None, 600)
     cluster.stop_service("s3", kill=True)  # the server dies while the job writes the date's files
     proc.wait(timeout=600)
     out, err = out_path.read_text(), err_path.read_text()

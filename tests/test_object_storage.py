@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run
-from helpers.tiny_data import tiny_logs
+from conftest import ROOT, run, run_tiny_pipeline
+from helpers.tiny_data import TINY_DATES, TINY_PIPELINE
 from sim.adapters import delta_io, petastorm_io, storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Small demo data: 17 days of history, impressions on 06-30 and 07-01.
-SETS = tiny_logs(8, 17, 2, 3)
-DATES = ("2024-06-30", "2024-07-01")
-NOW = 1_767_225_600  # 2026-01-01: the generator's reject rules compare timestamps with "now"
+SETS, DATES = TINY_PIPELINE, TINY_DATES  # the session's tiny pipeline (conftest)
 TABLES = ("behaviors", "impressions", "rejects", "ubt", "samples")
 
 
@@ -118,31 +116,13 @@ def s3(spark, s3_server):
             os.environ[k] = v
 
 
-def nightly(spark, lakehouse: str) -> None:
-    """generate_logs, build_ubt (06-29..06-30) and build_samples (06-30, 07-01): the jobs' functions
-    with the jobs' config, as tests/test_nightly_jobs.py runs them."""
-    from sim.config import load_pipeline_conf
-    from sim.inputs.ingest import run_generator
-    from sim.samples.contract import SampleSpec
-    from sim.samples.job import build_samples
-    from sim.ubt.job import build_ubt
-    cfg = load_pipeline_conf(overrides=SETS)
-    run_generator(spark, cfg.generator, lakehouse, max_reject_ratio=0.5, now_ts=NOW)
-    build_ubt(spark, lakehouse, DATES[0], cfg.windows, cfg.caps, backfill_from="2024-06-29",
-              backfill_days=cfg.retention.backfill_days)
-    spec = SampleSpec.from_conf(cfg)
-    for d in DATES:
-        assert build_samples(spark, lakehouse, d, spec).action == "written"
-
-
 @pytest.fixture(scope="module")
-def lakes(spark, s3, tmp_path_factory) -> tuple[str, str]:
-    """(local lakehouse, ``s3a://`` lakehouse), each filled by the same nightly jobs."""
-    local = str(tmp_path_factory.mktemp("local") / "lakehouse")
+def lakes(spark, s3, tiny_pipeline) -> tuple[str, str]:
+    """(local lakehouse, ``s3a://`` lakehouse), each filled by the same nightly jobs (the local one is
+    the session's tiny pipeline)."""
     remote = f"s3a://{s3.bucket}/nightly/lakehouse"
-    for lake in (local, remote):
-        nightly(spark, lake)
-    return local, remote
+    run_tiny_pipeline(spark, remote)
+    return str(tiny_pipeline.full), remote
 
 
 def test_nightly_jobs_on_s3_write_the_rows_they_write_locally(spark, s3, lakes):

@@ -3,6 +3,8 @@ the time-gap buckets, rejects, the leak guard, and the job on Delta (time travel
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -335,6 +337,28 @@ def test_replay_equals_nightly_path_in_count_mode(spark, tmp_path):
         build_samples_replay(spark, str(replay), first, last, SPEC)
 
 
+def _age_table(spark, path: str, days: int) -> list[str]:
+    """Back-date a Delta table by ``days``: its data files' modification times and the deletion
+    timestamps its log records for the files commits removed (what VACUUM compares with the retention).
+    Returns the removed files' paths."""
+    import json
+    import time
+    then_ms = int((time.time() - days * 86400) * 1000)
+    removed = []
+    for log in sorted(Path(path, "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        for a in actions:
+            if "remove" in a:
+                a["remove"]["deletionTimestamp"] = then_ms
+                removed.append(a["remove"]["path"])
+        log.write_text("".join(json.dumps(a) + "\n" for a in actions))
+        log.with_name(f".{log.name}.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old text
+    for f in Path(path).rglob("*.parquet"):
+        os.utime(f, (then_ms / 1000, then_ms / 1000))
+    spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # the session re-reads the log
+    return removed
+
+
 def test_backfill_horizon_survives_vacuum_and_refuses_older_dates(spark, tmp_path):
     """The UBT and samples tables declare retention for the backfill horizon; after a VACUUM with the
     table's own retention the oldest promised date rebuilds to the same rows, and a date whose UBT(D-1)
@@ -352,7 +376,13 @@ def test_backfill_horizon_survives_vacuum_and_refuses_older_dates(spark, tmp_pat
         props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
         assert [props.get(k) for k in RETENTION_PROPERTIES] == ["interval 30 days"] * 2, path
     before = sorted(read_table(spark, out).select("impression_id", "hard_items", "long_items").collect())
+    # Make every file of the UBT 20 days old, and every removal of one: inside the 30-day horizon,
+    # outside Delta's default of 7, so a VACUUM without the table's retention would delete UBT(D-1)'s
+    # files that later nights replaced (and the rebuild below would fail on them).
+    removed = _age_table(spark, ubt_path, days=20)
+    assert removed, "no UBT(D-1) file was replaced by a later night: the VACUUM below would prove nothing"
     spark.sql(f"VACUUM delta.`{ubt_path}`")  # the table's own retention
+    assert all(Path(ubt_path, f).exists() for f in removed)
     again = build_samples(spark, lh, D, spec, force=True)
     assert again.ubt_version == first.ubt_version
     assert sorted(read_table(spark, out).select("impression_id", "hard_items", "long_items").collect()) == before

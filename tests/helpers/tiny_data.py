@@ -11,3 +11,11 @@ def tiny_logs(users: int, history_days: int, impression_days: int, impressions_p
             "generator.categories=10", "generator.topics=4", "validation.max_reject_ratio=0.5",
             "windows.long_days=8", "windows.short_days=3", "caps.long_cap=20", "caps.hard_k=10",
             "caps.short_cap=5"]
+
+
+# The session's one tiny pipeline (conftest.tiny_pipeline): 8 users, 17 days of history, impressions on
+# the last two days; the generator's "now" fixed (its reject rules compare timestamps with it).
+TINY_PIPELINE = tiny_logs(8, 17, 2, 3)
+TINY_NOW = 1_767_225_600  # 2026-01-01
+TINY_D0 = "2024-06-29"  # UBT(D0): the full build
+TINY_DATES = ("2024-06-30", "2024-07-01")  # the impression days: UBT(06-30) nightly, samples of both
