@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo cluster-demo test bench clean
+.PHONY: setup demo cluster-demo test test-fast bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,11 @@ cluster-demo: setup
 TEST_WORKERS ?= 2
 test: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The inner loop: every test not marked slow (no spark-submit, cluster, S3/MLflow server or multi-process
+# training run); `make test` runs them all.
+test-fast: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # Every benchmark, then one table of the JSON line each ends with (logs in bench_out/). QUICK=1: each
 # benchmark's --quick (small sizes: a smoke run, not the figures of docs/RESULTS.md); BENCHES="bench_train
