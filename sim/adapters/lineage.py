@@ -13,7 +13,8 @@ A commit of our jobs records, beside ``{"job", "date"}`` (:mod:`sim.adapters.del
 The rule (DESIGN.md "every nightly write is idempotent"): a re-run of a label is a no-op when its
 newest commit has the fingerprint the run would have today. When it has another, the input jobs
 replace their range (an import is its own source), while the jobs that derive tables from them (UBT,
-samples) refuse unless forced, naming each changed setting with its recorded and current value and
+samples) and the importer of a team's own logs by the day (:mod:`sim.inputs.own_logs`: its input is
+the day's files, given as read in ``current``) refuse unless forced, naming each changed setting with its recorded and current value and
 each changed input (:func:`run_changes`): a changed window or a re-imported day usually means more
 than the one date must be rebuilt, and only the user knows which.
 
@@ -107,11 +108,12 @@ def run_record(settings: Mapping, inputs: Mapping[str, Mapping]) -> dict:
                                         "inputs": {k: _identity(v) for k, v in inputs.items()}})}
 
 
-def run_changes(spark: SparkSession, meta: Mapping, settings: Mapping, paths: Mapping[str, str]
-                ) -> list[str] | None:
+def run_changes(spark: SparkSession, meta: Mapping, settings: Mapping, paths: Mapping[str, str],
+                current: Mapping[str, Mapping] | None = None) -> list[str] | None:
     """How a run with today's ``settings`` on today's inputs would differ from the one a commit
     recorded (``meta``): one line per changed setting (key, recorded value, current value) and per
-    changed input (each recorded input read again as recorded, at ``paths[name]``); empty when its
+    changed input (each recorded input read again as recorded, at ``paths[name]``, or given as read
+    today in ``current``: an input that is no table of ours, e.g. a team's log files); empty when its
     fingerprint would be the same. None when the commit recorded no run (written before runs were
     recorded): nothing to compare."""
     if not isinstance(meta.get("settings"), dict):
@@ -123,6 +125,12 @@ def run_changes(spark: SparkSession, meta: Mapping, settings: Mapping, paths: Ma
              if recorded.get(k, _MISSING) != settings.get(k, _MISSING)]
     now: dict[str, Mapping] = {}
     for name, read in (meta.get("inputs") or {}).items():
+        if current is not None and name in current:
+            now[name] = cur = current[name]
+            if _identity(cur) != _identity(read):
+                lines.append(f"{name}: {read.get('rows', '?')} rows read from {read.get('source', '?')} then, "
+                             f"{cur.get('rows', '?')} rows from {cur.get('source', '?')} now, with other content")
+            continue
         path = paths.get(name)
         if path is None or not is_delta_table(spark, path):
             lines.append(f"{name}: the table it was built from is gone ({path})")

@@ -30,7 +30,7 @@ import logging
 from typing import Any, Mapping
 
 from sim.config.experiment import SPLITS, date_range
-from sim.inputs import GENERATOR_JOB, IMPORT_JOB_PREFIX
+from sim.inputs import GENERATOR_JOB, IMPORT_JOB_PREFIX, LOGS_JOB
 
 log = logging.getLogger("sim.train")
 
@@ -85,6 +85,8 @@ def data_source(job: str | None) -> str:
         return "synthetic"
     if job and job.startswith(IMPORT_JOB_PREFIX):
         return job[len(IMPORT_JOB_PREFIX):]
+    if job == LOGS_JOB:
+        return "own logs"
     return UNKNOWN
 
 

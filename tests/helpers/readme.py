@@ -110,6 +110,7 @@ def readme_commands(path: Path = README) -> list[Command]:
 @dataclass(frozen=True)
 class Rule:
     kind: str       # run: run fully | make: dry run + --help of each recipe line | server: start, probe, stop
+                    # | logs: run fully on tests/data/own_logs by tests/test_own_logs.py
     pattern: str    # regex matched at the start of Command.line
     marker: str | None = None
 
@@ -119,6 +120,7 @@ RULES = (
     Rule("server", r"\.venv/bin/mlflow ui\b"),
     Rule("run", r"\.venv/bin/python jobs/generate_logs\.py\b", r"generate_logs: behaviors=\d+"),
     Rule("run", r"\.venv/bin/python jobs/import_dataset\.py\b", r"import_dataset\.\w+: behaviors=\d+"),
+    Rule("logs", r"\.venv/bin/python jobs/import_logs\.py\b", r"import_logs: behaviors=\d+"),
     Rule("run", r"\.venv/bin/python jobs/build_ubt\.py\b", r"BUILD_UBT_OK "),
     Rule("run", r"\.venv/bin/python jobs/build_samples\.py\b", r"BUILD_SAMPLES_OK "),
     # A shell variable the next command of its block uses: checked by that command.
