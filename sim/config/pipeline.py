@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal
 
-from pydantic import BeforeValidator, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import AliasChoices, BeforeValidator, Field, NonNegativeInt, PositiveInt, model_validator
 
 from sim.config.base import PROJECT_ROOT, IsoDate, Settings, apply_overrides, load_yaml
 
@@ -230,6 +230,33 @@ class GeneratorConfig(Settings):
         return (lo + hi) / 2
 
 
+class LogsSource(Settings):
+    """One table of ``nightly.import``: the arguments of :class:`sim.inputs.own_logs.LogSource`."""
+    section = "nightly.import"
+    location: str  # a path ({date} = the run's date) or a Spark table's name
+    input_format: Literal["parquet", "csv", "json", "delta", "table"] | None = None  # None: from the path
+    map: dict[str, str] = Field(default_factory=dict)  # canonical column -> source column or SQL expression
+    ts_unit: Literal["s", "ms", "us"] | None = None
+    ts_format: str | None = None
+    where: str | None = None
+
+
+class NightlyImport(Settings):
+    """``nightly.import``: the day's own logs jobs/nightly.py imports before the UBT and the samples."""
+    section = "nightly.import"
+    behaviors: LogsSource | None = None
+    impressions: LogsSource | None = None
+    allow_empty: bool = False
+
+
+class NightlySettings(Settings):
+    """The ``nightly:`` block of jobs/nightly.py; ``import`` is off (null) by default: the day's logs are
+    loaded by other means."""
+    section = "nightly"
+    # Read as ``import`` (a Python keyword) or ``import_`` (how model_dump writes it back).
+    import_: NightlyImport | None = Field(None, validation_alias=AliasChoices("import", "import_"))
+
+
 class PipelineConfig(Settings):
     """``conf/pipeline.yaml``: every setting of the nightly jobs and the generator, with defaults."""
     lakehouse: str = "./lakehouse"
@@ -242,6 +269,7 @@ class PipelineConfig(Settings):
     retention: Retention = Field(default_factory=Retention)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    nightly: NightlySettings = Field(default_factory=NightlySettings)
 
     @model_validator(mode="after")
     def _caps_hold_counts(self) -> "PipelineConfig":

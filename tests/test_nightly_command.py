@@ -1,0 +1,71 @@
+"""The one nightly command (sim.nightly, jobs/nightly.py): the import of D when configured, UBT(D),
+samples(D), in one Spark session; it stops at the first stage that fails with that stage's exit status,
+and run again once the cause is fixed it resumes there, the stages done before skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import ROOT, copy_lakehouse
+
+DATA = ROOT / "tests" / "data" / "own_logs"
+
+
+def _config(lake: Path):
+    from helpers.tiny_data import TINY_PIPELINE
+    from sim.config import PipelineConfig, load_pipeline_conf
+    raw = load_pipeline_conf(overrides=TINY_PIPELINE).model_dump()
+    behaviors = {"location": str(DATA / "{date}" / "behaviors.csv"), "ts_unit": "ms",
+                 "map": {"user_id": "uid", "item_id": "item", "category_id": "cat", "behavior_type": "action",
+                         "ts": "event_time_ms"}}
+    return PipelineConfig.parse({**raw, "lakehouse": str(lake), "nightly": {"import": {"behaviors": behaviors}}})
+
+
+def test_the_night_stops_at_a_failed_stage_with_its_status_and_resumes_there(spark, tiny_pipeline, tmp_path):
+    """The tiny pipeline's logs and UBT up to 06-30; the night of 07-01 imports that day's behaviors from
+    tests/data/own_logs, builds UBT(07-01), and its samples fail while the impressions of 07-01 are
+    missing (exit 12, naming the table); with them back, the same command skips the import and the UBT
+    and writes the samples."""
+    from delta.tables import DeltaTable
+
+    from helpers.tiny_data import TINY_DATES
+    from sim.nightly import EXIT_STATUS, exit_status, run_nightly
+    date = TINY_DATES[1]
+    lake = copy_lakehouse(tiny_pipeline.full, tmp_path / "lake", ("behaviors", "impressions", "rejects", "ubt"))
+    cfg = _config(lake)
+    impressions = DeltaTable.forPath(spark, str(lake / "impressions"))
+    before = impressions.history(1).first().version
+    n_impressions = spark.read.format("delta").load(str(lake / "impressions")).where(f"dt = '{date}'").count()
+    impressions.delete(f"dt = '{date}'")
+
+    lines: list[str] = []
+    first = run_nightly(spark, cfg, date, report=lambda r: lines.append(r.line(date)))
+    assert [(r.stage, r.status) for r in first] == [("import", "written"), ("ubt", "written"),
+                                                    ("samples", "failed")], lines
+    assert exit_status(first) == EXIT_STATUS["samples"] == 12
+    assert len(lines) == 3 and lines[2].startswith(f"nightly {date} samples: failed (exit 12) impressions has no "
+                                                   f"rows for {date}"), lines
+    assert lines[0].startswith(f"nightly {date} import: written behaviors=27"), lines
+    assert not (lake / "samples").exists()
+
+    impressions.restoreToVersion(before)  # the day's impressions landed
+    lines.clear()
+    again = run_nightly(spark, cfg, date, report=lambda r: lines.append(r.line(date)))
+    assert [(r.stage, r.status) for r in again] == [("import", "skipped"), ("ubt", "skipped"),
+                                                    ("samples", "written")], lines
+    assert exit_status(again) == 0
+    samples = spark.read.format("delta").load(str(lake / "samples")).where(f"dt = '{date}'").count()
+    assert samples == n_impressions > 0
+
+
+def test_a_failed_stage_leaves_the_later_ones_not_run(spark, tmp_path):
+    """An empty lakehouse without the import configured: the import is off, the UBT fails naming the
+    missing behaviors table (exit 11), the samples are not run."""
+    from sim.config import load_pipeline_conf
+    from sim.nightly import exit_status, run_nightly
+    cfg = load_pipeline_conf(overrides=[f"lakehouse={tmp_path / 'lake'}"])
+    results = run_nightly(spark, cfg, "2024-07-01")
+    assert [(r.stage, r.status) for r in results] == [("import", "off"), ("ubt", "failed"), ("samples", "not run")]
+    assert f"no Delta table at {tmp_path / 'lake' / 'ubt'}" in results[1].detail, results[1].detail
+    assert exit_status(results) == 11
+    assert results[1].line("2024-07-01").startswith("nightly 2024-07-01 ubt: failed (exit 11) no Delta table at")
