@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, copy_lakehouse
 
 DATA = ROOT / "tests" / "data" / "own_logs"
@@ -21,6 +23,7 @@ def _config(lake: Path):
     return PipelineConfig.parse({**raw, "lakehouse": str(lake), "nightly": {"import": {"behaviors": behaviors}}})
 
 
+@pytest.mark.slow  # the tiny pipeline, as the other tests of the nightly jobs
 def test_the_night_stops_at_a_failed_stage_with_its_status_and_resumes_there(spark, tiny_pipeline, tmp_path):
     """The tiny pipeline's logs and UBT up to 06-30; the night of 07-01 imports that day's behaviors from
     tests/data/own_logs, builds UBT(07-01), and its samples fail while the impressions of 07-01 are
