@@ -182,5 +182,5 @@ def _show(value: object, missing: str) -> str:
 def empty_input(table: str, label: str, where: str, path: str, version: int, building: str) -> str:
     """The refusal of a job whose input ``table`` has no rows for ``label`` (``where``)."""
     return (f"{table} has no rows for {label} ({where} in {path}, version {version}): {building} not built, "
-            f"nothing committed. Load the data first (jobs/import_dataset.py, or jobs/generate_logs.py for "
-            f"synthetic logs) and run again; if {label} genuinely had no {table}, run with --allow-empty")
+            f"nothing committed. Load the data first (jobs/import_logs.py for your own logs, "
+            f"jobs/import_dataset.py, or jobs/generate_logs.py for synthetic logs) and run again; if {label} genuinely had no {table}, run with --allow-empty")
