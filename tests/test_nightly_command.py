@@ -72,3 +72,21 @@ def test_a_failed_stage_leaves_the_later_ones_not_run(spark, tmp_path):
     assert f"no Delta table at {tmp_path / 'lake' / 'ubt'}" in results[1].detail, results[1].detail
     assert exit_status(results) == 11
     assert results[1].line("2024-07-01").startswith("nightly 2024-07-01 ubt: failed (exit 11) no Delta table at")
+
+
+@pytest.mark.slow  # a JVM of its own
+def test_the_command_exits_with_the_failed_stage_status(tmp_path):
+    """What a scheduler sees of ``jobs/nightly.py``: one line per stage on stdout, the failed stage's exit
+    status."""
+    import sys
+
+    from conftest import run
+    lake = tmp_path / "lake"
+    proc = run([sys.executable, "jobs/nightly.py", "--date", "2024-07-01", "--lakehouse", str(lake),
+                "--set", "spark.conf.spark.driver.memory=1g"], check=False, timeout=600)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 11, proc.stdout + proc.stderr[-4000:]
+    assert [line.split(":")[0] for line in lines] == [f"nightly 2024-07-01 {s}" for s in ("import", "ubt", "samples")]
+    assert lines[1].startswith(f"nightly 2024-07-01 ubt: failed (exit 11) no Delta table at {lake / 'ubt'}"), lines
+    assert lines[2] == "nightly 2024-07-01 samples: not run", lines
+    assert "stopped at ubt; fix the cause and run the same command again" in proc.stderr
