@@ -182,6 +182,28 @@ def test_two_dates_one_after_the_other_hold_the_rows_of_both(spark, tmp_path):
     assert _version(lake, "behaviors") == v
 
 
+def test_a_table_of_every_day_gives_the_rows_where_selects(spark, tmp_path):
+    """A Spark table (by name) and a Delta table (by path) holding two days, times in microseconds: the
+    rows ``where`` selects for the date are the run's, none of the other day's is read or rejected."""
+    from sim.inputs.own_logs import LogSource, detect_format, import_logs
+    rows = [(1, 11, 1, "pv", (_start(D1) + 5) * 1_000_000, D1), (2, 12, 1, "buy", (_start(D2) + 7) * 1_000_000, D2),
+            (2, 13, 2, "fav", (_start(D2) + 9) * 1_000_000 + 999_999, D2)]
+    df = spark.createDataFrame(rows, "uid long, item long, cat long, action string, t_us long, day string")
+    df.createOrReplaceTempView("team_behaviors")
+    delta = tmp_path / "team_behaviors"
+    df.write.format("delta").partitionBy("day").save(str(delta))
+    assert detect_format("team_behaviors") == "table" and detect_format(str(delta)) == "delta"
+    lake = tmp_path / "lake"
+    mapping = {**SHARED, "behavior_type": "action", "ts": "t_us"}
+    for date, location in ((D1, "team_behaviors"), (D2, str(delta))):
+        src = LogSource("behaviors", location, mapping=mapping, ts_unit="us", where="day = '{date}'")
+        report = import_logs(spark, str(lake), date, [src], max_reject_ratio=0.0, now_ts=NOW)
+        assert report.inputs[0].counts.read == sum(r[-1] == date for r in rows) and not report.inputs[0].counts.rejected
+    assert _rows(spark, lake, "behaviors") == [(1, 11, 1, "pv", _start(D1) + 5, D1),
+                                               (2, 12, 1, "buy", _start(D2) + 7, D2),
+                                               (2, 13, 2, "fav", _start(D2) + 9, D2)]
+
+
 @pytest.mark.slow
 def test_readme_command_runs_as_written(tmp_path):
     """README's "Run it on your logs" block, as written, in a scratch checkout holding tests/data/own_logs."""

@@ -8,7 +8,7 @@ the pipeline's day convention, :func:`sim.inputs.canonical.dt_of`) falls on anot
 table that holds every day, the day's rows selected with ``where``. The rows are validated like every
 importer's (:mod:`sim.inputs.validation`; reasons in ``rejects``, the run fails above
 ``validation.max_reject_ratio``) and written by :func:`sim.inputs.canonical.write_log_table` as the
-``dt = D`` partition, rejects first (:mod:`sim.inputs.rejects`).
+``dt = D`` partition, the rejects of the run first (:mod:`sim.inputs.rejects`).
 
 Per date, the re-run rule of the nightly jobs (:mod:`sim.adapters.lineage`): each table's commit for D
 records the settings (format, column mapping, time unit or format, ``where``) and what was read (rows and
@@ -30,7 +30,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.adapters.delta_io import Commit, job_commits, table_path
-from sim.adapters.lineage import run_changes, run_record
+from sim.adapters.lineage import fingerprint, run_changes, run_record
 from sim.config import ConfigError
 from sim.inputs import LOGS_JOB
 from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, to_behaviors, to_impressions, to_rejects,
@@ -272,19 +272,23 @@ def import_logs(spark: SparkSession, lakehouse: str, date: str, sources: Sequenc
             f"{src.table} has no rows for {date} in {src.location.replace('{date}', date)} ({c.counts.summary()})"
             for src, c in empty) + f": nothing written. Import the day's {' and '.join(s.table for s, _ in empty)} "
             f"(a ts in {date} UTC), or, if {date} genuinely had none, run with --allow-empty")
+    if checked:  # one rejects commit for the tables written, before their data (sim.inputs.rejects)
+        rejects = checked[0][1].rejects
+        for _, c, _ in checked[1:]:
+            rejects = rejects.unionByName(c.rejects)
+        report.committed[REJECTS_TABLE] = write_rejects(
+            spark, lakehouse, to_rejects(rejects, date), date, [src.source for src, _, _ in checked],
+            n=sum(c.counts.rejected for c in report.inputs),
+            fingerprint=fingerprint([r["fingerprint"] for _, _, r in checked]))
+        report.written[REJECTS_TABLE] = sum(c.counts.rejected for c in report.inputs)
+        report.dates[REJECTS_TABLE] = (date, date)
     for src, c, record in checked:
-        report.committed[f"{REJECTS_TABLE}:{src.table}"] = write_rejects(
-            spark, lakehouse, to_rejects(c.rejects, date), date, [src.source], n=c.counts.rejected,
-            fingerprint=record["fingerprint"])
         to_canonical = to_behaviors if src.table == BEHAVIORS_TABLE else to_impressions
         report.committed[src.table] = write_log_table(
             to_canonical(c.accepted), lakehouse, src.table, job=LOGS_JOB, label=date,
             replace_where=f"dt = '{date}'", fp=record["fingerprint"], extra_metadata=record)
         report.written[src.table] = c.counts.accepted
         report.dates[src.table] = (date, date)
-    if checked:
-        report.written[REJECTS_TABLE] = sum(c.counts.rejected for c in report.inputs)
-        report.dates[REJECTS_TABLE] = (date, date)
     if unchanged:
         report.notes["unchanged"] = ",".join(unchanged)
         log.info("%s %s: %s already imported from the same input and settings; left as they are", LOGS_JOB,
