@@ -141,9 +141,11 @@ def test_time_gap_buckets_in_numpy_follow_the_samples_rule():
     against in tests/test_samples.py), at every whole hour up to past the last boundary."""
     from sim.config.pipeline import time_gap_index
     from sim.serving.rows import time_gap_bucket
-    for n, r in ((64, 1), (64, 4), (20, 1), (40, 3)):
-        hours = np.arange(0, 200_000)
-        gaps = np.concatenate([hours * 3600, hours * 3600 + 3599])
+    near = {(1 << j) + d for j in range(46) for d in (-2, -1, 0, 1)}  # the boundaries of r = 1
+    near |= {int(np.ceil(2 ** (k / r))) + d for r in (3, 4) for k in range(63) for d in (-2, -1, 0)}
+    hours = np.asarray(sorted({h for h in near if h >= 0} | set(range(20_000))), dtype=np.int64)
+    gaps = np.concatenate([hours * 3600, hours * 3600 + 3599])
+    for n, r in ((64, 1), (64, 4), (20, 1), (40, 3), (100, 1)):
         want = np.asarray([1 + min(n - 2, time_gap_index(int(g) // 3600, r)) for g in gaps])
         assert np.array_equal(time_gap_bucket(gaps, n, r), want), (n, r)
 
@@ -202,6 +204,7 @@ def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(tmp_pa
     assert store.snapshot_dates() == dates[-2:]  # older snapshots dropped after the switch
 
 
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
 def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, spark):
     """Each test-date impression rebuilt from the store (UBT(06-30) + the day's behaviors before its
     time) is exactly its samples row: every sequence, length and d_category."""
@@ -226,6 +229,7 @@ def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, sp
     assert (imp.long_len > 0).any() and (imp.hard_len > 0).any() and (imp.short_len > 0).any()
 
 
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
 def test_the_service_scores_every_test_impression_as_the_run_logged_it(exported, test_impressions, runs, tmp_path):
     """THE consistency test: through HTTP, for din, sim_hard and sim_hard_time, the score of every
     impression of the test date equals the run's test_predictions.parquet score (1e-5). sim_hard is
@@ -273,6 +277,7 @@ def _score_all(url: str, groups) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
 def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
     """400 names the bad field; a stale snapshot is served and says its date; a request older than every
     snapshot is refused (409); a missing store or one without a snapshot is a 503 naming it; an

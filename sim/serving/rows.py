@@ -78,7 +78,7 @@ def _bucket_edges(num_buckets: int, per_octave: int) -> np.ndarray:
             x += 1
         while x > 1 and (x - 1) ** per_octave >= target:
             x -= 1
-        edges.append(x - 1)
+        edges.append(min(x - 1, np.iinfo(np.int64).max))  # beyond: no gap of int64 seconds reaches it
     return np.asarray(edges, dtype=np.int64)
 
 
