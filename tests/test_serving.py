@@ -85,7 +85,7 @@ def train_in_process(lake: Path, tmp: Path, expid: str, uri: str) -> str:
     from sim.training.loop import train
     cfg = load_experiment(ROOT / "conf/experiments.yaml", expid, [
         *TINY, f"lakehouse={lake}", f"tracking_uri={uri}", "experiment=serving",
-        f"train.checkpoint_dir={tmp / 'ckpt' / expid}", "train_dates=[2024-06-30,2024-06-30]",
+        f"train.checkpoint_dir={tmp / 'ckpt'}", "train_dates=[2024-06-30,2024-06-30]",
         "valid_dates=[2024-07-01,2024-07-01]", "test_dates=[2024-07-02,2024-07-02]"])
     cfg["test_dates"] = [TEST_DATE, TEST_DATE]  # see the module docstring
     train(cfg)
@@ -310,6 +310,10 @@ def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
         assert status == 200 and body["appended"] == 1
         after = post(f"{s.url}/score", {"user_id": 1, "ts": ts + 3600, "candidates": cand})[1]["scores"]
         assert after != before
+        for f in tmp_path.glob("ubt.sqlite*"):  # the store goes away under the running service
+            f.unlink()
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+        assert status == 503 and str(copy) in body["error"] and "does not exist" in body["error"], body
     missing = tmp_path / "nowhere" / "ubt.sqlite"
     empty = tmp_path / "empty.sqlite"
     SqliteStore(empty, create=True)

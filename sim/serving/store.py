@@ -220,6 +220,8 @@ class SqliteStore(SnapshotStore):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        if not self.path.exists():  # removed under an open connection, which would keep reading it
+            self.close()
         c = self._conn()
         try:
             c.execute("BEGIN")  # deferred: the first SELECT fixes the view of the file
