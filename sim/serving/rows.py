@@ -119,7 +119,7 @@ class RequestRows:
                 v = self.shared[c]
                 row = np.zeros(max(1, len(v)), dtype=PACKED_COLUMNS[c])
                 row[:len(v)] = v
-                out[c] = np.broadcast_to(row, (n, len(row)))
+                out[c] = np.repeat(row[None, :], n, axis=0)  # writable: torch takes it as it is
             else:
                 table = np.zeros((len(self.hard), hard_width), dtype=PACKED_COLUMNS[c])
                 for i, h in enumerate(self.hard):
