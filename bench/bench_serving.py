@@ -17,8 +17,8 @@ follow the user's. Clients are threads of this process on keep-alive connections
 ``--requests`` requests after 5 of warm-up; ``requests_per_s`` is all clients' requests over the wall time.
 
 The last line is JSON: ``results`` (one entry per model, user size and client count: model, behaviors,
-candidates, clients, p50_ms, p99_ms, requests_per_s, server_p50_ms) and ``p99_ms`` (the same p99 keyed
-``model.behaviors.clients``, for bench/summary.py's table).
+candidates, clients, p50_ms, p99_ms, requests_per_s, server_p50_ms), and ``p50_ms`` and ``p99_ms`` (the same
+figures keyed ``model.behaviors.clients``, for bench/summary.py's table).
 """
 from __future__ import annotations
 
@@ -215,9 +215,11 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{name:9s} behaviors={n:6,d} clients={clients} p50={r['p50_ms']:7.1f} ms "
                               f"p99={r['p99_ms']:7.1f} ms {r['requests_per_s']:7.1f} req/s "
                               f"(server p50 {r['server_p50_ms']:.1f} ms)", flush=True)
-    p99 = {f"{r['model']}.{r['behaviors']}.{r['clients']}": round(r["p99_ms"], 2) for r in results}
+    def by_config(key: str) -> dict:
+        return {f"{r['model']}.{r['behaviors']}.{r['clients']}": round(r[key], 2) for r in results}
+
     print(json.dumps({"bench": "bench_serving", "threads": args.threads, "requests": requests,
-                      "results": results, "p99_ms": p99}))
+                      "results": results, "p50_ms": by_config("p50_ms"), "p99_ms": by_config("p99_ms")}))
 
 
 if __name__ == "__main__":
