@@ -321,3 +321,15 @@ def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
         with ThreadServer(create_app(Scorer(model, SqliteStore(path), model_uri)), free_port()) as s:
             status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
             assert status == 503 and str(path) in body["error"] and says in body["error"], body
+
+
+def test_export_refuses_count_mode_saying_why(tmp_path):
+    """Count mode replays finished logs (no UBT(D-1) + the day's behaviors): no serving path, said before
+    any Spark work."""
+    from sim.config import Caps, ConfigError, Windows
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import export_ubt
+    from sim.serving.store import SqliteStore
+    spec = SampleSpec(Windows(mode="count", long_count=20, short_count=5), Caps(long_cap=20, short_cap=5))
+    with pytest.raises(ConfigError, match="online scoring serves time-mode windows"):
+        export_ubt(None, str(tmp_path), "2024-06-30", spec, SqliteStore(tmp_path / "s.sqlite", create=True))
