@@ -52,12 +52,17 @@ def rows_as_lists(batch: Mapping[str, np.ndarray], n: int) -> pd.DataFrame:
 
 def score(model, rows: pd.DataFrame) -> np.ndarray:
     """Click probabilities of ``rows`` (samples rows, sequences as lists) by ``model``."""
-    import torch
     columns = list(model.input_columns)
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise ValueError(f"the rows lack the samples column(s) the model reads: {missing}")
-    batch = dense_batch(rows, columns)
+    return score_batch(model, dense_batch(rows, columns))
+
+
+def score_batch(model, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Click probabilities of a dense batch (the model's input columns as padded arrays) by ``model``."""
+    import torch
     with torch.no_grad():
-        logits = model.eval()({c: torch.from_numpy(v) for c, v in batch.items()})["logit"]
+        tensors = {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in model.input_columns}
+        logits = model.eval()(tensors)["logit"]
     return torch.sigmoid(logits.double()).numpy()

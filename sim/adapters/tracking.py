@@ -227,6 +227,22 @@ def log_scoring_model(model, example: Mapping[str, Any], name: str = "model", ro
     return info.model_uri
 
 
+def load_scoring_model(model_uri: str, uri: str | None = None):
+    """The torch model of a logged ``SamplesScorer`` pyfunc (:func:`log_scoring_model`; ``model_uri``
+    as the run's ``model_uri`` tag says, or ``runs:/<run id>/model``), loaded through MLflow from
+    tracking store ``uri``: what the online scorer (sim.serving) runs, the same module as the pyfunc's
+    ``predict``."""
+    import mlflow.pyfunc
+    configure(uri)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+
+
+def run_tag(run_id: str, key: str, uri: str | None = None) -> str | None:
+    """A tag of a run (e.g. ``model_uri``), None if it has none."""
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(resolve_tracking_uri(uri)).get_run(run_id).data.tags.get(key)
+
+
 def search_runs(experiments: list[str], uri: str | None = None, filter_string: str = ""):
     """Runs of the named experiments as a pandas DataFrame (MLflow's own search_runs)."""
     import mlflow

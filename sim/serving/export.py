@@ -1,0 +1,98 @@
+"""The export job: UBT(D) from the lakehouse into the serving store, then the switch to it.
+
+Reads the version of the ``ubt`` table the nightly run for D committed (Delta time travel, as the
+samples job reads UBT(D-1)), restricted to the window the requests of D + 1 see, and writes per
+(user, category) the key's newest ``caps.hard_k`` behaviors and per user the newest behaviors across
+categories (:func:`sim.samples.transforms.user_recent`, the samples job's own function), the user's
+window count and the times of the window's first day (read from ``behaviors``, as the samples job
+does). Only when every row is written does the store switch to the snapshot (sim.serving.store).
+
+Also the micro-batch of the append path: :func:`append_day` loads the behaviors of one date into the
+store (replacing that date's), for the requests of that date.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from sim.adapters.delta_io import read_table, require_table, table_path, version_for_date
+from sim.config import ConfigError
+from sim.samples.contract import SampleSpec
+from sim.samples.transforms import user_recent
+from sim.serving.store import CategoryRecord, SnapshotInfo, SnapshotStore, UserRecord
+from sim.ubt.dates import parse_date, shift_date, window_start_ts
+from sim.ubt.settings import JOB as UBT_JOB
+from sim.ubt.transforms import in_window_rows, missing_key, ts_outside_dt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    date: str
+    ubt_version: int
+    users: int
+    keys: int
+    snapshot: SnapshotInfo
+
+
+def export_ubt(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec, store: SnapshotStore
+               ) -> ExportResult:
+    """Write UBT(``date``) into ``store`` and make it the current snapshot (for requests of date + 1)."""
+    date = parse_date(date).isoformat()
+    w, c = spec.windows, spec.caps
+    if w.mode != "time":
+        raise ConfigError("online scoring serves time-mode windows (UBT(D-1) + the day's behaviors); "
+                          "windows.mode=count replays finished logs and has no serving path")
+    ubt_path = table_path(lakehouse, "ubt")
+    require_table(spark, ubt_path, f"run `jobs/build_ubt.py --date {date}` first")
+    version = version_for_date(spark, ubt_path, UBT_JOB, date)
+    if version is None:
+        raise ConfigError(f"UBT({date}) was never built at {ubt_path}: run `jobs/build_ubt.py --date {date}` "
+                          "(or with --backfill FROM) first")
+    # What the samples job does with UBT(D-1) for the impressions of D = date + 1.
+    rows = in_window_rows(read_table(spark, ubt_path, version), window_start_ts(w, date))
+    safe_from = window_start_ts(w, shift_date(date, 1))
+    recent = user_recent(rows, spec.recent_n, safe_from)
+    first_day = shift_date(date, 1 - w.long_days)
+    behaviors = read_table(spark, table_path(lakehouse, "behaviors")).where(~missing_key())
+    first = (behaviors.where(F.col("dt") == first_day).groupBy(F.col("user_id").cast("long").alias("user_id"))
+             .agg(F.collect_list(F.col("ts").cast("long")).alias("first_day_ts")))
+    users = recent.join(first, "user_id", "full_outer")
+    tops = F.flatten(F.collect_list(F.slice("behaviors", 1, c.hard_k)))
+    keys = (rows.groupBy("user_id", "category_id")
+            .agg(F.max("last_ts").alias("last_ts"), F.slice(F.sort_array(tops, asc=False), 1, c.hard_k).alias("_top"))
+            .select("user_id", "category_id", "last_ts", F.transform("_top", lambda b: b["ts"]).alias("ts"),
+                    F.transform("_top", lambda b: b["item_id"]).alias("items")))
+    meta = {"ubt_version": version, "lakehouse": lakehouse, "settings": spec.settings}
+    writer = store.new_snapshot(date, meta)
+
+    def arr(v) -> np.ndarray:
+        return np.asarray(v if v is not None else [], dtype=np.int64)
+
+    n_users = writer.put_users(
+        (r.user_id, UserRecord(arr(r.r_ts), arr(r.r_items), arr(r.r_cats), int(r.ubt_count or 0),
+                               arr(r.first_day_ts)))
+        for r in users.toLocalIterator())
+    n_keys = writer.put_categories(
+        (r.user_id, r.category_id, CategoryRecord(arr(r.ts), arr(r.items), int(r.last_ts)))
+        for r in keys.toLocalIterator())
+    info = writer.switch()
+    log.info("export_ubt %s: UBT version %s -> %s: %d users, %d keys", date, version, store.name, n_users, n_keys)
+    return ExportResult(date, version, n_users, n_keys, info)
+
+
+def append_day(spark: SparkSession, lakehouse: str, date: str, store: SnapshotStore) -> int:
+    """The micro-batch of the append path: the behaviors of ``date`` (those the samples job reads:
+    with ids and time) into ``store``, replacing what it held for that date. Returns the rows loaded."""
+    date = parse_date(date).isoformat()
+    path = table_path(lakehouse, "behaviors")
+    require_table(spark, path, "run jobs/generate_logs.py or jobs/import_dataset.py first")
+    # A row whose time is not of its date is rejected by the importers; it has no day to be served on.
+    day = (read_table(spark, path).where((F.col("dt") == date) & ~missing_key() & ~ts_outside_dt())
+           .select(*[F.col(x).cast("long") for x in ("user_id", "ts", "item_id", "category_id")]))
+    return store.load_day(date, ((r[0], r[1], r[2], r[3]) for r in day.toLocalIterator()))

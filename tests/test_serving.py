@@ -1,0 +1,335 @@
+"""Online scoring from the UBT (sim.serving): the snapshot export, the request -> samples rows, the HTTP
+service, and the point of it all: for every impression of a test date the service's score equals the
+score the training run logged for it (test_predictions.parquet), for din, sim_hard and sim_hard_time.
+
+The tiny pipeline (conftest.tiny_pipeline) has UBT(06-30) and the samples of 06-30 and 07-01: the
+models train on 06-30 and are scored on 07-01 (validation and test both on 07-01: the experiment config
+refuses overlapping splits, so the test date is set on the loaded config; the one epoch needs no pick).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, free_port, subprocess_env
+
+TEST_DATE = "2024-07-01"
+SNAPSHOT = "2024-06-30"
+TINY = ["model.emb_dim=4", "model.item_buckets=101", "model.category_buckets=11", "model.mlp_dims=[16,8]",
+        "train.batch_size=16", "train.eval_batch_size=7", "train.threads=1", "train.epochs=1",
+        "train.patience=0", "train.loader_workers=1", "train.length_buckets=0"]
+MODELS = ("din", "sim_hard", "sim_hard_time")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class ThreadServer:
+    """uvicorn serving ``app`` on 127.0.0.1:``port`` in a thread of this process (real HTTP)."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the service exited {proc.returncode}: {proc.stderr.read()[-4000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the service did not listen on {port} within {timeout} s")
+
+
+def train_in_process(lake: Path, tmp: Path, expid: str, uri: str) -> str:
+    """One epoch of ``expid`` on the tiny samples, tracked to ``uri``; returns the run id."""
+    from sim.adapters import tracking
+    from sim.config.experiment import load_experiment
+    from sim.training.loop import train
+    cfg = load_experiment(ROOT / "conf/experiments.yaml", expid, [
+        *TINY, f"lakehouse={lake}", f"tracking_uri={uri}", "experiment=serving",
+        f"train.checkpoint_dir={tmp / 'ckpt'}", "train_dates=[2024-06-30,2024-06-30]",
+        "valid_dates=[2024-07-01,2024-07-01]", "test_dates=[2024-07-02,2024-07-02]"])
+    cfg["test_dates"] = [TEST_DATE, TEST_DATE]  # see the module docstring
+    train(cfg)
+    runs = tracking.search_runs(["serving"], uri=uri, filter_string=f"tags.mlflow.runName = '{expid}'")
+    return runs.sort_values("start_time").iloc[-1].run_id
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def exported(spark, tiny_pipeline, tmp_path_factory):
+    """UBT(06-30) of the tiny pipeline exported into a store, the behaviors of 07-01 loaded by the
+    micro-batch of the append path."""
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import append_day, export_ubt
+    from sim.serving.store import SqliteStore
+    from helpers.tiny_data import TINY_PIPELINE
+    spec = SampleSpec.from_conf(load_pipeline_conf(overrides=TINY_PIPELINE))
+    path = tmp_path_factory.mktemp("serving") / "ubt.sqlite"
+    store = SqliteStore(path, create=True)
+    result = export_ubt(spark, str(tiny_pipeline.full), SNAPSHOT, spec, store)
+    loaded = append_day(spark, str(tiny_pipeline.full), TEST_DATE, store)
+    assert result.users > 0 and result.keys > 0 and loaded > 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_impressions(spark, tiny_pipeline) -> pd.DataFrame:
+    """The samples rows of the test date (sequences as arrays)."""
+    from sim.adapters.delta_io import read_table
+    from sim.formats.packing import unpack_frame
+    df = read_table(spark, str(tiny_pipeline.full / "samples")).where(f"dt = '{TEST_DATE}'").toPandas()
+    return unpack_frame(df).sort_values("impression_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_pipeline, tmp_path_factory) -> dict:
+    """din, sim_hard and sim_hard_time trained one epoch each, tracked to a SQLite MLflow store:
+    {expid: (run id, model uri)} and the tracking URI."""
+    from sim.adapters import tracking
+    tmp = tmp_path_factory.mktemp("serving-runs")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = {}
+    for expid in MODELS:
+        run_id = train_in_process(tiny_pipeline.full, tmp, expid, uri)
+        out[expid] = (run_id, tracking.run_tag(run_id, "model_uri", uri))
+    return {"uri": uri, "runs": out}
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_time_gap_buckets_in_numpy_follow_the_samples_rule():
+    """1 + min(n - 2, floor(r * log2(1 + hours))) in integers (the rule the Spark expression is tested
+    against in tests/test_samples.py), at every whole hour up to past the last boundary."""
+    from sim.config.pipeline import time_gap_index
+    from sim.serving.rows import time_gap_bucket
+    near = {(1 << j) + d for j in range(46) for d in (-2, -1, 0, 1)}  # the boundaries of r = 1
+    near |= {int(np.ceil(2 ** (k / r))) + d for r in (3, 4) for k in range(63) for d in (-2, -1, 0)}
+    hours = np.asarray(sorted({h for h in near if h >= 0} | set(range(20_000))), dtype=np.int64)
+    gaps = np.concatenate([hours * 3600, hours * 3600 + 3599])
+    for n, r in ((64, 1), (64, 4), (20, 1), (40, 3), (100, 1)):
+        want = np.asarray([1 + min(n - 2, time_gap_index(int(g) // 3600, r)) for g in gaps])
+        assert np.array_equal(time_gap_bucket(gaps, n, r), want), (n, r)
+
+
+def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(tmp_path):
+    """Readers in threads while snapshots of ten dates are exported one after the other: every read sees
+    one snapshot whole (each record of a snapshot carries its date), never a key of another."""
+    from sim.serving.store import CategoryRecord, SqliteStore, StoreUnavailable, UserRecord
+    from sim.ubt.dates import epoch_day, shift_date
+    path = tmp_path / "ubt.sqlite"
+    store = SqliteStore(path, create=True)
+    users, cats = 30, 20
+    dates = [shift_date("2024-06-01", i) for i in range(10)]
+
+    def export(date: str) -> None:
+        day = epoch_day(date)
+        w = store.new_snapshot(date, {"settings": {}})
+        w.put_users((u, UserRecord(np.full(5, day), np.arange(5), np.arange(5), day, np.zeros(0, np.int64)))
+                    for u in range(users))
+        w.put_categories((u, k, CategoryRecord(np.full(3, day), np.arange(3), day))
+                         for u in range(users) for k in range(cats))
+        w.switch()
+
+    export(dates[0])
+    seen, problems, done = set(), [], threading.Event()
+
+    def reader() -> None:
+        rs = SqliteStore(path)
+        rng = np.random.default_rng(threading.get_ident() % 1000)
+        while not done.is_set():
+            u = int(rng.integers(users))
+            try:
+                with rs.view() as v:
+                    day = epoch_day(v.info.date)
+                    got = {v.user(u).ubt_count, *(r.last_ts for r in v.categories(u, range(cats)).values())}
+                    seen.add(v.info.date)
+            except StoreUnavailable as e:
+                problems.append(str(e))
+                return
+            if got != {day}:
+                problems.append(f"snapshot {v.info.date}: user {u} read {sorted(got)}")
+        rs.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for d in dates[1:]:
+        export(d)
+    time.sleep(0.2)
+    done.set()
+    for t in threads:
+        t.join()
+    assert not problems, problems[:3]
+    assert len(seen) >= 3  # the readers did read across switches
+    assert store.current().date == dates[-1]
+    assert store.snapshot_dates() == dates[-2:]  # older snapshots dropped after the switch
+
+
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
+def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, spark):
+    """Each test-date impression rebuilt from the store (UBT(06-30) + the day's behaviors before its
+    time) is exactly its samples row: every sequence, length and d_category."""
+    from sim.formats.packing import PACKED_COLUMNS
+    from sim.serving.rows import RowSpec, build_rows
+    from sim.serving.service import request_date
+    from sim.serving.store import SqliteStore
+    store = SqliteStore(exported)
+    imp = test_impressions
+    mismatches = []
+    for (user, ts), group in imp.groupby(["user_id", "ts"]):
+        with store.view(request_date(ts)) as v:
+            assert v.info.date == SNAPSHOT
+            rows = build_rows(RowSpec.from_settings(v.info.meta["settings"]), user, ts, group.item_id,
+                              group.category_id, v.user(user), v.categories(user, group.category_id),
+                              v.behaviors_after(user, ts), impression_ids=group.impression_id).frame()
+        for (_, want), (_, got) in zip(group.iterrows(), rows.iterrows()):
+            for c in [*PACKED_COLUMNS, "short_len", "hard_len", "long_len", "d_category", "item_id", "category_id"]:
+                if not np.array_equal(np.asarray(want[c]), np.asarray(got[c])):
+                    mismatches.append((int(want.impression_id), c, list(np.asarray(want[c])), list(np.asarray(got[c]))))
+    assert not mismatches, mismatches[:5]
+    assert (imp.long_len > 0).any() and (imp.hard_len > 0).any() and (imp.short_len > 0).any()
+
+
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
+def test_the_service_scores_every_test_impression_as_the_run_logged_it(exported, test_impressions, runs, tmp_path):
+    """THE consistency test: through HTTP, for din, sim_hard and sim_hard_time, the score of every
+    impression of the test date equals the run's test_predictions.parquet score (1e-5). sim_hard is
+    served by the command line (`python -m sim.serving.service --run-id ...`, its own process), the
+    others by uvicorn in a thread of this process."""
+    from sim.adapters import tracking
+    from sim.serving.service import Scorer, create_app
+    from sim.serving.store import SqliteStore
+    uri = runs["uri"]
+    groups = list(test_impressions.groupby(["user_id", "ts"]))
+    for expid, (run_id, model_uri) in runs["runs"].items():
+        logged = pd.read_parquet(tracking.download_artifact(run_id, "test_predictions.parquet", uri))
+        assert set(logged.impression_id) == set(test_impressions.impression_id)
+        logged = logged.set_index("impression_id").score
+        if expid == "sim_hard":
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "sim.serving.service", "--run-id", run_id,
+                                     "--tracking-uri", uri, "--store", str(exported), "--port", str(port),
+                                     "--threads", "1"], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                wait_for_port(port, proc)
+                served = _score_all(f"http://127.0.0.1:{port}", groups)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        else:
+            scorer = Scorer(tracking.load_scoring_model(model_uri, uri), SqliteStore(exported), model_uri)
+            with ThreadServer(create_app(scorer), free_port()) as server:
+                served = _score_all(server.url, groups)
+        diff = {i: abs(s - logged[i]) for i, s in served.items()}
+        worst = max(diff, key=diff.get)
+        assert diff[worst] < 1e-5, f"{expid}: impression {worst} served {served[worst]}, logged {logged[worst]}"
+        assert len(served) == len(logged)
+
+
+def _score_all(url: str, groups) -> dict[int, float]:
+    out = {}
+    for (user, ts), g in groups:
+        status, body = post(f"{url}/score", {"user_id": int(user), "ts": int(ts), "candidates": [
+            {"item_id": int(i), "category_id": int(k)} for i, k in zip(g.item_id, g.category_id)]})
+        assert status == 200, body
+        assert body["snapshot_date"] == SNAPSHOT and body["stale"] is False
+        out.update({int(i): s for i, s in zip(g.impression_id, body["scores"])})
+    return out
+
+
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
+def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
+    """400 names the bad field; a stale snapshot is served and says its date; a request older than every
+    snapshot is refused (409); a missing store or one without a snapshot is a 503 naming it; an
+    appended behavior reaches the next request."""
+    from sim.adapters import tracking
+    from sim.serving.service import Scorer, create_app
+    from sim.serving.store import SqliteStore
+    _, model_uri = runs["runs"]["sim_hard_time"]
+    model = tracking.load_scoring_model(model_uri, runs["uri"])
+    copy = tmp_path / "ubt.sqlite"  # the append below must not reach the other tests' store
+    with sqlite3.connect(exported) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    ts = 1_719_800_000  # 2024-07-01 02:13 UTC
+    cand = [{"item_id": 5, "category_id": 3}]
+    with ThreadServer(create_app(Scorer(model, SqliteStore(copy), model_uri)), free_port()) as s:
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": [{"item_id": -4, "category_id": 3}]})
+        assert status == 400 and body["field"] == "candidates.0.item_id", body
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts})
+        assert status == 400 and body["field"] == "candidates", body
+        status, body = post(f"{s.url}/score", {"user_id": "x", "ts": ts, "candidates": cand})
+        assert status == 400 and body["field"] == "user_id", body
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts + 2 * 86400, "candidates": cand})
+        assert status == 200 and body["snapshot_date"] == SNAPSHOT and body["stale"] is True, body
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts - 86400, "candidates": cand})
+        assert status == 409 and "UBT(2024-06-29)" in body["error"], body
+        # The append path: a behavior of the candidate's category before t changes the score.
+        before = post(f"{s.url}/score", {"user_id": 1, "ts": ts + 3600, "candidates": cand})[1]["scores"]
+        status, body = post(f"{s.url}/behaviors", {"user_id": 1, "behaviors": [
+            {"ts": ts + 60, "item_id": 5, "category_id": 3}]})
+        assert status == 200 and body["appended"] == 1
+        after = post(f"{s.url}/score", {"user_id": 1, "ts": ts + 3600, "candidates": cand})[1]["scores"]
+        assert after != before
+        for f in tmp_path.glob("ubt.sqlite*"):  # the store goes away under the running service
+            f.unlink()
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+        assert status == 503 and str(copy) in body["error"] and "does not exist" in body["error"], body
+    missing = tmp_path / "nowhere" / "ubt.sqlite"
+    empty = tmp_path / "empty.sqlite"
+    SqliteStore(empty, create=True)
+    for path, says in ((missing, "does not exist"), (empty, "holds no snapshot")):
+        with ThreadServer(create_app(Scorer(model, SqliteStore(path), model_uri)), free_port()) as s:
+            status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+            assert status == 503 and str(path) in body["error"] and says in body["error"], body
+
+
+def test_export_refuses_count_mode_saying_why(tmp_path):
+    """Count mode replays finished logs (no UBT(D-1) + the day's behaviors): no serving path, said before
+    any Spark work."""
+    from sim.config import Caps, ConfigError, Windows
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import export_ubt
+    from sim.serving.store import SqliteStore
+    spec = SampleSpec(Windows(mode="count", long_count=20, short_count=5), Caps(long_cap=20, short_cap=5))
+    with pytest.raises(ConfigError, match="online scoring serves time-mode windows"):
+        export_ubt(None, str(tmp_path), "2024-06-30", spec, SqliteStore(tmp_path / "s.sqlite", create=True))
