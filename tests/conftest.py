@@ -28,7 +28,8 @@ VENV_BIN = Path(sys.executable).parent
 # of tests per file) is turned off: it put the two-test test_nightly_jobs.py last.
 SLOW_FILES_FIRST = ("test_cluster.py", "test_end_to_end.py", "test_nightly_jobs.py", "test_train.py",
                     "test_object_storage.py", "test_importers.py", "test_samples.py", "test_ubt.py", "test_foundation.py", "test_compare.py",
-                    "test_samples_join.py", "test_generator.py")
+                    "test_serving.py", "test_own_logs.py", "test_nightly_command.py", "test_samples_join.py",
+                    "test_generator.py")
 
 
 def pytest_configure(config):
@@ -96,14 +97,15 @@ class TinyPipeline:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(spark, tmp_path_factory, worker_id) -> TinyPipeline:
+def tiny_pipeline(spark, tmp_path_factory, request) -> TinyPipeline:
     """generate_logs -> build_ubt -> build_samples on ``helpers.tiny_data.TINY_PIPELINE``, the jobs'
     functions with the jobs' config, once per test run: the pytest-xdist workers share it (the first
     that needs it builds it under a file lock in their common temporary directory; the others wait
     and read it)."""
     from filelock import FileLock
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if worker_id != "master" else base) / "tiny-pipeline"
+    xdist_worker = hasattr(request.config, "workerinput")  # without xdist (or -n 0): this process alone
+    root = (base.parent if xdist_worker else base) / "tiny-pipeline"
     out = TinyPipeline(ubt_d0=root / "ubt_d0" / "lakehouse", full=root / "full" / "lakehouse")
     root.mkdir(exist_ok=True)
     with FileLock(str(root) + ".lock"):
