@@ -213,7 +213,7 @@ def training_samples_per_s(expid: str, batches: list, warmup: int = 2, passes: i
     from sim.config.experiment import load_experiment
     from sim.models import build_model
     from sim.training.experiment import _to_tensors
-    from sim.training.loop import make_optimizer
+    from sim.training.optim import make_optimizer
 
     cfg = load_experiment(ROOT / "conf/experiments.yaml", expid)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run
-from sim.reporting import compare
+from sim.reporting import compare, d_category
 from sim.adapters import tracking
 
 
@@ -225,7 +225,7 @@ def test_runs_that_differ_in_what_decides_the_result_are_never_averaged(tmp_path
         runs = preds[(model, procs, "t0", "3,4,5,6")]
         assert d.loc[(col, row), "runs"] == 2
         assert d.loc[(col, row), "avg_d_category"] == pytest.approx(
-            np.mean([compare.d_category_stats(p)["avg_d_category"] for p in runs]))
+            np.mean([d_category.d_category_stats(p)["avg_d_category"] for p in runs]))
     lines = [ln for ln in compare.format_d_category_table(res["d_category_table"]).splitlines()
              if "sim_soft [np 1]" in ln]
     assert len(lines) == 1 and lines[0].split()[-4] == "2"  # n, then the three figures

@@ -292,7 +292,7 @@ def test_the_per_process_batch_and_learning_rate_rule():
     none keeps lr and counts the decay in optimizer steps; linear (Horovod's rule) warms up from lr to
     lr * N and counts the decay in batches of batch_size rows; with one process both are today's rule."""
     from sim.config.experiment import load_experiment
-    from sim.training.loop import lr_schedule
+    from sim.training.optim import lr_schedule
     t = load_experiment(ROOT / "conf/experiments.yaml", "din")["train"]
     rate, steps = t["lr_decay_rate"], t["lr_decay_steps"]
     assert t["lr_scaling"] == "none"  # the default: runs train as they always did

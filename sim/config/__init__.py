@@ -13,12 +13,12 @@ typed default: a test walks both trees key by key (tests/test_config.py), so cha
 changing it in the class and in the YAML together. Keys the YAML leaves out take the typed default.
 """
 from sim.config.base import (PROJECT_ROOT, ConfigError, IsoDate, Settings, apply_overrides, deep_merge,
-                             describe, load_yaml, parse_overrides, set_dotted)
+                             describe, load_yaml, parse_date, parse_overrides, set_dotted)
 from sim.config.pipeline import (DEFAULT_PIPELINE_CONF, Caps, GeneratorConfig, PipelineConfig, Retention,
                                  SparkSettings, TruthConfig, ValidationSettings, Windows, check_caps_fit,
                                  load_pipeline_conf)
 
 __all__ = ["PROJECT_ROOT", "ConfigError", "IsoDate", "Settings", "apply_overrides", "deep_merge", "describe",
-           "load_yaml", "parse_overrides", "set_dotted", "DEFAULT_PIPELINE_CONF", "Caps", "GeneratorConfig",
+           "load_yaml", "parse_date", "parse_overrides", "set_dotted", "DEFAULT_PIPELINE_CONF", "Caps", "GeneratorConfig",
            "PipelineConfig", "Retention", "SparkSettings", "TruthConfig", "ValidationSettings", "Windows",
            "check_caps_fit", "load_pipeline_conf"]

@@ -25,6 +25,14 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message says what to change."""
 
 
+def parse_date(date: str) -> _dt.date:
+    """An ISO date (yyyy-MM-dd) of a command line or config; anything else is a :class:`ConfigError`."""
+    try:
+        return _dt.date.fromisoformat(date)
+    except ValueError as e:
+        raise ConfigError(f"date {date!r} must look like yyyy-MM-dd") from e
+
+
 # ----------------------------------------------------------------------------------- typed settings
 def _known_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     """The keys a settings class accepts at ``loc`` (the path of the unknown key's parent)."""

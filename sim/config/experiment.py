@@ -38,7 +38,7 @@ class TrainSettings(Settings):
 
     Per-process semantics (Horovod): ``batch_size`` is the rows of one process's batch, so an optimizer
     step with N processes (``--np N``) averages the gradients of ``N * batch_size`` rows and an epoch takes
-    1/N of the steps. ``lr_scaling`` says what follows from that (:func:`sim.training.loop.lr_schedule`):
+    1/N of the steps. ``lr_scaling`` says what follows from that (:func:`sim.training.optim.lr_schedule`):
     ``none`` (the default) keeps ``lr`` and counts the decay in optimizer steps whatever N is (runs with
     other N are other experiments, and sim.compare keeps them apart); ``linear`` is Horovod's rule: the
     rate is ``lr * N``, reached by a linear warm-up from ``lr`` over ``lr_warmup_epochs`` epochs, and the

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from sim.adapters.delta_io import Commit, job_commits, table_path
 from sim.adapters.lineage import fingerprint, run_changes, run_record
-from sim.config import ConfigError
+from sim.config import ConfigError, parse_date
 from sim.inputs import LOGS_JOB
 from sim.inputs.canonical import (BEHAVIORS_TABLE, IMPRESSIONS_TABLE, to_behaviors, to_impressions, to_rejects,
                                   write_log_table)
@@ -39,7 +39,6 @@ from sim.inputs.ingest import CheckedInput, IngestReport, check_input, enforce_r
 from sim.inputs.rejects import REJECTS_TABLE, write_rejects
 from sim.inputs.validation import (MALFORMED, PROBABILITY_COLS, ValidationError, classify_behaviors,
                                    classify_impressions)
-from sim.ubt.dates import parse_date
 
 log = logging.getLogger(__name__)
 

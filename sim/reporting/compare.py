@@ -29,6 +29,7 @@ per column (one dataset's test data). Runs logged before these keys show ``unrec
     python -m sim.compare --experiment sim-synthetic [--tracking-uri URI] [--out compare_out]
 
 The figures and the tables are written to ``--out`` and logged to a ``comparison`` run of the experiment.
+Which runs form a group: :mod:`sim.reporting.runs`; Figure 4 and Table 6: :mod:`sim.reporting.d_category`.
 """
 from __future__ import annotations
 
@@ -42,15 +43,13 @@ import numpy as np
 import pandas as pd
 
 from sim.adapters import tracking
+from sim.reporting.d_category import _d_category_figure, d_category_table
+from sim.reporting.runs import (COLUMN_KEY, GROUP, KEY, KEY_LEGEND, LABEL_PARTS, _groups, _metric, _order,
+                                _sorted, finished_runs)
 from sim.training.diagnostics import DIAGNOSTICS
 
 log = logging.getLogger("sim.compare")
 
-D_CATEGORY_BINS = [(-1, -1, "none"), (0, 7, "0-7"), (8, 14, "8-14"), (15, 30, "15-30"),
-                   (31, 60, "31-60"), (61, 90, "61-90"), (91, 180, "91-180"), (181, 10**9, ">180")]
-MODEL_ORDER = ("din", "dien", "avgpool_long_din", "mimn", "gsu_only_hard", "gsu_only_soft", "sim_hard",
-               "sim_hard_time", "sim_soft", "sim_soft_time")
-# Reference rows: (run metric, label). Not models: the same figure for every run of a test set.
 REFERENCES = (("oracle_auc", "oracle p_click"), ("oracle_short_auc", "oracle p_click_short"),
               ("popularity_auc", "item popularity"), ("gbdt_auc", "gradient boosting on counts"))
 # Statistics of a dataset's test rows, printed under the references: (run metric, label, format).
@@ -87,128 +86,6 @@ PAPER_TABLES = (
         ("DIEN", "dien"), ("MIMN", "mimn"), ("SIM (hard)", "sim_hard"), ("SIM (soft)", "sim_soft"),
         ("SIM (hard) with timeinfo", "sim_hard_time"))),
 )
-
-
-UNRECORDED = "unrecorded"
-# What makes runs comparable, as sim.training logs it (the ``comparison.*`` params,
-# :mod:`sim.training.comparability`): a column of the tables is one dataset's data (the same samples
-# commits, split dates and data settings), a row one experiment id trained alike (model and training
-# settings, processes). Runs are averaged only within one group: one column and one row.
-COLUMN_KEY = ["dataset", "data_hash", "samples_versions"]
-ROW_KEY = ["model", "model_hash", "train_hash", "processes"]
-GROUP = COLUMN_KEY + ROW_KEY
-# The labels of a group's column and row in the printed tables: the dataset and the expid, with the keys
-# that tell them apart in brackets where one dataset or expid has more than one group.
-KEY = ["column", "row"]
-LABEL_PARTS = {"column": ("dataset", (("samples_versions", "samples {}"), ("data_hash", "data {}"))),
-               "row": ("model", (("processes", "np {}"), ("train_hash", "train {}"), ("model_hash", "model {}")))}
-KEY_LEGEND = ("[...]: what tells apart runs never averaged together: np = processes, samples = the versions of "
-              "the samples commits read, train / model / data = hashes of the settings (MLflow params "
-              "comparison.*); n = seeds averaged")
-
-
-def _param(runs: pd.DataFrame, name: str) -> pd.Series:
-    """``params.<name>`` of each run, NaN where not logged (or logged empty)."""
-    col = f"params.{name}"
-    if col not in runs:
-        return pd.Series(np.nan, index=runs.index, dtype=object)
-    return runs[col].where(runs[col].notna() & (runs[col].astype(str) != ""), np.nan)
-
-
-def _dataset_name(label, derived) -> str:
-    """The dataset a run is shown and grouped under: the one training derived from the samples' commits,
-    with the config's ``dataset`` label beside it when that says something else; a run logged before
-    the derivation shows its label marked unrecorded."""
-    label = None if pd.isna(label) else str(label)
-    if pd.isna(derived):
-        return f"{label} ({UNRECORDED})" if label else UNRECORDED
-    return str(derived) if not label or label == derived else f"{label} ({derived})"
-
-
-def finished_runs(experiment: str, uri: str | None = None) -> pd.DataFrame:
-    """Finished training runs (those with a test AUC) of ``experiment``, with the keys they are grouped
-    by (:data:`GROUP`; ``unrecorded`` where a run logged before them lacks one) and their labels
-    (:data:`KEY`); of the runs of one group and seed only the latest (a re-run is not another seed)."""
-    runs = tracking.search_runs([experiment], uri=uri)
-    if runs.empty or "metrics.auc" not in runs:
-        return pd.DataFrame()
-    runs = runs[(runs["status"] == "FINISHED") & runs["metrics.auc"].notna()].copy()
-    # A row per experiment id (conf/experiments.yaml): the paper's forms run under their model names, a
-    # variant of a model (count features, a search prior) under its own id, so the two never pool. Runs
-    # logged without an expid fall back to the model name.
-    runs["model"] = _param(runs, "expid").fillna(_param(runs, "model.name")).astype(str)
-    runs["dataset"] = [_dataset_name(lbl, d) for lbl, d in zip(_param(runs, "dataset"),
-                                                               _param(runs, "comparison.dataset"))]
-    runs["data_hash"] = _param(runs, "comparison.data_hash").fillna(UNRECORDED)
-    # Runs logged before the versions of the commits read: the snapshot version they read.
-    runs["samples_versions"] = (_param(runs, "comparison.samples_versions")
-                                .fillna(_param(runs, "data.samples_version")).fillna(UNRECORDED))
-    runs["model_hash"] = _param(runs, "comparison.model_hash").fillna(UNRECORDED)
-    runs["train_hash"] = _param(runs, "comparison.train_hash").fillna(UNRECORDED)
-    runs["processes"] = (_param(runs, "comparison.processes").fillna(_param(runs, "horovod.size"))
-                         .fillna(UNRECORDED))
-    runs["seed"] = _param(runs, "train.seed").fillna("")
-    for c in GROUP:
-        runs[c] = runs[c].astype(str)
-    runs = runs.sort_values("start_time")
-    seeded = runs.seed != ""
-    repeats = seeded & runs.duplicated(GROUP + ["seed"], keep="last")
-    if repeats.any():
-        log.warning("%d earlier run(s) of a seed already run in the same group left out (the latest counts): %s",
-                    int(repeats.sum()), ", ".join(runs.run_id[repeats]))
-    return _with_labels(runs[~repeats].reset_index(drop=True))
-
-
-def _samples_label(versions: str) -> str:
-    """``3,4,5,7`` as ``3-5,7``."""
-    try:
-        vs = sorted(int(v) for v in versions.split(","))
-    except ValueError:
-        return versions
-    spans: list[list[int]] = []
-    for v in vs:
-        if spans and v == spans[-1][1] + 1:
-            spans[-1][1] = v
-        else:
-            spans.append([v, v])
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
-
-
-def _with_labels(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with the labels of :data:`KEY`: the dataset (expid), followed in brackets by the keys
-    that differ between its groups when it has more than one."""
-    runs = runs.copy()
-    for label, (name, parts) in LABEL_PARTS.items():
-        out = runs[name].astype(str).copy()
-        for value, g in runs.groupby(name, sort=False):
-            varying = [(c, fmt) for c, fmt in parts if g[c].nunique() > 1]
-            if varying:
-                out[g.index] = [f"{value} [" + ", ".join(
-                    fmt.format(_samples_label(r[c]) if c == "samples_versions" else r[c]) for c, fmt in varying) + "]"
-                    for _, r in g.iterrows()]
-        runs[label] = out
-    return runs
-
-
-def _order(models) -> list[str]:
-    known = [m for m in MODEL_ORDER if m in set(models)]
-    return known + sorted(set(models) - set(known))
-
-
-def _sorted(table: pd.DataFrame) -> pd.DataFrame:
-    """By column label, then model in the paper's order, then row label."""
-    order = {m: i for i, m in enumerate(_order(table.model))}
-    return (table.assign(_m=table.model.map(order)).sort_values(["column", "_m", "row"], kind="stable")
-            .drop(columns="_m").reset_index(drop=True))
-
-
-def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
-    col = f"metrics.{name}"
-    return runs[col] if col in runs else pd.Series(np.nan, index=runs.index)
-
-
-def _groups(frame: pd.DataFrame, by: list[str]):
-    return frame.groupby(by, sort=False, dropna=False)
 
 
 def auc_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -404,33 +281,6 @@ def format_diagnostics_table(diag: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run_predictions(run_id: str, uri: str | None = None) -> pd.DataFrame:
-    return pd.read_parquet(tracking.download_artifact(run_id, "test_predictions.parquet", uri=uri))
-
-
-def top_clicked(pred: pd.DataFrame, top_fraction: float = 0.2) -> pd.DataFrame:
-    """Clicked impressions among the ``top_fraction`` of impressions the model scores highest."""
-    cut = pred.score.quantile(1 - top_fraction)
-    return pred[(pred.score >= cut) & (pred.label == 1)]
-
-
-def d_category_stats(pred: pd.DataFrame, top_fraction: float = 0.2) -> dict[str, float]:
-    """Table 6: average d_category and p(d_category > -1) over the top-scored clicked impressions."""
-    top = top_clicked(pred, top_fraction)
-    d = top.d_category.to_numpy()
-    return {"avg_d_category": float(d[d >= 0].mean()) if (d >= 0).any() else float("nan"),
-            "p_d_category_gt_-1": float((d > -1).mean()) if len(d) else float("nan"),
-            "clicked_in_top": float(len(d))}
-
-
-def d_category_distribution(pred: pd.DataFrame, top_fraction: float = 0.2) -> pd.Series:
-    top = top_clicked(pred, top_fraction)
-    counts = {label: int(((top.d_category >= lo) & (top.d_category <= hi)).sum())
-              for lo, hi, label in D_CATEGORY_BINS}
-    s = pd.Series(counts, dtype=float)
-    return s / s.sum() if s.sum() else s
-
-
 def _learning_curves(runs: pd.DataFrame, experiment: str, uri: str | None, plt):
     """A panel per column, a line per group: validation AUC per epoch, mean over the group's runs."""
     columns = sorted(dict.fromkeys(runs.column))
@@ -449,45 +299,6 @@ def _learning_curves(runs: pd.DataFrame, experiment: str, uri: str | None, plt):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _d_category_figure(dist: dict[tuple[str, str], pd.Series], top_fraction: float, plt):
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    labels = [b[2] for b in D_CATEGORY_BINS]
-    width = 0.8 / max(1, len(dist))
-    for i, key in enumerate(dist):
-        ax.bar(np.arange(len(labels)) + i * width, dist[key].reindex(labels).to_numpy(), width,
-               label="/".join(key))
-    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
-    ax.set_xlabel("d_category (days)")
-    ax.set_ylabel(f"share of clicked impressions in top {int(top_fraction * 100)}%")
-    ax.set_title("d_category of top-scored clicks (paper Fig. 4)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def d_category_table(runs: pd.DataFrame, uri: str | None = None, top_fraction: float = 0.2
-                     ) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.Series]]:
-    """Figure 4 and Table 6 per group, from the test predictions of each of its runs: the statistics
-    and the distribution of each run, mean over the group's runs (``runs``: those that logged
-    predictions). Returns the table and the distributions by (column, row)."""
-    stats, dists = [], {}
-    for _, r in runs.iterrows():
-        try:
-            pred = run_predictions(r.run_id, uri)
-        except Exception as e:  # an older run without predictions: say so, keep comparing the rest
-            log.warning("run %s (%s) has no test predictions: %s", r.run_id, r.model, e)
-            continue
-        key = (r.column, r.row)
-        dists.setdefault(key, []).append(d_category_distribution(pred, top_fraction))
-        stats.append({**{k: r[k] for k in GROUP + KEY}, **d_category_stats(pred, top_fraction)})
-    if not stats:
-        return pd.DataFrame(), {}
-    g = _groups(pd.DataFrame(stats), GROUP + KEY)
-    names = ["avg_d_category", "p_d_category_gt_-1", "clicked_in_top"]
-    table = pd.concat([g[names].mean(), g.size().rename("runs")], axis=1).reset_index()
-    return _sorted(table), {k: pd.concat(v, axis=1).mean(axis=1) for k, v in dists.items()}
 
 
 def compare(experiment: str, uri: str | None = None, out_dir: str | Path = "compare_out",

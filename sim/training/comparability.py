@@ -19,7 +19,7 @@ them agree:
   over; threads, paths, read-ahead, device, the evaluation batch and fault injection do not decide the
   figures);
 - ``comparison.processes``: the Horovod processes (``train.batch_size`` is per process, so the number of
-  processes changes the batches: :func:`sim.training.loop.lr_schedule`).
+  processes changes the batches: :func:`sim.training.optim.lr_schedule`).
 """
 from __future__ import annotations
 

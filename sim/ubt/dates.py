@@ -8,20 +8,13 @@ import logging
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from sim.config import ConfigError
+from sim.config import ConfigError, parse_date  # noqa: F401 - parse_date: the jobs' import of it
 from sim.ubt.settings import SECONDS_PER_DAY, Windows
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ dates
-def parse_date(date: str) -> _dt.date:
-    try:
-        return _dt.date.fromisoformat(date)
-    except ValueError as e:
-        raise ConfigError(f"date {date!r} must look like yyyy-MM-dd") from e
-
-
 def shift_date(date: str, days: int) -> str:
     return (parse_date(date) + _dt.timedelta(days=days)).isoformat()
 
