@@ -22,7 +22,7 @@ from sim.adapters.tracking import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as r
 BENCH = Path(__file__).resolve().parent
 # The order `make bench` runs them in: the Spark benchmarks, then the loader and the models.
 BENCHES = ("bench_data", "bench_nightly", "bench_samples_join", "bench_loader", "bench_models", "bench_train",
-           "bench_serving")
+           "bench_serving", "bench_jvm")
 
 
 class MissingFigures(ValueError):

@@ -29,7 +29,7 @@ from typing import Mapping
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from sim.adapters import storage
+from sim.adapters import jvm_archive, storage
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,10 @@ def get_spark(app_name: str = "sim-pipeline", master: str | None = None,
         s3a = s3a_jars()
         for key in ("spark.driver.extraClassPath", "spark.executor.extraClassPath") if s3a else ():
             confs[key] = os.pathsep.join([p for p in (confs.get(key), *s3a) if p])
+        # The class-data archive of `make setup` (sim.adapters.jvm_archive), before the caller's options.
+        if archive := jvm_archive.driver_options():
+            key = "spark.driver.extraJavaOptions"
+            confs[key] = " ".join(o for o in (archive, confs.get(key)) if o)
     for key, value in confs.items():
         builder = builder.config(key, value)
     # Whether the driver JVM runs already (spark-submit started it, or an earlier session of this process)

@@ -297,6 +297,7 @@ class LocalCluster:
         machine, so the same paths hold; on a real cluster the jars are installed on the nodes or passed
         with --jars). The AWS SDK bundle carries an slf4j 1 API ahead of Spark's on that class path,
         which silences the JVMs' logs: leave ``s3a`` off for a lakehouse on a shared file system."""
+        from sim.adapters import jvm_archive
         from sim.adapters.spark import delta_jars, s3a_jars
         jars = delta_jars()
         if not jars:
@@ -308,4 +309,7 @@ class LocalCluster:
                "--conf", f"spark.executor.extraJavaOptions={SHORT_JVM_OPTS}"]
         if s3a_path:
             cmd += ["--driver-class-path", s3a_path, "--conf", f"spark.executor.extraClassPath={s3a_path}"]
+            # The driver's class path is then the one of setup's class-data archive: it maps the archive.
+            if archive := jvm_archive.driver_options():
+                cmd += ["--driver-java-options", archive]
         return cmd + list(args)
