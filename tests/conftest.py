@@ -77,6 +77,7 @@ def subprocess_env(**extra: str) -> dict:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
+    from helpers.tiny_data import TINY_SPARK
     from sim.adapters.spark import get_spark
     warehouse = tmp_path_factory.mktemp("warehouse")
     s = get_spark("sim-tests", master="local[2]", conf={
@@ -84,6 +85,7 @@ def spark(tmp_path_factory):
         "spark.default.parallelism": "2",
         "spark.sql.warehouse.dir": str(warehouse),
         "spark.driver.memory": "3g",
+        **TINY_SPARK,
     })
     yield s
     s.stop()

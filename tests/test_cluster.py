@@ -26,7 +26,7 @@ import pytest
 
 from conftest import ROOT, run, subprocess_env
 from helpers.events import FileEvents
-from helpers.tiny_data import tiny_logs
+from helpers.tiny_data import TINY_SPARK_SETS, tiny_logs
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
 from sim.local.cluster import SHORT_JVM_OPTS, LocalCluster
 from test_ubt import rows_of
@@ -34,7 +34,7 @@ from test_ubt import rows_of
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Tiny demo data: 16 users, 18 days of history, impressions on the last 3 (train, validation, test).
-TINY = tiny_logs(16, 18, 3, 4) + ["spark.conf.spark.sql.codegen.wholeStage=false"]
+TINY = tiny_logs(16, 18, 3, 4) + TINY_SPARK_SETS
 
 
 # ------------------------------------------------------------------------- process groups, no servers

@@ -40,6 +40,7 @@ from conftest import free_port
 from helpers.readme import (BlockRun, port_free, readme_blocks, readme_commands, rule_for, run_block,
                             scratch_checkout, scratch_env, write_movielens)
 from helpers.servers import post_json, server
+from helpers.tiny_data import TINY_SPARK_SETS
 
 # Cold JVMs and two-rank trainings, one after the other; the machine that runs the tests may be busy.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -51,9 +52,8 @@ SMALL = ["generator.users=24", "generator.history_days=20", "generator.mean_beha
          "generator.topics=4", "validation.max_reject_ratio=0.5",
          "windows.long_days=10", "windows.short_days=3", "windows.long_count=40", "windows.short_count=10",
          "caps.long_cap=40", "caps.hard_k=20", "caps.short_cap=10",
-         # Tiny data: no whole-stage code generation, one partition (the JVMs: SHORT_JVM_OPTS).
-         "spark.conf.spark.driver.memory=1g", "spark.conf.spark.sql.codegen.wholeStage=false",
-         "spark.conf.spark.sql.shuffle.partitions=1", "spark.conf.spark.databricks.delta.snapshotPartitions=1"]
+         # Tiny data: no query compilation, one partition (the JVMs: SHORT_JVM_OPTS).
+         "spark.conf.spark.driver.memory=1g", "spark.conf.spark.sql.shuffle.partitions=1", *TINY_SPARK_SETS]
 ML_USERS = 30  # users of the small MovieLens in ./DIR; one target each: two impressions per user
 ML_RATINGS = 12  # ratings per user
 # Blocks that read and write nothing the others do (./DIR, ./lakehouse_ml-100k): run alongside them.

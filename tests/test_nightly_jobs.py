@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from conftest import ROOT, copy_lakehouse, run, spark_submit_cmd, subprocess_env
 from helpers.events import FileEvents
-from helpers.tiny_data import TINY_PIPELINE
+from helpers.tiny_data import TINY_PIPELINE, TINY_SPARK_SETS
 from sim.config import load_pipeline_conf
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
 from sim.samples.contract import SAMPLES_COLUMNS, with_sequence_arrays
@@ -33,10 +33,8 @@ from test_ubt import rows_of
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 # The session's tiny pipeline (8 users, 17 days of history, impressions on 06-30 and 07-01), its
-# settings passed to every job; tiny data: no whole-stage code generation, few partitions.
-SETS = TINY_PIPELINE + ["spark.conf.spark.sql.shuffle.partitions=2",
-                        "spark.conf.spark.databricks.delta.snapshotPartitions=2",
-                        "spark.conf.spark.sql.codegen.wholeStage=false"]
+# settings passed to every job; tiny data: few partitions, no query compilation (TINY_SPARK).
+SETS = TINY_PIPELINE + ["spark.conf.spark.sql.shuffle.partitions=2"] + TINY_SPARK_SETS
 CONF = load_pipeline_conf(overrides=SETS)
 WINDOWS, CAPS = CONF.windows, CONF.caps
 

@@ -2,6 +2,14 @@
 caps 20 / 10 / 5): what the object-storage and cluster tests run their jobs on."""
 from __future__ import annotations
 
+# Spark settings for tiny data, in the tests' session and in the jobs they run: on a few thousand rows,
+# compiling queries costs more CPU than it saves. Interpreted expressions (``factoryMode`` is Spark's own
+# switch for its tests), no whole-stage code generation, no adaptive re-planning, one partition for Delta's
+# log replay. None of them changes a result.
+TINY_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+              "spark.sql.adaptive.enabled": "false", "spark.databricks.delta.snapshotPartitions": "1"}
+TINY_SPARK_SETS = [f"spark.conf.{k}={v}" for k, v in TINY_SPARK.items()]  # as --set overrides
+
 
 def tiny_logs(users: int, history_days: int, impression_days: int, impressions_per_user_day: int) -> list[str]:
     return [f"generator.users={users}", f"generator.history_days={history_days}",
