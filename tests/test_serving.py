@@ -8,15 +8,13 @@ refuses overlapping splits, so the test date is set on the loaded config; the on
 """
 from __future__ import annotations
 
-import json
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, free_port, subprocess_env
+from helpers.serving import ThreadServer, get, post, wait_for_port
 
 TEST_DATE = "2024-07-01"
 SNAPSHOT = "2024-06-30"
@@ -34,58 +33,6 @@ MODELS = ("din", "sim_hard", "sim_hard_time")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def get(url: str, timeout: float = 30) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-class ThreadServer:
-    """uvicorn serving ``app`` on 127.0.0.1:``port`` in a thread of this process (real HTTP)."""
-
-    def __init__(self, app, port: int):
-        import uvicorn
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "ThreadServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited {proc.returncode}: {proc.stderr.read()[-4000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the service did not listen on {port} within {timeout} s")
-
-
 def train_in_process(lake: Path, tmp: Path, expid: str, uri: str) -> str:
     """One epoch of ``expid`` on the tiny samples, tracked to ``uri``; returns the run id."""
     from sim.adapters import tracking
@@ -380,6 +327,29 @@ def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
         with ThreadServer(create_app(Scorer(model, SqliteStore(path), model_uri)), free_port()) as s:
             status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
             assert status == 503 and str(path) in body["error"] and says in body["error"], body
+
+
+@pytest.mark.slow  # the tiny pipeline (Spark), the trainings, and the export's own Spark process
+def test_serve_demo_scores_the_test_day_and_stops_what_it_started(tiny_pipeline, runs, test_impressions):
+    """`make serve-demo`'s command on the tiny pipeline and the sim_hard run of these tests: it exports,
+    starts a redis-server and the service, prints the consistency (every test impression, within 1e-5
+    of the logged score) and the latency table, and leaves neither server running."""
+    from helpers.tiny_data import TINY_PIPELINE
+    proc = subprocess.run([sys.executable, "-m", "sim.local.serve_demo", "--lakehouse", str(tiny_pipeline.full),
+                           "--tracking-uri", runs["uri"], "--experiment", "serving", "--model", "sim_hard",
+                           "--test-date", TEST_DATE, "--store", "redis", *[a for o in TINY_PIPELINE for a in ("--set", o)]],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0 and "SERVE_DEMO_OK" in out, out[-4000:] + proc.stderr[-4000:]
+    n = len(test_impressions)
+    m = re.search(r"consistency \(sim_hard, store redis\): ([\d,]+) impressions .* max \|served - logged\| = (\S+)", out)
+    assert m and int(m.group(1).replace(",", "")) == n and float(m.group(2)) < 1e-5, out
+    assert re.search(r"^\s+sim_hard\s+redis\s+1\s+\d+\s+[\d.]+\s+[\d.]+", out, re.M), out  # the latency table
+    ports = [int(p) for p in re.findall(r"(?:redis|http)://127\.0\.0\.1:(\d+)", out)]
+    assert len(set(ports)) == 2, out
+    for port in set(ports):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_a_redis_store_down_is_a_503_naming_it(tmp_path):
