@@ -68,7 +68,7 @@ def exported(spark, tiny_pipeline, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported_redis(spark, tiny_pipeline, redis_server) -> str:
+def exported_redis(redis_server, spark, tiny_pipeline) -> str:
     """The same export and micro-batch as ``exported``, into the Redis store (a real redis-server);
     the ``--store`` URL (its own key prefix on the session's server)."""
     from sim.config import load_pipeline_conf
