@@ -9,8 +9,8 @@
 3. score every impression of T through HTTP, one request per (user, time) with its candidates, and
    print the consistency result: the largest absolute difference between the served scores and the
    run's logged test predictions (``test_predictions.parquet``), and the number of impressions;
-4. print the latency table of those requests (:mod:`sim.serving.latency`, as bench/bench_serving.py),
-   with 1 and 2 concurrent clients;
+4. print the latency table (:mod:`sim.serving.latency`, as bench/bench_serving.py): the requests of 3
+   (one client), then the first ``--latency-requests`` of them again with 2 concurrent clients;
 5. stop everything it started (the service, the redis-server), also when a step failed.
 
 Exit status: 0 when every score is within ``--tolerance`` of the logged one, 1 otherwise, 2 when what it
@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pipeline config override, as given to `make demo` (e.g. generator.users=100)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the service")
     p.add_argument("--tolerance", type=float, default=1e-5)
+    p.add_argument("--latency-requests", type=int, default=2000,
+                   help="requests sent again with 2 concurrent clients for the latency table")
     args = p.parse_args(argv)
 
     lakehouse = str(Path(args.lakehouse).resolve())
@@ -137,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = stack.enter_context(ServiceProcess(model_uri, args.tracking_uri, store, port, args.threads,
                                                      env=env, cwd=PROJECT_ROOT, log=work / "service.log"))
         groups = request_groups(imp)
+        print(f"[serve-demo] scoring {len(imp):,} impressions of {test_date} in {len(groups):,} requests", flush=True)
         answers: list[list[dict]] = []
         one = measure(service.port, [[b for _, b in groups]], warmup=0, answers=answers)
         served = pd.Series(np.concatenate([a["scores"] for a in answers[0]]),
@@ -151,12 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"impressions of {test_date} in {len(groups):,} requests, {len(common):,} of the run's "
               f"{len(logged):,} logged predictions matched; max |served - logged| = {diff.max():.3g} "
               f"(tolerance {args.tolerance:g}); snapshot {', '.join(sorted(dates))}")
-        half = [[b for i, (_, b) in enumerate(groups) if i % 2 == c] for c in range(2)]
+        again = groups[:args.latency_requests]
+        half = [[b for i, (_, b) in enumerate(again) if i % 2 == c] for c in range(2)]
         two = measure(service.port, half, warmup=0)
         kind = "redis" if use_redis else "embedded"
         rows = [{"model": args.model, "store": kind, "clients": 1, **one},
                 {"model": args.model, "store": kind, "clients": 2, **two}]
-        print(f"\nlatency of those requests over HTTP (candidates per request: median "
+        print(f"\nlatency over HTTP (candidates per request: median "
               f"{int(np.median([len(ids) for ids, _ in groups]))}, max {max(len(ids) for ids, _ in groups)}):")
         print(latency_table(rows))
     print(f"\nserve-demo finished in {time.perf_counter() - started:.0f}s; the service and the store it "

@@ -92,7 +92,7 @@ def _redacted(url: str) -> str:
     u = urlsplit(url)
     if u.password is None:
         return url
-    host = u.hostname + (f":{u.port}" if u.port else "")
+    host = (u.hostname or "") + (f":{u.port}" if u.port else "")
     return urlunsplit((u.scheme, f"{u.username or ''}:***@{host}", u.path, u.query, u.fragment))
 
 
