@@ -353,7 +353,8 @@ def test_serve_demo_scores_the_test_day_and_stops_what_it_started(tiny_pipeline,
 
 
 def test_a_redis_store_down_is_a_503_naming_it(tmp_path):
-    """The service on a Redis store (a real redis-server of its own) answers; with the server stopped
+    """The service on a Redis store (a real redis-server of its own) answers, and takes appended
+    behaviors (POST /behaviors) into the next score; with the server stopped
     under it, /score and /health are 503 naming the store and saying it cannot be reached; once a new
     server answers, the service answers again (503 "holds no snapshot": the data was in memory)."""
     from sim.local.redis_server import RedisServer
@@ -376,6 +377,12 @@ def test_a_redis_store_down_is_a_503_naming_it(tmp_path):
         with ThreadServer(create_app(Scorer(model, store, "m")), free_port()) as s:
             status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
             assert status == 200 and body["snapshot_date"] == SNAPSHOT, body
+            # The append path on Redis: a behavior of the candidate's category before t changes the score.
+            status, added = post(f"{s.url}/behaviors", {"user_id": 1, "behaviors": [
+                {"ts": ts - 60, "item_id": 7, "category_id": 3}]})
+            assert status == 200 and added["appended"] == 1, added
+            after = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})[1]
+            assert after["scores"] != body["scores"], (body, after)
             server.stop()
             status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
             assert status == 503 and body["store"] == store.name, body
