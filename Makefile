@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo cluster-demo test test-fast bench clean
+.PHONY: setup demo cluster-demo serve-demo test test-fast bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,12 @@ demo: setup
 # The demo flow on a local cluster (S3 server, Spark master + 2 workers, MLflow server), small data.
 cluster-demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.local.cluster_demo $(CLUSTER_DEMO_ARGS)
+
+# Online scoring on the demo's lakehouse, after `make demo`: export the UBT snapshot, start the store (Redis
+# where setup provided it) and the scoring service, score the test day over HTTP, print the consistency
+# result and the latency table, stop what it started.
+serve-demo: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m sim.local.serve_demo $(SERVE_DEMO_ARGS)
 
 # Test files run on TEST_WORKERS pytest-xdist processes (a file stays on one worker: module fixtures).
 TEST_WORKERS ?= 2

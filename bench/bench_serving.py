@@ -3,12 +3,13 @@ and users of 1,000, 10,000 and 54,000 behaviors, with 1 and with 4 concurrent cl
 search against DIN over the short window, DIN over the whole long sequence (``din_long``, the cost
 reference of bench/bench_models.py) and SIM soft search (which the paper found too slow online).
 
-    python bench/bench_serving.py [--requests 200] [--threads 1] [--quick]
+    python bench/bench_serving.py [--requests 200] [--threads 1] [--store embedded|redis] [--quick]
 
 What runs: each model (untrained, default sizes of conf/experiments.yaml's Base: emb_dim 8, MLP 200 x 80;
 weights do not change the cost) is logged as the training loop logs it (a ``SamplesScorer`` pyfunc in a
 SQLite MLflow store) and served by ``python -m sim.serving.service`` in its own process (``--threads``
-torch threads); the store is one SQLite file holding a UBT snapshot of three users with 1,000, 10,000
+torch threads); the store (``--store embedded``: one SQLite file; ``redis``: a redis-server of its own on
+127.0.0.1, :mod:`sim.local.redis_server`, several may be given) holds a UBT snapshot of three users with 1,000, 10,000
 and 54,000 behaviors over the 180-day window (categories skewed toward a user's interests, as
 bench/common.py's data: written in numpy, not by the Spark export, which this does not measure), with
 the default caps (short 50, hard K 200, long 1,000) and 20 behaviors of the request's day in the
@@ -16,26 +17,25 @@ append path. A request: the user, a time on the day after the snapshot, 200 cand
 follow the user's. Clients are threads of this process on keep-alive connections, each sending
 ``--requests`` requests after 5 of warm-up; ``requests_per_s`` is all clients' requests over the wall time.
 
-The last line is JSON: ``results`` (one entry per model, user size and client count: model, behaviors,
-candidates, clients, p50_ms, p99_ms, requests_per_s, server_p50_ms), and ``p50_ms`` and ``p99_ms`` (the same
-figures keyed ``model.behaviors.clients``, for bench/summary.py's table).
+The service process and the clients are :mod:`sim.serving.latency`'s (``make serve-demo`` uses them too).
+
+The last line is JSON: ``results`` (one entry per model, store, user size and client count: model, store,
+behaviors, candidates, clients, p50_ms, p99_ms, requests_per_s, server_p50_ms), and ``p50_ms`` and ``p99_ms``
+(the same figures keyed ``model.behaviors.clients``, with ``.redis`` after it for the Redis store, for
+bench/summary.py's table).
 """
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import threading
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from common import ROOT, env  # first: it puts the checkout's sim on sys.path
+from sim.serving.latency import ServiceProcess, measure as measure_clients  # noqa: E402
 
 SNAPSHOT = "2024-06-30"
 DAY_START = 1_719_792_000  # 2024-07-01 00:00 UTC, the request day
@@ -60,10 +60,11 @@ def user_history(rng: np.random.Generator, n: int, categories: int = 1000) -> tu
     return ts[order], items[order], cats[order], interests
 
 
-def build_store(path: Path, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """The snapshot: users 1, 2, 3 with SIZES behaviors; returns each user's interest categories."""
-    from sim.serving.store import CategoryRecord, SqliteStore, UserRecord
-    store = SqliteStore(path, create=True)
+def build_store(where: str, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """The snapshot in the store ``where`` (a file or a URL): users 1, 2, 3 with SIZES behaviors; returns
+    each user's interest categories."""
+    from sim.serving.store import CategoryRecord, UserRecord, open_store
+    store = open_store(where, create=True)
     w = store.new_snapshot(SNAPSHOT, {"settings": SETTINGS})
     interests, users, keys = {}, [], []
     first_day = DAY_START - LONG_DAYS * 86400
@@ -110,40 +111,6 @@ def log_models(uri: str) -> dict[str, str]:
     return out
 
 
-class Service:
-    """``python -m sim.serving.service`` of one model in its own process."""
-
-    def __init__(self, model_uri: str, uri: str, store: Path, port: int, threads: int):
-        e = {**env(), "OMP_WAIT_POLICY": "PASSIVE"}
-        self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", "sim.serving.service", "--model-uri", model_uri,
-                                      "--tracking-uri", uri, "--store", str(store), "--port", str(port),
-                                      "--threads", str(threads)], cwd=ROOT, env=e,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def __enter__(self) -> "Service":
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        raise SystemExit(f"the service did not answer on port {self.port}")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def request_body(rng: np.random.Generator, user: int, interests: np.ndarray) -> bytes:
     cats = np.where(rng.random(CANDIDATES) < 0.7, rng.choice(interests, CANDIDATES), rng.integers(1, 1001, CANDIDATES))
     items = cats * 100_000 + rng.integers(1, 5000, CANDIDATES)
@@ -152,40 +119,13 @@ def request_body(rng: np.random.Generator, user: int, interests: np.ndarray) -> 
         {"item_id": int(i), "category_id": int(k)} for i, k in zip(items, cats)]}).encode()
 
 
-def client(port: int, bodies: list[bytes], warmup: int, lat: list[float], server: list[float]) -> None:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for i, body in enumerate(bodies):
-        t = time.perf_counter()
-        c.request("POST", "/score", body=body, headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        payload = r.read()
-        took = time.perf_counter() - t
-        if r.status != 200:
-            raise SystemExit(f"/score answered {r.status}: {payload[:500]!r}")
-        if i >= warmup:
-            lat.append(took)
-            server.append(json.loads(payload)["server_ms"])
-    c.close()
-
-
 def measure(port: int, user: int, interests: np.ndarray, clients: int, requests: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     warmup = 5
-    per = [[request_body(rng, user, interests) for _ in range(requests + warmup)] for _ in range(clients)]
-    lats, servers = [[] for _ in range(clients)], [[] for _ in range(clients)]
-    threads = [threading.Thread(target=client, args=(port, per[i], warmup, lats[i], servers[i])) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    lat = np.concatenate([np.asarray(x) for x in lats]) * 1000
-    if len(lat) != clients * requests:
-        raise SystemExit("a client failed")
-    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "requests_per_s": clients * (requests + warmup) / wall,
-            "server_p50_ms": float(np.percentile(np.concatenate(servers), 50))}
+    bodies = [[request_body(rng, user, interests) for _ in range(requests + warmup)] for _ in range(clients)]
+    out = measure_clients(port, bodies, warmup)
+    out.pop("requests")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,32 +133,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=200, help="requests per client per configuration")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the service")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES,
+                   help="the users measured, by their number of behaviors")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--store", nargs="+", default=["embedded"], choices=("embedded", "redis"),
+                   help="the serving store(s): the embedded SQLite file, or a redis-server of its own")
     p.add_argument("--quick", action="store_true", help="30 requests per client")
     args = p.parse_args(argv)
     requests = 30 if args.quick else args.requests
     from sim.local.cluster import free_port
-    rng = np.random.default_rng(7)
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as d:
-        store = Path(d) / "ubt.sqlite"
-        interests = build_store(store, rng)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as d, ExitStack() as stack:
+        stores = {}
+        for kind in args.store:
+            if kind == "redis":
+                from sim.local.redis_server import RedisServer
+                stores[kind] = stack.enter_context(RedisServer(Path(d) / "redis")).url
+            else:
+                stores[kind] = str(Path(d) / "ubt.sqlite")
+            interests = build_store(stores[kind], np.random.default_rng(7))  # the same data in each
         uri = f"sqlite:///{Path(d) / 'mlflow.db'}"
         models = log_models(uri)
         for name in args.models:
-            with Service(models[name], uri, store, free_port(), args.threads) as svc:
-                for u, n in enumerate(SIZES, start=1):
-                    for clients in args.clients:
-                        r = {"model": name, "behaviors": n, "candidates": CANDIDATES, "clients": clients,
-                             **measure(svc.port, u, interests[u], clients, requests, seed=u * 10 + clients)}
-                        results.append(r)
-                        print(f"{name:9s} behaviors={n:6,d} clients={clients} p50={r['p50_ms']:7.1f} ms "
-                              f"p99={r['p99_ms']:7.1f} ms {r['requests_per_s']:7.1f} req/s "
-                              f"(server p50 {r['server_p50_ms']:.1f} ms)", flush=True)
-    def by_config(key: str) -> dict:
-        return {f"{r['model']}.{r['behaviors']}.{r['clients']}": round(r[key], 2) for r in results}
+            for kind, where in stores.items():
+                with ServiceProcess(models[name], uri, where, free_port(), args.threads, env=env(), cwd=ROOT) as svc:
+                    for u, n in ((u, n) for u, n in enumerate(SIZES, start=1) if n in args.sizes):
+                        for clients in args.clients:
+                            r = {"model": name, "store": kind, "behaviors": n, "candidates": CANDIDATES,
+                                 "clients": clients,
+                                 **measure(svc.port, u, interests[u], clients, requests, seed=u * 10 + clients)}
+                            results.append(r)
+                            print(f"{name:9s} {kind:8s} behaviors={n:6,d} clients={clients} "
+                                  f"p50={r['p50_ms']:7.1f} ms p99={r['p99_ms']:7.1f} ms "
+                                  f"{r['requests_per_s']:7.1f} req/s (server p50 {r['server_p50_ms']:.1f} ms)",
+                                  flush=True)
 
-    print(json.dumps({"bench": "bench_serving", "threads": args.threads, "requests": requests,
+    def by_config(key: str) -> dict:
+        return {f"{r['model']}.{r['behaviors']}.{r['clients']}" + (".redis" if r["store"] == "redis" else ""):
+                round(r[key], 2) for r in results}
+
+    print(json.dumps({"bench": "bench_serving", "threads": args.threads, "requests": requests, "stores": args.store,
                       "results": results, "p50_ms": by_config("p50_ms"), "p99_ms": by_config("p99_ms")}))
 
 

@@ -2,7 +2,7 @@
 # One idempotent setup for `make demo`, `make test` and CI: a Python 3.11 venv with the pinned stack,
 # Horovod built from its sdist (Gloo, PyTorch; with its NCCL GPU operations where the CUDA toolkit and NCCL
 # are found) and cached as a wheel, the Delta jars cached, and the object-storage jars cached: Hadoop's S3A
-# connector for Spark and the s3proxy S3 server of the tests.
+# connector for Spark and the s3proxy S3 server of the tests; and a Redis server for the serving store.
 # Everything expensive is cached outside the checkout under $SIM_CACHE, keyed by version.
 # Before anything is installed it checks the prerequisites and names any that is missing.
 set -euo pipefail
@@ -17,6 +17,11 @@ Safe to run again. It first checks the prerequisites: Python 3.11 (with its venv
 headers while Horovod still has to be built), Java 17 or later and, only while what they make is not
 cached, Maven (jars), a C/C++ compiler and cmake (Horovod). If one is missing it names it with the package that
 provides it and exits 1 before installing anything.
+
+A redis-server (the serving store's server, for the tests and `make serve-demo`): the one on PATH or
+$SIM_REDIS_SERVER; otherwise Debian's Redis (redis-tools with libjemalloc2 and liblzf1) is fetched once
+with `apt-get download` and unpacked into $SIM_CACHE/redis-<version> (nothing installed system-wide, no
+service started); without apt-get, redis-server is a prerequisite like the others.
 
 Horovod is built with its GPU operations (HOROVOD_GPU_OPERATIONS=NCCL) when the CUDA toolkit's nvcc (on
 PATH, or in $CUDA_HOME/bin or /usr/local/cuda/bin) and NCCL (nccl.h and libnccl.so, under $NCCL_HOME or
@@ -98,6 +103,10 @@ HADOOP_AWS_VER=3.4.1; AWS_SDK_VER=2.24.6; S3PROXY_VER=2.6.0
 S3A_CACHE=$CACHE/hadoop-aws-$HADOOP_AWS_VER-sdk-$AWS_SDK_VER
 S3PROXY_CACHE=$CACHE/s3proxy-$S3PROXY_VER
 UV_VER=0.9.9
+redis_found() {
+  [ -n "${SIM_REDIS_SERVER:-}" ] || command -v redis-server >/dev/null 2>&1 \
+    || ls "$CACHE"/redis-*/bin/redis-server >/dev/null 2>&1
+}
 start=$(date +%s)
 say() { echo "[setup] $*"; }
 
@@ -150,6 +159,10 @@ sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Pyth
       missing+=("Python 3.11's headers (Python.h): $why"); pkgs+=(python3.11-dev)
     fi
   fi
+  if ! redis_found && ! command -v apt-get >/dev/null 2>&1; then
+    missing+=("redis-server: the serving store's server (its tests, make serve-demo); none on PATH or in $CACHE, and no apt-get to fetch it")
+    pkgs+=(redis-server)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     {
       echo "[setup] missing prerequisites (nothing was installed):"
@@ -163,6 +176,8 @@ sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Pyth
   fi
   say "prerequisites: Python $("$PY" -c 'import platform; print(platform.python_version())'), Java $v"
   say "horovod: $HVD_KIND build ($HVD_WHY), wheel cached in $HVD_CACHE"
+  if redis_found; then say "redis-server: ${SIM_REDIS_SERVER:-$(command -v redis-server || ls "$CACHE"/redis-*/bin/redis-server | tail -1)}"
+  else say "redis-server: Debian's fetched with apt-get download into $CACHE/redis-<version>"; fi
 }
 check_prerequisites || exit 1
 if [ "$CHECK_ONLY" = 1 ]; then exit 0; fi
@@ -307,8 +322,37 @@ EOF
   rm -rf "$POM"
   touch "$S3PROXY_CACHE/.complete"
 fi
-
-# 5. The driver JVM's class-data archive (sim/adapters/jvm_archive.py): the classes a job loads, parsed
+# 5. The Redis server of the serving store (sim.serving.redis_store; sim.local.redis_server runs it). Debian
+#    ships the server binary in redis-tools as redis-check-rdb (the binary acts by its name); it needs
+#    libjemalloc2 and liblzf1, unpacked beside it. `apt-get download` needs no root; where the package
+#    lists are empty it needs one `apt-get update` (done here when root).
+if redis_found; then
+  say "skipped: redis-server ($(command -v redis-server || ls "$CACHE"/redis-*/bin/redis-server 2>/dev/null | tail -1 || echo "$SIM_REDIS_SERVER"))"
+else
+  say "fetching Debian's redis-tools, libjemalloc2 and liblzf1 with apt-get download"
+  DEBS=$(mktemp -d); chmod 755 "$DEBS"
+  get_debs() { ( cd "$DEBS" && apt-get download -q redis-tools libjemalloc2 liblzf1 ) 2>&1 | grep -v "^W: Download is performed unsandboxed" || true; ls "$DEBS"/redis-tools_*.deb >/dev/null 2>&1; }
+  if ! get_debs; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -q >/dev/null; fi
+    get_debs || { echo "[setup] could not fetch redis-tools with apt-get download: run 'apt-get update' as root, or install redis-server (apt-get install -y redis-server) and run make setup again" >&2; exit 1; }
+  fi
+  REDIS_VER=$(dpkg-deb -f "$DEBS"/redis-tools_*.deb Version); REDIS_VER=${REDIS_VER#*:}
+  REDIS_CACHE=$CACHE/redis-$REDIS_VER
+  for deb in "$DEBS"/*.deb; do dpkg-deb -x "$deb" "$DEBS/root"; done
+  rm -rf "$REDIS_CACHE.tmp"; mkdir -p "$REDIS_CACHE.tmp/bin" "$REDIS_CACHE.tmp/libexec" "$REDIS_CACHE.tmp/lib"
+  cp "$DEBS/root/usr/bin/redis-check-rdb" "$REDIS_CACHE.tmp/libexec/redis-server"
+  cp "$DEBS/root/usr/bin/redis-cli" "$REDIS_CACHE.tmp/libexec/redis-cli"
+  cp -L "$DEBS"/root/usr/lib/*/libjemalloc.so.2 "$DEBS"/root/usr/lib/*/liblzf.so.1 "$REDIS_CACHE.tmp/lib/"
+  for b in redis-server redis-cli; do
+    printf '#!/bin/sh\nd=$(dirname "$(dirname "$(readlink -f "$0")")")\nLD_LIBRARY_PATH="$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$d/libexec/%s" "$@"\n' "$b" \
+      > "$REDIS_CACHE.tmp/bin/$b"
+    chmod 755 "$REDIS_CACHE.tmp/bin/$b"
+  done
+  "$REDIS_CACHE.tmp/bin/redis-server" --version >/dev/null || { echo "[setup] the fetched redis-server does not run" >&2; exit 1; }
+  rm -rf "$REDIS_CACHE"; mv "$REDIS_CACHE.tmp" "$REDIS_CACHE"; rm -rf "$DEBS"
+  say "redis-server $REDIS_VER cached in $REDIS_CACHE"
+fi
+# 6. The driver JVM's class-data archive (sim/adapters/jvm_archive.py): the classes a job loads, parsed
 #    and verified once, so each job's JVM starts with less CPU. Keyed by the JVM and the class-path jars
 #    (a new venv linked from the same wheels reuses it); about a minute of Spark the first time. A
 #    failure only costs that speed: the jobs run without it.

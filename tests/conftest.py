@@ -198,6 +198,16 @@ def s3_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real ``redis-server`` (the one ``make setup`` provides) on a free 127.0.0.1 port, its files in a
+    temporary directory; a :class:`sim.local.redis_server.RedisServer` (``url``). Stopped at the end of
+    the session, also on failure. Tests that share it use their own key prefix."""
+    from sim.local.redis_server import RedisServer
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
 def horovodrun_cmd(np: int, *args: str) -> list[str]:
     return [str(VENV_BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
             *args]

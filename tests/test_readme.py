@@ -106,7 +106,7 @@ def run_setup(tmp_path: Path, *args: str, without: set[str] = frozenset(), cache
               **env: str) -> subprocess.CompletedProcess:
     e = user_env(PATH=path_without(tmp_path / "bin", set(without)), SIM_CACHE=str(cache or tmp_path / "cache"),
                  VENV=str(tmp_path / "venv"), **env)
-    for k in ("JAVA_HOME", "CC", "CXX", "PYTHON"):
+    for k in ("JAVA_HOME", "CC", "CXX", "PYTHON", "SIM_REDIS_SERVER"):
         if k not in env:
             e.pop(k, None)
     return subprocess.run(["bash", str(SETUP), *args], env=e, capture_output=True, text=True, timeout=120)
@@ -142,7 +142,8 @@ def test_setup_check_passes_on_this_machine():
     ({"mvn"}, "Maven (mvn)", "maven"),
     ({"g++", "c++", "clang++"}, "a C++ compiler (g++)", "g++"),
     ({"cmake"}, "cmake: builds Horovod", "cmake"),
-], ids=["python3.11", "java", "maven", "c++", "cmake"])
+    ({"redis-server", "apt-get"}, "redis-server: the serving store's server", "redis-server"),
+], ids=["python3.11", "java", "maven", "c++", "cmake", "redis-server"])
 def test_setup_names_a_missing_prerequisite(tmp_path, without, named, package):
     """Nothing cached yet (empty SIM_CACHE, no venv): every prerequisite is needed."""
     proc = run_setup(tmp_path, "--check", without=without)

@@ -8,15 +8,13 @@ refuses overlapping splits, so the test date is set on the loaded config; the on
 """
 from __future__ import annotations
 
-import json
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, free_port, subprocess_env
+from helpers.serving import ThreadServer, get, post, wait_for_port
 
 TEST_DATE = "2024-07-01"
 SNAPSHOT = "2024-06-30"
@@ -34,50 +33,6 @@ MODELS = ("din", "sim_hard", "sim_hard_time")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-class ThreadServer:
-    """uvicorn serving ``app`` on 127.0.0.1:``port`` in a thread of this process (real HTTP)."""
-
-    def __init__(self, app, port: int):
-        import uvicorn
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "ThreadServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited {proc.returncode}: {proc.stderr.read()[-4000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the service did not listen on {port} within {timeout} s")
-
-
 def train_in_process(lake: Path, tmp: Path, expid: str, uri: str) -> str:
     """One epoch of ``expid`` on the tiny samples, tracked to ``uri``; returns the run id."""
     from sim.adapters import tracking
@@ -110,6 +65,30 @@ def exported(spark, tiny_pipeline, tmp_path_factory):
     loaded = append_day(spark, str(tiny_pipeline.full), TEST_DATE, store)
     assert result.users > 0 and result.keys > 0 and loaded > 0
     return path
+
+
+@pytest.fixture(scope="module")
+def exported_redis(redis_server, spark, tiny_pipeline) -> str:
+    """The same export and micro-batch as ``exported``, into the Redis store (a real redis-server);
+    the ``--store`` URL (its own key prefix on the session's server)."""
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import append_day, export_ubt
+    from sim.serving.store import open_store
+    from helpers.tiny_data import TINY_PIPELINE
+    spec = SampleSpec.from_conf(load_pipeline_conf(overrides=TINY_PIPELINE))
+    url = f"{redis_server.url}?prefix=consistency"
+    store = open_store(url)
+    result = export_ubt(spark, str(tiny_pipeline.full), SNAPSHOT, spec, store)
+    loaded = append_day(spark, str(tiny_pipeline.full), TEST_DATE, store)
+    assert result.users > 0 and result.keys > 0 and loaded > 0
+    return url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def served_store(request) -> str:
+    """``--store`` of the exported snapshot: the embedded store's file, or the Redis store's URL."""
+    return str(request.getfixturevalue("exported" if request.param == "sqlite" else "exported_redis"))
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +129,25 @@ def test_time_gap_buckets_in_numpy_follow_the_samples_rule():
         assert np.array_equal(time_gap_bucket(gaps, n, r), want), (n, r)
 
 
-def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(tmp_path):
+@pytest.fixture(params=["sqlite", "redis"])
+def new_store(request, tmp_path) -> str:
+    """``--store`` of an empty store: a file of the embedded store, or a key prefix of its own on the
+    session's Redis server."""
+    if request.param == "sqlite":
+        from sim.serving.store import SqliteStore
+        SqliteStore(tmp_path / "ubt.sqlite", create=True)
+        return str(tmp_path / "ubt.sqlite")
+    return f"{request.getfixturevalue('redis_server').url}?prefix=t{abs(hash(request.node.nodeid)) % 10**8}"
+
+
+def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(new_store):
     """Readers in threads while snapshots of ten dates are exported one after the other: every read sees
-    one snapshot whole (each record of a snapshot carries its date), never a key of another."""
-    from sim.serving.store import CategoryRecord, SqliteStore, StoreUnavailable, UserRecord
+    one snapshot whole (each record of a snapshot carries its date), never a key of another. In the
+    embedded store and in the Redis store (where the dropped snapshots' keys go once no reader can be
+    on them, and a reader that still were gets an error, not half a snapshot)."""
+    from sim.serving.store import CategoryRecord, StoreUnavailable, UserRecord, open_store
     from sim.ubt.dates import epoch_day, shift_date
-    path = tmp_path / "ubt.sqlite"
-    store = SqliteStore(path, create=True)
+    store = open_store(new_store)
     users, cats = 30, 20
     dates = [shift_date("2024-06-01", i) for i in range(10)]
 
@@ -173,7 +164,7 @@ def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(tmp_pa
     seen, problems, done = set(), [], threading.Event()
 
     def reader() -> None:
-        rs = SqliteStore(path)
+        rs = open_store(new_store)
         rng = np.random.default_rng(threading.get_ident() % 1000)
         while not done.is_set():
             u = int(rng.integers(users))
@@ -202,6 +193,20 @@ def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(tmp_pa
     assert len(seen) >= 3  # the readers did read across switches
     assert store.current().date == dates[-1]
     assert store.snapshot_dates() == dates[-2:]  # older snapshots dropped after the switch
+    if "://" in new_store:
+        c, p = store.client, store.prefix
+
+        def generations_with_keys() -> set[int]:
+            return {int(k.split(b":")[1]) for k in c.scan_iter(match=f"{p}:*") if k.split(b":")[1].isdigit()}
+
+        assert len(generations_with_keys()) > 2  # retired, not yet dropped: a reader may still be on them
+        with store.view() as v:  # a reader on UBT(dates[-1]) while two more dates retire it
+            export(shift_date(dates[-1], 1))
+            export(shift_date(dates[-1], 2))
+            store.collect(now=time.time() + store.retire_grace_s + 1)
+            assert generations_with_keys() == {len(dates) + 1, len(dates) + 2}
+            with pytest.raises(StoreUnavailable, match="dropped UBT.* while a request read it"):
+                v.user(0)
 
 
 @pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
@@ -230,14 +235,15 @@ def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, sp
 
 
 @pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
-def test_the_service_scores_every_test_impression_as_the_run_logged_it(exported, test_impressions, runs, tmp_path):
+def test_the_service_scores_every_test_impression_as_the_run_logged_it(served_store, test_impressions, runs):
     """THE consistency test: through HTTP, for din, sim_hard and sim_hard_time, the score of every
-    impression of the test date equals the run's test_predictions.parquet score (1e-5). sim_hard is
-    served by the command line (`python -m sim.serving.service --run-id ...`, its own process), the
+    impression of the test date equals the run's test_predictions.parquet score (1e-5), served from the
+    embedded store and from the Redis store (the same runs: trained once). sim_hard is served by the
+    command line (`python -m sim.serving.service --run-id ... --store ...`, its own process), the
     others by uvicorn in a thread of this process."""
     from sim.adapters import tracking
     from sim.serving.service import Scorer, create_app
-    from sim.serving.store import SqliteStore
+    from sim.serving.store import open_store
     uri = runs["uri"]
     groups = list(test_impressions.groupby(["user_id", "ts"]))
     for expid, (run_id, model_uri) in runs["runs"].items():
@@ -247,7 +253,7 @@ def test_the_service_scores_every_test_impression_as_the_run_logged_it(exported,
         if expid == "sim_hard":
             port = free_port()
             proc = subprocess.Popen([sys.executable, "-m", "sim.serving.service", "--run-id", run_id,
-                                     "--tracking-uri", uri, "--store", str(exported), "--port", str(port),
+                                     "--tracking-uri", uri, "--store", served_store, "--port", str(port),
                                      "--threads", "1"], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
             try:
@@ -257,7 +263,7 @@ def test_the_service_scores_every_test_impression_as_the_run_logged_it(exported,
                 proc.terminate()
                 proc.wait(timeout=30)
         else:
-            scorer = Scorer(tracking.load_scoring_model(model_uri, uri), SqliteStore(exported), model_uri)
+            scorer = Scorer(tracking.load_scoring_model(model_uri, uri), open_store(served_store), model_uri)
             with ThreadServer(create_app(scorer), free_port()) as server:
                 served = _score_all(server.url, groups)
         diff = {i: abs(s - logged[i]) for i, s in served.items()}
@@ -321,6 +327,85 @@ def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
         with ThreadServer(create_app(Scorer(model, SqliteStore(path), model_uri)), free_port()) as s:
             status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
             assert status == 503 and str(path) in body["error"] and says in body["error"], body
+
+
+@pytest.mark.slow  # the tiny pipeline (Spark), the trainings, and the export's own Spark process
+def test_serve_demo_scores_the_test_day_and_stops_what_it_started(tiny_pipeline, runs, test_impressions):
+    """`make serve-demo`'s command on the tiny pipeline and the sim_hard run of these tests: it exports,
+    starts a redis-server and the service, prints the consistency (every test impression, within 1e-5
+    of the logged score) and the latency table, and leaves neither server running."""
+    from helpers.tiny_data import TINY_PIPELINE
+    proc = subprocess.run([sys.executable, "-m", "sim.local.serve_demo", "--lakehouse", str(tiny_pipeline.full),
+                           "--tracking-uri", runs["uri"], "--experiment", "serving", "--model", "sim_hard",
+                           "--test-date", TEST_DATE, "--store", "redis", *[a for o in TINY_PIPELINE for a in ("--set", o)]],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    out = proc.stdout
+    assert proc.returncode == 0 and "SERVE_DEMO_OK" in out, out[-4000:] + proc.stderr[-4000:]
+    n = len(test_impressions)
+    m = re.search(r"consistency \(sim_hard, store redis\): ([\d,]+) impressions .* max \|served - logged\| = (\S+)", out)
+    assert m and int(m.group(1).replace(",", "")) == n and float(m.group(2)) < 1e-5, out
+    assert re.search(r"^\s*sim_hard\s+redis\s+1\s+\d+\s+[\d.]+\s+[\d.]+", out, re.M), out  # the latency table
+    ports = [int(p) for p in re.findall(r"(?:redis|http)://127\.0\.0\.1:(\d+)", out)]
+    assert len(set(ports)) == 2, out
+    for port in set(ports):
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_redis_store_down_is_a_503_naming_it(tmp_path):
+    """The service on a Redis store (a real redis-server of its own) answers, and takes appended
+    behaviors (POST /behaviors) into the next score; with the server stopped
+    under it, /score and /health are 503 naming the store and saying it cannot be reached; once a new
+    server answers, the service answers again (503 "holds no snapshot": the data was in memory)."""
+    from sim.local.redis_server import RedisServer
+    from sim.models.registry import compose
+    from sim.serving.service import Scorer, create_app
+    from sim.serving.store import CategoryRecord, UserRecord, open_store
+    settings = {"windows.mode": "time", "windows.long_days": 14, "windows.short_days": 3, "caps.short_cap": 5,
+                "caps.hard_k": 4, "caps.long_cap": 8, "time_gap_buckets": 16, "time_gap_per_octave": 1}
+    model = compose("din", "sim_hard", {"emb_dim": 4, "item_buckets": 101, "category_buckets": 11,
+                                        "mlp_dims": [8]}, name="sim_hard")
+    ts = 1_719_800_000  # 2024-07-01
+    cand = [{"item_id": 5, "category_id": 3}]
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = open_store(server.url)
+        w = store.new_snapshot(SNAPSHOT, {"settings": settings})
+        w.put_users([(1, UserRecord(np.array([ts - 9000]), np.array([5]), np.array([3]), 1, np.zeros(0, np.int64)))])
+        w.put_categories([(1, 3, CategoryRecord(np.array([ts - 9000]), np.array([5]), ts - 9000))])
+        w.switch()
+        with ThreadServer(create_app(Scorer(model, store, "m")), free_port()) as s:
+            status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+            assert status == 200 and body["snapshot_date"] == SNAPSHOT, body
+            # The append path on Redis: a behavior of the candidate's category before t changes the score.
+            status, added = post(f"{s.url}/behaviors", {"user_id": 1, "behaviors": [
+                {"ts": ts - 60, "item_id": 7, "category_id": 3}]})
+            assert status == 200 and added["appended"] == 1, added
+            after = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})[1]
+            assert after["scores"] != body["scores"], (body, after)
+            server.stop()
+            status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+            assert status == 503 and body["store"] == store.name, body
+            assert f"127.0.0.1:{server.port}" in body["error"] and "cannot be reached" in body["error"], body
+            code, health = get(f"{s.url}/health")
+            assert code == 503 and "cannot be reached" in health["error"], health
+            server.start()
+            status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+            assert status == 503 and "holds no snapshot" in body["error"], body
+    finally:
+        server.stop()
+
+
+def test_an_unknown_store_scheme_fails_fast_saying_what_to_give(tmp_path):
+    from sim.config import ConfigError
+    from sim.serving.store import SqliteStore, open_store
+    with pytest.raises(ConfigError, match=r"unknown scheme 'memcached'.* file path .* redis://HOST:PORT/DB"):
+        open_store("memcached://127.0.0.1:11211")
+    assert isinstance(open_store(tmp_path / "s.sqlite", create=True), SqliteStore)
+    proc = subprocess.run([sys.executable, "-m", "sim.serving.service", "--store", "memcached://x:1",
+                           "--model-uri", "models:/none"], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown scheme 'memcached'" in proc.stderr, proc.stderr
 
 
 def test_export_refuses_count_mode_saying_why(tmp_path):

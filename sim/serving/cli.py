@@ -21,11 +21,12 @@ from sim.cli import job_entry, job_parser, load_job_conf
 def main(argv: Sequence[str] | None = None) -> int:
     from sim.samples.contract import SampleSpec
     from sim.serving.export import append_day, export_ubt
-    from sim.serving.store import SqliteStore
+    from sim.serving.store import StoreUnavailable, open_store
 
     p = job_parser(__doc__.splitlines()[0])
     p.add_argument("--date", default=None, help="export UBT(D) (yyyy-MM-dd) and make it the current snapshot")
-    p.add_argument("--store", required=True, help="the serving store's file (created if missing)")
+    p.add_argument("--store", required=True, help="the serving store: a file (the embedded store, created if "
+                   "missing) or redis://HOST:PORT/DB (a Redis or Valkey server)")
     p.add_argument("--append-day", default=None, metavar="DAY",
                    help="load the behaviors of DAY into the append path (replacing that day's)")
     args = p.parse_args(argv)
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give --date D (export UBT(D)) and/or --append-day DAY")
     cfg = load_job_conf(args)
     spec = SampleSpec.from_conf(cfg)
-    store = SqliteStore(args.store, create=True)
+    store = open_store(args.store, create=True)
     spark = spark_from_conf(cfg, job="export_ubt", master=args.master)
     started = time.perf_counter()
     try:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.append_day:
             n = append_day(spark, cfg.lakehouse, args.append_day, store)
             print(f"APPEND_DAY_OK date={args.append_day} behaviors={n} store={args.store}")
-    except MissingTableError as e:
+    except (MissingTableError, StoreUnavailable) as e:
         print(f"export_ubt: {e}", file=sys.stderr)
         return 1
     spark.stop()

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from sim.formats.packing import ID_MAX
 from sim.serving.rows import RowSpec, build_rows
-from sim.serving.store import SnapshotNotServable, SnapshotStore, SqliteStore, StoreUnavailable
+from sim.serving.store import SnapshotNotServable, SnapshotStore, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sim.adapters import tracking
     from sim.cli import setup_logging
+    from sim.config import ConfigError
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-uri", default=None, help="the logged model (a run's model_uri tag)")
     p.add_argument("--run-id", default=None, help="or the run whose logged model to serve")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking store (default: MLFLOW_TRACKING_URI "
                                                          "or sqlite:///mlflow.db of the working directory)")
-    p.add_argument("--store", required=True, help="the serving store's file (jobs/export_ubt.py writes it)")
+    p.add_argument("--store", required=True, help="the serving store jobs/export_ubt.py writes: its file, or "
+                   "redis://HOST:PORT/DB (a Redis or Valkey server)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     setup_logging()
+    try:
+        store = open_store(args.store)
+    except ConfigError as e:
+        p.error(str(e))
     model_uri = args.model_uri
     if model_uri is None:
         if args.run_id is None:
@@ -166,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     model = tracking.load_scoring_model(model_uri, args.tracking_uri)
-    store = SqliteStore(args.store)
     try:
         info = store.current()
         log.info("serving %s from %s, current snapshot UBT(%s)", model_uri, store.name, info.date if info else None)

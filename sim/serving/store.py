@@ -21,7 +21,8 @@ request mixes two snapshots, and requests keep being served while a snapshot is 
 newest snapshot dates are kept (a request of day D reads UBT(D-1) also after UBT(D) was switched in).
 
 The default store is embedded: one SQLite file, no server (:class:`SqliteStore`). The interface is
-:class:`SnapshotStore`; a key-value server (Redis) would implement the same methods.
+:class:`SnapshotStore`; :mod:`sim.serving.redis_store` implements it on a Redis/Valkey server, and
+:func:`open_store` picks one from ``--store`` (a file path, or ``redis://HOST:PORT/DB``).
 """
 from __future__ import annotations
 
@@ -415,3 +416,23 @@ class _SqliteWriter(SnapshotWriter):
         log.info("%s: UBT(%s) is current (generation %s); dropped generations %s", self.store.name, self.date,
                  self.generation, drop or "none")
         return info
+
+
+STORE_SCHEMES = ("redis", "rediss", "unix", "valkey")
+
+
+def open_store(where: str | os.PathLike, create: bool = False) -> SnapshotStore:
+    """The store ``--store`` names: a file path -> the embedded :class:`SqliteStore` (``create``: make
+    the file); ``redis://HOST:PORT/DB`` (``rediss://``, ``unix://``, ``valkey://``) -> a
+    :class:`sim.serving.redis_store.RedisStore`. Any other ``scheme://`` is refused, saying what to give."""
+    text = os.fspath(where)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if not scheme:
+        return SqliteStore(text, create=create)
+    if scheme in STORE_SCHEMES:
+        from sim.serving.redis_store import RedisStore
+        return RedisStore(text)
+    from sim.config import ConfigError
+    raise ConfigError(f"serving store {text!r}: unknown scheme {scheme!r}. Give a file path for the embedded "
+                      f"store (e.g. serving/ubt.sqlite) or redis://HOST:PORT/DB for a Redis or Valkey server "
+                      f"(also {', '.join(s + '://' for s in STORE_SCHEMES[1:])})")

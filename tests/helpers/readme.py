@@ -116,7 +116,7 @@ class Rule:
 
 
 RULES = (
-    Rule("make", r"make (demo|cluster-demo|test)\b"),
+    Rule("make", r"make (demo|cluster-demo|serve-demo|test)\b"),
     Rule("server", r"\.venv/bin/mlflow ui\b"),
     Rule("run", r"\.venv/bin/python jobs/generate_logs\.py\b", r"generate_logs: behaviors=\d+"),
     Rule("run", r"\.venv/bin/python jobs/import_dataset\.py\b", r"import_dataset\.\w+: behaviors=\d+"),
