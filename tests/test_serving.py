@@ -323,6 +323,48 @@ def test_the_service_answers_faults_clearly(exported, runs, tmp_path):
             assert status == 503 and str(path) in body["error"] and says in body["error"], body
 
 
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
+def test_a_snapshot_exported_with_other_samples_settings_than_the_model_was_trained_on_is_refused(
+        spark, tiny_pipeline, exported, runs, tmp_path, capfd):
+    """The runs trained on the tiny samples; the other tests' store holds UBT(06-30) exported with the same
+    settings: accepted. Exported with caps.hard_k=3 (the tiny pipeline's is 10), the service does not
+    start (exit 2, naming the key, both values and the re-export); a running service whose store switches
+    to such a snapshot answers 503 naming the key."""
+    from sim.adapters import tracking
+    from sim.config import load_pipeline_conf
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import export_ubt
+    from sim.serving.service import Scorer, create_app, main
+    from sim.serving.store import SqliteStore
+    from sim.serving.trained import check_snapshot, trained_on
+    from helpers.tiny_data import TINY_PIPELINE
+    uri = runs["uri"]
+    run_id, model_uri = runs["runs"]["sim_hard"]
+    trained = trained_on(tracking.model_run_id(model_uri, uri), uri)
+    assert trained.settings == SampleSpec.from_conf(load_pipeline_conf(overrides=TINY_PIPELINE)).settings
+    assert f"of {tiny_pipeline.full / 'samples'} (run {run_id})" in trained.source, trained.source
+    served = SqliteStore(exported).current()
+    check_snapshot(trained, served.meta["settings"], f"UBT({served.date})", "store")  # the same: accepted
+
+    other = tmp_path / "ubt.sqlite"
+    with sqlite3.connect(exported) as src, sqlite3.connect(other) as dst:
+        src.backup(dst)
+    model = tracking.load_scoring_model(model_uri, uri)
+    ts, cand = 1_719_800_000, [{"item_id": 5, "category_id": 3}]  # 2024-07-01 02:13 UTC
+    with ThreadServer(create_app(Scorer(model, SqliteStore(other), model_uri, trained)), free_port()) as s:
+        assert post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})[0] == 200
+        spec = SampleSpec.from_conf(load_pipeline_conf(overrides=[*TINY_PIPELINE, "caps.hard_k=3"]))
+        export_ubt(spark, str(tiny_pipeline.full), SNAPSHOT, spec, SqliteStore(other))  # switched in
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+        assert status == 503 and "caps.hard_k: trained on 10, snapshot 3" in body["error"], body
+    capfd.readouterr()
+    rc = main(["--model-uri", model_uri, "--tracking-uri", uri, "--store", str(other), "--port", str(free_port())])
+    assert rc == 2
+    error = capfd.readouterr().err  # the service's log
+    assert f"the sqlite store {other} serves UBT({SNAPSHOT}) exported with other samples settings" in error, error
+    assert "caps.hard_k: trained on 10, snapshot 3" in error and "--set caps.hard_k=10" in error, error
+
+
 def test_export_refuses_count_mode_saying_why(tmp_path):
     """Count mode replays finished logs (no UBT(D-1) + the day's behaviors): no serving path, said before
     any Spark work."""
