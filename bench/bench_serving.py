@@ -8,11 +8,11 @@ reference of bench/bench_models.py) and SIM soft search (which the paper found t
 What runs: each model (untrained, default sizes of conf/experiments.yaml's Base: emb_dim 8, MLP 200 x 80;
 weights do not change the cost) is logged as the training loop logs it (a ``SamplesScorer`` pyfunc in a
 SQLite MLflow store) and served by ``python -m sim.serving.service`` in its own process (``--threads``
-torch threads); the store is one SQLite file holding a UBT snapshot of three users with 1,000, 10,000
-and 54,000 behaviors over the 180-day window (categories skewed toward a user's interests, as
-bench/common.py's data: written in numpy, not by the Spark export, which this does not measure), with
-the default caps (short 50, hard K 200, long 1,000) and 20 behaviors of the request's day in the
-append path. A request: the user, a time on the day after the snapshot, 200 candidates whose categories
+torch threads; ``--no-settings-check``: no training samples to check the snapshot against); the store
+is one SQLite file holding a UBT snapshot of three users with 1,000, 10,000 and 54,000 behaviors over
+the 180-day window (categories skewed toward a user's interests, as bench/common.py's data: written in
+numpy, not by the Spark export, which this does not measure), with the default caps (short 50, hard
+K 200, long 1,000) and 20 behaviors of the request's day in the append path. A request: the user, a time on the day after the snapshot, 200 candidates whose categories
 follow the user's. Clients are threads of this process on keep-alive connections, each sending
 ``--requests`` requests after 5 of warm-up; ``requests_per_s`` is all clients' requests over the wall time.
 
@@ -118,7 +118,7 @@ class Service:
         self.port = port
         self.proc = subprocess.Popen([sys.executable, "-m", "sim.serving.service", "--model-uri", model_uri,
                                       "--tracking-uri", uri, "--store", str(store), "--port", str(port),
-                                      "--threads", str(threads)], cwd=ROOT, env=e,
+                                      "--threads", str(threads), "--no-settings-check"], cwd=ROOT, env=e,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> "Service":

@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-settings-check", action="store_true",
+                   help="do not check the snapshots against the samples the model was trained on (for a model "
+                        "no sim.train run logged, e.g. the benchmark's untrained ones)")
     args = p.parse_args(argv)
     setup_logging()
     model_uri = args.model_uri
@@ -184,23 +187,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    run_id = args.run_id or tracking.model_run_id(model_uri, args.tracking_uri)
-    if run_id is None:
+    run_id = None if args.no_settings_check else args.run_id or tracking.model_run_id(model_uri, args.tracking_uri)
+    if run_id is None and not args.no_settings_check:
         p.error(f"{model_uri} names no training run: give --run-id (its samples settings are checked against "
-                "the store's snapshot)")
+                "the store's snapshot), or --no-settings-check")
     store = SqliteStore(args.store)
-    try:  # before the model is loaded: a store that cannot serve it fails fast
-        trained = trained_on(run_id, args.tracking_uri)
-        info = None
-        try:
-            info = store.current()
-        except StoreUnavailable as e:  # served as 503 until an export creates it
-            log.warning("%s", e)
-        if info is not None:
-            check_snapshot(trained, info.meta.get("settings"), f"UBT({info.date})", store.name)
-    except SettingsMismatch as e:
-        log.error("%s", e)
-        return 2
+    trained, info = None, None
+    try:
+        info = store.current()
+    except StoreUnavailable as e:  # served as 503 until an export creates it
+        log.warning("%s", e)
+    if args.no_settings_check:
+        log.warning("the snapshots are not checked against the samples %s was trained on (--no-settings-check)",
+                    model_uri)
+    else:
+        try:  # before the model is loaded: a store that cannot serve it fails fast
+            trained = trained_on(run_id, args.tracking_uri)
+            if info is not None:
+                check_snapshot(trained, info.meta.get("settings"), f"UBT({info.date})", store.name)
+        except SettingsMismatch as e:
+            log.error("%s", e)
+            return 2
     scorer = Scorer(tracking.load_scoring_model(model_uri, args.tracking_uri), store, model_uri, trained)
     log.info("serving %s from %s, current snapshot UBT(%s)", model_uri, store.name, info.date if info else None)
     uvicorn.run(create_app(scorer), host=args.host, port=args.port, log_level="warning")
