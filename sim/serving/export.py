@@ -4,8 +4,10 @@ Reads the version of the ``ubt`` table the nightly run for D committed (Delta ti
 samples job reads UBT(D-1)), restricted to the window the requests of D + 1 see, and writes per
 (user, category) the key's newest ``caps.hard_k`` behaviors and per user the newest behaviors across
 categories (:func:`sim.samples.transforms.user_recent`, the samples job's own function), the user's
-window count and the times of the window's first day (read from ``behaviors``, as the samples job
-does). Only when every row is written does the store switch to the snapshot (sim.serving.store).
+window count and, in time mode, the times of the window's first day (read from ``behaviors``, as the
+samples job does). Count mode (count windows on the nightly path) exports the whole UBT(D): no
+behavior leaves a count window by time. Only when every row is written does the store switch to the
+snapshot (sim.serving.store).
 
 What the export read and with which settings is recorded with the snapshot (its ``meta``), as the
 jobs record it with their commits (:func:`sim.adapters.lineage.run_record`): ``settings`` (the samples
@@ -28,7 +30,6 @@ from pyspark.sql import functions as F
 
 from sim.adapters.delta_io import read_table, require_table, table_path
 from sim.adapters.lineage import run_record, table_read
-from sim.config import ConfigError
 from sim.samples.contract import SampleSpec
 from sim.samples.transforms import user_recent
 from sim.serving.store import (CategoryRecord, SnapshotInfo, SnapshotNotServable, SnapshotStore,
@@ -81,9 +82,6 @@ def export_ubt(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec,
     the same settings and inputs (the result's ``action`` is ``skipped``)."""
     date = parse_date(date).isoformat()
     w, c = spec.windows, spec.caps
-    if w.mode != "time":
-        raise ConfigError("online scoring serves time-mode windows (UBT(D-1) + the day's behaviors); "
-                          "windows.mode=count replays finished logs and has no serving path")
     ubt_path = table_path(lakehouse, "ubt")
     version, record = export_record(spark, lakehouse, date, spec)
     if skip_done:
@@ -97,11 +95,14 @@ def export_ubt(spark: SparkSession, lakehouse: str, date: str, spec: SampleSpec,
     rows = in_window_rows(read_table(spark, ubt_path, version), window_start_ts(w, date))
     safe_from = window_start_ts(w, shift_date(date, 1))
     recent = user_recent(rows, spec.recent_n, safe_from)
-    first_day = shift_date(date, 1 - w.long_days)
-    behaviors = read_table(spark, table_path(lakehouse, "behaviors")).where(~missing_key())
-    first = (behaviors.where(F.col("dt") == first_day).groupBy(F.col("user_id").cast("long").alias("user_id"))
-             .agg(F.collect_list(F.col("ts").cast("long")).alias("first_day_ts")))
-    users = recent.join(first, "user_id", "full_outer")
+    if w.mode == "time":  # the behaviors that leave the long window during date + 1
+        first_day = shift_date(date, 1 - w.long_days)
+        behaviors = read_table(spark, table_path(lakehouse, "behaviors")).where(~missing_key())
+        first = (behaviors.where(F.col("dt") == first_day).groupBy(F.col("user_id").cast("long").alias("user_id"))
+                 .agg(F.collect_list(F.col("ts").cast("long")).alias("first_day_ts")))
+        users = recent.join(first, "user_id", "full_outer")
+    else:  # count mode: no window leaves by time
+        users = recent.withColumn("first_day_ts", F.array().cast("array<long>"))
     tops = F.flatten(F.collect_list(F.slice("behaviors", 1, c.hard_k)))
     keys = (rows.groupBy("user_id", "category_id")
             .agg(F.max("last_ts").alias("last_ts"), F.slice(F.sort_array(tops, asc=False), 1, c.hard_k).alias("_top"))
