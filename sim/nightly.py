@@ -2,6 +2,10 @@
 jobs) runs once the logs of D have landed.
 
     python jobs/nightly.py --date 2024-07-01 [--lakehouse DIR] [--set key=value ...]
+    spark-submit --master spark://HOST:7077 --jars <delta jars> jobs/nightly.py --date 2024-07-01 ...
+
+Under spark-submit every stage runs in the driver's one SparkSession (no other JVM is started); the
+export's store is a file of the driver's machine (``make cluster-demo`` runs it so).
 
 Stages, in order (DESIGN.md "Flow"):
 
