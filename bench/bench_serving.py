@@ -12,8 +12,8 @@ torch threads; ``--no-settings-check``: no training samples to check the snapsho
 is one SQLite file holding a UBT snapshot of three users with 1,000, 10,000 and 54,000 behaviors over
 the 180-day window (categories skewed toward a user's interests, as bench/common.py's data: written in
 numpy, not by the Spark export, which this does not measure), with the default caps (short 50, hard
-K 200, long 1,000) and 20 behaviors of the request's day in the append path. A request: the user, a time on the day after the snapshot, 200 candidates whose categories
-follow the user's. Clients are threads of this process on keep-alive connections, each sending
+K 200, long 1,000) and 20 behaviors of the request's day in the append path. A request: the user, a
+time on the day after the snapshot, 200 candidates whose categories follow the user's. Clients are threads of this process on keep-alive connections, each sending
 ``--requests`` requests after 5 of warm-up; ``requests_per_s`` is all clients' requests over the wall time.
 
 The last line is JSON: ``results`` (one entry per model, user size and client count: model, behaviors,

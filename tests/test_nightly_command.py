@@ -118,7 +118,8 @@ def test_the_command_exits_with_the_failed_stage_status(tmp_path):
                 "--set", "spark.conf.spark.driver.memory=1g"], check=False, timeout=600)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 11, proc.stdout + proc.stderr[-4000:]
-    assert [line.split(":")[0] for line in lines] == [f"nightly 2024-07-01 {s}" for s in ("import", "ubt", "samples", "export")]
+    assert [line.split(":")[0] for line in lines] == [f"nightly 2024-07-01 {s}"
+                                                      for s in ("import", "ubt", "samples", "export")]
     assert lines[1].startswith(f"nightly 2024-07-01 ubt: failed (exit 11) no Delta table at {lake / 'ubt'}"), lines
     assert lines[2:] == ["nightly 2024-07-01 samples: not run", "nightly 2024-07-01 export: not run"], lines
     assert "stopped at ubt; fix the cause and run the same command again" in proc.stderr
