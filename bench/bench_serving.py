@@ -13,8 +13,9 @@ is one SQLite file holding a UBT snapshot of three users with 1,000, 10,000 and 
 the 180-day window (categories skewed toward a user's interests, as bench/common.py's data: written in
 numpy, not by the Spark export, which this does not measure), with the default caps (short 50, hard
 K 200, long 1,000) and 20 behaviors of the request's day in the append path. A request: the user, a
-time on the day after the snapshot, 200 candidates whose categories follow the user's. Clients are threads of this process on keep-alive connections, each sending
-``--requests`` requests after 5 of warm-up; ``requests_per_s`` is all clients' requests over the wall time.
+time on the day after the snapshot, 200 candidates whose categories follow the user's. Clients are
+threads of this process on keep-alive connections, each sending ``--requests`` requests after 5 of
+warm-up; ``requests_per_s`` is all clients' requests over the wall time.
 
 The last line is JSON: ``results`` (one entry per model, user size and client count: model, behaviors,
 candidates, clients, p50_ms, p99_ms, requests_per_s, server_p50_ms), and ``p50_ms`` and ``p99_ms`` (the same

@@ -66,9 +66,9 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     """The demo's stages as ``make cluster-demo`` runs them: the jobs through spark-submit on the
     cluster on s3a://, the last night as one spark-submit of the nightly command (UBT, samples and the
     export into a serving store, in that driver's one application on the cluster), both Horovod ranks
-    as Spark tasks reading the samples from S3 as s3:// with the AWS_* variables alone (identical final weights, every row of each split read once), the run and
-    its artifacts on the tracking server (artifacts in the bucket), the comparison printed from the
-    server."""
+    as Spark tasks reading the samples from S3 as s3:// with the AWS_* variables alone (identical final
+    weights, every row of each split read once), the run and its artifacts on the tracking server
+    (artifacts in the bucket), the comparison printed from the server."""
     import pandas as pd
 
     from sim.adapters import tracking
