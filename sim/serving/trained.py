@@ -41,7 +41,8 @@ def trained_on(run_id: str, tracking_uri: str | None = None) -> TrainedOn:
     if not path or not versions:
         raise SettingsMismatch(f"run {run_id} logged no samples table and version (data.samples_path, "
                                f"comparison.samples_versions): what its model was trained on cannot be checked "
-                               f"against the store; serve a model of a run trained by sim.train")
+                               f"against the store; serve a model of a run trained by sim.train (or start the service "
+                               f"with --no-settings-check)")
     wanted = sorted({int(v) for v in str(versions).split(",") if v.strip()})
     where = f"samples version{'s' if len(wanted) > 1 else ''} {','.join(map(str, wanted))} of {path} (run {run_id})"
     try:
