@@ -401,3 +401,15 @@ def test_count_mode_request_rows_equal_the_samples_jobs_rows(spark, tiny_pipelin
     assert not _rows_mismatches(store, imp.sort_values("impression_id"))
     # the count branch is exercised: full short windows, long parts, hard sequences from them
     assert (imp.short_len == 5).any() and (imp.long_len > 25).any() and (imp.hard_len > 0).any()
+
+
+def test_a_run_that_logged_no_samples_is_refused_naming_the_way_out(tmp_path):
+    """A model whose run logged no samples table (not trained by sim.train): what it was trained on cannot
+    be checked, so the service refuses it, naming --no-settings-check."""
+    from sim.adapters import tracking
+    from sim.serving.trained import SettingsMismatch, trained_on
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run("elsewhere", run_name="untrained", uri=uri) as run_id:
+        tracking.log_params({"model": {"name": "din"}})
+    with pytest.raises(SettingsMismatch, match=f"run {run_id} logged no samples table .*--no-settings-check"):
+        trained_on(run_id, uri)
