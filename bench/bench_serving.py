@@ -8,7 +8,8 @@ reference of bench/bench_models.py) and SIM soft search (which the paper found t
 What runs: each model (untrained, default sizes of conf/experiments.yaml's Base: emb_dim 8, MLP 200 x 80;
 weights do not change the cost) is logged as the training loop logs it (a ``SamplesScorer`` pyfunc in a
 SQLite MLflow store) and served by ``python -m sim.serving.service`` in its own process (``--threads``
-torch threads); the store (``--store embedded``: one SQLite file; ``redis``: a redis-server of its own on
+torch threads; ``--no-settings-check``: no training samples to check the snapshot against);
+the store (``--store embedded``: one SQLite file; ``redis``: a redis-server of its own on
 127.0.0.1, :mod:`sim.local.redis_server`, several may be given) holds a UBT snapshot of three users with 1,000, 10,000
 and 54,000 behaviors over the 180-day window (categories skewed toward a user's interests, as
 bench/common.py's data: written in numpy, not by the Spark export, which this does not measure), with
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         models = log_models(uri)
         for name in args.models:
             for kind, where in stores.items():
-                with ServiceProcess(models[name], uri, where, free_port(), args.threads, env=env(), cwd=ROOT) as svc:
+                with ServiceProcess(models[name], uri, where, free_port(), args.threads, env=env(), cwd=ROOT,
+                                    settings_check=False) as svc:
                     for u, n in ((u, n) for u, n in enumerate(SIZES, start=1) if n in args.sizes):
                         for clients in args.clients:
                             r = {"model": name, "store": kind, "behaviors": n, "candidates": CANDIDATES,

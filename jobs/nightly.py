@@ -1,4 +1,5 @@
-"""One nightly command for date D: the import of D (when configured), UBT(D), samples(D).
+"""One nightly command for date D: the import of D (when configured), UBT(D), samples(D), the export of
+UBT(D) into the serving store (when configured).
 
 The spark-submit entry point of :mod:`sim.nightly` (also the console script ``sim-nightly``); its
 options: ``python jobs/nightly.py --help``. The ``sim`` package must be importable by the driver's

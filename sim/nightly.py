@@ -2,6 +2,10 @@
 jobs) runs once the logs of D have landed.
 
     python jobs/nightly.py --date 2024-07-01 [--lakehouse DIR] [--set key=value ...]
+    spark-submit --master spark://HOST:7077 --jars <delta jars> jobs/nightly.py --date 2024-07-01 ...
+
+Under spark-submit every stage runs in the driver's one SparkSession (no other JVM is started); the
+export's store is a file of the driver's machine (``make cluster-demo`` runs it so).
 
 Stages, in order (DESIGN.md "Flow"):
 
@@ -10,12 +14,18 @@ Stages, in order (DESIGN.md "Flow"):
 ``ubt``      UBT(D) = UBT(D-1) + behaviors(D) (:func:`sim.ubt.job.build_ubt`), the index the night
              after serves and the samples of D+1 read;
 ``samples``  samples(D) = impressions(D) x UBT(D-1) x behaviors(D, ts < t)
-             (:func:`sim.samples.job.build_samples`): UBT(D-1) is the previous night's.
+             (:func:`sim.samples.job.build_samples`): UBT(D-1) is the previous night's;
+``export``   UBT(D) into the serving store ``nightly.export.store`` and the switch to it
+             (:func:`sim.serving.export.export_ubt`), the snapshot the scoring service reads for the
+             requests of D + 1; ``off`` when ``nightly.export`` is not set (null or false).
 
 Each stage is the job's own function, so its re-run rule holds: a stage already done with the same inputs
-and settings is ``skipped``, one done with others is refused naming them. The run stops at the first
-stage that fails and exits with that stage's status (:data:`EXIT_STATUS`); run again once the cause is
-fixed, it resumes there (the stages before it are skipped). One line per stage is printed.
+and settings is ``skipped``, one done with others is refused naming them. The export is done when the
+store holds UBT(D) exported from the same lakehouse with the same samples settings and inputs (the UBT
+commit of D and the window's first day of behaviors: the fingerprint its snapshot records); otherwise it
+exports again. The run stops at the first stage that fails and exits with that stage's status
+(:data:`EXIT_STATUS`: import 10, ubt 11, samples 12, export 13); run again once the cause is fixed, it
+resumes there (the stages before it are skipped). One line per stage is printed.
 """
 from __future__ import annotations
 
@@ -32,9 +42,9 @@ from sim.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("import", "ubt", "samples")
+STAGES = ("import", "ubt", "samples", "export")
 # The exit status of a run stopped by a stage (2 and 3 stay the jobs' configuration and store failures).
-EXIT_STATUS = {"import": 10, "ubt": 11, "samples": 12}
+EXIT_STATUS = {"import": 10, "ubt": 11, "samples": 12, "export": 13}
 
 
 @dataclass
@@ -81,12 +91,35 @@ def _samples(spark: SparkSession, cfg: PipelineConfig, date: str) -> tuple[str, 
     return r.action, detail
 
 
+def _export(spark: SparkSession, cfg: PipelineConfig, date: str) -> tuple[str, str]:
+    import sqlite3
+
+    from sim.samples.contract import SampleSpec
+    from sim.serving.export import export_ubt
+    from sim.serving.store import StoreUnavailable, open_store
+    exp = cfg.nightly.export
+    if exp is None:
+        log.info("nightly %s export: off (nightly.export is not set: no serving store to export UBT(%s) into)",
+                 date, date)
+        return "off", "(nightly.export not set)"
+    try:
+        store = open_store(exp.store, create=True)  # a file, or a redis:// server
+        r = export_ubt(spark, cfg.lakehouse, date, SampleSpec.from_conf(cfg), store, skip_done=True)
+    except (OSError, sqlite3.Error) as e:
+        raise StoreUnavailable(f"the serving store {exp.store} (nightly.export.store) cannot be written: {e}; "
+                               f"fix the path or its permissions") from e
+    detail = f"UBT({date}) version={r.ubt_version} -> {store.name} generation={r.snapshot.generation}"
+    return r.action, detail + (f" users={r.users} keys={r.keys}" if r.action == "written" else "")
+
+
 def _failures() -> tuple[type[BaseException], ...]:
     """What a stage raises when its inputs or settings do not allow the date (each names the cause)."""
     from sim.inputs.validation import ValidationError
     from sim.samples.contract import LeakError, SamplesInputError
+    from sim.serving.store import StoreUnavailable
     from sim.ubt.settings import UbtStateError
-    return ConfigError, MissingTableError, ValidationError, UbtStateError, SamplesInputError, LeakError
+    return (ConfigError, MissingTableError, ValidationError, UbtStateError, SamplesInputError, LeakError,
+            StoreUnavailable)
 
 
 def run_nightly(spark: SparkSession, cfg: PipelineConfig, date: str,
@@ -96,7 +129,7 @@ def run_nightly(spark: SparkSession, cfg: PipelineConfig, date: str,
     as it is known."""
     from sim.ubt.dates import parse_date
     date = parse_date(date).isoformat()
-    stages = {"import": _import, "ubt": _ubt, "samples": _samples}
+    stages = {"import": _import, "ubt": _ubt, "samples": _samples, "export": _export}
     results: list[StageResult] = []
     failed = False
     for name in STAGES:

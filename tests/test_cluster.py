@@ -64,21 +64,23 @@ def _pgid(pid: int) -> int | None:
 # ------------------------------------------------------------------------------------------- the flow
 def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cluster, tmp_path, capfd):
     """The demo's stages as ``make cluster-demo`` runs them: the jobs through spark-submit on the
-    cluster on s3a://, both Horovod ranks as Spark tasks reading the samples from S3 as s3:// with the
-    AWS_* variables alone (identical final weights, every row of each split read once), the run and
-    its artifacts on the tracking server (artifacts in the bucket), the comparison printed from the
-    server."""
+    cluster on s3a://, the last night as one spark-submit of the nightly command (UBT, samples and the
+    export into a serving store, in that driver's one application on the cluster), both Horovod ranks
+    as Spark tasks reading the samples from S3 as s3:// with the AWS_* variables alone (identical final
+    weights, every row of each split read once), the run and its artifacts on the tracking server
+    (artifacts in the bucket), the comparison printed from the server."""
     import pandas as pd
 
     from sim.adapters import tracking
-    from sim.local.cluster_demo import FEW_PARTITIONS, parse_args, run_flow
+    from sim.local.cluster_demo import FEW_PARTITIONS, parse_args, run_flow, serving_store
+    from sim.serving.store import SqliteStore
     from sim.training.metrics import auc
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
     times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS,
                      env={"SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS, "SIM_DUMP_WEIGHTS": str(tmp_path / "weights")})
     out = capfd.readouterr().out
-    assert list(times) == ["generate", "ubt", "samples", "train din", "compare"], out[-3000:]
+    assert list(times) == ["generate", "ubt", "samples", "nightly", "train din", "compare"], out[-3000:]
 
     # The tables are objects of the bucket (s3proxy keeps them as files under its directory).
     store = cluster.s3_root / cluster.bucket / "flow" / "lakehouse"
@@ -104,6 +106,14 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert len(pred) == splits[2] and set(pred.impression_id) == {
         r.impression_id for r in samples.where(samples.dt == test_date).select("impression_id").collect()}
     assert run["metrics.auc"] == pytest.approx(auc(pred.label, pred.score), abs=1e-12)
+    # the night of the test date: its stages in the spark-submit driver, one application of the cluster
+    night = [line for line in out.splitlines() if line.startswith(f"nightly {test_date} ")]
+    assert [line.split(":")[1].split()[0] for line in night] == ["off", "written", "written", "written"], night
+    apps = re.findall(r"Registering app (\S+)", cluster.service("spark-master").log.read_text())
+    assert apps.count("sim-pipeline-nightly") == 1, apps
+    snapshot = SqliteStore(serving_store(tmp_path)).current()
+    assert snapshot.date == test_date and snapshot.meta["ubt_version"] == version_for_date(
+        spark, str(store / "ubt"), "build_ubt", test_date), snapshot
     assert list((cluster.s3_root / cluster.bucket / "mlflow").rglob("test_predictions.parquet"))
     import torch
     w0, w1 = (torch.load(tmp_path / "weights" / f"rank{i}.pt") for i in (0, 1))

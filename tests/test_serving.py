@@ -213,12 +213,19 @@ def test_the_snapshot_switch_never_mixes_two_dates_under_concurrent_reads(new_st
 def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, spark):
     """Each test-date impression rebuilt from the store (UBT(06-30) + the day's behaviors before its
     time) is exactly its samples row: every sequence, length and d_category."""
+    from sim.serving.store import SqliteStore
+    imp = test_impressions
+    assert not _rows_mismatches(SqliteStore(exported), imp)
+    assert (imp.long_len > 0).any() and (imp.hard_len > 0).any() and (imp.short_len > 0).any()
+
+
+def _rows_mismatches(store, imp: pd.DataFrame) -> list[tuple]:
+    """(impression, column, samples value, served value) of each column of the samples rows ``imp``
+    (sequences as arrays) that the rows rebuilt from ``store`` (UBT(SNAPSHOT) + the day's behaviors before
+    each impression's time) do not equal; the first five."""
     from sim.formats.packing import PACKED_COLUMNS
     from sim.serving.rows import RowSpec, build_rows
     from sim.serving.service import request_date
-    from sim.serving.store import SqliteStore
-    store = SqliteStore(exported)
-    imp = test_impressions
     mismatches = []
     for (user, ts), group in imp.groupby(["user_id", "ts"]):
         with store.view(request_date(ts)) as v:
@@ -229,9 +236,9 @@ def test_request_rows_equal_the_samples_jobs_rows(exported, test_impressions, sp
         for (_, want), (_, got) in zip(group.iterrows(), rows.iterrows()):
             for c in [*PACKED_COLUMNS, "short_len", "hard_len", "long_len", "d_category", "item_id", "category_id"]:
                 if not np.array_equal(np.asarray(want[c]), np.asarray(got[c])):
-                    mismatches.append((int(want.impression_id), c, list(np.asarray(want[c])), list(np.asarray(got[c]))))
-    assert not mismatches, mismatches[:5]
-    assert (imp.long_len > 0).any() and (imp.hard_len > 0).any() and (imp.short_len > 0).any()
+                    mismatches.append((int(want.impression_id), c, np.asarray(want[c]).tolist(),
+                                       np.asarray(got[c]).tolist()))
+    return mismatches[:5]
 
 
 @pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
@@ -408,13 +415,86 @@ def test_an_unknown_store_scheme_fails_fast_saying_what_to_give(tmp_path):
     assert proc.returncode == 2 and "unknown scheme 'memcached'" in proc.stderr, proc.stderr
 
 
-def test_export_refuses_count_mode_saying_why(tmp_path):
-    """Count mode replays finished logs (no UBT(D-1) + the day's behaviors): no serving path, said before
-    any Spark work."""
-    from sim.config import Caps, ConfigError, Windows
+@pytest.mark.slow  # the tiny pipeline (Spark) and three trainings
+def test_a_snapshot_exported_with_other_samples_settings_than_the_model_was_trained_on_is_refused(
+        spark, tiny_pipeline, exported, runs, tmp_path, capfd):
+    """The runs trained on the tiny samples; the other tests' store holds UBT(06-30) exported with the same
+    settings: accepted. Exported with caps.hard_k=3 (the tiny pipeline's is 10), the service does not
+    start (exit 2, naming the key, both values and the re-export); a running service whose store switches
+    to such a snapshot answers 503 naming the key."""
+    from sim.adapters import tracking
+    from sim.config import load_pipeline_conf
     from sim.samples.contract import SampleSpec
     from sim.serving.export import export_ubt
+    from sim.serving.service import Scorer, create_app, main
     from sim.serving.store import SqliteStore
-    spec = SampleSpec(Windows(mode="count", long_count=20, short_count=5), Caps(long_cap=20, short_cap=5))
-    with pytest.raises(ConfigError, match="online scoring serves time-mode windows"):
-        export_ubt(None, str(tmp_path), "2024-06-30", spec, SqliteStore(tmp_path / "s.sqlite", create=True))
+    from sim.serving.trained import check_snapshot, trained_on
+    from helpers.tiny_data import TINY_PIPELINE
+    uri = runs["uri"]
+    run_id, model_uri = runs["runs"]["sim_hard"]
+    trained = trained_on(tracking.model_run_id(model_uri, uri), uri)
+    assert trained.settings == SampleSpec.from_conf(load_pipeline_conf(overrides=TINY_PIPELINE)).settings
+    assert f"of {tiny_pipeline.full / 'samples'} (run {run_id})" in trained.source, trained.source
+    served = SqliteStore(exported).current()
+    check_snapshot(trained, served.meta["settings"], f"UBT({served.date})", "store")  # the same: accepted
+
+    other = tmp_path / "ubt.sqlite"
+    with sqlite3.connect(exported) as src, sqlite3.connect(other) as dst:
+        src.backup(dst)
+    model = tracking.load_scoring_model(model_uri, uri)
+    ts, cand = 1_719_800_000, [{"item_id": 5, "category_id": 3}]  # 2024-07-01 02:13 UTC
+    with ThreadServer(create_app(Scorer(model, SqliteStore(other), model_uri, trained)), free_port()) as s:
+        assert post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})[0] == 200
+        spec = SampleSpec.from_conf(load_pipeline_conf(overrides=[*TINY_PIPELINE, "caps.hard_k=3"]))
+        export_ubt(spark, str(tiny_pipeline.full), SNAPSHOT, spec, SqliteStore(other))  # switched in
+        status, body = post(f"{s.url}/score", {"user_id": 1, "ts": ts, "candidates": cand})
+        assert status == 503 and "caps.hard_k: trained on 10, snapshot 3" in body["error"], body
+    capfd.readouterr()
+    rc = main(["--model-uri", model_uri, "--tracking-uri", uri, "--store", str(other), "--port", str(free_port())])
+    assert rc == 2
+    error = capfd.readouterr().err  # the service's log
+    assert f"the sqlite store {other} serves UBT({SNAPSHOT}) exported with other samples settings" in error, error
+    assert "caps.hard_k: trained on 10, snapshot 3" in error and "--set caps.hard_k=10" in error, error
+
+
+@pytest.mark.slow  # the tiny pipeline's logs, a count-mode UBT and samples (Spark)
+def test_count_mode_request_rows_equal_the_samples_jobs_rows(spark, tiny_pipeline, tmp_path):
+    """Count windows on the nightly path (short = the newest 5 behaviors, long = the 20 before them, hard
+    = the long part's of the candidate category): on the tiny pipeline's logs, UBT(06-29) (full build),
+    UBT(06-30) and samples(07-01) in count mode, UBT(06-30) exported and the behaviors of 07-01 appended:
+    each impression of 07-01 rebuilt from the store is exactly its samples row."""
+    from helpers.tiny_data import TINY_D0, TINY_PIPELINE
+    from conftest import copy_lakehouse
+    from sim.adapters.delta_io import read_table
+    from sim.config import load_pipeline_conf
+    from sim.formats.packing import unpack_frame
+    from sim.samples.contract import SampleSpec
+    from sim.samples.job import build_samples
+    from sim.serving.export import append_day, export_ubt
+    from sim.serving.store import SqliteStore
+    from sim.ubt.job import build_ubt
+    lake = copy_lakehouse(tiny_pipeline.full, tmp_path / "lake", ("behaviors", "impressions"))
+    cfg = load_pipeline_conf(overrides=[*TINY_PIPELINE, "windows.mode=count", "windows.short_count=5",
+                                        "windows.long_count=20"])
+    spec = SampleSpec.from_conf(cfg)
+    build_ubt(spark, str(lake), SNAPSHOT, cfg.windows, cfg.caps, backfill_from=TINY_D0)
+    assert build_samples(spark, str(lake), TEST_DATE, spec).action == "written"
+    store = SqliteStore(tmp_path / "ubt.sqlite", create=True)
+    export_ubt(spark, str(lake), SNAPSHOT, spec, store)
+    assert append_day(spark, str(lake), TEST_DATE, store) > 0
+    imp = unpack_frame(read_table(spark, str(lake / "samples")).where(f"dt = '{TEST_DATE}'").toPandas())
+    assert not _rows_mismatches(store, imp.sort_values("impression_id"))
+    # the count branch is exercised: full short windows, long parts, hard sequences from them
+    assert (imp.short_len == 5).any() and (imp.long_len > 25).any() and (imp.hard_len > 0).any()
+
+
+def test_a_run_that_logged_no_samples_is_refused_naming_the_way_out(tmp_path):
+    """A model whose run logged no samples table (not trained by sim.train): what it was trained on cannot
+    be checked, so the service refuses it, naming --no-settings-check."""
+    from sim.adapters import tracking
+    from sim.serving.trained import SettingsMismatch, trained_on
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run("elsewhere", run_name="untrained", uri=uri) as run_id:
+        tracking.log_params({"model": {"name": "din"}})
+    with pytest.raises(SettingsMismatch, match=f"run {run_id} logged no samples table .*--no-settings-check"):
+        trained_on(run_id, uri)

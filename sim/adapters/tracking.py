@@ -243,6 +243,24 @@ def run_tag(run_id: str, key: str, uri: str | None = None) -> str | None:
     return MlflowClient(resolve_tracking_uri(uri)).get_run(run_id).data.tags.get(key)
 
 
+def model_run_id(model_uri: str, uri: str | None = None) -> str | None:
+    """The run that logged ``model_uri`` (``models:/<model id>`` or ``runs:/<run id>/...``), None when
+    the model names none."""
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0]
+    if model_uri.startswith("models:/m-"):
+        from mlflow.tracking import MlflowClient
+        model = MlflowClient(resolve_tracking_uri(uri)).get_logged_model(model_uri[len("models:/"):].split("/")[0])
+        return model.source_run_id
+    return None
+
+
+def params_of_run(run_id: str, uri: str | None = None) -> dict[str, str]:
+    """The params a run logged, from tracking store ``uri``."""
+    from mlflow.tracking import MlflowClient
+    return dict(MlflowClient(resolve_tracking_uri(uri)).get_run(run_id).data.params)
+
+
 def search_runs(experiments: list[str], uri: str | None = None, filter_string: str = ""):
     """Runs of the named experiments as a pandas DataFrame (MLflow's own search_runs)."""
     import mlflow

@@ -120,7 +120,8 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """Set ``cfg['a']['b'] = value`` for ``key='a.b'``, creating levels as needed.
+    """Set ``cfg['a']['b'] = value`` for ``key='a.b'``, creating levels as needed (also in place of a
+    block that is off: ``nightly.export.store=...`` under ``export: null``).
 
     Spark conf keys hold dots themselves, so at each level the longest dotted prefix that already
     names a mapping is followed (``spark.conf.spark.sql.shuffle.partitions`` reaches the Spark key).
@@ -137,7 +138,9 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
         else:
             if "spark" in parts[i:] and node is not cfg and parts[i] == "spark":
                 break  # a new Spark key under a conf mapping: keep it whole
-            node = node.setdefault(parts[i], {})
+            if node.get(parts[i]) in (None, False):  # a block that is off (null / false) is turned on
+                node[parts[i]] = {}
+            node = node[parts[i]]
             i += 1
     node[".".join(parts[i:])] = value
 

@@ -249,12 +249,24 @@ class NightlyImport(Settings):
     allow_empty: bool = False
 
 
+class NightlyExport(Settings):
+    """``nightly.export``: the serving store jobs/nightly.py exports UBT(D) into after the samples
+    (sim.serving.export; the ``--store`` of jobs/export_ubt.py)."""
+    section = "nightly.export"
+    store: str  # the embedded store's file (created if missing), or redis://HOST:PORT/DB
+
+
+def _off_when_false(value: Any) -> Any:
+    return None if value is False else value
+
+
 class NightlySettings(Settings):
-    """The ``nightly:`` block of jobs/nightly.py; ``import`` is off (null) by default: the day's logs are
-    loaded by other means."""
+    """The ``nightly:`` block of jobs/nightly.py; ``import`` and ``export`` are off (null or false) by
+    default: the day's logs are loaded, and the serving store fed, by other means."""
     section = "nightly"
     # Read as ``import`` (a Python keyword) or ``import_`` (how model_dump writes it back).
     import_: NightlyImport | None = Field(None, validation_alias=AliasChoices("import", "import_"))
+    export: Annotated[NightlyExport | None, BeforeValidator(_off_when_false)] = None
 
 
 class PipelineConfig(Settings):

@@ -4,7 +4,10 @@ server a real deployment has (README "Running on a cluster"):
 1. start the cluster (:class:`sim.local.cluster.LocalCluster`): the S3 server (s3proxy), a Spark master and
    two workers, the MLflow tracking server (SQLite backend store, artifacts on the S3 server);
 2. the nightly jobs through ``spark-submit --master spark://...`` on an ``s3a://`` lakehouse: generate
-   the synthetic logs, backfill the User Behavior Tree, build the samples;
+   the synthetic logs, backfill the User Behavior Tree, build the samples up to the day before the last;
+   then the night of the last day as a scheduler runs it, ``jobs/nightly.py`` in one spark-submit (its
+   stages in the driver's one SparkSession): UBT(D), samples(D), and the export of UBT(D) into the
+   serving store (an embedded SQLite file under the work directory);
 3. train each model on the cluster: ``sim.train --np 2 --spark-master spark://...`` (the Horovod ranks
    as Spark tasks), reading the samples from S3, tracked on the server, the model's artifacts uploaded
    through the server to the S3 bucket;
@@ -32,6 +35,7 @@ from sim.config import ConfigError, load_pipeline_conf
 from sim.local.cluster import LocalCluster
 from sim.local.demo import (compare_stage, data_stages, plan, resolve_models, run_stages, split_sets,
                             train_stages)
+from sim.ubt.dates import shift_date
 
 log = logging.getLogger("sim.local.cluster_demo")
 
@@ -107,11 +111,21 @@ def run_flow(cluster: LocalCluster, args: argparse.Namespace, work: Path, overri
     train_sets = [f"lakehouse={storage.arrow_uri(lakehouse)}", f"experiment={args.experiment}", "dataset=synthetic",
                   f"tracking_uri={cluster.tracking_uri}", f"train.checkpoint_dir={work / 'checkpoints'}",
                   *split_sets(d), *SMALL_TRAIN, *args.train_set]
-    stages = data_stages(cluster.spark_submit(), spark_args, d)
+    # The last day is the night's: one spark-submit of jobs/nightly.py, the scheduler's command.
+    night = d["samples_to"]
+    stages = data_stages(cluster.spark_submit(), spark_args, {**d, "samples_to": shift_date(night, -1)})
+    stages.append(("nightly", f"nightly {night}: UBT, samples, export (jobs/nightly.py, one spark-submit)",
+                   [*cluster.spark_submit(), "jobs/nightly.py", "--date", night, *spark_args,
+                    "--set", f"nightly.export.store={serving_store(work)}"]))
     stages += train_stages(sys.executable, models, [1], args.np, train_sets,
                            launcher=["--spark-master", cluster.spark_master])
     stages.append(compare_stage(sys.executable, args.experiment, cluster.tracking_uri, work / "compare_out"))
     return run_stages(stages, {**cluster.base_env(), **(env or {})}, label="cluster demo")
+
+
+def serving_store(work: Path) -> Path:
+    """The serving store the flow's nightly command exports into."""
+    return work / "serving" / "ubt.sqlite"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,8 +43,9 @@ class SamplesResult:
     rejected: int = 0
 
 
-def _check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> tuple[int, dict]:
-    """(the version of UBT(prev), what the commit records of it) after checking it fits ``spec``."""
+def check_ubt_fits(spark: SparkSession, ubt_path: str, prev: str, spec: SampleSpec) -> tuple[int, dict]:
+    """(the version of UBT(prev), what the commit records of it) after checking it fits ``spec`` (also
+    what the export of UBT(prev) into the serving store reads: sim.serving.export)."""
     commits = job_commits(spark, ubt_path, UBT_JOB)
     version = max((c.version for c in commits if c.date == prev), default=None)
     later = [c for c in commits if c.date > prev]
@@ -137,7 +138,7 @@ def build_samples(spark: SparkSession, lakehouse: str, date: str, spec: SampleSp
     ubt_path = table_path(lakehouse, "ubt")
     prev = shift_date(date, -1)
     require_table(spark, ubt_path, f"run `jobs/build_ubt.py --date {prev}` first")
-    ubt_version, ubt_read = _check_ubt_fits(spark, ubt_path, prev, spec)
+    ubt_version, ubt_read = check_ubt_fits(spark, ubt_path, prev, spec)
     day = f"dt = '{date}'"
     imp, beh = _log_reads(spark, lakehouse, date, day, day, allow_empty)
     # Time mode also reads the window's first day: the UBT(D-1) behaviors that leave the window at t.

@@ -19,7 +19,7 @@ from sim.cli import job_entry, job_parser, load_job_conf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sim.samples.contract import SampleSpec
+    from sim.samples.contract import SampleSpec, SamplesInputError
     from sim.serving.export import append_day, export_ubt
     from sim.serving.store import StoreUnavailable, open_store
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.append_day:
             n = append_day(spark, cfg.lakehouse, args.append_day, store)
             print(f"APPEND_DAY_OK date={args.append_day} behaviors={n} store={args.store}")
-    except (MissingTableError, StoreUnavailable) as e:
+    except (MissingTableError, StoreUnavailable, SamplesInputError) as e:
         print(f"export_ubt: {e}", file=sys.stderr)
         return 1
     spark.stop()

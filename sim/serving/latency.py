@@ -26,14 +26,17 @@ import numpy as np
 
 class ServiceProcess:
     """``python -m sim.serving.service`` serving ``model_uri`` from ``store`` (a file or a URL) on
-    127.0.0.1:``port`` with ``threads`` torch threads; its stderr goes to ``log`` (default: a pipe)."""
+    127.0.0.1:``port`` with ``threads`` torch threads; its stderr goes to ``log`` (default: a pipe). Without
+    ``settings_check`` the service does not check the snapshot against the model's training samples."""
 
     def __init__(self, model_uri: str, tracking_uri: str, store: str, port: int, threads: int = 1,
                  env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                 log: Path | None = None):
+                 log: Path | None = None, settings_check: bool = True):
         self.port, self.log = port, log
         self.cmd = [sys.executable, "-m", "sim.serving.service", "--model-uri", model_uri, "--tracking-uri",
                     tracking_uri, "--store", str(store), "--port", str(port), "--threads", str(threads)]
+        if not settings_check:  # a model no sim.train run logged (the benchmark's untrained ones)
+            self.cmd.append("--no-settings-check")
         self.env = dict(env if env is not None else os.environ)
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.cwd = cwd

@@ -20,6 +20,11 @@ The Spark expressions this mirrors, step by step (sim/samples/transforms.py):
   ``last_ts``), -1 without one;
 - gap bucket of t - ts: ``1 + min(buckets - 2, floor(r * log2(1 + hours)))``, in integers.
 
+Count mode (``windows.mode: count``, the nightly path with count windows) mirrors the count branch:
+``all = (day-D before t) ++ (UBT newest)`` cut to ``min(short_count + long_count, |all|)``; short = its first
+``min(short_count, |all|)``, long = the ``min(long_count, |all| - short)`` after them; hard = the long
+part's behaviors of the category, the first K; ``long_len = ubt_count + nb``; ``d_category`` as above.
+
 A snapshot older than D - 1 (stale) is read the same way with every appended behavior after it; the
 rows are then close to, not equal to, the samples job's, and the response says the snapshot's date.
 """
@@ -41,8 +46,8 @@ SECONDS_PER_HOUR = 3600
 
 @dataclass(frozen=True)
 class RowSpec:
-    """The samples settings a row depends on (sim.samples.contract.SampleSpec.settings of a time-mode
-    run), as the snapshot's export recorded them."""
+    """The samples settings a row depends on (sim.samples.contract.SampleSpec.settings), as the
+    snapshot's export recorded them. Time mode reads the day windows, count mode the counts."""
     long_days: int
     short_days: int
     short_cap: int
@@ -50,19 +55,29 @@ class RowSpec:
     long_cap: int
     time_gap_buckets: int
     time_gap_per_octave: int
+    mode: str = "time"
+    long_count: int = 0
+    short_count: int = 0
 
     @classmethod
     def from_settings(cls, s: Mapping) -> "RowSpec":
-        if s.get("windows.mode", "time") != "time":
-            raise ValueError(f"online scoring builds time-mode rows; the snapshot was exported with "
-                             f"windows.mode={s.get('windows.mode')}")
-        return cls(int(s["windows.long_days"]), int(s["windows.short_days"]), int(s["caps.short_cap"]),
-                   int(s["caps.hard_k"]), int(s["caps.long_cap"]), int(s["time_gap_buckets"]),
-                   int(s["time_gap_per_octave"]))
+        mode = s.get("windows.mode", "time")
+        caps = (int(s["caps.short_cap"]), int(s["caps.hard_k"]), int(s["caps.long_cap"]), int(s["time_gap_buckets"]),
+                int(s["time_gap_per_octave"]))
+        if mode == "time":
+            return cls(int(s["windows.long_days"]), int(s["windows.short_days"]), *caps)
+        if mode == "count":
+            return cls(0, 0, *caps, mode="count", long_count=int(s["windows.long_count"]),
+                       short_count=int(s["windows.short_count"]))
+        raise ValueError(f"the snapshot was exported with windows.mode={mode!r}: online scoring builds time- "
+                         f"or count-mode rows")
 
     @property
     def recent_n(self) -> int:
-        """sim.ubt.settings.recent_seq_len in time mode: the short sequence is a prefix of the long one."""
+        """sim.ubt.settings.recent_seq_len: in time mode the short sequence is a prefix of the long one;
+        in count mode they are disjoint."""
+        if self.mode == "count":
+            return self.long_count + self.short_count
         return max(self.long_cap, self.short_cap)
 
 
@@ -161,6 +176,9 @@ def build_rows(spec: RowSpec, user_id: int, t: int, items: Sequence[int], catego
     a_ts, a_items, a_cats = a_ts[order], a_items[order], a_cats[order]
     nb = len(a_ts)
     r_ts, r_items, r_cats = (user.r_ts, user.r_items, user.r_cats) if user else (z, z, z)
+    if spec.mode == "count":
+        return _count_rows(spec, user_id, t, items, cands, user, keys, (a_ts, a_items, a_cats),
+                           (r_ts, r_items, r_cats), impression_ids)
     long_start = t - spec.long_days * SECONDS_PER_DAY
     short_start = t - spec.short_days * SECONDS_PER_DAY
     n_all = min(spec.recent_n, nb + int(np.count_nonzero(r_ts > long_start)))
@@ -175,17 +193,57 @@ def build_rows(spec: RowSpec, user_id: int, t: int, items: Sequence[int], catego
     expired = int(np.count_nonzero(user.first_day_ts <= long_start)) if user else 0
     long_len = (user.ubt_count if user else 0) - expired + nb
 
+    def hard_of_category(k: int, b_ts: np.ndarray, b_items: np.ndarray, rec: CategoryRecord | None):
+        h_ts, h_items = (rec.ts, rec.items) if rec else (z, z)
+        n_hard = min(spec.hard_k, len(b_ts) + int(np.count_nonzero(h_ts > long_start)))
+        return np.concatenate([b_ts, h_ts])[:n_hard], np.concatenate([b_items, h_items])[:n_hard]
+
+    return _assemble(spec, user_id, t, items, cands, keys, (a_ts, a_items, a_cats), shared, n_short, long_len,
+                     hard_of_category, impression_ids)
+
+
+def _count_rows(spec: RowSpec, user_id: int, t: int, items: np.ndarray, cands: np.ndarray,
+                user: UserRecord | None, keys: Mapping[int, CategoryRecord], after: tuple, recent: tuple,
+                impression_ids: Sequence[int] | None) -> RequestRows:
+    """:func:`build_rows` in count mode: short = the newest short_count, long = the long_count before
+    them, hard = the long part's behaviors of the candidate category (the samples job's count branch)."""
+    (a_ts, a_items, a_cats), (r_ts, r_items, r_cats) = after, recent
+    nb = len(a_ts)
+    n_all = min(spec.recent_n, nb + len(r_ts))
+    all_ts = np.concatenate([a_ts, r_ts])[:n_all]
+    all_items = np.concatenate([a_items, r_items])[:n_all]
+    all_cats = np.concatenate([a_cats, r_cats])[:n_all]
+    gaps = time_gap_bucket(t - all_ts, spec.time_gap_buckets, spec.time_gap_per_octave)
+    n_short = min(spec.short_count, len(all_ts))
+    long = slice(n_short, n_short + min(spec.long_count, len(all_ts) - n_short))
+    shared = {"short_items": all_items[:n_short], "short_cats": all_cats[:n_short], "short_gaps": gaps[:n_short],
+              "long_items": all_items[long], "long_cats": all_cats[long], "long_gaps": gaps[long]}
+    long_len = (user.ubt_count if user else 0) + nb
+    l_ts, l_items, l_cats = all_ts[long], all_items[long], all_cats[long]
+
+    def hard_of_category(k: int, b_ts: np.ndarray, b_items: np.ndarray, rec: CategoryRecord | None):
+        mine = l_cats == k
+        return l_ts[mine][:spec.hard_k], l_items[mine][:spec.hard_k]
+
+    return _assemble(spec, user_id, t, items, cands, keys, after, shared, n_short, long_len, hard_of_category,
+                     impression_ids)
+
+
+def _assemble(spec: RowSpec, user_id: int, t: int, items: np.ndarray, cands: np.ndarray,
+              keys: Mapping[int, CategoryRecord], after: tuple, shared: dict, n_short: int, long_len: int,
+              hard_of_category, impression_ids: Sequence[int] | None) -> RequestRows:
+    """The rows from the request's shared sequences and each distinct category's hard sequence
+    (``hard_of_category(k, day behaviors of k before t (ts, items), the key's record)`` -> (ts, items));
+    ``d_category`` from the day's behaviors of the category, else the key's ``last_ts``."""
+    a_ts, a_items, a_cats = after
     distinct, hard_of = np.unique(cands, return_inverse=True)
     hard, d_of_cat = [], np.empty(len(distinct), dtype=np.int64)
     for i, k in enumerate(distinct):
         mine = a_cats == k
         b_ts, b_items = a_ts[mine], a_items[mine]
         rec = keys.get(int(k))
-        h_ts, h_items = (rec.ts, rec.items) if rec else (z, z)
-        n_hard = min(spec.hard_k, len(b_ts) + int(np.count_nonzero(h_ts > long_start)))
-        hard_ts = np.concatenate([b_ts, h_ts])[:n_hard]
-        hard.append({"hard_items": np.concatenate([b_items, h_items])[:n_hard],
-                     "hard_cats": np.full(n_hard, k, dtype=np.int64),
+        hard_ts, hard_items = hard_of_category(int(k), b_ts, b_items, rec)
+        hard.append({"hard_items": hard_items, "hard_cats": np.full(len(hard_ts), k, dtype=np.int64),
                      "hard_gaps": time_gap_bucket(t - hard_ts, spec.time_gap_buckets, spec.time_gap_per_octave)})
         last = int(b_ts.max()) if len(b_ts) else (rec.last_ts if rec else None)
         d_of_cat[i] = -1 if last is None else (t - last) // SECONDS_PER_DAY

@@ -14,7 +14,10 @@ date read; ``stale`` is true when it is older than D - 1 (the export of D - 1 ha
 is the append path (the day's behaviors as they happen). ``GET /health`` says the current snapshot.
 
 Errors: 400 names the bad field of a request; 503 names the store when it is missing, unreadable or
-holds no snapshot; 409 when the store holds only snapshots newer than the request's time.
+holds no snapshot, or when its snapshot was exported with other samples settings than the model was
+trained on (the differing keys: :mod:`sim.serving.trained`); 409 when the store holds only snapshots
+newer than the request's time. The service does not start when the store's current snapshot and the
+model's training samples differ so.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pydantic import BaseModel, Field
 from sim.formats.packing import ID_MAX
 from sim.serving.rows import RowSpec, build_rows
 from sim.serving.store import SnapshotNotServable, SnapshotStore, StoreUnavailable, open_store
+from sim.serving.trained import SettingsMismatch, TrainedOn, check_snapshot, trained_on
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +72,24 @@ class AppendRequest(BaseModel):
 class Scorer:
     """The model and the store, without HTTP: :meth:`score` is what ``POST /score`` runs."""
 
-    def __init__(self, model, store: SnapshotStore, model_uri: str = ""):
-        self.model, self.store, self.model_uri = model, store, model_uri
+    def __init__(self, model, store: SnapshotStore, model_uri: str = "", trained: TrainedOn | None = None):
+        """``trained``: the samples settings the model was trained on; each snapshot read is checked
+        against them (:class:`SettingsMismatch` when they differ), None: not checked."""
+        self.model, self.store, self.model_uri, self.trained = model, store, model_uri, trained
         self.columns = list(model.input_columns)
+        self._matching: set[int] = set()  # snapshot generations checked against ``trained``
+
+    def check(self, info) -> None:
+        """Raise :class:`SettingsMismatch` when snapshot ``info`` was exported with other samples
+        settings than the model was trained on."""
+        if self.trained is not None and info.generation not in self._matching:
+            check_snapshot(self.trained, info.meta.get("settings"), f"UBT({info.date})", self.store.name)
+            self._matching.add(info.generation)
 
     def rows(self, user_id: int, ts: int, items: Sequence[int], categories: Sequence[int]):
         """(the samples rows of the request, the snapshot read)."""
         with self.store.view(request_date(ts)) as v:
+            self.check(v.info)
             spec = RowSpec.from_settings(v.info.meta["settings"])
             rows = build_rows(spec, user_id, ts, items, categories, v.user(user_id),
                               v.categories(user_id, categories), v.behaviors_after(user_id, ts))
@@ -109,6 +124,10 @@ def create_app(scorer: Scorer):
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(request: Request, exc: StoreUnavailable):
+        return JSONResponse(status_code=503, content={"error": str(exc), "store": scorer.store.name})
+
+    @app.exception_handler(SettingsMismatch)
+    async def skewed(request: Request, exc: SettingsMismatch):
         return JSONResponse(status_code=503, content={"error": str(exc), "store": scorer.store.name})
 
     @app.exception_handler(SnapshotNotServable)
@@ -155,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-settings-check", action="store_true",
+                   help="do not check the snapshots against the samples the model was trained on (for a model "
+                        "no sim.train run logged, e.g. the benchmark's untrained ones)")
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -171,13 +193,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    model = tracking.load_scoring_model(model_uri, args.tracking_uri)
+    run_id = None if args.no_settings_check else args.run_id or tracking.model_run_id(model_uri, args.tracking_uri)
+    if run_id is None and not args.no_settings_check:
+        p.error(f"{model_uri} names no training run: give --run-id (its samples settings are checked against "
+                "the store's snapshot), or --no-settings-check")
+    trained, info = None, None
     try:
         info = store.current()
-        log.info("serving %s from %s, current snapshot UBT(%s)", model_uri, store.name, info.date if info else None)
     except StoreUnavailable as e:  # served as 503 until an export creates it
         log.warning("%s", e)
-    uvicorn.run(create_app(Scorer(model, store, model_uri)), host=args.host, port=args.port, log_level="warning")
+    if args.no_settings_check:
+        log.warning("the snapshots are not checked against the samples %s was trained on (--no-settings-check)",
+                    model_uri)
+    else:
+        try:  # before the model is loaded: a store that cannot serve it fails fast
+            trained = trained_on(run_id, args.tracking_uri)
+            if info is not None:
+                check_snapshot(trained, info.meta.get("settings"), f"UBT({info.date})", store.name)
+        except SettingsMismatch as e:
+            log.error("%s", e)
+            return 2
+    scorer = Scorer(tracking.load_scoring_model(model_uri, args.tracking_uri), store, model_uri, trained)
+    log.info("serving %s from %s, current snapshot UBT(%s)", model_uri, store.name, info.date if info else None)
+    uvicorn.run(create_app(scorer), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
