@@ -44,8 +44,8 @@ import numpy as np
 import redis
 
 from sim.serving.store import (KEEP_SNAPSHOT_DATES, CategoryRecord, DayBehaviors, SnapshotInfo,
-                               SnapshotNotServable, SnapshotStore, SnapshotView, SnapshotWriter,
-                               StoreUnavailable, UserRecord, _batches, _date_of)
+                               SnapshotStore, SnapshotView, SnapshotWriter,
+                               StoreUnavailable, UserRecord, _batches, _date_of, snapshot_for_request)
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +161,10 @@ class RedisStore(SnapshotStore):
     @contextmanager
     def view(self, request_date: str | None = None) -> Iterator[SnapshotView]:
         with self._server("resolving the snapshot pointer"):
-            current = self.current()
-            if current is None:
-                raise StoreUnavailable(f"the {self.name} holds no snapshot yet: run "
-                                       f"`jobs/export_ubt.py --date D --store {_redacted(self.url)}`")
-            info = current
-            if request_date is not None:
-                from sim.ubt.dates import shift_date
-                wanted = shift_date(request_date, -1)
-                if current.date != wanted:
-                    g = self.client.hget(self.key("dates"), wanted)
-                    older = self._info(int(g)) if g is not None else None
-                    if older is not None:
-                        info = older
-                    elif current.date > wanted:
-                        raise SnapshotNotServable(
-                            f"a request of {request_date} reads UBT({wanted}); the {self.name} holds only "
-                            f"later snapshots (current UBT({current.date})), which hold behaviors after it")
+            def of_date(date: str) -> SnapshotInfo | None:
+                g = self.client.hget(self.key("dates"), date)
+                return self._info(int(g)) if g is not None else None
+            info = snapshot_for_request(self.name, self.current(), request_date, of_date, _redacted(self.url))
         yield _RedisView(self, info)
 
     # ----------------------------------------------------------------------------------- writing

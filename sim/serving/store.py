@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -176,6 +176,28 @@ CREATE INDEX IF NOT EXISTS behaviors_by_user ON behaviors (user_id, date);
 """
 
 
+def snapshot_for_request(name: str, current: SnapshotInfo | None, request_date: str | None,
+                         of_date: Callable[[str], SnapshotInfo | None], store_arg: object) -> SnapshotInfo:
+    """The snapshot a request of ``request_date`` reads: UBT(request_date - 1) when the store holds it
+    (``of_date``), else the current one unless that is later (it would hold behaviors after the request);
+    the current one when no date is given. ``store_arg``: the ``--store`` to name in the message."""
+    if current is None:
+        raise StoreUnavailable(f"the {name} holds no snapshot yet: run `jobs/export_ubt.py --date D --store {store_arg}`")
+    if request_date is None:
+        return current
+    from sim.ubt.dates import shift_date
+    wanted = shift_date(request_date, -1)
+    if current.date == wanted:
+        return current
+    older = of_date(wanted)
+    if older is not None:
+        return older
+    if current.date > wanted:
+        raise SnapshotNotServable(f"a request of {request_date} reads UBT({wanted}); the {name} holds only later "
+                                  f"snapshots (current UBT({current.date})), which hold behaviors after it")
+    return current
+
+
 class SqliteStore(SnapshotStore):
     """The embedded store: one SQLite file in WAL mode (any number of reading processes and threads,
     one writer at a time; a writer never blocks a reader). ``create`` makes the file (the export does);
@@ -276,24 +298,11 @@ class SqliteStore(SnapshotStore):
     @contextmanager
     def view(self, request_date: str | None = None) -> Iterator[SnapshotView]:
         with self._read() as c:
-            current = self._current(c)
-            if current is None:
-                raise StoreUnavailable(f"the {self.name} holds no snapshot yet: run "
-                                       f"`jobs/export_ubt.py --date D --store {self.path}`")
-            info = current
-            if request_date is not None:
-                from sim.ubt.dates import shift_date
-                wanted = shift_date(request_date, -1)
-                if current.date != wanted:
-                    row = c.execute("SELECT MAX(generation) FROM snapshots WHERE complete = 1 AND date = ?",
-                                    (wanted,)).fetchone()
-                    if row[0] is not None:
-                        info = self._info(c, row[0])
-                    elif current.date > wanted:
-                        raise SnapshotNotServable(
-                            f"a request of {request_date} reads UBT({wanted}); the {self.name} holds only "
-                            f"later snapshots (current UBT({current.date})), which hold behaviors after it")
-            yield _SqliteView(c, info)
+            def of_date(date: str) -> SnapshotInfo | None:
+                row = c.execute("SELECT MAX(generation) FROM snapshots WHERE complete = 1 AND date = ?",
+                                (date,)).fetchone()
+                return None if row[0] is None else self._info(c, row[0])
+            yield _SqliteView(c, snapshot_for_request(self.name, self._current(c), request_date, of_date, self.path))
 
     # ----------------------------------------------------------------------------------- writing
     def new_snapshot(self, date: str, meta: Mapping) -> SnapshotWriter:
