@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run
+from helpers.inprocess import call_main
 from helpers.samples_table import write_samples
 from sim.adapters import delta_io, tracking
 from sim.training.metrics import auc
@@ -49,6 +50,14 @@ def train_cmd(expid: str, root, tmp_path, *extra: str, np_: int = 0) -> list[str
     if np_:
         cmd += ["--np", str(np_)]
     return cmd
+
+
+def train_main(cmd: list[str], capfd) -> tuple[int | None, str]:
+    """``python -m sim.train ...`` (a :func:`train_cmd`) as ``sim.train.main`` in this process: for what it
+    refuses before any worker starts (the exit status is main's return value, ``sys.exit(main())``)."""
+    from sim.train import main
+    assert cmd[1:3] == ["-m", "sim.train"], cmd
+    return call_main(main, cmd[3:], capfd)
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +188,13 @@ def test_mlflow_models_serve_answers_with_the_logged_scores(two_ranks, tmp_path)
     assert answer["predictions"] == pytest.approx(logged.loc[rows.impression_id].tolist(), abs=1e-6)
 
 
-def test_unreachable_tracking_server_fails_before_training(lakehouse, tmp_path):
+def test_unreachable_tracking_server_fails_before_training(lakehouse, tmp_path, capfd):
     from conftest import free_port
     dead = f"http://127.0.0.1:{free_port()}"
-    proc = run(train_cmd("din", lakehouse[0], tmp_path, f"tracking_uri={dead}", np_=2), check=False, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"no MLflow tracking server answers at {dead}" in proc.stderr
-    assert "launching: " not in proc.stderr
+    status, err = train_main(train_cmd("din", lakehouse[0], tmp_path, f"tracking_uri={dead}", np_=2), capfd)
+    assert status == 2, err[-2000:]
+    assert f"no MLflow tracking server answers at {dead}" in err
+    assert "launching: " not in err
 
 
 @pytest.mark.slow
@@ -259,19 +268,17 @@ def test_resume_refuses_without_a_checkpoint_or_a_readable_version(lakehouse, tm
     pytest.param(["train.device=cuda"], "train.device=cuda but", id="cuda-without-gpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
-def test_bad_config_fails_before_any_worker_starts(lakehouse, tmp_path, extra, message):
-    lakehouse = lakehouse[0]
-    cmd = train_cmd("din", lakehouse, tmp_path, *extra, np_=2)
-    proc = run(cmd, check=False, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stderr
-    assert "launching: " not in proc.stderr  # horovodrun never started
+def test_bad_config_fails_before_any_worker_starts(lakehouse, tmp_path, extra, message, capfd):
+    status, err = train_main(train_cmd("din", lakehouse[0], tmp_path, *extra, np_=2), capfd)
+    assert status == 2, err[-2000:]
+    assert message in err
+    assert "launching: " not in err  # horovodrun never started
 
 
-def test_unknown_expid_lists_known_ones(tmp_path):
-    proc = run([sys.executable, "-m", "sim.train", "--config", str(ROOT / "conf/experiments.yaml"),
-                "--expid", "nope"], check=False)
-    assert proc.returncode == 2 and "unknown expid 'nope'" in proc.stderr and "sim_soft_time" in proc.stderr
+def test_unknown_expid_lists_known_ones(capfd):
+    status, err = train_main([sys.executable, "-m", "sim.train", "--config", str(ROOT / "conf/experiments.yaml"),
+                              "--expid", "nope"], capfd)
+    assert status == 2 and "unknown expid 'nope'" in err and "sim_soft_time" in err
 
 
 def test_checkpoints_are_keyed_by_run():
