@@ -194,7 +194,12 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     assert rows_of(read_table(spark, str(ubt))) == rows_prev
     assert version_for_date(spark, str(ubt), "build_ubt", D1) is None
 
+    # The re-run: a job's own JVM (`python jobs/...`, get_spark puts S3A on its class path) that reaches
+    # the store with nothing but the AWS_* variables (endpoint derived from them, credentials read by S3A).
     cluster.start_s3()  # back on the same port, over the same directory
+    from sim.config import load_pipeline_conf
+    hadoop = {k for k in load_pipeline_conf(overrides=TINY + FAIL_FAST).spark.conf if k.startswith("spark.hadoop.")}
+    assert hadoop == {s.split("=")[0].removeprefix("spark.conf.") for s in FAIL_FAST}  # retries and timeouts only
     proc = run([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], timeout=600, **cluster.client_env)
     assert f"BUILD_UBT_OK date={D1}" in proc.stdout and f"{D1}:nightly" in proc.stdout, proc.stdout
     assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == [D0, D1]
