@@ -194,7 +194,12 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     assert rows_of(read_table(spark, str(ubt))) == rows_prev
     assert version_for_date(spark, str(ubt), "build_ubt", D1) is None
 
+    # The re-run: a job's own JVM (`python jobs/...`, get_spark puts S3A on its class path) that reaches
+    # the store with nothing but the AWS_* variables (endpoint derived from them, credentials read by S3A).
     cluster.start_s3()  # back on the same port, over the same directory
+    from sim.config import load_pipeline_conf
+    hadoop = {k for k in load_pipeline_conf(overrides=TINY + FAIL_FAST).spark.conf if k.startswith("spark.hadoop.")}
+    assert hadoop == {s.split("=")[0].removeprefix("spark.conf.") for s in FAIL_FAST}  # retries and timeouts only
     proc = run([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], timeout=600, **cluster.client_env)
     assert f"BUILD_UBT_OK date={D1}" in proc.stdout and f"{D1}:nightly" in proc.stdout, proc.stdout
     assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == [D0, D1]
@@ -219,15 +224,14 @@ def _busy_executor(ui: str) -> str | None:
     return None
 
 
-def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark, cluster, ubt_lake, tmp_path):
-    from sim.config import load_pipeline_conf
+def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark, cluster, ubt_lake, tiny_pipeline,
+                                                                         tmp_path):
     from sim.local.cluster import free_port
-    from sim.samples.contract import SampleSpec
-    from sim.samples.job import build_samples
-    reference, faulted = tmp_path / "reference", tmp_path / "faulted"
-    shutil.copytree(ubt_lake, reference)
+    # The reference: the samples of D1 the session's tiny pipeline built in one process from these logs
+    # and this UBT(D0) (ubt_lake is its copy at D0); the commits below show the same settings and inputs.
+    reference = str(tiny_pipeline.full / "samples")
+    faulted = tmp_path / "faulted"
     shutil.copytree(ubt_lake, faulted)
-    assert build_samples(spark, str(reference), D1, SampleSpec.from_conf(load_pipeline_conf(overrides=TINY))).action == "written"
 
     # The driver's UI (its REST API) tells which executor runs a task; a local lakehouse, no S3A jars.
     port = free_port()
@@ -252,5 +256,11 @@ def test_spark_worker_killed_mid_stage_the_job_finishes_with_the_same_rows(spark
     assert killed is not None, f"no worker was killed; job exit {proc.returncode}\n{err[-4000:]}"
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-6000:]}"
     assert f"date={D1} action=written" in out
-    assert rows_of(read_table(spark, str(faulted / "samples"))) == rows_of(read_table(spark, str(reference / "samples")))
-    cluster.start_worker(killed)  # the cluster as it was, for any test after this one
+    # Built with the settings and from the inputs (versions, data files) the reference was built with:
+    # its commit's record of its run is the same.
+    (ran,) = job_commits(spark, str(faulted / "samples"), "build_samples")
+    (ref,) = [c for c in job_commits(spark, reference, "build_samples") if c.date == D1]
+    assert ran.date == D1 and ran.metadata["fingerprint"] == ref.metadata["fingerprint"], (ran.metadata, ref.metadata)
+    assert rows_of(read_table(spark, str(faulted / "samples"))) == rows_of(read_table(spark, reference).where(f"dt = '{D1}'"))
+    # The killed worker stays down: this is the module's last test on its cluster (a test after it
+    # would need `cluster.start_worker(killed)` here).

@@ -1,14 +1,14 @@
 """``train.device``: how a rank's device is resolved and refused, and the averaging of gradients through
 host memory that a model on a GPU uses with a CPU build of Horovod. This machine has no GPU: the
-through-host averaging runs here on CPU tensors (its copies are then no-ops); what only runs on a GPU is
-not tested (see sim.training.device)."""
+through-host averaging runs here on CPU tensors (its copies are then no-ops; under ``horovodrun``, in the
+launch test_foundation shares with its own two-rank check); what only runs on a GPU is not tested (see
+sim.training.device)."""
 from __future__ import annotations
 
 
 import pytest
 import torch
 
-from conftest import hvd_script
 from sim.config import ConfigError
 from sim.training.device import check_device, place, to_device
 
@@ -37,12 +37,3 @@ def test_cuda_without_a_gpu_is_refused_saying_what_to_do():
     with pytest.raises(ConfigError, match="train.device=cuda"):
         place("cuda", local_rank=0, gpu_operations=None)
     check_device("auto", processes_per_host=8)  # auto falls back to the CPU: any number of processes
-
-
-@pytest.mark.slow
-def test_through_host_averaging_matches_horovods_distributed_optimizer(tmp_path):
-    res = hvd_script(2, "hvd_through_host.py", tmp_path / "through_host.json")
-    assert res["size"] == 2 and res["optimizer"] == "HostStagedSGD"
-    assert res["moved"] > 0
-    assert res["ranks_b"] == 0.0  # the ranks stay identical
-    assert res["a_vs_b"] == 0.0  # the same averages as Horovod's own, to the bit

@@ -89,13 +89,30 @@ def test_petastorm_shards_are_disjoint_and_complete(spark, tmp_path):
     assert set(seen[0]) | set(seen[1]) == set(range(40))
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    """One ``horovodrun -np 2`` of tests/helpers/hvd_two_ranks.py: the results of its parts, by name."""
+    return hvd_script(2, "hvd_two_ranks.py", tmp_path_factory.mktemp("hvd") / "hvd.json")
+
+
 @pytest.mark.slow
-def test_horovodrun_two_ranks_allreduce_and_identical_weights(tmp_path):
-    res = hvd_script(2, "hvd_two_ranks.py", tmp_path / "hvd.json")
+def test_horovodrun_two_ranks_allreduce_and_identical_weights(two_ranks):
+    res = two_ranks["basics"]
     assert res["size"] == 2
     assert res["rank_sum"] == 3.0
     assert res["weights_changed"]
     assert res["max_weight_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_through_host_averaging_matches_horovods_distributed_optimizer(two_ranks):
+    """``train.device``'s averaging of gradients through host memory (sim.training.device; the rest of
+    it: test_device), on CPU tensors, against Horovod's own DistributedOptimizer."""
+    res = two_ranks["through_host"]
+    assert res["size"] == 2 and res["optimizer"] == "HostStagedSGD"
+    assert res["moved"] > 0
+    assert res["ranks_b"] == 0.0  # the ranks stay identical
+    assert res["a_vs_b"] == 0.0  # the same averages as Horovod's own, to the bit
 
 
 def test_mlflow_run_roundtrip(tmp_path):

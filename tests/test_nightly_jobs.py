@@ -1,9 +1,11 @@
 """The nightly jobs as real ``spark-submit`` subprocesses on the generator's demo data, in one flow:
 
-- locally: a kill in the middle of the UBT write leaves the previous version readable; the re-run
-  skips the committed date and builds the killed one; the samples of both impression days follow
-  (Delta resolved by ``spark-submit --packages``); a re-run of a committed date with another cap is
-  refused, naming it;
+- locally: a kill in the middle of the UBT write (of a ``spark-submit`` job) leaves the previous
+  version readable; the re-run skips the committed date and builds the killed one; the samples of both
+  impression days follow (Delta resolved by ``spark-submit --packages``); a re-run of a committed date
+  with another cap is refused, naming it. The re-run and the refused run go through the job's function
+  and command-line ``main`` in the test session's JVM: what needs a JVM of its own is the kill and
+  ``--packages``;
 - the same jobs uninterrupted, in the test session's JVM, from the same logs (the session's tiny
   pipeline, ``conftest.tiny_pipeline``), give the same samples rows. (The jobs on a standalone
   cluster: test_cluster.)
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from sim.samples.contract import SAMPLES_COLUMNS, with_sequence_arrays
 from sim.ubt.settings import UBT_COLUMNS
 from sim.ubt.transforms import aggregate_ubt, ubt_view
 from sim.ubt.dates import retention_first_date
+from sim.ubt.job import build_ubt
 from test_ubt import rows_of
 
 # spark-submit JVMs and the reference; the machine that runs them may be busy.
@@ -51,6 +55,26 @@ def submit(script: str, lakehouse: Path, *args: str, packages: bool = False) -> 
     return run(cmd, timeout=900)
 
 
+@contextmanager
+def session_settings_kept(spark):
+    """The session's SQL settings as they were before the block: a job's ``main`` run in this process
+    applies its settings to the shared session (``get_spark``: the defaults, ``spark.conf`` of the
+    config, the Delta confs), which the tests after it must not inherit. The session's own conf object
+    is used because some of those keys (``spark.master``, ``spark.jars``) are refused by ``spark.conf``
+    yet were set in it."""
+    before = spark.conf.getAll
+    try:
+        yield
+    finally:
+        conf = spark._jsparkSession.sessionState().conf()
+        for key, value in spark.conf.getAll.items():
+            if key not in before:
+                conf.unsetConf(key)
+            elif before[key] != value:
+                conf.setConfString(key, before[key])
+    assert spark.conf.getAll == before
+
+
 def _uncommitted_files(table: Path) -> list[str]:
     """Data files on disk that no commit of the Delta log references (left by a killed writer)."""
     referenced = set()
@@ -60,7 +84,8 @@ def _uncommitted_files(table: Path) -> list[str]:
     return [p.name for p in table.rglob("*.parquet") if p.name not in referenced]
 
 
-def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(spark, tiny_pipeline, tmp_path):
+def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(spark, tiny_pipeline, tmp_path,
+                                                                            capfd, monkeypatch):
     # The logs and UBT(06-29) (full build) of the session's tiny pipeline, whose later stages ran
     # uninterrupted in the session's JVM: the reference of the rows the jobs below must give.
     lake = copy_lakehouse(tiny_pipeline.ubt_d0, tmp_path / "lakehouse", ("behaviors", "impressions", "ubt"))
@@ -85,9 +110,11 @@ def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(
     assert latest_version(spark, str(ubt)) == v_prev
     assert rows_of(read_table(spark, str(ubt)).select(*UBT_COLUMNS)) == rows_prev
 
-    # The re-run succeeds; the committed 06-29 is skipped (unchanged), 06-30 equals a full rebuild.
-    out = submit("build_ubt.py", lake, "--date", "2024-06-30", "--backfill", "2024-06-29").stdout
-    assert "2024-06-29:skipped, 2024-06-30:nightly" in out
+    # The re-run (the job's function, in this JVM, on what the killed driver left) succeeds;
+    # the committed 06-29 is skipped (unchanged), 06-30 equals a full rebuild.
+    results = build_ubt(spark, str(lake), "2024-06-30", WINDOWS, CAPS, backfill_from="2024-06-29",
+                        backfill_days=CONF.retention.backfill_days)
+    assert [(r.date, r.action) for r in results] == [("2024-06-29", "skipped"), ("2024-06-30", "nightly")]
     assert [c.date for c in job_commits(spark, str(ubt), "build_ubt")] == ["2024-06-29", "2024-06-30"]
     beh = read_table(spark, str(lake / "behaviors")).where(
         (F.col("dt") >= retention_first_date(WINDOWS, "2024-06-30")) & (F.col("dt") <= "2024-06-30"))
@@ -99,13 +126,16 @@ def test_nightly_jobs_killed_and_rerun_give_the_samples_of_an_uninterrupted_run(
     out = submit("build_samples.py", lake, "--date", "2024-07-01", "--backfill", "2024-06-30",
                  packages=True).stdout
     assert "date=2024-06-30 action=written" in out and "date=2024-07-01 action=written" in out
-    # A re-run with another cap is refused, naming it and --force, and writes nothing.
+    # A re-run with another cap is refused, naming it and --force, and writes nothing: the job's
+    # command line in this process, on the session (a job that ran on would stop it: fail instead).
+    from sim.samples.cli import main as build_samples_main
     samples_version, cap = latest_version(spark, str(lake / "samples")), CAPS.long_cap
-    refused = run(spark_submit_cmd(str(ROOT / "jobs" / "build_samples.py"),
-                                   *job_args(lake, "--date", "2024-07-01", "--set", f"caps.long_cap={cap + 1}")),
-                  check=False)
-    said = refused.stdout + refused.stderr  # spark-submit merges the driver's stderr into its stdout
-    assert refused.returncode == 1 and f"caps.long_cap: built with {cap}, now {cap + 1}" in said and "--force" in said, said
+    monkeypatch.setattr(type(spark), "stop", lambda self: pytest.fail("the refused job ran on and stopped the session"))
+    capfd.readouterr()
+    with session_settings_kept(spark):
+        status = build_samples_main(job_args(lake, "--date", "2024-07-01", "--set", f"caps.long_cap={cap + 1}"))
+    said = capfd.readouterr().err
+    assert status == 1 and f"caps.long_cap: built with {cap}, now {cap + 1}" in said and "--force" in said, said
     assert latest_version(spark, str(lake / "samples")) == samples_version
     samples = str(lake / "samples")
     assert [c.date for c in job_commits(spark, samples, "build_samples")] == ["2024-06-30", "2024-07-01"]
