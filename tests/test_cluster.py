@@ -178,7 +178,10 @@ def test_s3_server_stopped_mid_job_fails_clearly_keeps_the_table_and_a_rerun_fin
     # The kernel reports the first new data file the server stores (inotify): the write has begun.
     with FileEvents(ubt) as events, open(out_path, "w") as out_f, open(err_path, "w") as err_f:
         # files for the job's output: a full pipe would stall it
-        proc = subprocess.Popen([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1)], cwd=ROOT,
+        # 32 write tasks: the first data file lands well before the commit, also on a busy machine (with one
+        # or two, the job could commit before the server was stopped).
+        wide = ["--set", "spark.conf.spark.sql.shuffle.partitions=32"]
+        proc = subprocess.Popen([sys.executable, *job_cmd("build_ubt.py", lakehouse, "--date", D1), *wide], cwd=ROOT,
                                 env=cluster.base_env(SPARK_SUBMIT_OPTS=SHORT_JVM_OPTS), stdout=out_f, stderr=err_f,
                                 start_new_session=True)
         events.wait_for(lambda name: name.endswith(".parquet"), lambda: proc.poll() is None, 600)
