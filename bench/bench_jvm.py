@@ -59,7 +59,7 @@ def main() -> None:
         args.runs = 1
     if not jvm_archive.archive_path().is_file():
         raise SystemExit(f"no archive at {jvm_archive.archive_path()}: run `make setup` (or "
-                         "`python -m sim.adapters.jvm_archive build`) first")
+                         "`python -m sim.local.jvm_archive build`) first")
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for _ in range(args.runs):
         for archive in (False, True):

@@ -352,14 +352,14 @@ else
   rm -rf "$REDIS_CACHE"; mv "$REDIS_CACHE.tmp" "$REDIS_CACHE"; rm -rf "$DEBS"
   say "redis-server $REDIS_VER cached in $REDIS_CACHE"
 fi
-# 6. The driver JVM's class-data archive (sim/adapters/jvm_archive.py): the classes a job loads, parsed
-#    and verified once, so each job's JVM starts with less CPU. Keyed by the JVM and the class-path jars
-#    (a new venv linked from the same wheels reuses it); about a minute of Spark the first time. A
-#    failure only costs that speed: the jobs run without it.
-if ARCHIVE=$("$VENV/bin/python" -m sim.adapters.jvm_archive path) && [ -f "$ARCHIVE" ]; then
+# 6. The driver JVM's class-data archive (sim/adapters/jvm_archive.py; sim/local/jvm_archive.py builds it):
+#    the classes a job loads, parsed and verified once, so each job's JVM starts with less CPU. Keyed by
+#    the JVM and the class-path jars (a new venv linked from the same wheels reuses it); about a minute of
+#    Spark the first time. A failure only costs that speed: the jobs run without it.
+if ARCHIVE=$("$VENV/bin/python" -m sim.local.jvm_archive path) && [ -f "$ARCHIVE" ]; then
   say "skipped: JVM class-data archive $ARCHIVE"
 else
   say "building the JVM class-data archive (a small pipeline run, about a minute)"
-  "$VENV/bin/python" -m sim.adapters.jvm_archive build >/dev/null || say "warning: no JVM class-data archive (see above); the jobs run without it"
+  "$VENV/bin/python" -m sim.local.jvm_archive build >/dev/null || say "warning: no JVM class-data archive (see above); the jobs run without it"
 fi
 say "done in $(( $(date +%s) - start ))s"
