@@ -21,6 +21,7 @@ def _workload(lakehouse: str) -> None:
     from sim.inputs.ingest import run_generator
     from sim.samples.contract import SampleSpec
     from sim.samples.job import build_samples
+    from sim.ubt.dates import shift_date
     from sim.ubt.job import build_ubt
     cfg = load_pipeline_conf(None, [
         "generator.users=6", "generator.history_days=16", "generator.impression_days=1",
@@ -33,15 +34,13 @@ def _workload(lakehouse: str) -> None:
         run_generator(spark, cfg.generator, lakehouse, max_reject_ratio=0.9)
         days = sorted(r[0] for r in spark.read.format("delta").load(f"{lakehouse}/impressions")
                       .select("dt").distinct().collect())
-        last = days[-1]
-        from datetime import date, timedelta
-        d0 = str(date.fromisoformat(str(last)) - timedelta(days=2))
-        d1 = str(date.fromisoformat(str(last)) - timedelta(days=1))
+        last = str(days[-1])
+        d0, d1 = shift_date(last, -2), shift_date(last, -1)
         build_ubt(spark, lakehouse, d0, cfg.windows, cfg.caps, backfill_from=d0,
                   backfill_days=cfg.retention.backfill_days)
         build_ubt(spark, lakehouse, d1, cfg.windows, cfg.caps, backfill_from=d0,
                   backfill_days=cfg.retention.backfill_days)
-        build_samples(spark, lakehouse, str(last), SampleSpec.from_conf(cfg))
+        build_samples(spark, lakehouse, last, SampleSpec.from_conf(cfg))
     finally:
         spark.stop()
         _wait_for_jvm_exit()
