@@ -19,6 +19,26 @@ def test_delta_write_overwrite_read_time_travel(spark, tmp_path):
     assert delta_io.latest_version(spark, path) == 1
 
 
+def test_newest_version_and_commit_are_read_from_the_log_as_history_gives_them(spark, tmp_path):
+    """latest_version and last_commit (read in the driver, no Spark job) give what Delta's history(1)
+    gives, also after a commit of another writer (delta-rs) that this session's DeltaLog did not see."""
+    from deltalake import write_deltalake
+    from delta.tables import DeltaTable
+    path = str(tmp_path / "t")
+    spark.range(5).repartition(3).write.format("delta").save(path)
+    spark.range(5, 8).write.format("delta").mode("append").save(path)
+    spark.sql(f"OPTIMIZE delta.`{path}`")  # metrics other than a write's
+    write_deltalake(path, delta_io.read_table(spark, path).limit(2).toPandas(), mode="append")
+    head = DeltaTable.forPath(spark, path).history(1).select("version", "operation", "operationMetrics").first()
+    assert head.version == 3 and delta_io.latest_version(spark, path) == 3
+    assert delta_io.last_commit(spark, path) == delta_io.CommitInfo(3, head.operation, dict(head.operationMetrics))
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    head = DeltaTable.forPath(spark, path).history(1).select("version", "operation", "operationMetrics").first()
+    assert head.operation == "OPTIMIZE" and int(head.operationMetrics["numRemovedFiles"]) > 1
+    assert delta_io.last_commit(spark, path) == delta_io.CommitInfo(4, "OPTIMIZE", dict(head.operationMetrics))
+    assert delta_io.latest_version(spark, str(tmp_path / "none")) is None
+
+
 def test_write_date_is_idempotent_and_findable(spark, tmp_path):
     path = str(tmp_path / "t")
     df = spark.createDataFrame([(1, "2024-01-01"), (2, "2024-01-01")], "id long, dt string")

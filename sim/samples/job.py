@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from sim.config import ConfigError
-from sim.adapters.delta_io import (Commit, commit_age_days, job_commits, read_table, require_table,
+from sim.adapters.delta_io import (Commit, commit_age_days, job_commits, last_commit, read_table, require_table,
                                    retention_on_create, set_retention, table_path, version_for_date,
                                    write_date)
 from sim.adapters.lineage import (TableRead, empty_input, job_date_read, rerun_refusal, run_record,
@@ -219,10 +219,9 @@ def _write_samples(spark: SparkSession, lakehouse: str, seqs: DataFrame, spec: S
         where = (f"impression_id={hit[0]} (ts={hit[1]})" if hit else str(e).split(LEAK_MARK)[1][:200])
         raise LeakError(f"leak guard: samples for {label} not written: {where} has a behavior at or "
                         f"after its time in a sequence ({inputs})") from None
-    from delta.tables import DeltaTable
-    head = DeltaTable.forPath(spark, out).history(1).select("version", "operationMetrics").first()
+    head = last_commit(spark, out)
     version = version_for_date(spark, out, JOB, label)
-    n = int((head.operationMetrics or {}).get("numOutputRows", -1)) if head.version == version else -1
+    n = int(head.metrics.get("numOutputRows", -1)) if head.version == version else -1
     set_retention(spark, out, spec.backfill_days)  # after reading the write's own metrics
     log.info("build_samples %s: %d samples from %s (%d rejected) -> version %s%s", label, n, inputs,
              n_rejects, version, "" if committed else " (already committed)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, latest_version, read_table,
+from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, last_commit, latest_version, read_table,
                                    require_table, retention_on_create, set_retention, table_path)
 from sim.adapters.lineage import empty_input, job_date_read, rerun_refusal, run_record, table_read
 from sim.faults import crash_point
@@ -110,7 +110,6 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
     """UBT(date) = UBT(date-1) + behaviors(date) - blocks leaving the window: the day's rows (one per key
     active that day, segment = the date) appended without reading the index, one commit tagged with
     the date; then the block rollup and the delete of blocks that left, on the days they happen."""
-    from delta.tables import DeltaTable
     path = table_path(lakehouse, "ubt")
     require_table(spark, path, f"build the index first: jobs/build_ubt.py --date {date} --backfill FROM")
     if commits is None:
@@ -128,12 +127,11 @@ def nightly_update(spark: SparkSession, lakehouse: str, date: str, windows: Wind
     with commit_metadata(spark, meta):
         (aggregate_ubt(new, cap, segment_days=1).write.format("delta").mode("append")
          .partitionBy("segment").save(path))
-    hist = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
-    metrics = dict(hist.operationMetrics or {})
-    result = DayResult(date, "nightly", int(hist.version), touched_keys=int(metrics.get("numOutputRows", 0)),
-                       rejected=n_rejects, metrics=metrics)
+    head = last_commit(spark, path)
+    result = DayResult(date, "nightly", head.version, touched_keys=int(head.metrics.get("numOutputRows", 0)),
+                       rejected=n_rejects, metrics=dict(head.metrics))
     log.info("build_ubt %s: appended the day's rows of %s keys -> version %s", date, result.touched_keys,
-             hist.version)
+             head.version)
     rolled = _rollup_block(spark, path, windows, cap, date, meta)
     dropped = _expire_blocks(spark, path, windows, date, meta)
     result.metrics.update(rollup_block=rolled is not None, expire_blocks=dropped is not None)

@@ -7,7 +7,8 @@ from __future__ import annotations
 # switch for its tests), no whole-stage code generation, no adaptive re-planning, one partition for Delta's
 # log replay. None of them changes a result.
 TINY_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-              "spark.sql.adaptive.enabled": "false", "spark.databricks.delta.snapshotPartitions": "1"}
+              "spark.sql.adaptive.enabled": "false", "spark.databricks.delta.snapshotPartitions": "1",
+              "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2"}
 TINY_SPARK_SETS = [f"spark.conf.{k}={v}" for k, v in TINY_SPARK.items()]  # as --set overrides
 
 
