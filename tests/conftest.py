@@ -77,16 +77,26 @@ def subprocess_env(**extra: str) -> dict:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from helpers.tiny_data import TINY_SPARK
+    from helpers.tiny_data import SESSION_JVM_OPTS, TINY_SPARK
     from sim.adapters.spark import get_spark
     warehouse = tmp_path_factory.mktemp("warehouse")
-    s = get_spark("sim-tests", master="local[2]", conf={
-        "spark.sql.shuffle.partitions": "2",
-        "spark.default.parallelism": "2",
-        "spark.sql.warehouse.dir": str(warehouse),
-        "spark.driver.memory": "3g",
-        **TINY_SPARK,
-    })
+    # The JIT options through the launcher's environment, read once as the JVM starts: asked for as
+    # spark.driver.extraJavaOptions, every later get_spark of a job's code in this process would be
+    # warned that its (other) value cannot apply.
+    before = os.environ.get("SPARK_SUBMIT_OPTS")
+    os.environ["SPARK_SUBMIT_OPTS"] = SESSION_JVM_OPTS
+    try:
+        s = get_spark("sim-tests", master="local[2]", conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.sql.warehouse.dir": str(warehouse),
+            "spark.driver.memory": "3g",
+            **TINY_SPARK,
+        })
+    finally:
+        os.environ.pop("SPARK_SUBMIT_OPTS")
+        if before is not None:
+            os.environ["SPARK_SUBMIT_OPTS"] = before
     yield s
     s.stop()
 
