@@ -83,9 +83,8 @@ def spark(tmp_path_factory):
     # The JIT options through the launcher's environment, read once as the JVM starts: asked for as
     # spark.driver.extraJavaOptions, every later get_spark of a job's code in this process would be
     # warned that its (other) value cannot apply.
-    before = os.environ.get("SPARK_SUBMIT_OPTS")
-    os.environ["SPARK_SUBMIT_OPTS"] = SESSION_JVM_OPTS
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SPARK_SUBMIT_OPTS", SESSION_JVM_OPTS)
         s = get_spark("sim-tests", master="local[2]", conf={
             "spark.sql.shuffle.partitions": "2",
             "spark.default.parallelism": "2",
@@ -93,10 +92,6 @@ def spark(tmp_path_factory):
             "spark.driver.memory": "3g",
             **TINY_SPARK,
         })
-    finally:
-        os.environ.pop("SPARK_SUBMIT_OPTS")
-        if before is not None:
-            os.environ["SPARK_SUBMIT_OPTS"] = before
     yield s
     s.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 # Spark settings for tiny data, in the tests' session and in the jobs they run: on a few thousand rows,
 # compiling queries costs more CPU than it saves. Interpreted expressions (``factoryMode`` is Spark's own
 # switch for its tests), no whole-stage code generation, no adaptive re-planning, one partition for Delta's
-# log replay. None of them changes a result.
+# log replay, two tasks (not 10,000) for a file listing such as VACUUM's. None of them changes a result.
 TINY_SPARK = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
               "spark.sql.adaptive.enabled": "false", "spark.databricks.delta.snapshotPartitions": "1",
               "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2"}
