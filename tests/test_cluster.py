@@ -62,6 +62,38 @@ def _pgid(pid: int) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------- the flow
+class ExecutorMaps:
+    """While the block runs, every executor JVM of this machine (its pid) -> whether it was started with a
+    class-data archive and whether its memory maps hold that archive's file (read from /proc while it
+    runs: an executor lives as long as its application)."""
+
+    def __init__(self, interval: float = 0.2):
+        import threading
+        self.interval, self.seen, self._stop = interval, {}, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "ExecutorMaps":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in (p for p in os.listdir("/proc") if p.isdigit() and p not in self.seen):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" not in cmd:
+                        continue
+                    archive = next((a.split(b"=", 1)[1].decode() for a in cmd if a.startswith(b"-XX:SharedArchiveFile=")), None)
+                    time.sleep(1.0)  # past the JVM's start, where it maps the archive
+                    self.seen[pid] = (archive, archive is not None and archive in Path(f"/proc/{pid}/maps").read_text())
+                except OSError:  # gone already
+                    continue
+
+
 def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cluster, tmp_path, capfd):
     """The demo's stages as ``make cluster-demo`` runs them: the jobs through spark-submit on the
     cluster on s3a://, the last night as one spark-submit of the nightly command (UBT, samples and the
@@ -77,8 +109,9 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     from sim.training.metrics import auc
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
-    times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS,
-                     env={"SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS, "SIM_DUMP_WEIGHTS": str(tmp_path / "weights")})
+    with ExecutorMaps() as executors:
+        times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS,
+                         env={"SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS, "SIM_DUMP_WEIGHTS": str(tmp_path / "weights")})
     out = capfd.readouterr().out
     assert list(times) == ["generate", "ubt", "samples", "nightly", "train din", "compare"], out[-3000:]
 
@@ -120,6 +153,10 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # the comparison, from the server: din's test AUC, the one the run logged
     assert re.search(rf"din\s.*{float(run['metrics.auc']):.4f}", out), out[-3000:]
+    # The jobs' executors (two per spark-submit, on the class path of setup's class-data archive) map it.
+    from sim.adapters.jvm_archive import archive_path
+    started = [mapped for archive, mapped in executors.seen.values() if archive == str(archive_path())]
+    assert len(started) >= 2 and all(started), executors.seen
 
 
 # ---------------------------------------------------------------------------------------------- faults

@@ -12,7 +12,9 @@ by the JVM, pyspark's version and the identity (size, mtime) of every jar on the
 so a new venv whose jars are the same files (setup's installer links them from its cache) reuses it.
 :func:`get_spark <sim.adapters.spark.get_spark>` adds :func:`driver_options` to the driver JVM it
 launches; under ``spark-submit`` pass them yourself: ``--driver-java-options "$(python -m
-sim.local.jvm_archive options)"``.
+sim.local.jvm_archive options)"``, and to executors that run on this machine with the same class path
+(the local cluster's, :meth:`sim.local.cluster.LocalCluster.spark_submit`) in
+``spark.executor.extraJavaOptions``.
 
 The JVM checks the archive against its class path itself: a driver whose class path does not start
 with the archive's (another ``--driver-class-path``, another ``SPARK_CONF_DIR``) or whose jars changed
