@@ -85,9 +85,13 @@ def spark(tmp_path_factory):
     # warned that its (other) value cannot apply.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SPARK_SUBMIT_OPTS", SESSION_JVM_OPTS)
+        # One partition per shuffle and per local collection: the in-process tests' data is tiny, and a
+        # second task per stage cost about 10 % more CPU over them. Tests of partition independence set
+        # their own; the jobs' own JVMs (spark-submit, the cluster) run with 2 or more, and
+        # test_nightly_jobs compares their rows with the tiny pipeline this session builds.
         s = get_spark("sim-tests", master="local[2]", conf={
-            "spark.sql.shuffle.partitions": "2",
-            "spark.default.parallelism": "2",
+            "spark.sql.shuffle.partitions": "1",
+            "spark.default.parallelism": "1",
             "spark.sql.warehouse.dir": str(warehouse),
             "spark.driver.memory": "3g",
             **TINY_SPARK,
