@@ -67,7 +67,7 @@ class ExecutorMaps:
     class-data archive and whether its memory maps hold that archive's file (read from /proc while it
     runs: an executor lives as long as its application)."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.5):
         import threading
         self.interval, self.seen, self._stop = interval, {}, threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -86,10 +86,11 @@ class ExecutorMaps:
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" not in cmd:
-                        continue
+                        continue  # (read again next time: a worker's child execs the executor's JVM)
                     archive = next((a.split(b"=", 1)[1].decode() for a in cmd if a.startswith(b"-XX:SharedArchiveFile=")), None)
                     time.sleep(1.0)  # past the JVM's start, where it maps the archive
-                    self.seen[pid] = (archive, archive is not None and archive in Path(f"/proc/{pid}/maps").read_text())
+                    maps = Path(f"/proc/{pid}/maps").read_text()  # the mapped file under its real path
+                    self.seen[pid] = (archive, archive is not None and os.path.realpath(archive) in maps)
                 except OSError:  # gone already
                     continue
 
@@ -155,8 +156,8 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert re.search(rf"din\s.*{float(run['metrics.auc']):.4f}", out), out[-3000:]
     # The jobs' executors (two per spark-submit, on the class path of setup's class-data archive) map it.
     from sim.adapters.jvm_archive import archive_path
-    started = [mapped for archive, mapped in executors.seen.values() if archive == str(archive_path())]
-    assert len(started) >= 2 and all(started), executors.seen
+    mapped = [m for archive, m in executors.seen.values() if archive == str(archive_path())]
+    assert len(mapped) >= 2 and all(mapped), executors.seen
 
 
 # ---------------------------------------------------------------------------------------------- faults
