@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,7 +69,6 @@ class ExecutorMaps:
     runs: an executor lives as long as its application)."""
 
     def __init__(self, interval: float = 0.5):
-        import threading
         self.interval, self.seen, self._stop = interval, {}, threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 

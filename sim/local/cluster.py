@@ -309,7 +309,7 @@ class LocalCluster:
         cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", self.spark_master,
                "--jars", ",".join(jars), "--driver-memory", driver_memory, "--executor-memory", executor_memory,
                "--conf", "spark.ui.enabled=false",
-               "--conf", f"spark.executor.extraJavaOptions={' '.join(filter(None, (SHORT_JVM_OPTS, archive)))}"]
+               "--conf", f"spark.executor.extraJavaOptions={SHORT_JVM_OPTS} {archive}".rstrip()]
         if s3a_path:
             cmd += ["--driver-class-path", s3a_path, "--conf", f"spark.executor.extraClassPath={s3a_path}"]
         if archive:
