@@ -39,6 +39,47 @@ def test_newest_version_and_commit_are_read_from_the_log_as_history_gives_them(s
     assert delta_io.latest_version(spark, str(tmp_path / "none")) is None
 
 
+def test_job_commits_and_commit_ages_are_read_from_the_log_as_history_gives_them(spark, tmp_path):
+    """job_commits and commit_age_days read each commit file in the driver, without a Spark job, and
+    give what Delta's history() gives: the commits whose files the log still holds (after a checkpoint
+    and log clean-up too), up to the version the session sees, with another writer's commit among them."""
+    import datetime as dt
+    import json
+    import os
+    from deltalake import write_deltalake
+    from delta.tables import DeltaTable
+    path = str(tmp_path / "t")
+    for i in range(7):  # our jobs' JSON metadata, a free-text one, none
+        w = spark.range(2).write.format("delta").mode("append")
+        if i != 3:
+            w = w.option("userMetadata", json.dumps({"job": "j" if i % 2 else "k", "date": f"d{i}"}) if i != 5 else "free text")
+        w.save(path)
+        if i == 0:
+            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.checkpointInterval = 4)")
+    write_deltalake(path, delta_io.read_table(spark, path).limit(1).toPandas(), mode="append")
+    log_dir = os.path.join(path, "_delta_log")
+    assert any(f.endswith(".checkpoint.parquet") for f in os.listdir(log_dir))
+    os.remove(os.path.join(log_dir, f"{0:020d}.json"))  # what log clean-up does
+    history = sorted((r.version, r.timestamp, r.userMetadata) for r in DeltaTable.forPath(spark, path).history().collect())
+    assert [v for v, _, _ in history] == list(range(1, 9))
+    sc = spark.sparkContext
+    sc.setJobGroup("commits", "job_commits without a Spark job")
+    try:
+        commits = delta_io.job_commits(spark, path)
+        ages = {v: delta_io.commit_age_days(spark, path, v) for v in range(9)}
+        j_commits = delta_io.job_commits(spark, path, "j")
+    finally:
+        sc.setJobGroup("", "")
+    assert list(sc.statusTracker().getJobIdsForGroup("commits")) == []
+    ours = [(v, json.loads(m)) for v, _, m in history if m and m.startswith("{")]
+    assert [(c.version, c.metadata) for c in commits] == ours and len(ours) == 4
+    assert [(c.version, c.job, c.date) for c in j_commits] == [(2, "j", "d1")]  # d3: no metadata
+    now = dt.datetime.now()
+    for v, ts, _ in history:
+        assert ages[v] == pytest.approx((now - ts).total_seconds() / 86400, abs=60 / 86400)
+    assert ages[0] == float("inf")  # its commit file is gone
+
+
 def test_write_date_is_idempotent_and_findable(spark, tmp_path):
     path = str(tmp_path / "t")
     df = spark.createDataFrame([(1, "2024-01-01"), (2, "2024-01-01")], "id long, dt string")

@@ -152,11 +152,6 @@ def last_commit(spark: SparkSession, path: str) -> CommitInfo:
                       {str(k): str(v) for k, v in as_java(metrics.get()).items()} if metrics.isDefined() else {})
 
 
-def _history(spark: SparkSession, path: str) -> DataFrame:
-    from delta.tables import DeltaTable
-    return DeltaTable.forPath(spark, path).history()
-
-
 def _last_txn_version(spark: SparkSession, path: str, app_id: str) -> int:
     """Highest txnVersion Delta recorded for ``app_id`` (-1 if none), from the table's current snapshot:
     Delta's own transaction state, which checkpoints carry forward, so it survives log clean-up of the
@@ -216,11 +211,11 @@ def retention_on_create(spark: SparkSession, days: int) -> Iterator[None]:
 
 def commit_age_days(spark: SparkSession, path: str, version: int) -> float:
     """Days since ``version`` of the table was committed (from its history)."""
-    import datetime as _dt
-    row = _history(spark, path).where(F.col("version") == int(version)).select("timestamp").first()
-    if row is None:
+    import time
+    ts = next((c.timestamp_ms for c in _commit_files(spark, path) if c.version == int(version)), None)
+    if ts is None:
         return float("inf")  # log clean-up removed it
-    return (_dt.datetime.now() - row.timestamp).total_seconds() / 86400
+    return (time.time() * 1000 - ts) / 86_400_000
 
 
 @dataclass(frozen=True)
@@ -235,17 +230,47 @@ def job_commits(spark: SparkSession, path: str, job: str | None = None) -> list[
     """Commits made by our jobs, oldest first, from the userMetadata each write records."""
     if not is_delta_table(spark, path):
         return []
-    rows = _history(spark, path).select("version", "userMetadata").collect()
     out = []
-    for r in rows:
-        if not r.userMetadata:
-            continue
+    for c in _commit_files(spark, path):
         try:
-            meta = json.loads(r.userMetadata)
+            meta = json.loads(c.user_metadata or "")
         except ValueError:
             continue
-        if job is None or meta.get("job") == job:
-            out.append(Commit(int(r.version), meta.get("job", ""), meta.get("date", ""), meta))
+        if isinstance(meta, dict) and (job is None or meta.get("job") == job):
+            out.append(Commit(c.version, meta.get("job", ""), meta.get("date", ""), meta))
+    return out
+
+
+@dataclass(frozen=True)
+class _CommitFile:
+    version: int
+    timestamp_ms: int  # as ``DeltaTable.history()`` gives it: in-commit timestamp, else the file's time
+    user_metadata: str | None
+
+
+def _commit_files(spark: SparkSession, path: str) -> list[_CommitFile]:
+    """The table's commits up to its current version whose files the log still holds (those of
+    ``DeltaTable.history()``), oldest first, each commit file read in the driver through the table's
+    log store for its ``commitInfo``. ``history()`` reads the same files in a Spark job and builds a
+    DataFrame of them: several times the CPU on a table of a few dozen commits, and the jobs ask before
+    every date."""
+    jvm = spark._jvm
+    delta_log, snap = _snapshot(spark, path)
+    names, conf, store = jvm.org.apache.spark.sql.delta.util.FileNames, delta_log.newDeltaHadoopConf(), delta_log.store()
+    get_info = jvm.org.apache.spark.sql.delta.DeltaHistoryManager.getCommitInfoOpt
+    last = int(snap.version())
+    files = store.listFrom(names.listingPrefix(delta_log.logPath(), 0), conf)
+    out = []
+    while files.hasNext():
+        status = files.next()
+        file = status.getPath()
+        if not names.isDeltaFile(file) or (version := int(names.deltaVersion(file))) > last:
+            continue
+        info = get_info(store, file, conf)
+        ict = info.get().inCommitTimestamp() if info.isDefined() else None
+        meta = info.get().userMetadata() if info.isDefined() else None
+        out.append(_CommitFile(version, int(ict.get()) if ict is not None and ict.isDefined() else int(status.getModificationTime()),
+                               str(meta.get()) if meta is not None and meta.isDefined() else None))
     return sorted(out, key=lambda c: c.version)
 
 
