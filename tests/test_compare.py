@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT
+from helpers.inprocess import call_main
 from sim.reporting import compare, d_category
 from sim.adapters import tracking
 
@@ -120,20 +120,22 @@ def test_paper_tables_put_our_runs_beside_the_papers_and_mark_missing_models():
     assert "no runs" in t4["DIEN"] and "0.6452" in t4["DIEN"]
 
 
-def test_compare_cli_prints_tables(store, tmp_path):
-    proc = run([sys.executable, "-m", "sim.compare", "--experiment", "cmp", "--tracking-uri", store,
-                "--out", str(tmp_path / "o"), "--no-log"])
-    assert "Test AUC (mean ± std over the seeds of a group" in proc.stdout and "avg d_category" in proc.stdout
-    assert "Search diagnostics" in proc.stdout and "of oracle lift over DIN" in proc.stdout
-    assert "Table 3: two-stage search" in proc.stdout
-    assert "gradient boosting on counts" in proc.stdout and "gbdt (reference)" in proc.stdout
-    assert "hard search non-empty" in proc.stdout and "median long length" in proc.stdout
+def test_compare_cli_prints_tables(store, tmp_path, capfd):
+    """``python -m sim.compare``'s ``main`` in this process (the command itself runs in the README
+    walkthrough, tests/test_end_to_end.py)."""
+    status, out = call_main(compare.main, ["--experiment", "cmp", "--tracking-uri", store,
+                                           "--out", str(tmp_path / "o"), "--no-log"], capfd, "out")
+    assert status == 0
+    assert "Test AUC (mean ± std over the seeds of a group" in out and "avg d_category" in out
+    assert "Search diagnostics" in out and "of oracle lift over DIN" in out
+    assert "Table 3: two-stage search" in out
+    assert "gradient boosting on counts" in out and "gbdt (reference)" in out
+    assert "hard search non-empty" in out and "median long length" in out
 
 
-def test_compare_without_runs_says_what_to_do(tmp_path):
-    proc = run([sys.executable, "-m", "sim.compare", "--experiment", "none", "--tracking-uri",
-                f"sqlite:///{tmp_path / 'm.db'}"], check=False)
-    assert proc.returncode != 0 and "train some with sim.train first" in proc.stderr
+def test_compare_without_runs_says_what_to_do(tmp_path, capfd):
+    with pytest.raises(SystemExit, match="train some with sim.train first"):
+        call_main(compare.main, ["--experiment", "none", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], capfd)
 
 
 def test_notebook_executes_headless(store, tmp_path):

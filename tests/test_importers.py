@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections import Counter
 
 import pytest
@@ -15,7 +14,7 @@ from sim.inputs.canonical import SEQUENCE_ID_MAX, day_start_ts, stable_id
 from sim.adapters.delta_io import read_table, table_path
 from sim.inputs.ingest import run_import
 from sim.inputs.validation import ValidationError
-from tests.conftest import ROOT, run
+from helpers.inprocess import call_main, session_settings_kept
 
 D1 = day_start_ts("2017-11-26")
 NOW = day_start_ts("2030-01-01")
@@ -297,23 +296,25 @@ def test_amazon(spark, tmp_path):
 
 
 # CLI -----------------------------------------------------------------------------------------------
-def test_import_cli_fails_on_too_many_rejects(tmp_path):
+def test_import_cli_fails_on_too_many_rejects(spark, tmp_path, capfd, monkeypatch):
     """The CLI exits 1 naming the reason when rejects exceed validation.max_reject_ratio (default 0.05),
     before writing anything. (Its success path, summary line included, is the README's "Public datasets"
-    block in tests/test_end_to_end.py; the RecBole layout's rows and rejects: test_movielens_recbole.)"""
+    block in tests/test_end_to_end.py; the RecBole layout's rows and rejects: test_movielens_recbole.)
+    Its ``main`` runs in this process, on the session (a command that ran on would stop it: fail instead)."""
+    from sim.inputs.cli_import import main
     d = tmp_path / "ml"
     d.mkdir()
     _write(d / "ml-100k.inter", RECBOLE_INTER)
     _write(d / "ml-100k.item", RECBOLE_ITEM)
     lake = tmp_path / "lake"
-    proc = run([sys.executable, str(ROOT / "jobs" / "import_dataset.py"), "--format", "movielens",
-                "--input", str(d), "--lakehouse", str(lake), "--master", "local[1]",
-                "--set", "spark.conf.spark.sql.shuffle.partitions=1"], check=False)
-    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    monkeypatch.setattr(type(spark), "stop", lambda self: pytest.fail("the failed import stopped the session"))
+    with session_settings_kept(spark):
+        status, out = call_main(main, ["--format", "movielens", "--input", str(d), "--lakehouse", str(lake),
+                                       "--set", "spark.conf.spark.sql.shuffle.partitions=1"], capfd, "out")
+    assert status == 1, out
     assert re.search(r"import_dataset\.movielens: FAILED: movielens:(items: 3 of 7|ratings: 4 of 9) rows rejected "
-                     r"\(\d+\.\d%\) exceeds validation\.max_reject_ratio=0\.05; top reasons: \w+", proc.stdout), proc.stdout
+                     r"\(\d+\.\d%\) exceeds validation\.max_reject_ratio=0\.05; top reasons: \w+", out), out
     assert not (lake / "behaviors").exists() and not (lake / "impressions").exists()
-
 
 
 def test_ml100k_demo_uses_the_papers_protocol_and_windows():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from pyspark.sql import functions as F
 
 from conftest import ROOT, copy_lakehouse, run, spark_submit_cmd, subprocess_env
 from helpers.events import FileEvents
+from helpers.inprocess import session_settings_kept
 from helpers.tiny_data import TINY_PIPELINE, TINY_SPARK_SETS
 from sim.config import load_pipeline_conf
 from sim.adapters.delta_io import job_commits, latest_version, read_table, version_for_date
@@ -53,26 +53,6 @@ def job_args(lakehouse: Path, *args: str) -> list[str]:
 def submit(script: str, lakehouse: Path, *args: str, packages: bool = False) -> subprocess.CompletedProcess:
     cmd = spark_submit_cmd(str(ROOT / "jobs" / script), *job_args(lakehouse, *args), packages=packages)
     return run(cmd, timeout=900)
-
-
-@contextmanager
-def session_settings_kept(spark):
-    """The session's SQL settings as they were before the block: a job's ``main`` run in this process
-    applies its settings to the shared session (``get_spark``: the defaults, ``spark.conf`` of the
-    config, the Delta confs), which the tests after it must not inherit. The session's own conf object
-    is used because some of those keys (``spark.master``, ``spark.jars``) are refused by ``spark.conf``
-    yet were set in it."""
-    before = spark.conf.getAll
-    try:
-        yield
-    finally:
-        conf = spark._jsparkSession.sessionState().conf()
-        for key, value in spark.conf.getAll.items():
-            if key not in before:
-                conf.unsetConf(key)
-            elif before[key] != value:
-                conf.setConfString(key, before[key])
-    assert spark.conf.getAll == before
 
 
 def _uncommitted_files(table: Path) -> list[str]:
