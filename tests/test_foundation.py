@@ -60,7 +60,8 @@ def test_job_commits_and_commit_ages_are_read_from_the_log_as_history_gives_them
     log_dir = os.path.join(path, "_delta_log")
     assert any(f.endswith(".checkpoint.parquet") for f in os.listdir(log_dir))
     os.remove(os.path.join(log_dir, f"{0:020d}.json"))  # what log clean-up does
-    history = sorted((r.version, r.timestamp, r.userMetadata) for r in DeltaTable.forPath(spark, path).history().collect())
+    rows = DeltaTable.forPath(spark, path).history().collect()
+    history = sorted((r.version, r.timestamp, r.userMetadata) for r in rows)
     assert [v for v, _, _ in history] == list(range(1, 9))
     sc = spark.sparkContext
     sc.setJobGroup("commits", "job_commits without a Spark job")
@@ -68,6 +69,7 @@ def test_job_commits_and_commit_ages_are_read_from_the_log_as_history_gives_them
         commits = delta_io.job_commits(spark, path)
         ages = {v: delta_io.commit_age_days(spark, path, v) for v in range(9)}
         j_commits = delta_io.job_commits(spark, path, "j")
+        operations = delta_io.operations_after(spark, path, 2)
     finally:
         sc.setJobGroup("", "")
     assert list(sc.statusTracker().getJobIdsForGroup("commits")) == []
@@ -78,6 +80,8 @@ def test_job_commits_and_commit_ages_are_read_from_the_log_as_history_gives_them
     for v, ts, _ in history:
         assert ages[v] == pytest.approx((now - ts).total_seconds() / 86400, abs=60 / 86400)
     assert ages[0] == float("inf")  # its commit file is gone
+    assert operations == sorted((r.version, r.operation) for r in rows if r.version > 2)
+    assert operations[-1] == (8, "WRITE")  # the other writer's
 
 
 def test_write_date_is_idempotent_and_findable(spark, tmp_path):

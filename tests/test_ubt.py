@@ -345,3 +345,24 @@ def test_a_day_without_behaviors_is_refused_unless_allowed(spark, tmp_path, capl
     with caplog.at_level("WARNING"):
         assert build_ubt(spark, lh, "2024-03-04", w, c)[0].action == "skipped"
     assert "UBT(2024-03-04): committed" in caplog.text and "before runs recorded their settings" in caplog.text
+
+
+def test_a_ubt_changed_after_its_last_build_is_refused_unless_only_files_were_rewritten(spark, tmp_path):
+    """The nightly update reads UBT(D-1) as the table's current state: commits after the last build that
+    only rewrite files (OPTIMIZE, VACUUM, table properties) are fine; any other change is refused naming
+    its version and operation, and the way out."""
+    lh = str(tmp_path)
+    write_logs(spark, lh, [beh(1, i, 1 + i % 2, day_start(d) + 5 + i) for i, d in
+                           enumerate(["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"])])
+    w, c = Windows(long_days=3, short_days=1), Caps()
+    path = table_path(lh, "ubt")
+    build_ubt(spark, lh, "2024-03-02", w, c, backfill_from="2024-03-01")
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('sim.note' = 'x')")
+    assert [r.action for r in build_ubt(spark, lh, "2024-03-03", w, c)] == ["nightly"]
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE user_id = 1 AND category_id = 2")
+    changed = latest_version(spark, path)
+    with pytest.raises(UbtStateError, match=rf"changed after build_ubt 2024-03-03 \(version {changed}: DELETE\).*"
+                                            r"--backfill FROM --force"):
+        build_ubt(spark, lh, "2024-03-04", w, c)
+    assert latest_version(spark, path) == changed

@@ -218,6 +218,12 @@ def commit_age_days(spark: SparkSession, path: str, version: int) -> float:
     return (time.time() * 1000 - ts) / 86_400_000
 
 
+def operations_after(spark: SparkSession, path: str, version: int) -> list[tuple[int, str | None]]:
+    """``(version, operation)`` of the table's commits after ``version`` (what ``DeltaTable.history()``
+    gives of them), oldest first."""
+    return [(c.version, c.operation) for c in _commit_files(spark, path) if c.version > version]
+
+
 @dataclass(frozen=True)
 class Commit:
     version: int
@@ -245,6 +251,7 @@ def job_commits(spark: SparkSession, path: str, job: str | None = None) -> list[
 class _CommitFile:
     version: int
     timestamp_ms: int  # as ``DeltaTable.history()`` gives it: in-commit timestamp, else the file's time
+    operation: str | None
     user_metadata: str | None
 
 
@@ -270,6 +277,7 @@ def _commit_files(spark: SparkSession, path: str) -> list[_CommitFile]:
         ict = info.get().inCommitTimestamp() if info.isDefined() else None
         meta = info.get().userMetadata() if info.isDefined() else None
         out.append(_CommitFile(version, int(ict.get()) if ict is not None and ict.isDefined() else int(status.getModificationTime()),
+                               str(info.get().operation()) if info.isDefined() else None,
                                str(meta.get()) if meta is not None and meta.isDefined() else None))
     return sorted(out, key=lambda c: c.version)
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, last_commit, latest_version, read_table,
-                                   require_table, retention_on_create, set_retention, table_path)
+from sim.adapters.delta_io import (Commit, commit_metadata, job_commits, last_commit, latest_version,
+                                   operations_after, read_table, require_table, retention_on_create,
+                                   set_retention, table_path)
 from sim.adapters.lineage import empty_input, job_date_read, rerun_refusal, run_record, table_read
 from sim.faults import crash_point
 from sim.inputs.rejects import write_rejects
@@ -68,14 +69,11 @@ def _require_state_at(spark: SparkSession, path: str, date: str, commits: list[C
             f"or use --backfill FROM to build a range in order")
     latest = latest_version(spark, path)
     if latest != last.version:
-        from delta.tables import DeltaTable
-        later = (DeltaTable.forPath(spark, path).history().where(F.col("version") > last.version)
-                 .select("version", "operation").collect())
-        changed = [r for r in later
-                   if r.operation not in ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")]
+        changed = [(v, op) for v, op in operations_after(spark, path, last.version)
+                   if op not in ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")]
         if changed:
             raise UbtStateError(f"the UBT at {path} was changed after build_ubt {date} (version "
-                                f"{changed[0].version}: {changed[0].operation}); rebuild it with "
+                                f"{changed[0][0]}: {changed[0][1]}); rebuild it with "
                                 f"--backfill FROM --force")
     return last.version
 
