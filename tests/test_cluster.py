@@ -65,8 +65,9 @@ def _pgid(pid: int) -> int | None:
 # ------------------------------------------------------------------------------------------- the flow
 class ExecutorMaps:
     """While the block runs, every executor JVM of this machine (its pid) -> whether it was started with a
-    class-data archive and whether its memory maps hold that archive's file (read from /proc while it
-    runs: an executor lives as long as its application)."""
+    class-data archive and whether its memory maps held that archive's file at some point of its life
+    (read from /proc at every scan until they do: a JVM busy starting on a loaded machine may map it
+    late; an executor lives as long as its application)."""
 
     def __init__(self, interval: float = 0.5):
         self.interval, self.seen, self._stop = interval, {}, threading.Event()
@@ -82,15 +83,17 @@ class ExecutorMaps:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
-            for pid in (p for p in os.listdir("/proc") if p.isdigit() and p not in self.seen):
+            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
                 try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                    if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" not in cmd:
-                        continue  # (read again next time: a worker's child execs the executor's JVM)
-                    archive = next((a.split(b"=", 1)[1].decode() for a in cmd if a.startswith(b"-XX:SharedArchiveFile=")), None)
-                    time.sleep(1.0)  # past the JVM's start, where it maps the archive
-                    maps = Path(f"/proc/{pid}/maps").read_text()  # the mapped file under its real path
-                    self.seen[pid] = (archive, archive is not None and os.path.realpath(archive) in maps)
+                    if pid not in self.seen:
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                        if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" not in cmd:
+                            continue  # (read again next time: a worker's child execs the executor's JVM)
+                        self.seen[pid] = (next((a.split(b"=", 1)[1].decode() for a in cmd
+                                                if a.startswith(b"-XX:SharedArchiveFile=")), None), False)
+                    archive, mapped = self.seen[pid]
+                    if archive is not None and not mapped:  # the mapped file under its real path
+                        self.seen[pid] = (archive, os.path.realpath(archive) in Path(f"/proc/{pid}/maps").read_text())
                 except OSError:  # gone already
                     continue
 
