@@ -202,10 +202,13 @@ if ! ls "$SPARK_WHEELS"/pyspark-"$SPARK_VER"-*.whl >/dev/null 2>&1; then
   "$CACHE/uv-$UV_VER/bin/pip" wheel -q --no-cache-dir --no-deps "pyspark==$SPARK_VER" -w "$SPARK_WHEELS.tmp"
   mv "$SPARK_WHEELS.tmp" "$SPARK_WHEELS"
 fi
-# Bytecode is compiled at install (--compile-bytecode): uv leaves it to the first import, which never
-# writes it where PYTHONDONTWRITEBYTECODE is set, so every process (each rank, each job's driver) compiled
-# torch, mlflow and pyspark again, 5-12 CPU-seconds each. The flags are part of the stamp.
-INSTALL_FLAGS="--compile-bytecode"
+# Bytecode is compiled at install: uv leaves it to the first import, which never writes it where
+# PYTHONDONTWRITEBYTECODE is set, so every process (each rank, each job's driver) compiled torch, mlflow
+# and pyspark again, 5-12 CPU-seconds each. Compiling the stack's 16,000 files takes 20 s on two cores, so
+# it is done once per stamp into $CACHE/pyc-<stamp> and a new venv hard-links those files: uv hard-links
+# the sources from its cache too, so their times match the ones the bytecode records (where they do not,
+# Python compiles the module in memory as it would without bytecode: slower, never wrong).
+INSTALL_FLAGS="--compile-bytecode"  # (Horovod's wheel; and part of the stamp)
 STAMP_KEY=$( (cat constraints.txt setup.cfg pyproject.toml; echo "$INSTALL_FLAGS") | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
@@ -213,8 +216,35 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$VENV/.sim-stamp" 2>/dev/null)" != "$STAMP_KEY" ]; then
   say "installing the package and the pinned stack (first time: torch is several GB)"
-  "$UV" pip install -q $INSTALL_FLAGS --python "$VENV/bin/python" -c constraints.txt --find-links "$SPARK_WHEELS" \
+  "$UV" pip install -q --python "$VENV/bin/python" -c constraints.txt --find-links "$SPARK_WHEELS" \
     "pip<25" "setuptools<80" wheel -e ".[dev]"
+  SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  PYC=$CACHE/pyc-$STAMP_KEY
+  # The bytecode of $PYC holds for this venv when its sources have the times it records (checked on torch).
+  pyc_current() {
+    "$VENV/bin/python" - "$SITE" <<'PY'
+import importlib.util, os, struct, sys
+src = os.path.join(sys.argv[1], "torch", "__init__.py")
+with open(importlib.util.cache_from_source(src), "rb") as f:
+    head = f.read(16)
+sys.exit(0 if struct.unpack("<I", head[8:12])[0] == int(os.stat(src).st_mtime) & 0xFFFFFFFF else 1)
+PY
+  }
+  if [ -d "$PYC" ]; then
+    cp -al --remove-destination "$PYC/." "$SITE/"
+    if pyc_current 2>/dev/null; then
+      say "bytecode: hard-linked from $PYC"
+    else  # the sources were copied, not linked, by uv: compile them here
+      say "bytecode: compiling the stack (its sources' times differ from $PYC's)"
+      "$VENV/bin/python" -m compileall -q -j 0 "$SITE" >/dev/null || true
+    fi
+  else
+    say "bytecode: compiling the stack once into $PYC"
+    "$VENV/bin/python" -m compileall -q -j 0 "$SITE" >/dev/null || true  # (a few test files of packages do not compile)
+    rm -rf "$PYC.tmp" && mkdir -p "$PYC.tmp"
+    ( cd "$SITE" && find . -path '*/__pycache__/*.pyc' -print0 | xargs -0 -r cp --parents -l -t "$PYC.tmp" )
+    mv "$PYC.tmp" "$PYC"
+  fi
   echo "$STAMP_KEY" > "$VENV/.sim-stamp"
 else
   say "skipped: package install (constraints unchanged)"

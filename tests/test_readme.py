@@ -122,8 +122,14 @@ def test_setup_installed_compiled_bytecode_and_pyspark_from_its_cached_wheel():
     import torch
 
     from sim.adapters.spark import cache_dir
+    import struct
     for module in (torch, mlflow, pyspark):
-        assert Path(importlib.util.cache_from_source(module.__file__)).is_file(), f"{module.__name__}: no bytecode"
+        pyc = Path(importlib.util.cache_from_source(module.__file__))
+        assert pyc.is_file(), f"{module.__name__}: no bytecode"
+        # current: it records its source's time (bytecode hard-linked from setup's cache must match the
+        # sources uv linked; a mismatch would make every process compile the module again)
+        recorded = struct.unpack("<I", pyc.read_bytes()[8:12])[0]
+        assert recorded == int(os.stat(module.__file__).st_mtime) & 0xFFFFFFFF, f"{module.__name__}: stale bytecode"
     version = _pins()["pyspark"]
     assert pyspark.__version__ == version
     assert list((cache_dir() / f"pyspark-{version}").glob(f"pyspark-{version}-*.whl")), "run `make setup`"
