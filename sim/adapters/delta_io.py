@@ -274,11 +274,12 @@ def _commit_files(spark: SparkSession, path: str) -> list[_CommitFile]:
         if not names.isDeltaFile(file) or (version := int(names.deltaVersion(file))) > last:
             continue
         info = get_info(store, file, conf)
-        ict = info.get().inCommitTimestamp() if info.isDefined() else None
-        meta = info.get().userMetadata() if info.isDefined() else None
-        out.append(_CommitFile(version, int(ict.get()) if ict is not None and ict.isDefined() else int(status.getModificationTime()),
-                               str(info.get().operation()) if info.isDefined() else None,
-                               str(meta.get()) if meta is not None and meta.isDefined() else None))
+        if not info.isDefined():  # a writer that recorded no commitInfo
+            out.append(_CommitFile(version, int(status.getModificationTime()), None, None))
+            continue
+        ict, meta = info.get().inCommitTimestamp(), info.get().userMetadata()
+        out.append(_CommitFile(version, int(ict.get()) if ict.isDefined() else int(status.getModificationTime()),
+                               str(info.get().operation()), str(meta.get()) if meta.isDefined() else None))
     return sorted(out, key=lambda c: c.version)
 
 
