@@ -36,6 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Tiny demo data: 16 users, 18 days of history, impressions on the last 3 (train, validation, test).
 TINY = tiny_logs(16, 18, 3, 4) + TINY_SPARK_SETS
+# The flow's jobs on that data each take one executor of the cluster (a JVM start per executor is most of
+# their work); its training takes one per rank. A job across both workers: the worker-kill test below.
+ONE_EXECUTOR = ["spark.conf.spark.cores.max=1"]
 
 
 # ------------------------------------------------------------------------- process groups, no servers
@@ -114,7 +117,7 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     cluster.start_mlflow()
     args = parse_args(["--models", "din", "--prefix", "flow", "--experiment", "cluster-flow"])
     with ExecutorMaps() as executors:
-        times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS,
+        times = run_flow(cluster, args, tmp_path, TINY + FEW_PARTITIONS + ONE_EXECUTOR,
                          env={"SPARK_SUBMIT_OPTS": SHORT_JVM_OPTS, "SIM_DUMP_WEIGHTS": str(tmp_path / "weights")})
     out = capfd.readouterr().out
     assert list(times) == ["generate", "ubt", "samples", "nightly", "train din", "compare"], out[-3000:]
@@ -157,10 +160,10 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # the comparison, from the server: din's test AUC, the one the run logged
     assert re.search(rf"din\s.*{float(run['metrics.auc']):.4f}", out), out[-3000:]
-    # The jobs' executors (two per spark-submit, on the class path of setup's class-data archive) map it.
+    # The jobs' executors (one per spark-submit, on the class path of setup's class-data archive) map it.
     from sim.adapters.jvm_archive import archive_path
     mapped = [m for archive, m in executors.seen.values() if archive == str(archive_path())]
-    assert len(mapped) >= 2 and all(mapped), executors.seen
+    assert 2 <= len(mapped) <= 4 and all(mapped), executors.seen  # one per job's application (ONE_EXECUTOR)
 
 
 # ---------------------------------------------------------------------------------------------- faults
