@@ -163,7 +163,7 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     # The jobs' executors (one per spark-submit, on the class path of setup's class-data archive) map it.
     from sim.adapters.jvm_archive import archive_path
     mapped = [m for archive, m in executors.seen.values() if archive == str(archive_path())]
-    assert 2 <= len(mapped) <= 4 and all(mapped), executors.seen  # one per job's application (ONE_EXECUTOR)
+    assert len(mapped) >= 2 and all(mapped), executors.seen
 
 
 # ---------------------------------------------------------------------------------------------- faults
