@@ -160,7 +160,7 @@ def test_cluster_demo_flow_jobs_training_and_comparison_on_the_cluster(spark, cl
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # the comparison, from the server: din's test AUC, the one the run logged
     assert re.search(rf"din\s.*{float(run['metrics.auc']):.4f}", out), out[-3000:]
-    # The jobs' executors (one per spark-submit, on the class path of setup's class-data archive) map it.
+    # The jobs' executors (one at a time per spark-submit, on the class path of setup's class-data archive) map it.
     from sim.adapters.jvm_archive import archive_path
     mapped = [m for archive, m in executors.seen.values() if archive == str(archive_path())]
     assert len(mapped) >= 2 and all(mapped), executors.seen
