@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -122,7 +123,6 @@ def test_setup_installed_compiled_bytecode_and_pyspark_from_its_cached_wheel():
     import torch
 
     from sim.adapters.spark import cache_dir
-    import struct
     for module in (torch, mlflow, pyspark):
         pyc = Path(importlib.util.cache_from_source(module.__file__))
         assert pyc.is_file(), f"{module.__name__}: no bytecode"

@@ -277,9 +277,10 @@ def _commit_files(spark: SparkSession, path: str) -> list[_CommitFile]:
         if not info.isDefined():  # a writer that recorded no commitInfo
             out.append(_CommitFile(version, int(status.getModificationTime()), None, None))
             continue
-        ict, meta = info.get().inCommitTimestamp(), info.get().userMetadata()
+        commit_info = info.get()  # (each call on it is a round trip to the JVM)
+        ict, meta = commit_info.inCommitTimestamp(), commit_info.userMetadata()
         out.append(_CommitFile(version, int(ict.get()) if ict.isDefined() else int(status.getModificationTime()),
-                               str(info.get().operation()), str(meta.get()) if meta.isDefined() else None))
+                               str(commit_info.operation()), str(meta.get()) if meta.isDefined() else None))
     return sorted(out, key=lambda c: c.version)
 
 
